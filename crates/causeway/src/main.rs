@@ -1,0 +1,81 @@
+//! `causeway`: one binary, one subcommand per process or tool of the mesh.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod certs;
+
+#[derive(Parser)]
+#[command(
+    name = "causeway",
+    version,
+    about = "Causeway, a multi-cluster service mesh that runs Istio's multicluster setups",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the mesh's certificates: root CA, per-cluster intermediate CAs (cacerts), workload
+    /// certificates (Istio's tools/certs Makefiles)
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Certs(command) => certs::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("causeway: {}", describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause whose text its parent already quotes.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn causes_already_quoted_by_their_parent_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let error = anyhow::Error::new(causeway_ca::files::WriteError {
+            path: "x/key.pem".into(),
+            source: io,
+        })
+        .context("writing the workload key");
+        assert_eq!(
+            describe(&error),
+            "writing the workload key: cannot write x/key.pem: No such file"
+        );
+    }
+}
