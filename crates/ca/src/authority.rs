@@ -52,11 +52,11 @@ pub enum SignError {
     #[error("a certificate TTL must be positive; {requested} was requested")]
     InvalidTtl { requested: Duration },
     #[error("the CA cannot sign now: {0}")]
-    CaUnusable(CertificateError),
+    CaUnusable(Box<CertificateError>),
     #[error("cannot sign a certificate for {identity}: {source}")]
     Issue {
-        identity: SpiffeId,
-        source: IssueError,
+        identity: Box<SpiffeId>,
+        source: Box<IssueError>,
     },
 }
 
@@ -171,14 +171,16 @@ impl CertificateAuthority {
         let ttl = self.policy.ttl_for(requested_ttl)?;
         let signer = self.bundle.signer();
         let ca_cert = signer.certificate();
-        ca_cert.check_valid_at(now).map_err(SignError::CaUnusable)?;
+        ca_cert
+            .check_valid_at(now)
+            .map_err(|error| SignError::CaUnusable(Box::new(error)))?;
         // X.509 times have whole seconds; report exactly what the certificate says.
         let now = now.replace_nanosecond(0).unwrap_or(now);
         let not_before = now - CLOCK_SKEW_GRACE;
         let not_after = issue::capped_by_issuer(signer, now + ttl);
         let issue_error = |source| SignError::Issue {
-            identity: identity.clone(),
-            source,
+            identity: Box::new(identity.clone()),
+            source: Box::new(source),
         };
         let params =
             issue::workload_params(identity, not_before, not_after).map_err(issue_error)?;
@@ -445,7 +447,7 @@ mod tests {
             .sign_csr_at(csr.as_bytes(), &identity(), None, later)
             .unwrap_err();
         assert!(
-            matches!(err, SignError::CaUnusable(CertificateError::Expired { .. })),
+            matches!(&err, SignError::CaUnusable(inner) if matches!(**inner, CertificateError::Expired { .. })),
             "{err}"
         );
     }

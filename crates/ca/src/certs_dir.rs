@@ -63,6 +63,10 @@ pub enum CertsDirError {
         cert_origin: String,
         key_origin: String,
     },
+    #[error(
+        "the CA in {ca_dir} is not signed by the root in {root_path} (was the root regenerated?); regenerate the intermediate (causeway certs intermediate <name> --force) or pass --root-dir with the root that signed it"
+    )]
+    ForeignRoot { ca_dir: PathBuf, root_path: PathBuf },
     #[error("cannot create directory {path}: {source}")]
     CreateDir { path: PathBuf, source: io::Error },
     #[error("cannot remove {path}: {source}")]
@@ -142,6 +146,7 @@ pub fn create_workload(
         }
     };
     let ca = CaBundle::load_dir(&ca_dir)?;
+    check_same_root(&ca, &ca_dir, root_dir)?;
     create_dir(&target)?;
     let workload = issue::issue_workload(profile, ca.signer(), OffsetDateTime::now_utc())?;
     let leaf_pem = workload.certificate.to_pem();
@@ -236,6 +241,25 @@ fn write_intermediate(
     // What we wrote must load as a bundle; this catches any mismatch before a cluster does.
     CaBundle::load_dir(target)?;
     Ok(written)
+}
+
+/// A workload made with another cluster's CA must still chain to the root of this directory, when
+/// there is one: otherwise the root was regenerated since and the VM would trust a stale root.
+fn check_same_root(ca: &CaBundle, ca_dir: &Path, root_dir: &Path) -> Result<(), CertsDirError> {
+    let root_path = root_dir.join(ROOT_CERT);
+    if !root_path.exists() {
+        return Ok(());
+    }
+    let roots = pem::read_certificates(&root_path)?;
+    let anchor = ca.chain().last().expect("a bundle's chain is never empty");
+    if roots.iter().any(|root| root == anchor.der()) {
+        Ok(())
+    } else {
+        Err(CertsDirError::ForeignRoot {
+            ca_dir: ca_dir.to_owned(),
+            root_path,
+        })
+    }
 }
 
 struct RootFiles {

@@ -7,7 +7,7 @@
 //! - [`bundle`]: loading and validating a `cacerts` bundle.
 //! - [`authority`]: signing workload CSRs for authenticated identities; the self-signed default root.
 //! - [`csr`]: making CSRs (workloads) and verifying them (the CA).
-//! - [`spiffe`]: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+//! - [`spiffe`], identities: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 
 pub mod authority;
 pub mod bundle;
