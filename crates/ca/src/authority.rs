@@ -325,22 +325,17 @@ mod tests {
     #[test]
     fn an_inconsistent_policy_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, _) = CertificateAuthority::load_or_create_self_signed(
-            &dir.path().join("root"),
-            &self_signed_root_profile("cluster.local"),
-            SigningPolicy::default(),
-        )
-        .unwrap();
-        let policy = SigningPolicy {
+        let inconsistent = SigningPolicy {
             default_ttl: Duration::days(2),
             max_ttl: Duration::days(1),
         };
-        let bundle = CaBundle::load_dir(&dir.path().join("root")).unwrap();
-        assert!(matches!(
-            CertificateAuthority::new(bundle, policy),
-            Err(AuthorityError::Policy { .. })
-        ));
-        drop(ca);
+        let err = CertificateAuthority::load_or_create_self_signed(
+            dir.path(),
+            &self_signed_root_profile("cluster.local"),
+            inconsistent,
+        )
+        .unwrap_err();
+        assert!(matches!(err, AuthorityError::Policy { .. }), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use causeway_ca::SpiffeId;
-use causeway_ca::bundle::{BundleError, CaBundle};
+use causeway_ca::bundle::{BundleError, BundleSources, CaBundle, PemSource};
 use causeway_ca::certificate::{Certificate, CertificateError};
 use causeway_ca::issue::{
     self, IntermediateCaProfile, Issued, KeyType, RootCaProfile, WorkloadProfile,
@@ -399,4 +399,39 @@ fn a_self_signed_ca_without_a_chain_file_is_accepted() {
     fs::write(dir.path().join("root-cert.pem"), root.certificate.to_pem()).unwrap();
     let bundle = CaBundle::load_dir(dir.path()).unwrap();
     assert_eq!(bundle.chain().len(), 1);
+}
+
+#[test]
+fn a_bundle_from_a_secrets_data_names_the_secret_keys_in_errors() {
+    let (dir, _, _) = good_bundle();
+    let source = |key: &str| PemSource {
+        origin: format!("secret istio-system/cacerts key {key}"),
+        bytes: fs::read(dir.path().join(key)).unwrap(),
+    };
+    let sources = BundleSources {
+        ca_cert: source("ca-cert.pem"),
+        ca_key: source("ca-key.pem"),
+        cert_chain: Some(source("cert-chain.pem")),
+        root_cert: source("root-cert.pem"),
+    };
+    CaBundle::from_sources(sources.clone(), OffsetDateTime::now_utc()).unwrap();
+
+    let broken = BundleSources {
+        ca_key: PemSource {
+            bytes: KeyType::EcdsaP256
+                .generate()
+                .unwrap()
+                .serialize_pem()
+                .into_bytes(),
+            ..sources.ca_key.clone()
+        },
+        ..sources
+    };
+    let err = CaBundle::from_sources(broken, OffsetDateTime::now_utc()).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "the private key in secret istio-system/cacerts key ca-key.pem does not belong to the certificate in secret istio-system/cacerts key ca-cert.pem"
+        ),
+        "{err}"
+    );
 }
