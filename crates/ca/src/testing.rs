@@ -94,6 +94,16 @@ pub fn x509_text(path: &Path) -> String {
     )
 }
 
+/// The value line of an extension in `openssl x509 -text` output, e.g. `extension_value(text,
+/// "X509v3 Key Usage")`; panics with the text when the extension is absent.
+pub fn extension_value<'t>(text: &'t str, extension: &str) -> &'t str {
+    text.lines()
+        .skip_while(|line| !line.contains(extension))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {extension} in:\n{text}"))
+        .trim()
+}
+
 /// The seed's root CA commands, run in `dir`: `root-key.pem`, `root-ca.conf`, `root-cert.csr`,
 /// `root-cert.pem`.
 pub fn seed_root_ca(dir: &Path, key_bits: u32) {

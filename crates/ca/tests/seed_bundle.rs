@@ -8,7 +8,9 @@ use causeway_ca::authority::SignError;
 use causeway_ca::certs_dir;
 use causeway_ca::csr::CsrError;
 use causeway_ca::issue::{IntermediateCaProfile, KeyType, RootCaProfile};
-use causeway_ca::testing::{openssl_ok, seed_intermediate, seed_root_ca, write_pem, x509_text};
+use causeway_ca::testing::{
+    extension_value, openssl_ok, seed_intermediate, seed_root_ca, write_pem, x509_text,
+};
 use causeway_ca::{
     Certificate, CertificateAuthority, SignedCertificate, SigningPolicy, SpiffeId, WorkloadKey,
 };
@@ -86,12 +88,7 @@ fn a_bundle_made_with_the_seed_openssl_commands_signs_verifiable_workload_certif
         text.contains("X509v3 Subject Alternative Name: critical"),
         "{text}"
     );
-    let san_line = text
-        .lines()
-        .skip_while(|line| !line.contains("Subject Alternative Name"))
-        .nth(1)
-        .unwrap()
-        .trim();
+    let san_line = extension_value(&text, "Subject Alternative Name");
     assert_eq!(
         san_line,
         "URI:spiffe://cluster.local/ns/sample/sa/helloworld"

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use causeway_ca::issue::{self, KeyType, RootCaProfile};
-use causeway_ca::testing::{openssl, openssl_ok, seed_root_ca, x509_text};
+use causeway_ca::testing::{extension_value, openssl, openssl_ok, seed_root_ca, x509_text};
 use time::{Duration, OffsetDateTime};
 
 /// Runs `causeway certs <args>` in `dir` with a clean environment for the Makefile variables.
@@ -79,14 +79,6 @@ fn lifetime_days(dir: &Path, cert: &str) -> i64 {
     (parse("notAfter=") - parse("notBefore=")).whole_days()
 }
 
-fn key_usage_line(text: &str) -> &str {
-    text.lines()
-        .skip_while(|line| !line.contains("X509v3 Key Usage"))
-        .nth(1)
-        .expect("a key usage extension")
-        .trim()
-}
-
 #[test]
 fn the_makefile_flow_with_defaults_produces_what_istio_expects() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,7 +99,7 @@ fn the_makefile_flow_with_defaults_produces_what_istio_expects() {
     );
     assert!(root.contains("X509v3 Key Usage: critical"), "{root}");
     assert_eq!(
-        key_usage_line(&root),
+        extension_value(&root, "X509v3 Key Usage"),
         "Digital Signature, Non Repudiation, Key Encipherment, Certificate Sign"
     );
     assert!(root.contains("X509v3 Subject Key Identifier"), "{root}");
@@ -141,7 +133,7 @@ fn the_makefile_flow_with_defaults_produces_what_istio_expects() {
         "{intermediate}"
     );
     assert_eq!(
-        key_usage_line(&intermediate),
+        extension_value(&intermediate, "X509v3 Key Usage"),
         "Digital Signature, Non Repudiation, Key Encipherment, Certificate Sign"
     );
     assert_eq!(lifetime_days(&c1, "ca-cert.pem"), 730);
@@ -173,12 +165,7 @@ fn the_makefile_flow_with_defaults_produces_what_istio_expects() {
         &[("SERVICE_ACCOUNT", "sleep")],
     ));
     let workload = x509_text(&d.join("sample/workload-cert.pem"));
-    let san = workload
-        .lines()
-        .skip_while(|line| !line.contains("Subject Alternative Name"))
-        .nth(1)
-        .unwrap()
-        .trim();
+    let san = extension_value(&workload, "Subject Alternative Name");
     assert_eq!(san, "URI:spiffe://cluster.local/ns/sample/sa/sleep");
     assert!(workload.contains("CA:FALSE"), "{workload}");
     assert!(
