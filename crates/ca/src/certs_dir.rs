@@ -113,7 +113,8 @@ pub fn create_intermediate(
     let target = subdir(dir, &profile.locality)?;
     refuse_existing_key(&target.join(bundle::CA_KEY), force)?;
     let root = load_root(root_dir)?;
-    write_intermediate(&target, &root, profile)
+    let (written, _) = write_intermediate(&target, &root, profile)?;
+    Ok(written)
 }
 
 /// `<namespace>-certs`: a workload key and certificate in `<dir>/<namespace>/`. Signed by the CA in
@@ -131,21 +132,20 @@ pub fn create_workload(
     let key_path = target.join(WORKLOAD_KEY);
     refuse_existing_key(&key_path, force)?;
     let mut written = Vec::new();
-    let ca_dir = match ca_dir {
-        Some(ca_dir) => ca_dir.to_owned(),
-        None => {
-            if !target.join(bundle::CA_KEY).exists() {
-                let root = load_root(root_dir)?;
-                let profile = IntermediateCaProfile {
-                    locality: profile.identity.namespace().to_owned(),
-                    ..intermediate.clone()
-                };
-                written = write_intermediate(&target, &root, &profile)?;
-            }
-            target.clone()
+    let (ca_dir, ca) = match ca_dir {
+        Some(ca_dir) => (ca_dir.to_owned(), CaBundle::load_dir(ca_dir)?),
+        None if !target.join(bundle::CA_KEY).exists() => {
+            let root = load_root(root_dir)?;
+            let profile = IntermediateCaProfile {
+                locality: profile.identity.namespace().to_owned(),
+                ..intermediate.clone()
+            };
+            let (files, ca) = write_intermediate(&target, &root, &profile)?;
+            written = files;
+            (target.clone(), ca)
         }
+        None => (target.clone(), CaBundle::load_dir(&target)?),
     };
-    let ca = CaBundle::load_dir(&ca_dir)?;
     check_same_root(&ca, &ca_dir, root_dir)?;
     create_dir(&target)?;
     let workload = issue::issue_workload(profile, ca.signer(), OffsetDateTime::now_utc())?;
@@ -213,7 +213,7 @@ fn write_intermediate(
     target: &Path,
     root: &RootFiles,
     profile: &IntermediateCaProfile,
-) -> Result<Written, CertsDirError> {
+) -> Result<(Written, CaBundle), CertsDirError> {
     create_dir(target)?;
     let intermediate =
         issue::issue_intermediate_ca(profile, &root.signer, OffsetDateTime::now_utc())?;
@@ -239,12 +239,13 @@ fn write_intermediate(
         written.push(path);
     }
     // What we wrote must load as a bundle; this catches any mismatch before a cluster does.
-    CaBundle::load_dir(target)?;
-    Ok(written)
+    let bundle = CaBundle::load_dir(target)?;
+    Ok((written, bundle))
 }
 
-/// A workload made with another cluster's CA must still chain to the root of this directory, when
-/// there is one: otherwise the root was regenerated since and the VM would trust a stale root.
+/// A workload signed by an existing CA (another cluster's, or a namespace intermediate made earlier)
+/// must still chain to the root of this directory, when there is one: otherwise the root was
+/// regenerated since and the VM would trust a stale root.
 fn check_same_root(ca: &CaBundle, ca_dir: &Path, root_dir: &Path) -> Result<(), CertsDirError> {
     let root_path = root_dir.join(ROOT_CERT);
     if !root_path.exists() {
