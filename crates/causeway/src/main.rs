@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod certs;
+mod lab;
 
 #[derive(Parser)]
 #[command(
@@ -24,12 +25,16 @@ enum Command {
     /// certificates (Istio's tools/certs Makefiles)
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Clusters on this machine, standing in for kind: each with its own Kubernetes-compatible API
+    /// server
+    Lab(lab::LabArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Certs(command) => certs::run(command),
+        Command::Lab(args) => lab::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,869 @@
+//! HTTP requests to Kubernetes verbs: routing, authentication, get/list/create/update/patch/delete
+//! and the token endpoints. Watches are in [`super::watch`].
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::objects::{self, apply_defaults, carry_over, check_shape, check_type, stamp_new, validate};
+use super::patch::{self, PatchType};
+use super::resources::{RESOURCES, Resource, ResourceId, Storage, find, id_of};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::server::Shared;
+use super::status::{self, ApiError};
+use super::store::{Change, StoredObject};
+use super::tokens::{Binding, Claims, ObjectRef};
+use super::{discovery, tables, watch};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+fn json_response(code: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(bytes))
+        .expect("static headers are valid")
+}
+
+fn value_response(code: StatusCode, value: &Value) -> Response<Body> {
+    json_response(code, serde_json::to_vec(value).expect("a JSON value always serializes"))
+}
+
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    value_response(error.code, &error.to_status())
+}
+
+/// The request's query parameters, decoded.
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Self {
+        Self(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .map(|(key, value)| (key.into_owned(), value.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true" | "1"))
+    }
+
+    fn dry_run(&self) -> bool {
+        self.get("dryRun") == Some("All")
+    }
+}
+
+/// A request for objects of one kind.
+pub struct Target {
+    pub resource: ResourceId,
+    pub version: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+impl Target {
+    pub fn kind(&self) -> &'static Resource {
+        &RESOURCES[self.resource]
+    }
+
+    fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+}
+
+enum Route {
+    Document(Value),
+    Objects(Target),
+}
+
+fn route(path: &str) -> Result<Route, ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|segment| !segment.is_empty()).collect();
+    let not_found = || ApiError::path_not_found(path);
+    let (group, version, rest) = match segments.as_slice() {
+        ["version"] => return Ok(Route::Document(discovery::version())),
+        ["apis"] => return Ok(Route::Document(discovery::group_list())),
+        ["openapi", "v3"] => return Ok(Route::Document(discovery::openapi_root())),
+        ["openapi", "v3", rest @ ..] => {
+            return discovery::openapi_group_version(&rest.join("/")).map(Route::Document).ok_or_else(not_found);
+        }
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", group] => return discovery::group(group).map(Route::Document).ok_or_else(not_found),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(not_found()),
+    };
+    if rest.is_empty() {
+        return discovery::resource_list(group, version).map(Route::Document).ok_or_else(not_found);
+    }
+    let (namespace, rest) = match rest {
+        ["namespaces", namespace, plural, rest @ ..] if !matches!(*plural, "status" | "finalize") || !rest.is_empty() => {
+            (Some((*namespace).to_owned()), {
+                let mut all = vec![*plural];
+                all.extend_from_slice(rest);
+                all
+            })
+        }
+        other => (None, other.to_vec()),
+    };
+    let (plural, name, subresource) = match rest.as_slice() {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(*name), None),
+        [plural, name, subresource] => (*plural, Some(*name), Some(*subresource)),
+        _ => return Err(not_found()),
+    };
+    let resource = find(group, version, plural).ok_or_else(not_found)?;
+    let kind = &RESOURCES[resource];
+    if namespace.is_some() && !kind.namespaced {
+        return Err(not_found());
+    }
+    if let Some(subresource) = subresource {
+        let known = (subresource == "status" && kind.has_status) || (subresource == "token" && kind.kind == "ServiceAccount");
+        if !known {
+            return Err(not_found());
+        }
+    }
+    Ok(Route::Objects(Target {
+        resource,
+        version: version.to_owned(),
+        namespace,
+        name: name.map(str::to_owned),
+        subresource: subresource.map(str::to_owned),
+    }))
+}
+
+fn bearer_token(request: &Request<Incoming>) -> Option<&str> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match serve(shared, request).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    };
+    tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+    response
+}
+
+async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().to_owned();
+    match path.as_str() {
+        "/healthz" | "/readyz" | "/livez" => return Ok(Response::new(full("ok"))),
+        "/version" => return Ok(value_response(StatusCode::OK, &discovery::version())),
+        _ => {}
+    }
+    let authenticated = bearer_token(&request).is_some_and(|token| shared.authenticate(token, &[]).is_ok());
+    if !authenticated {
+        return Err(ApiError::unauthorized());
+    }
+    if path == "/api" {
+        return Ok(value_response(StatusCode::OK, &discovery::core_versions(&shared.address.to_string())));
+    }
+    let target = match route(&path)? {
+        Route::Document(document) => {
+            return if request.method() == Method::GET {
+                Ok(value_response(StatusCode::OK, &document))
+            } else {
+                Err(ApiError::method_not_allowed(format!("{} is read-only", path)))
+            };
+        }
+        Route::Objects(target) => target,
+    };
+    let query = Query::parse(request.uri().query());
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let method = request.method().clone();
+    if target.kind().storage == Storage::Review {
+        if method != Method::POST || target.name.is_some() {
+            return Err(ApiError::method_not_allowed("tokenreviews only support create"));
+        }
+        let body = read_body(request, shared.config.max_body_bytes).await?;
+        return token_review(&shared, &body, &content_type);
+    }
+    match (method, target.name.is_some()) {
+        (Method::GET, true) => get(&shared, &target),
+        (Method::GET, false) if query.flag("watch") => watch::serve(shared, target, &query, &accept),
+        (Method::GET, false) => list(&shared, &target, &query, &accept),
+        (Method::POST, false) => {
+            let body = read_body(request, shared.config.max_body_bytes).await?;
+            create(&shared, &target, &body, &content_type, query.dry_run())
+        }
+        (Method::POST, true) if target.subresource.as_deref() == Some("token") => {
+            let body = read_body(request, shared.config.max_body_bytes).await?;
+            token_request(&shared, &target, &body, &content_type)
+        }
+        (Method::PUT, true) => {
+            let body = read_body(request, shared.config.max_body_bytes).await?;
+            update(&shared, &target, &body, &content_type, query.dry_run())
+        }
+        (Method::PATCH, true) => {
+            let patch_type = PatchType::from_content_type(&content_type)?;
+            let body = read_body(request, shared.config.max_body_bytes).await?;
+            patch(&shared, &target, patch_type, &body, query.dry_run())
+        }
+        (Method::DELETE, true) => {
+            let body = read_body(request, shared.config.max_body_bytes).await?;
+            delete(&shared, &target, &body, query.dry_run())
+        }
+        (Method::DELETE, false) => {
+            let body = read_body(request, shared.config.max_body_bytes).await?;
+            delete_collection(&shared, &target, &query, &body)
+        }
+        (method, _) => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {}",
+            path
+        ))),
+    }
+}
+
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Err(error) => Err(ApiError::bad_request(format!("cannot read the request body: {error}"))),
+    }
+}
+
+/// An object's JSON as served at `version` (only `apiVersion` differs between versions).
+pub fn render(stored: &StoredObject, resource: &Resource, version: &str) -> Bytes {
+    let api_version = resource.api_version(version);
+    if stored.object["apiVersion"].as_str() == Some(api_version.as_str()) {
+        return stored.json.clone();
+    }
+    let mut object = (*stored.object).clone();
+    object["apiVersion"] = json!(api_version);
+    Bytes::from(serde_json::to_vec(&object).expect("a JSON value always serializes"))
+}
+
+fn render_value(stored: &StoredObject, resource: &Resource, version: &str) -> Value {
+    let mut object = (*stored.object).clone();
+    object["apiVersion"] = json!(resource.api_version(version));
+    object
+}
+
+fn get(shared: &Shared, target: &Target) -> Result<Response<Body>, ApiError> {
+    let kind = target.kind();
+    let name = target.name.as_deref().unwrap_or("");
+    let stored = shared
+        .store
+        .get(target.resource, target.namespace(), name)
+        .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))?;
+    Ok(json_response(StatusCode::OK, render(&stored, kind, &target.version)))
+}
+
+/// Label and field selectors of a list or watch.
+pub struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_query(query: &Query, kind: &Resource) -> Result<Self, ApiError> {
+        Ok(Self {
+            labels: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
+            fields: FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), kind.field_selectors, kind.plural)?,
+        })
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object["metadata"].get("labels")) && self.fields.matches(object)
+    }
+}
+
+fn encode_continue(revision: u64, namespace: &str, name: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(json!({"rv": revision, "ns": namespace, "name": name}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request(format!("continue token {token:?} is not one this server issued; list again without it"));
+    let bytes = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    Ok((
+        value["rv"].as_u64().ok_or_else(bad)?,
+        value["ns"].as_str().ok_or_else(bad)?.to_owned(),
+        value["name"].as_str().ok_or_else(bad)?.to_owned(),
+    ))
+}
+
+fn list(shared: &Shared, target: &Target, query: &Query, accept: &str) -> Result<Response<Body>, ApiError> {
+    let kind = target.kind();
+    let filter = Filter::from_query(query, kind)?;
+    let limit = query
+        .get("limit")
+        .map(|limit| limit.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit {limit:?} is not a number"))))
+        .transpose()?
+        .filter(|limit| *limit > 0);
+    let start = query.get("continue").filter(|token| !token.is_empty()).map(decode_continue).transpose()?;
+    let (all, current_revision) = shared.store.list(target.resource, target.namespace.as_deref());
+    // A continued list keeps the first page's revision, so a watch started from it misses nothing.
+    let revision = start.as_ref().map_or(current_revision, |(revision, _, _)| *revision);
+    let mut items = Vec::new();
+    let mut continue_token = None;
+    for stored in all {
+        if let Some((_, namespace, name)) = &start {
+            let metadata = &stored.object["metadata"];
+            let key = (metadata["namespace"].as_str().unwrap_or(""), metadata["name"].as_str().unwrap_or(""));
+            if key <= (namespace.as_str(), name.as_str()) {
+                continue;
+            }
+        }
+        if !filter.matches(&stored.object) {
+            continue;
+        }
+        if limit.is_some_and(|limit| items.len() == limit) {
+            let last: &StoredObject = items.last().expect("limit is positive");
+            let metadata = &last.object["metadata"];
+            continue_token = Some(encode_continue(
+                revision,
+                metadata["namespace"].as_str().unwrap_or(""),
+                metadata["name"].as_str().unwrap_or(""),
+            ));
+            break;
+        }
+        items.push(stored);
+    }
+    if tables::wants_table(accept) {
+        let objects: Vec<Value> = items.iter().map(|stored| render_value(stored, kind, &target.version)).collect();
+        return Ok(value_response(StatusCode::OK, &tables::table(kind, &objects, revision, continue_token.as_deref())));
+    }
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(token) = &continue_token {
+        metadata["continue"] = json!(token);
+    }
+    let head = format!(
+        r#"{{"apiVersion":{},"kind":"{}List","metadata":{},"items":["#,
+        json!(kind.api_version(&target.version)),
+        kind.kind,
+        metadata
+    );
+    let mut body = Vec::with_capacity(head.len() + items.iter().map(|item| item.json.len() + 1).sum::<usize>() + 2);
+    body.extend_from_slice(head.as_bytes());
+    for (index, item) in items.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&render(item, kind, &target.version));
+    }
+    body.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Puts the object in the URL's namespace (or none for cluster-scoped kinds).
+fn place(target: &Target, object: &mut Value) -> Result<(), ApiError> {
+    let metadata = object["metadata"].as_object_mut().expect("check_type made it an object");
+    if target.kind().namespaced {
+        let namespace = target.namespace().to_owned();
+        if namespace.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "{} are namespaced: send them to /namespaces/<namespace>/{}",
+                target.kind().plural,
+                target.kind().plural
+            )));
+        }
+        match metadata.get("namespace").and_then(Value::as_str) {
+            Some(sent) if !sent.is_empty() && sent != namespace => {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({sent}) does not match the namespace sent on the request ({namespace})"
+                )));
+            }
+            _ => {
+                metadata.insert("namespace".into(), json!(namespace));
+            }
+        }
+    } else {
+        metadata.remove("namespace");
+    }
+    Ok(())
+}
+
+fn require_namespace(shared: &Shared, target: &Target) -> Result<(), ApiError> {
+    if target.kind().namespaced && shared.store.get(id_of("", "Namespace"), "", target.namespace()).is_none() {
+        return Err(ApiError::not_found("", "namespaces", target.namespace()));
+    }
+    Ok(())
+}
+
+fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut bytes = [0u8; 5];
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system has randomness");
+    let suffix: String = bytes
+        .iter()
+        .map(|byte| ALPHABET[usize::from(*byte) % ALPHABET.len()] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+fn invalid(kind: &Resource, object: &Value, causes: Vec<status::Cause>) -> ApiError {
+    ApiError::invalid(kind.kind, kind.group, object["metadata"]["name"].as_str().unwrap_or(""), causes)
+}
+
+/// Gives a new Service its cluster IP (unless headless or ExternalName).
+fn allocate_cluster_ip(shared: &Shared, kind: &Resource, object: &mut Value) -> Result<Option<std::net::Ipv4Addr>, ApiError> {
+    if kind.kind != "Service" || kind.group != "" {
+        return Ok(None);
+    }
+    let spec = &mut object["spec"];
+    if spec["type"] == "ExternalName" {
+        return Ok(None);
+    }
+    let requested = spec["clusterIP"].as_str().unwrap_or("").to_owned();
+    if requested == "None" {
+        spec["clusterIPs"] = json!(["None"]);
+        return Ok(None);
+    }
+    let requested = if requested.is_empty() {
+        None
+    } else {
+        Some(requested.parse().map_err(|_| {
+            invalid(kind, object, vec![status::Cause::new("spec.clusterIP", format!("Invalid value: {requested:?}: must be a valid IPv4 address"))])
+        })?)
+    };
+    let address = shared
+        .service_ips
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .allocate(requested)
+        .map_err(|cause| invalid(kind, object, vec![cause]))?;
+    object["spec"]["clusterIP"] = json!(address.to_string());
+    object["spec"]["clusterIPs"] = json!([address.to_string()]);
+    Ok(Some(address))
+}
+
+fn release_cluster_ip(shared: &Shared, object: &Value) {
+    for address in object["spec"]["clusterIPs"].as_array().into_iter().flatten() {
+        if let Some(address) = address.as_str().and_then(|text| text.parse().ok()) {
+            shared.service_ips.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).release(address);
+        }
+    }
+}
+
+fn create(shared: &Shared, target: &Target, body: &[u8], content_type: &str, dry_run: bool) -> Result<Response<Body>, ApiError> {
+    let kind = target.kind();
+    let mut object = objects::parse_body(body, content_type)?;
+    check_type(kind, &target.version, &mut object)?;
+    place(target, &mut object)?;
+    require_namespace(shared, target)?;
+    let metadata = object["metadata"].as_object_mut().expect("checked");
+    if metadata.get("name").and_then(Value::as_str).unwrap_or("").is_empty()
+        && let Some(prefix) = metadata.get("generateName").and_then(Value::as_str)
+    {
+        let name = generated_name(prefix);
+        metadata.insert("name".into(), json!(name));
+    }
+    if metadata.get("resourceVersion").and_then(Value::as_str).is_some_and(|rv| !rv.is_empty()) {
+        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+    }
+    check_shape(kind, &object)?;
+    apply_defaults(kind, &mut object);
+    let causes = validate(kind, &object);
+    if !causes.is_empty() {
+        return Err(invalid(kind, &object, causes));
+    }
+    let allocated = allocate_cluster_ip(shared, kind, &mut object)?;
+    stamp_new(&mut object, kind);
+    let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let result = shared.store.change(target.resource, target.namespace(), &name, dry_run, |current| match current {
+        Some(_) => Err(ApiError::already_exists(kind.group, kind.plural, &name)),
+        None => Ok(Change::Put(object)),
+    });
+    if (result.is_err() || dry_run)
+        && let Some(address) = allocated
+    {
+        shared.service_ips.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).release(address);
+    }
+    let stored = result?.current.expect("a put leaves an object");
+    Ok(json_response(StatusCode::CREATED, render(&stored, kind, &target.version)))
+}
+
+fn without_resource_version(object: &Value) -> Value {
+    let mut copy = object.clone();
+    if let Some(metadata) = copy["metadata"].as_object_mut() {
+        metadata.remove("resourceVersion");
+    }
+    copy
+}
+
+/// Checks and completes `new`, the replacement of `current` sent by PUT or made by PATCH.
+fn replacement(target: &Target, current: &StoredObject, mut new: Value) -> Result<Change, ApiError> {
+    let kind = target.kind();
+    let name = target.name.as_deref().unwrap_or("");
+    if !new.is_object() {
+        return Err(ApiError::bad_request("the object must be a JSON object"));
+    }
+    check_type(kind, &target.version, &mut new)?;
+    place(target, &mut new)?;
+    match new["metadata"]["name"].as_str() {
+        Some(sent) if sent != name => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({sent}) does not match the name on the URL ({name})"
+            )));
+        }
+        None => new["metadata"]["name"] = json!(name),
+        Some(_) => {}
+    }
+    let sent_version = new["metadata"]["resourceVersion"].as_str().unwrap_or("").to_owned();
+    if !sent_version.is_empty() && sent_version != current.revision.to_string() {
+        return Err(ApiError::conflict(
+            kind.group,
+            kind.plural,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    if target.subresource.as_deref() == Some("status") {
+        let status = new.get("status").cloned();
+        new = (*current.object).clone();
+        match status {
+            Some(status) => new["status"] = status,
+            None => {
+                new.as_object_mut().expect("stored objects are objects").remove("status");
+            }
+        }
+    } else {
+        carry_over(kind, &current.object, &mut new);
+        if kind.kind == "Service" && kind.group.is_empty() {
+            // The cluster IP is immutable; an update that leaves it out keeps it.
+            for field in ["clusterIP", "clusterIPs"] {
+                let old = &current.object["spec"][field];
+                let sent = &new["spec"][field];
+                if sent.is_null() || sent == "" {
+                    new["spec"][field] = old.clone();
+                } else if sent != old && !old.is_null() {
+                    return Err(ApiError::invalid(kind.kind, kind.group, name, vec![status::Cause::new(format!("spec.{field}"), "Invalid value: field is immutable")]));
+                }
+            }
+        }
+    }
+    check_shape(kind, &new)?;
+    apply_defaults(kind, &mut new);
+    let causes = validate(kind, &new);
+    if !causes.is_empty() {
+        return Err(invalid(kind, &new, causes));
+    }
+    new["metadata"]["resourceVersion"] = json!(current.revision.to_string());
+    if without_resource_version(&new) == without_resource_version(&current.object) {
+        return Ok(Change::Keep);
+    }
+    Ok(Change::Put(new))
+}
+
+fn update(shared: &Shared, target: &Target, body: &[u8], content_type: &str, dry_run: bool) -> Result<Response<Body>, ApiError> {
+    let kind = target.kind();
+    let name = target.name.clone().unwrap_or_default();
+    let new = objects::parse_body(body, content_type)?;
+    let outcome = shared.store.change(target.resource, target.namespace(), &name, dry_run, |current| {
+        let current = current.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
+        replacement(target, current, new)
+    })?;
+    let stored = outcome.current.expect("an update leaves an object");
+    Ok(json_response(StatusCode::OK, render(&stored, kind, &target.version)))
+}
+
+fn is_custom_resource(kind: &Resource) -> bool {
+    kind.group.ends_with(".istio.io")
+}
+
+fn patch(shared: &Shared, target: &Target, patch_type: PatchType, body: &[u8], dry_run: bool) -> Result<Response<Body>, ApiError> {
+    let kind = target.kind();
+    if patch_type == PatchType::Strategic && is_custom_resource(kind) {
+        return Err(ApiError::unsupported_media_type(
+            "application/strategic-merge-patch+json: strategic merge patch is not supported for custom resources; send a JSON merge patch",
+        ));
+    }
+    let name = target.name.clone().unwrap_or_default();
+    let outcome = shared.store.change(target.resource, target.namespace(), &name, dry_run, |current| {
+        let current = current.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
+        let patched = patch::apply(patch_type, kind.kind, &current.object, body)?;
+        replacement(target, current, patched)
+    })?;
+    let stored = outcome.current.expect("a patch leaves an object");
+    Ok(json_response(StatusCode::OK, render(&stored, kind, &target.version)))
+}
+
+/// Namespaces every cluster needs.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+fn delete(shared: &Shared, target: &Target, body: &[u8], dry_run: bool) -> Result<Response<Body>, ApiError> {
+    let kind = target.kind();
+    let name = target.name.clone().unwrap_or_default();
+    let options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|error| ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {error}")))?
+    };
+    let dry_run = dry_run || options["dryRun"].as_array().is_some_and(|modes| modes.iter().any(|mode| mode == "All"));
+    let preconditions = &options["preconditions"];
+    if kind.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name.as_str()) {
+        let mut error = ApiError::bad_request(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"));
+        error.code = StatusCode::FORBIDDEN;
+        error.reason = "Forbidden";
+        return Err(error);
+    }
+    let stored = shared
+        .store
+        .get(target.resource, target.namespace(), &name)
+        .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
+    let uid = stored.object["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+    if kind.kind == "Namespace" && !dry_run {
+        delete_namespace_contents(shared, &name);
+    }
+    let outcome = delete_one(shared, target.resource, target.namespace(), &name, dry_run, |current| {
+        if let Some(uid) = preconditions["uid"].as_str()
+            && current.object["metadata"]["uid"] != uid
+        {
+            return Err(ApiError::conflict(kind.group, kind.plural, &name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", current.object["metadata"]["uid"])));
+        }
+        if let Some(version) = preconditions["resourceVersion"].as_str()
+            && current.revision.to_string() != version
+        {
+            return Err(ApiError::conflict(kind.group, kind.plural, &name, "the object has been modified; please apply your changes to the latest version and try again"));
+        }
+        Ok(())
+    })?;
+    if outcome.is_none() {
+        return Err(ApiError::not_found(kind.group, kind.plural, &name));
+    }
+    Ok(value_response(StatusCode::OK, &status::deleted(kind.group, kind.plural, &name, &uid)))
+}
+
+/// Deletes one object after `check` accepts it; returns the deleted object, `None` if absent.
+pub fn delete_one(
+    shared: &Shared,
+    resource: ResourceId,
+    namespace: &str,
+    name: &str,
+    dry_run: bool,
+    check: impl FnOnce(&StoredObject) -> Result<(), ApiError>,
+) -> Result<Option<StoredObject>, ApiError> {
+    let outcome = shared.store.change(resource, namespace, name, dry_run, |current| match current {
+        None => Ok(Change::Keep),
+        Some(current) => {
+            check(current)?;
+            Ok(Change::Delete)
+        }
+    })?;
+    let deleted = outcome.previous;
+    if !dry_run
+        && let Some(deleted) = &deleted
+        && RESOURCES[resource].kind == "Service"
+    {
+        release_cluster_ip(shared, &deleted.object);
+    }
+    Ok(deleted)
+}
+
+/// Deleting a namespace deletes everything in it (there are no finalizers in the lab).
+pub fn delete_namespace_contents(shared: &Shared, namespace: &str) {
+    for (resource, name) in shared.store.names_in_namespace(namespace) {
+        if let Err(error) = delete_one(shared, resource, namespace, &name, false, |_| Ok(())) {
+            tracing::warn!(%namespace, %name, %error, "cannot delete an object of a deleted namespace");
+        }
+    }
+}
+
+fn delete_collection(shared: &Shared, target: &Target, query: &Query, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let kind = target.kind();
+    if !body.is_empty() {
+        serde_json::from_slice::<Value>(body).map_err(|error| ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {error}")))?;
+    }
+    let filter = Filter::from_query(query, kind)?;
+    let (items, _) = shared.store.list(target.resource, target.namespace.as_deref());
+    let mut deleted = Vec::new();
+    for stored in items.into_iter().filter(|stored| filter.matches(&stored.object)) {
+        let metadata = &stored.object["metadata"];
+        let namespace = metadata["namespace"].as_str().unwrap_or("");
+        let name = metadata["name"].as_str().unwrap_or("");
+        if kind.kind == "Namespace" {
+            if PROTECTED_NAMESPACES.contains(&name) {
+                continue;
+            }
+            delete_namespace_contents(shared, name);
+        }
+        if let Some(object) = delete_one(shared, target.resource, namespace, name, query.dry_run(), |_| Ok(()))? {
+            deleted.push(render_value(&object, kind, &target.version));
+        }
+    }
+    Ok(value_response(
+        StatusCode::OK,
+        &json!({"apiVersion": kind.api_version(&target.version), "kind": format!("{}List", kind.kind), "metadata": {"resourceVersion": shared.store.revision().to_string()}, "items": deleted}),
+    ))
+}
+
+/// Longest a requested token may live (Kubernetes' usual `--service-account-max-token-expiration`).
+const MAX_TOKEN_SECONDS: i64 = 48 * 3600;
+const MIN_TOKEN_SECONDS: i64 = 600;
+
+fn token_request(shared: &Shared, target: &Target, body: &[u8], content_type: &str) -> Result<Response<Body>, ApiError> {
+    let namespace = target.namespace().to_owned();
+    let account_name = target.name.clone().unwrap_or_default();
+    let request = objects::parse_body(body, content_type)?;
+    if request["kind"].as_str().is_some_and(|kind| kind != "TokenRequest") {
+        return Err(ApiError::bad_request(format!("the token subresource takes a TokenRequest, not a {}", request["kind"])));
+    }
+    let account = shared
+        .store
+        .get(id_of("", "ServiceAccount"), &namespace, &account_name)
+        .ok_or_else(|| ApiError::not_found("", "serviceaccounts", &account_name))?;
+    let spec = &request["spec"];
+    let invalid_request = |field: &str, message: String| {
+        ApiError::invalid("TokenRequest", "authentication.k8s.io", &account_name, vec![status::Cause::new(field, message)])
+    };
+    let audiences: Vec<String> = match spec["audiences"].as_array() {
+        Some(list) if !list.is_empty() => list.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => vec![super::tokens::ISSUER.to_owned()],
+    };
+    let lifetime = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+    if lifetime < MIN_TOKEN_SECONDS {
+        return Err(invalid_request("spec.expirationSeconds", "Invalid value: may not specify a duration less than 10 minutes".into()));
+    }
+    let lifetime = lifetime.min(MAX_TOKEN_SECONDS);
+    let mut binding = Binding {
+        namespace: namespace.clone(),
+        serviceaccount: ObjectRef {
+            name: account_name.clone(),
+            uid: account.object["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+        },
+        pod: None,
+        secret: None,
+    };
+    let bound = &spec["boundObjectRef"];
+    if bound.is_object() {
+        let bound_kind = bound["kind"].as_str().unwrap_or("");
+        let bound_name = bound["name"].as_str().unwrap_or("");
+        let (resource, slot) = match bound_kind {
+            "Pod" => (id_of("", "Pod"), &mut binding.pod),
+            "Secret" => (id_of("", "Secret"), &mut binding.secret),
+            other => return Err(invalid_request("spec.boundObjectRef.kind", format!("Unsupported value: {other:?}: supported values: \"Pod\", \"Secret\""))),
+        };
+        let object = shared
+            .store
+            .get(resource, &namespace, bound_name)
+            .ok_or_else(|| ApiError::not_found("", RESOURCES[resource].plural, bound_name))?;
+        let uid = object.object["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+        if let Some(wanted) = bound["uid"].as_str().filter(|wanted| !wanted.is_empty())
+            && wanted != uid
+        {
+            return Err(ApiError::conflict("", RESOURCES[resource].plural, bound_name, &format!("the UID in the bound object reference ({wanted}) does not match the UID in record ({uid}); the object might have been deleted and then recreated")));
+        }
+        *slot = Some(ObjectRef { name: bound_name.to_owned(), uid });
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let claims = Claims::new(binding, audiences.clone(), now.unix_timestamp(), lifetime);
+    let token = shared.tokens.sign(&claims);
+    let expires = objects::timestamp(now + time::Duration::seconds(lifetime));
+    let mut response_spec = spec.clone();
+    if !response_spec.is_object() {
+        response_spec = json!({});
+    }
+    response_spec["audiences"] = json!(audiences);
+    response_spec["expirationSeconds"] = json!(lifetime);
+    Ok(value_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": account_name, "namespace": namespace, "creationTimestamp": objects::timestamp(now)},
+            "spec": response_spec,
+            "status": {"token": token, "expirationTimestamp": expires},
+        }),
+    ))
+}
+
+fn token_review(shared: &Shared, body: &[u8], content_type: &str) -> Result<Response<Body>, ApiError> {
+    let review = objects::parse_body(body, content_type)?;
+    if review["kind"].as_str().is_some_and(|kind| kind != "TokenReview") {
+        return Err(ApiError::bad_request(format!("tokenreviews take a TokenReview, not a {}", review["kind"])));
+    }
+    let token = review["spec"]["token"].as_str().unwrap_or("");
+    if token.is_empty() {
+        return Err(ApiError::invalid("TokenReview", "authentication.k8s.io", "", vec![status::Cause::new("spec.token", "Required value")]));
+    }
+    let audiences: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    let status = match shared.authenticate(token, &audiences) {
+        Ok((user, matched)) => json!({
+            "authenticated": true,
+            "user": {"username": user.username, "uid": user.uid, "groups": user.groups, "extra": user.extra},
+            "audiences": matched,
+        }),
+        Err(reason) => json!({"authenticated": false, "error": reason, "user": {}}),
+    };
+    let mut spec = review["spec"].clone();
+    spec["token"] = json!(token);
+    Ok(value_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec,
+            "status": status,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(path: &str) -> Target {
+        match route(path).unwrap() {
+            Route::Objects(target) => target,
+            Route::Document(_) => panic!("{path} is a document"),
+        }
+    }
+
+    #[test]
+    fn paths_route_to_kinds_namespaces_names_and_subresources() {
+        let pods = target("/api/v1/namespaces/sample/pods/p1/status");
+        assert_eq!(pods.kind().kind, "Pod");
+        assert_eq!(pods.namespace.as_deref(), Some("sample"));
+        assert_eq!(pods.name.as_deref(), Some("p1"));
+        assert_eq!(pods.subresource.as_deref(), Some("status"));
+        let namespace_status = target("/api/v1/namespaces/sample/status");
+        assert_eq!(namespace_status.kind().kind, "Namespace");
+        assert_eq!(namespace_status.name.as_deref(), Some("sample"));
+        let gateways = target("/apis/networking.istio.io/v1alpha3/namespaces/istio-system/gateways");
+        assert_eq!(gateways.kind().kind, "Gateway");
+        assert_eq!(gateways.version, "v1alpha3");
+        assert!(route("/api/v1/namespaces/a/nodes").is_err());
+        assert!(route("/api/v1/pods/x/exec").is_err());
+        assert!(route("/apis/apps/v1/widgets").is_err());
+    }
+}

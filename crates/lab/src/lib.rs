@@ -1,0 +1,10 @@
+//! The lab: several Kubernetes-like clusters on one machine. Each cluster has its own API server
+//! ([`apiserver`]), which the mesh and a real `kubectl` talk to; [`clusters`] runs them in the
+//! background and [`kubeconfig`] tells clients where they are.
+
+pub mod apiserver;
+pub mod clusters;
+pub mod kind_config;
+pub mod kubeconfig;
+#[cfg(feature = "testing")]
+pub mod testing;
