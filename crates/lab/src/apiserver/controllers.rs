@@ -47,11 +47,17 @@ impl Kinds {
     }
 }
 
-pub async fn run(shared: Arc<Shared>) {
+/// Subscribes to changes, then brings everything up to date, so that the API server answers its
+/// first request with every namespace's default account in place. Returns the loop to run next.
+pub fn start(shared: Arc<Shared>) -> impl std::future::Future<Output = ()> {
     let kinds = Kinds::new();
-    let (mut events, _) = shared.store.subscribe();
-    let mut shutdown = shared.shutdown.clone();
+    let (events, _) = shared.store.subscribe();
     reconcile_everything(&shared, &kinds);
+    run(shared, kinds, events)
+}
+
+async fn run(shared: Arc<Shared>, kinds: Kinds, mut events: broadcast::Receiver<Arc<Event>>) {
+    let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,

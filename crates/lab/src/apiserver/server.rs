@@ -185,7 +185,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
     bootstrap(&shared).map_err(|error| StartError::Bootstrap(error.message))?;
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(controllers::run(shared.clone()));
+    tasks.spawn(controllers::start(shared.clone()));
     tasks.spawn(accept_loop(shared.clone(), listener, serving.config));
     tracing::info!(cluster = %shared.config.cluster, %address, "API server listening");
     Ok(RunningApiServer {

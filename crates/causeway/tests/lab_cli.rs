@@ -1,0 +1,286 @@
+//! `causeway lab` as a user drives it: clusters from the seeds' kind configs, then a real
+//! `kubectl` replaying the seed walkthrough's commands, and an API server killed mid-write.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams};
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/samples")
+}
+
+fn kubectl_binary() -> String {
+    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned())
+}
+
+/// A lab in a temporary directory, with its own kubeconfig; deletes its clusters when dropped.
+struct TestLab {
+    directory: tempfile::TempDir,
+    clusters: Mutex<Vec<String>>,
+}
+
+impl TestLab {
+    fn new() -> Self {
+        Self {
+            directory: tempfile::tempdir().unwrap(),
+            clusters: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.directory.path().join("state")
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.directory.path().join("kubeconfig")
+    }
+
+    fn causeway(&self, args: &[&str]) -> Output {
+        let output = Command::new(env!("CARGO_BIN_EXE_causeway"))
+            .args(args)
+            .env("CAUSEWAY_LAB_DIR", self.state_dir())
+            .env("KUBECONFIG", self.kubeconfig())
+            .current_dir(self.directory.path())
+            .output()
+            .unwrap();
+        if args.first() == Some(&"lab") && args.get(1) == Some(&"create-cluster") && output.status.success() {
+            let name = String::from_utf8_lossy(&output.stdout)
+                .split('"')
+                .nth(1)
+                .map(str::to_owned)
+                .unwrap();
+            self.clusters.lock().unwrap().push(name);
+        }
+        output
+    }
+
+    fn create(&self, config: &str) -> String {
+        let config = samples().join("topologies").join(config);
+        let output = self.causeway(&["lab", "create-cluster", "--config", config.to_str().unwrap()]);
+        assert!(output.status.success(), "create-cluster failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn kubectl(&self, context: &str, args: &[&str]) -> Output {
+        Command::new(kubectl_binary())
+            .arg("--context")
+            .arg(context)
+            .arg("--cache-dir")
+            .arg(self.directory.path().join("kube-cache"))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .current_dir(self.directory.path())
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run kubectl ({}): {error}; scripts/test installs it", kubectl_binary()))
+    }
+
+    /// Runs kubectl, expecting success; returns stdout.
+    fn ok(&self, context: &str, args: &[&str]) -> String {
+        let output = self.kubectl(context, args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn api_server_pid(&self, cluster: &str) -> u32 {
+        let endpoint = std::fs::read(self.state_dir().join("clusters").join(cluster).join("apiserver.json")).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&endpoint).unwrap()["pid"].as_u64().unwrap() as u32
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        for name in self.clusters.lock().unwrap().drain(..) {
+            let _ = Command::new(env!("CARGO_BIN_EXE_causeway"))
+                .args(["lab", "delete-cluster", &name])
+                .env("CAUSEWAY_LAB_DIR", self.state_dir())
+                .env("KUBECONFIG", self.kubeconfig())
+                .output();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+}
+
+#[test]
+fn the_seed_walkthrough_runs_with_a_real_kubectl() {
+    let lab = TestLab::new();
+    let created = lab.create("cluster01-kind.yaml");
+    assert!(created.contains("pods 10.10.0.0/16, services 10.11.0.0/16"), "{created}");
+    lab.create("cluster02-kind.yaml");
+    let clusters = String::from_utf8(lab.causeway(&["lab", "get-clusters"]).stdout).unwrap();
+    assert_eq!(clusters.lines().filter(|line| line.contains("running")).count(), 2, "{clusters}");
+
+    let c1 = "cluster01";
+    assert_eq!(lab.ok(c1, &["create", "namespace", "sample"]).trim(), "namespace/sample created");
+    lab.ok(c1, &["label", "namespace", "sample", "istio-injection=enabled"]);
+    assert_eq!(lab.ok(c1, &["get", "namespace", "sample", "-o", "jsonpath={.metadata.labels.istio-injection}"]), "enabled");
+    lab.ok(c1, &["create", "namespace", "istio-system"]);
+    lab.ok(c1, &["annotate", "namespace", "istio-system", "topology.istio.io/controlPlaneClusters=cluster01"]);
+    assert_eq!(
+        lab.ok(c1, &["get", "namespace", "istio-system", "-o", r"jsonpath={.metadata.annotations.topology\.istio\.io/controlPlaneClusters}"]),
+        "cluster01"
+    );
+
+    // The cluster's cacerts, made by `causeway certs` and loaded the way the seed does.
+    for args in [&["certs", "root-ca"][..], &["certs", "intermediate", "cluster01"][..]] {
+        let output = lab.causeway(args);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let files = ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"];
+    let mut args = vec!["create", "secret", "generic", "cacerts", "-n", "istio-system"];
+    let from_files: Vec<String> = files.iter().map(|file| format!("--from-file=cluster01/{file}")).collect();
+    args.extend(from_files.iter().map(String::as_str));
+    assert_eq!(lab.ok(c1, &args).trim(), "secret/cacerts created");
+    let stored = lab.ok(c1, &["get", "secret", "cacerts", "-n", "istio-system", "-o", r"jsonpath={.data.ca-cert\.pem}"]);
+    let decoded = base64::engine::general_purpose::STANDARD.decode(stored).unwrap();
+    assert_eq!(decoded, std::fs::read(lab.directory.path().join("cluster01/ca-cert.pem")).unwrap());
+
+    let helloworld = samples().join("helloworld.yaml");
+    let helloworld = helloworld.to_str().unwrap();
+    assert_eq!(lab.ok(c1, &["apply", "-f", helloworld, "-l", "service=helloworld", "-n", "sample"]).trim(), "service/helloworld created");
+    assert_eq!(lab.ok(c1, &["apply", "-f", helloworld, "-l", "version=v1", "-n", "sample"]).trim(), "deployment.apps/helloworld-v1 created");
+    assert_eq!(lab.ok(c1, &["apply", "-f", helloworld, "-l", "version=v1", "-n", "sample"]).trim(), "deployment.apps/helloworld-v1 unchanged");
+    let cluster_ip = lab.ok(c1, &["get", "svc", "helloworld", "-n", "sample", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(cluster_ip.starts_with("10.11."), "{cluster_ip}");
+    let listed = lab.ok(c1, &["get", "svc", "-n", "sample"]);
+    assert!(listed.contains("helloworld") && listed.contains("ClusterIP") && listed.contains("5000/TCP"), "{listed}");
+
+    // A second apply of an edited manifest is a strategic merge patch.
+    let scaled = std::fs::read_to_string(samples().join("helloworld.yaml")).unwrap().replace("replicas: 1", "replicas: 3");
+    let scaled_path = lab.directory.path().join("helloworld-scaled.yaml");
+    std::fs::write(&scaled_path, scaled).unwrap();
+    assert_eq!(
+        lab.ok(c1, &["apply", "-f", scaled_path.to_str().unwrap(), "-l", "version=v1", "-n", "sample"]).trim(),
+        "deployment.apps/helloworld-v1 configured"
+    );
+    assert_eq!(lab.ok(c1, &["get", "deploy", "helloworld-v1", "-n", "sample", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]), "3 2");
+
+    let expose = samples().join("expose-services.yaml");
+    assert_eq!(
+        lab.ok(c1, &["apply", "-f", expose.to_str().unwrap(), "-n", "istio-system"]).trim(),
+        "gateway.networking.istio.io/cross-network-gateway created"
+    );
+    assert_eq!(lab.ok(c1, &["get", "gateway", "cross-network-gateway", "-n", "istio-system", "-o", "jsonpath={.spec.servers[0].port.number}"]), "15443");
+    let expose_istiod = samples().join("expose-istiod.yaml");
+    let applied = lab.ok(c1, &["apply", "-f", expose_istiod.to_str().unwrap()]);
+    assert!(applied.contains("gateway.networking.istio.io/istiod-gateway created") && applied.contains("virtualservice.networking.istio.io/istiod-vs created"), "{applied}");
+
+    // Each cluster allocates from its own service subnet.
+    lab.ok("cluster02", &["create", "namespace", "sample"]);
+    lab.ok("cluster02", &["apply", "-f", helloworld, "-l", "service=helloworld", "-n", "sample"]);
+    let cluster02_ip = lab.ok("cluster02", &["get", "svc", "helloworld", "-n", "sample", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(cluster02_ip.starts_with("10.21."), "{cluster02_ip}");
+
+    let deleted = lab.ok(c1, &["delete", "-f", helloworld, "-n", "sample", "--ignore-not-found"]);
+    assert!(deleted.contains("service \"helloworld\" deleted") && deleted.contains("deployment.apps \"helloworld-v1\" deleted"), "{deleted}");
+    let left = lab.kubectl(c1, &["get", "svc,deploy", "-n", "sample"]);
+    assert!(String::from_utf8_lossy(&left.stderr).contains("No resources found"), "{left:?}");
+    lab.ok(c1, &["delete", "namespace", "istio-system"]);
+    let gone = lab.kubectl(c1, &["get", "secret", "cacerts", "-n", "istio-system"]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"), "{gone:?}");
+}
+
+#[test]
+fn create_cluster_refuses_duplicates_overlaps_and_malformed_configs_and_delete_leaves_nothing() {
+    let lab = TestLab::new();
+    lab.create("cluster01-kind.yaml");
+    let pid = lab.api_server_pid("cluster01");
+    assert!(alive(pid));
+
+    let config01 = samples().join("topologies/cluster01-kind.yaml");
+    let again = lab.causeway(&["lab", "create-cluster", "--config", config01.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("cluster \"cluster01\" already exists"), "{again:?}");
+
+    let overlap = lab.causeway(&["lab", "create-cluster", "--name", "other", "--pod-subnet", "10.10.128.0/17", "--service-subnet", "10.50.0.0/16"]);
+    assert!(String::from_utf8_lossy(&overlap.stderr).contains("overlaps the pod subnet 10.10.0.0/16 of cluster01"), "{overlap:?}");
+
+    let broken = lab.directory.path().join("broken.yaml");
+    std::fs::write(&broken, "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnetworking: [\n").unwrap();
+    let malformed = lab.causeway(&["lab", "create-cluster", "--config", broken.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("is not a valid kind Cluster config"), "{malformed:?}");
+
+    let kubeconfig = std::fs::read_to_string(lab.kubeconfig()).unwrap();
+    assert!(kubeconfig.contains("current-context: cluster01"), "{kubeconfig}");
+    let printed = String::from_utf8(lab.causeway(&["lab", "kubeconfig"]).stdout).unwrap();
+    assert!(printed.contains("name: cluster01") && printed.contains("certificate-authority-data"), "{printed}");
+
+    let deleted = lab.causeway(&["lab", "delete-cluster", "cluster01"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    lab.clusters.lock().unwrap().clear();
+    assert!(!alive(pid), "the API server outlived delete-cluster");
+    assert!(!lab.state_dir().join("clusters/cluster01").exists());
+    let kubeconfig = std::fs::read_to_string(lab.kubeconfig()).unwrap();
+    assert!(!kubeconfig.contains("cluster01"), "{kubeconfig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_killed_mid_write_loses_nothing_it_acknowledged() {
+    let lab = Arc::new(TestLab::new());
+    lab.create("cluster01-kind.yaml");
+    let client = kube_client(&lab).await;
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let api = Api::<ConfigMap>::namespaced(client.clone(), "default");
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for index in 0..5_000 {
+                let name = format!("w{writer}-{index}");
+                let object: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"payload": "x".repeat(512)}})).unwrap();
+                match api.create(&PostParams::default(), &object).await {
+                    Ok(_) => {
+                        acknowledged.lock().unwrap().insert(name);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pid = lab.api_server_pid("cluster01");
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    for writer in writers {
+        tokio::time::timeout(Duration::from_secs(30), writer).await.expect("writers stop once the server is gone").unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 10, "too few writes before the kill ({}) to prove anything", acknowledged.len());
+
+    let restarted = lab.causeway(&["lab", "start-cluster", "cluster01"]);
+    assert!(restarted.status.success(), "{restarted:?}");
+    let client = kube_client(&lab).await;
+    let stored: BTreeSet<String> = Api::<ConfigMap>::namespaced(client, "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|object| object.metadata.name)
+        .collect();
+    let lost: Vec<&String> = acknowledged.difference(&stored).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes were lost, e.g. {:?}", lost.len(), lost.first());
+}
+
+async fn kube_client(lab: &TestLab) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(lab.kubeconfig()).unwrap();
+    let options = kube::config::KubeConfigOptions {
+        context: Some("cluster01".into()),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.unwrap();
+    kube::Client::try_from(config).unwrap()
+}
