@@ -57,19 +57,37 @@ enum LabCommand {
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let lab = Lab::new(args.state_dir.unwrap_or_else(Lab::default_root));
     let kubeconfig_path = args.kubeconfig.unwrap_or_else(kubeconfig::default_path);
-    let executable = std::env::current_exe().context("cannot find the causeway executable to start the API server with")?;
+    let executable = std::env::current_exe()
+        .context("cannot find the causeway executable to start the API server with")?;
     match args.command {
-        LabCommand::CreateCluster { config, name, pod_subnet, service_subnet } => {
+        LabCommand::CreateCluster {
+            config,
+            name,
+            pod_subnet,
+            service_subnet,
+        } => {
             let from_file = match &config {
                 Some(path) => KindCluster::read(path)?,
-                None => KindCluster { name: None, pod_subnet: None, service_subnet: None, ignored: Vec::new() },
+                None => KindCluster {
+                    name: None,
+                    pod_subnet: None,
+                    service_subnet: None,
+                    ignored: Vec::new(),
+                },
             };
             if !from_file.ignored.is_empty() {
-                eprintln!("note: the lab ignores these kind config fields: {}", from_file.ignored.join(", "));
+                eprintln!(
+                    "note: the lab ignores these kind config fields: {}",
+                    from_file.ignored.join(", ")
+                );
             }
             let name = name.or(from_file.name).unwrap_or_else(|| "kind".to_owned());
-            let default_net = |text: &str| text.parse::<Ipv4Net>().expect("kind's defaults are valid");
-            let pod_subnet = pod_subnet.or(from_file.pod_subnet).unwrap_or_else(|| default_net(DEFAULT_POD_SUBNET)).trunc();
+            let default_net =
+                |text: &str| text.parse::<Ipv4Net>().expect("kind's defaults are valid");
+            let pod_subnet = pod_subnet
+                .or(from_file.pod_subnet)
+                .unwrap_or_else(|| default_net(DEFAULT_POD_SUBNET))
+                .trunc();
             let service_subnet = service_subnet
                 .or(from_file.service_subnet)
                 .unwrap_or_else(|| default_net(DEFAULT_SERVICE_SUBNET))
@@ -84,8 +102,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             };
             kubeconfig::merge(&kubeconfig_path, &access)?;
             println!("Created cluster {name:?}: pods {pod_subnet}, services {service_subnet}");
-            println!("API server: {} (log: {})", access.server, lab.log_path(&name).display());
-            println!("Context {name:?} written to {}. Try:\n\n  kubectl --context {name} get namespaces", kubeconfig_path.display());
+            println!(
+                "API server: {} (log: {})",
+                access.server,
+                lab.log_path(&name).display()
+            );
+            println!(
+                "Context {name:?} written to {}. Try:\n\n  kubectl --context {name} get namespaces",
+                kubeconfig_path.display()
+            );
             Ok(())
         }
         LabCommand::GetClusters => {
@@ -94,10 +119,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 eprintln!("No lab clusters found.");
                 return Ok(());
             }
-            println!("{:<16} {:<8} {:<24} {:<16} {:<16}", "NAME", "STATUS", "API SERVER", "POD SUBNET", "SERVICE SUBNET");
+            println!(
+                "{:<16} {:<8} {:<24} {:<16} {:<16}",
+                "NAME", "STATUS", "API SERVER", "POD SUBNET", "SERVICE SUBNET"
+            );
             for record in records {
                 let (status, server) = match lab.status(&record.name) {
-                    ClusterStatus::Running(endpoint) => ("running", format!("https://{}", endpoint.address)),
+                    ClusterStatus::Running(endpoint) => {
+                        ("running", format!("https://{}", endpoint.address))
+                    }
                     ClusterStatus::Stopped => ("stopped", "-".to_owned()),
                 };
                 println!(
@@ -131,7 +161,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         LabCommand::Kubeconfig { name } => {
             let names: Vec<String> = match name {
                 Some(name) => vec![name],
-                None => lab.clusters()?.into_iter().map(|record| record.name).collect(),
+                None => lab
+                    .clusters()?
+                    .into_iter()
+                    .map(|record| record.name)
+                    .collect(),
             };
             let mut clusters = Vec::new();
             for name in names {
@@ -141,15 +175,21 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 }
             }
             if clusters.is_empty() {
-                bail!("no lab cluster is running; create one with `causeway lab create-cluster --config <kind-config.yaml>`");
+                bail!(
+                    "no lab cluster is running; create one with `causeway lab create-cluster --config <kind-config.yaml>`"
+                );
             }
-            print!("{}", kubeconfig::render(&kubeconfig::for_clusters(&clusters)));
+            print!(
+                "{}",
+                kubeconfig::render(&kubeconfig::for_clusters(&clusters))
+            );
             Ok(())
         }
         LabCommand::ServeCluster { name } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .with_ansi(false)
                 .init();

@@ -19,6 +19,21 @@ fn kubectl_binary() -> String {
     std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned())
 }
 
+/// kubectl before 1.29 validates `apply` against OpenAPI v2 (protobuf), which the lab does not
+/// serve; those versions need `--validate=false` (newer ones ask the server to validate).
+fn kubectl_needs_validate_false() -> bool {
+    let output = Command::new(kubectl_binary())
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run kubectl ({}): {error}; scripts/test installs it", kubectl_binary()));
+    let version: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let minor: u32 = version["clientVersion"]["minor"]
+        .as_str()
+        .and_then(|minor| minor.trim_end_matches('+').parse().ok())
+        .unwrap_or(u32::MAX);
+    minor < 29
+}
+
 /// A lab in a temporary directory, with its own kubeconfig; deletes its clusters when dropped.
 struct TestLab {
     directory: tempfile::TempDir,
@@ -49,7 +64,10 @@ impl TestLab {
             .current_dir(self.directory.path())
             .output()
             .unwrap();
-        if args.first() == Some(&"lab") && args.get(1) == Some(&"create-cluster") && output.status.success() {
+        if args.first() == Some(&"lab")
+            && args.get(1) == Some(&"create-cluster")
+            && output.status.success()
+        {
             let name = String::from_utf8_lossy(&output.stdout)
                 .split('"')
                 .nth(1)
@@ -62,13 +80,26 @@ impl TestLab {
 
     fn create(&self, config: &str) -> String {
         let config = samples().join("topologies").join(config);
-        let output = self.causeway(&["lab", "create-cluster", "--config", config.to_str().unwrap()]);
-        assert!(output.status.success(), "create-cluster failed: {}", String::from_utf8_lossy(&output.stderr));
+        let output = self.causeway(&[
+            "lab",
+            "create-cluster",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        assert!(
+            output.status.success(),
+            "create-cluster failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8(output.stdout).unwrap()
     }
 
     fn kubectl(&self, context: &str, args: &[&str]) -> Output {
-        Command::new(kubectl_binary())
+        let mut command = Command::new(kubectl_binary());
+        if args.first() == Some(&"apply") && kubectl_needs_validate_false() {
+            command.arg("--validate=false");
+        }
+        command
             .arg("--context")
             .arg(context)
             .arg("--cache-dir")
@@ -77,7 +108,12 @@ impl TestLab {
             .env("KUBECONFIG", self.kubeconfig())
             .current_dir(self.directory.path())
             .output()
-            .unwrap_or_else(|error| panic!("cannot run kubectl ({}): {error}; scripts/test installs it", kubectl_binary()))
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run kubectl ({}): {error}; scripts/test installs it",
+                    kubectl_binary()
+                )
+            })
     }
 
     /// Runs kubectl, expecting success; returns stdout.
@@ -93,8 +129,16 @@ impl TestLab {
     }
 
     fn api_server_pid(&self, cluster: &str) -> u32 {
-        let endpoint = std::fs::read(self.state_dir().join("clusters").join(cluster).join("apiserver.json")).unwrap();
-        serde_json::from_slice::<serde_json::Value>(&endpoint).unwrap()["pid"].as_u64().unwrap() as u32
+        let endpoint = std::fs::read(
+            self.state_dir()
+                .join("clusters")
+                .join(cluster)
+                .join("apiserver.json"),
+        )
+        .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&endpoint).unwrap()["pid"]
+            .as_u64()
+            .unwrap() as u32
     }
 }
 
@@ -112,86 +156,330 @@ impl Drop for TestLab {
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
 }
 
 #[test]
 fn the_seed_walkthrough_runs_with_a_real_kubectl() {
     let lab = TestLab::new();
     let created = lab.create("cluster01-kind.yaml");
-    assert!(created.contains("pods 10.10.0.0/16, services 10.11.0.0/16"), "{created}");
+    assert!(
+        created.contains("pods 10.10.0.0/16, services 10.11.0.0/16"),
+        "{created}"
+    );
     lab.create("cluster02-kind.yaml");
     let clusters = String::from_utf8(lab.causeway(&["lab", "get-clusters"]).stdout).unwrap();
-    assert_eq!(clusters.lines().filter(|line| line.contains("running")).count(), 2, "{clusters}");
+    assert_eq!(
+        clusters
+            .lines()
+            .filter(|line| line.contains("running"))
+            .count(),
+        2,
+        "{clusters}"
+    );
 
     let c1 = "cluster01";
-    assert_eq!(lab.ok(c1, &["create", "namespace", "sample"]).trim(), "namespace/sample created");
-    lab.ok(c1, &["label", "namespace", "sample", "istio-injection=enabled"]);
-    assert_eq!(lab.ok(c1, &["get", "namespace", "sample", "-o", "jsonpath={.metadata.labels.istio-injection}"]), "enabled");
-    lab.ok(c1, &["create", "namespace", "istio-system"]);
-    lab.ok(c1, &["annotate", "namespace", "istio-system", "topology.istio.io/controlPlaneClusters=cluster01"]);
     assert_eq!(
-        lab.ok(c1, &["get", "namespace", "istio-system", "-o", r"jsonpath={.metadata.annotations.topology\.istio\.io/controlPlaneClusters}"]),
+        lab.ok(c1, &["create", "namespace", "sample"]).trim(),
+        "namespace/sample created"
+    );
+    lab.ok(
+        c1,
+        &["label", "namespace", "sample", "istio-injection=enabled"],
+    );
+    assert_eq!(
+        lab.ok(
+            c1,
+            &[
+                "get",
+                "namespace",
+                "sample",
+                "-o",
+                "jsonpath={.metadata.labels.istio-injection}"
+            ]
+        ),
+        "enabled"
+    );
+    lab.ok(c1, &["create", "namespace", "istio-system"]);
+    lab.ok(
+        c1,
+        &[
+            "annotate",
+            "namespace",
+            "istio-system",
+            "topology.istio.io/controlPlaneClusters=cluster01",
+        ],
+    );
+    assert_eq!(
+        lab.ok(
+            c1,
+            &[
+                "get",
+                "namespace",
+                "istio-system",
+                "-o",
+                r"jsonpath={.metadata.annotations.topology\.istio\.io/controlPlaneClusters}"
+            ]
+        ),
         "cluster01"
     );
 
     // The cluster's cacerts, made by `causeway certs` and loaded the way the seed does.
-    for args in [&["certs", "root-ca"][..], &["certs", "intermediate", "cluster01"][..]] {
+    for args in [
+        &["certs", "root-ca"][..],
+        &["certs", "intermediate", "cluster01"][..],
+    ] {
         let output = lab.causeway(args);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    let files = ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"];
-    let mut args = vec!["create", "secret", "generic", "cacerts", "-n", "istio-system"];
-    let from_files: Vec<String> = files.iter().map(|file| format!("--from-file=cluster01/{file}")).collect();
+    let files = [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ];
+    let mut args = vec![
+        "create",
+        "secret",
+        "generic",
+        "cacerts",
+        "-n",
+        "istio-system",
+    ];
+    let from_files: Vec<String> = files
+        .iter()
+        .map(|file| format!("--from-file=cluster01/{file}"))
+        .collect();
     args.extend(from_files.iter().map(String::as_str));
     assert_eq!(lab.ok(c1, &args).trim(), "secret/cacerts created");
-    let stored = lab.ok(c1, &["get", "secret", "cacerts", "-n", "istio-system", "-o", r"jsonpath={.data.ca-cert\.pem}"]);
-    let decoded = base64::engine::general_purpose::STANDARD.decode(stored).unwrap();
-    assert_eq!(decoded, std::fs::read(lab.directory.path().join("cluster01/ca-cert.pem")).unwrap());
+    let stored = lab.ok(
+        c1,
+        &[
+            "get",
+            "secret",
+            "cacerts",
+            "-n",
+            "istio-system",
+            "-o",
+            r"jsonpath={.data.ca-cert\.pem}",
+        ],
+    );
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(stored)
+        .unwrap();
+    assert_eq!(
+        decoded,
+        std::fs::read(lab.directory.path().join("cluster01/ca-cert.pem")).unwrap()
+    );
 
     let helloworld = samples().join("helloworld.yaml");
     let helloworld = helloworld.to_str().unwrap();
-    assert_eq!(lab.ok(c1, &["apply", "-f", helloworld, "-l", "service=helloworld", "-n", "sample"]).trim(), "service/helloworld created");
-    assert_eq!(lab.ok(c1, &["apply", "-f", helloworld, "-l", "version=v1", "-n", "sample"]).trim(), "deployment.apps/helloworld-v1 created");
-    assert_eq!(lab.ok(c1, &["apply", "-f", helloworld, "-l", "version=v1", "-n", "sample"]).trim(), "deployment.apps/helloworld-v1 unchanged");
-    let cluster_ip = lab.ok(c1, &["get", "svc", "helloworld", "-n", "sample", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(
+        lab.ok(
+            c1,
+            &[
+                "apply",
+                "-f",
+                helloworld,
+                "-l",
+                "service=helloworld",
+                "-n",
+                "sample"
+            ]
+        )
+        .trim(),
+        "service/helloworld created"
+    );
+    assert_eq!(
+        lab.ok(
+            c1,
+            &[
+                "apply",
+                "-f",
+                helloworld,
+                "-l",
+                "version=v1",
+                "-n",
+                "sample"
+            ]
+        )
+        .trim(),
+        "deployment.apps/helloworld-v1 created"
+    );
+    assert_eq!(
+        lab.ok(
+            c1,
+            &[
+                "apply",
+                "-f",
+                helloworld,
+                "-l",
+                "version=v1",
+                "-n",
+                "sample"
+            ]
+        )
+        .trim(),
+        "deployment.apps/helloworld-v1 unchanged"
+    );
+    let cluster_ip = lab.ok(
+        c1,
+        &[
+            "get",
+            "svc",
+            "helloworld",
+            "-n",
+            "sample",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
     assert!(cluster_ip.starts_with("10.11."), "{cluster_ip}");
     let listed = lab.ok(c1, &["get", "svc", "-n", "sample"]);
-    assert!(listed.contains("helloworld") && listed.contains("ClusterIP") && listed.contains("5000/TCP"), "{listed}");
+    assert!(
+        listed.contains("helloworld")
+            && listed.contains("ClusterIP")
+            && listed.contains("5000/TCP"),
+        "{listed}"
+    );
 
     // A second apply of an edited manifest is a strategic merge patch.
-    let scaled = std::fs::read_to_string(samples().join("helloworld.yaml")).unwrap().replace("replicas: 1", "replicas: 3");
+    let scaled = std::fs::read_to_string(samples().join("helloworld.yaml"))
+        .unwrap()
+        .replace("replicas: 1", "replicas: 3");
     let scaled_path = lab.directory.path().join("helloworld-scaled.yaml");
     std::fs::write(&scaled_path, scaled).unwrap();
     assert_eq!(
-        lab.ok(c1, &["apply", "-f", scaled_path.to_str().unwrap(), "-l", "version=v1", "-n", "sample"]).trim(),
+        lab.ok(
+            c1,
+            &[
+                "apply",
+                "-f",
+                scaled_path.to_str().unwrap(),
+                "-l",
+                "version=v1",
+                "-n",
+                "sample"
+            ]
+        )
+        .trim(),
         "deployment.apps/helloworld-v1 configured"
     );
-    assert_eq!(lab.ok(c1, &["get", "deploy", "helloworld-v1", "-n", "sample", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]), "3 2");
+    assert_eq!(
+        lab.ok(
+            c1,
+            &[
+                "get",
+                "deploy",
+                "helloworld-v1",
+                "-n",
+                "sample",
+                "-o",
+                "jsonpath={.spec.replicas} {.metadata.generation}"
+            ]
+        ),
+        "3 2"
+    );
 
     let expose = samples().join("expose-services.yaml");
     assert_eq!(
-        lab.ok(c1, &["apply", "-f", expose.to_str().unwrap(), "-n", "istio-system"]).trim(),
+        lab.ok(
+            c1,
+            &[
+                "apply",
+                "-f",
+                expose.to_str().unwrap(),
+                "-n",
+                "istio-system"
+            ]
+        )
+        .trim(),
         "gateway.networking.istio.io/cross-network-gateway created"
     );
-    assert_eq!(lab.ok(c1, &["get", "gateway", "cross-network-gateway", "-n", "istio-system", "-o", "jsonpath={.spec.servers[0].port.number}"]), "15443");
+    assert_eq!(
+        lab.ok(
+            c1,
+            &[
+                "get",
+                "gateway",
+                "cross-network-gateway",
+                "-n",
+                "istio-system",
+                "-o",
+                "jsonpath={.spec.servers[0].port.number}"
+            ]
+        ),
+        "15443"
+    );
     let expose_istiod = samples().join("expose-istiod.yaml");
     let applied = lab.ok(c1, &["apply", "-f", expose_istiod.to_str().unwrap()]);
-    assert!(applied.contains("gateway.networking.istio.io/istiod-gateway created") && applied.contains("virtualservice.networking.istio.io/istiod-vs created"), "{applied}");
+    assert!(
+        applied.contains("gateway.networking.istio.io/istiod-gateway created")
+            && applied.contains("virtualservice.networking.istio.io/istiod-vs created"),
+        "{applied}"
+    );
 
     // Each cluster allocates from its own service subnet.
     lab.ok("cluster02", &["create", "namespace", "sample"]);
-    lab.ok("cluster02", &["apply", "-f", helloworld, "-l", "service=helloworld", "-n", "sample"]);
-    let cluster02_ip = lab.ok("cluster02", &["get", "svc", "helloworld", "-n", "sample", "-o", "jsonpath={.spec.clusterIP}"]);
+    lab.ok(
+        "cluster02",
+        &[
+            "apply",
+            "-f",
+            helloworld,
+            "-l",
+            "service=helloworld",
+            "-n",
+            "sample",
+        ],
+    );
+    let cluster02_ip = lab.ok(
+        "cluster02",
+        &[
+            "get",
+            "svc",
+            "helloworld",
+            "-n",
+            "sample",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
     assert!(cluster02_ip.starts_with("10.21."), "{cluster02_ip}");
 
-    let deleted = lab.ok(c1, &["delete", "-f", helloworld, "-n", "sample", "--ignore-not-found"]);
-    assert!(deleted.contains("service \"helloworld\" deleted") && deleted.contains("deployment.apps \"helloworld-v1\" deleted"), "{deleted}");
+    let deleted = lab.ok(
+        c1,
+        &[
+            "delete",
+            "-f",
+            helloworld,
+            "-n",
+            "sample",
+            "--ignore-not-found",
+        ],
+    );
+    assert!(
+        deleted.contains("service \"helloworld\" deleted")
+            && deleted.contains("deployment.apps \"helloworld-v1\" deleted"),
+        "{deleted}"
+    );
     let left = lab.kubectl(c1, &["get", "svc,deploy", "-n", "sample"]);
-    assert!(String::from_utf8_lossy(&left.stderr).contains("No resources found"), "{left:?}");
+    assert!(
+        String::from_utf8_lossy(&left.stderr).contains("No resources found"),
+        "{left:?}"
+    );
     lab.ok(c1, &["delete", "namespace", "istio-system"]);
     let gone = lab.kubectl(c1, &["get", "secret", "cacerts", "-n", "istio-system"]);
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"), "{gone:?}");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "{gone:?}"
+    );
 }
 
 #[test]
@@ -202,22 +490,61 @@ fn create_cluster_refuses_duplicates_overlaps_and_malformed_configs_and_delete_l
     assert!(alive(pid));
 
     let config01 = samples().join("topologies/cluster01-kind.yaml");
-    let again = lab.causeway(&["lab", "create-cluster", "--config", config01.to_str().unwrap()]);
+    let again = lab.causeway(&[
+        "lab",
+        "create-cluster",
+        "--config",
+        config01.to_str().unwrap(),
+    ]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("cluster \"cluster01\" already exists"), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("cluster \"cluster01\" already exists"),
+        "{again:?}"
+    );
 
-    let overlap = lab.causeway(&["lab", "create-cluster", "--name", "other", "--pod-subnet", "10.10.128.0/17", "--service-subnet", "10.50.0.0/16"]);
-    assert!(String::from_utf8_lossy(&overlap.stderr).contains("overlaps the pod subnet 10.10.0.0/16 of cluster01"), "{overlap:?}");
+    let overlap = lab.causeway(&[
+        "lab",
+        "create-cluster",
+        "--name",
+        "other",
+        "--pod-subnet",
+        "10.10.128.0/17",
+        "--service-subnet",
+        "10.50.0.0/16",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&overlap.stderr)
+            .contains("overlaps the pod subnet 10.10.0.0/16 of cluster01"),
+        "{overlap:?}"
+    );
 
     let broken = lab.directory.path().join("broken.yaml");
-    std::fs::write(&broken, "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnetworking: [\n").unwrap();
-    let malformed = lab.causeway(&["lab", "create-cluster", "--config", broken.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&malformed.stderr).contains("is not a valid kind Cluster config"), "{malformed:?}");
+    std::fs::write(
+        &broken,
+        "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnetworking: [\n",
+    )
+    .unwrap();
+    let malformed = lab.causeway(&[
+        "lab",
+        "create-cluster",
+        "--config",
+        broken.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&malformed.stderr).contains("is not a valid kind Cluster config"),
+        "{malformed:?}"
+    );
 
     let kubeconfig = std::fs::read_to_string(lab.kubeconfig()).unwrap();
-    assert!(kubeconfig.contains("current-context: cluster01"), "{kubeconfig}");
+    assert!(
+        kubeconfig.contains("current-context: cluster01"),
+        "{kubeconfig}"
+    );
     let printed = String::from_utf8(lab.causeway(&["lab", "kubeconfig"]).stdout).unwrap();
-    assert!(printed.contains("name: cluster01") && printed.contains("certificate-authority-data"), "{printed}");
+    assert!(
+        printed.contains("name: cluster01") && printed.contains("certificate-authority-data"),
+        "{printed}"
+    );
 
     let deleted = lab.causeway(&["lab", "delete-cluster", "cluster01"]);
     assert!(deleted.status.success(), "{deleted:?}");
@@ -253,12 +580,25 @@ async fn an_api_server_killed_mid_write_loses_nothing_it_acknowledged() {
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let pid = lab.api_server_pid("cluster01");
-    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     for writer in writers {
-        tokio::time::timeout(Duration::from_secs(30), writer).await.expect("writers stop once the server is gone").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("writers stop once the server is gone")
+            .unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() > 10, "too few writes before the kill ({}) to prove anything", acknowledged.len());
+    assert!(
+        acknowledged.len() > 10,
+        "too few writes before the kill ({}) to prove anything",
+        acknowledged.len()
+    );
 
     let restarted = lab.causeway(&["lab", "start-cluster", "cluster01"]);
     assert!(restarted.status.success(), "{restarted:?}");
@@ -272,7 +612,12 @@ async fn an_api_server_killed_mid_write_loses_nothing_it_acknowledged() {
         .filter_map(|object| object.metadata.name)
         .collect();
     let lost: Vec<&String> = acknowledged.difference(&stored).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes were lost, e.g. {:?}", lost.len(), lost.first());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes were lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
 }
 
 async fn kube_client(lab: &TestLab) -> kube::Client {
@@ -281,6 +626,8 @@ async fn kube_client(lab: &TestLab) -> kube::Client {
         context: Some("cluster01".into()),
         ..Default::default()
     };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
     kube::Client::try_from(config).unwrap()
 }

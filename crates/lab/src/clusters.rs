@@ -24,11 +24,17 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum LabError {
     #[error("cluster {0:?} already exists; delete it first with `causeway lab delete-cluster {0}`")]
     Exists(String),
-    #[error("no lab cluster is named {name:?} (clusters: {known}); create it with `causeway lab create-cluster`")]
+    #[error(
+        "no lab cluster is named {name:?} (clusters: {known}); create it with `causeway lab create-cluster`"
+    )]
     Unknown { name: String, known: String },
-    #[error("{0:?} is not a valid cluster name: use lowercase letters, digits and '-', at most 50 characters, starting with a letter")]
+    #[error(
+        "{0:?} is not a valid cluster name: use lowercase letters, digits and '-', at most 50 characters, starting with a letter"
+    )]
     BadName(String),
-    #[error("the {what} subnet {subnet} of cluster {name:?} overlaps the {other_what} subnet {other_subnet} of {other}; pick subnets that do not overlap (--pod-subnet, --service-subnet)")]
+    #[error(
+        "the {what} subnet {subnet} of cluster {name:?} overlaps the {other_what} subnet {other_subnet} of {other}; pick subnets that do not overlap (--pod-subnet, --service-subnet)"
+    )]
     Overlap {
         name: String,
         what: &'static str,
@@ -43,9 +49,13 @@ pub enum LabError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is damaged ({reason}); delete the cluster with `causeway lab delete-cluster` and create it again")]
+    #[error(
+        "{path} is damaged ({reason}); delete the cluster with `causeway lab delete-cluster` and create it again"
+    )]
     BadRecord { path: PathBuf, reason: String },
-    #[error("the API server of cluster {name:?} did not start: {reason}. Its log ({log}) ends with:\n{tail}")]
+    #[error(
+        "the API server of cluster {name:?} did not start: {reason}. Its log ({log}) ends with:\n{tail}"
+    )]
     StartFailed {
         name: String,
         reason: String,
@@ -100,15 +110,22 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 50
         && name.as_bytes()[0].is_ascii_lowercase()
-        && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
         && !name.ends_with('-')
 }
 
 fn process_alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| cmdline.windows(b"serve-cluster".len()).any(|window| window == b"serve-cluster"))
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .windows(b"serve-cluster".len())
+            .any(|window| window == b"serve-cluster")
+    }) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
 }
 
 fn signal(pid: u32, name: &str) {
@@ -176,11 +193,21 @@ impl Lab {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let known = self
                     .clusters()
-                    .map(|records| records.into_iter().map(|record| record.name).collect::<Vec<_>>().join(", "))
+                    .map(|records| {
+                        records
+                            .into_iter()
+                            .map(|record| record.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
                     .unwrap_or_default();
                 return Err(LabError::Unknown {
                     name: name.to_owned(),
-                    known: if known.is_empty() { "none".into() } else { known },
+                    known: if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known
+                    },
                 });
             }
             Err(error) => return Err(io("read", &path)(error)),
@@ -199,7 +226,10 @@ impl Lab {
 
     pub fn status(&self, name: &str) -> ClusterStatus {
         let path = self.cluster_dir(name).join(ENDPOINT_FILE);
-        match std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice::<Endpoint>(&bytes).ok()) {
+        match std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Endpoint>(&bytes).ok())
+        {
             Some(endpoint) if process_alive(endpoint.pid) => ClusterStatus::Running(endpoint),
             _ => ClusterStatus::Stopped,
         }
@@ -207,11 +237,17 @@ impl Lab {
 
     /// Records a new cluster after checking its name and that its subnets overlap no other
     /// cluster's.
-    pub fn add(&self, name: &str, pod_subnet: Ipv4Net, service_subnet: Ipv4Net) -> Result<ClusterRecord, LabError> {
+    pub fn add(
+        &self,
+        name: &str,
+        pod_subnet: Ipv4Net,
+        service_subnet: Ipv4Net,
+    ) -> Result<ClusterRecord, LabError> {
         if !valid_name(name) {
             return Err(LabError::BadName(name.to_owned()));
         }
-        let overlap = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+        let overlap =
+            |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
         if overlap(&pod_subnet, &service_subnet) {
             return Err(LabError::Overlap {
                 name: name.to_owned(),
@@ -228,7 +264,10 @@ impl Lab {
         }
         for record in &existing {
             for (what, subnet) in [("pod", pod_subnet), ("service", service_subnet)] {
-                for (other_what, other_subnet) in [("pod", record.pod_subnet), ("service", record.service_subnet)] {
+                for (other_what, other_subnet) in [
+                    ("pod", record.pod_subnet),
+                    ("service", record.service_subnet),
+                ] {
                     if overlap(&subnet, &other_subnet) {
                         return Err(LabError::Overlap {
                             name: name.to_owned(),
@@ -313,7 +352,10 @@ impl Lab {
             if Instant::now() > deadline {
                 signal(child.id(), "KILL");
                 let _ = child.wait();
-                return Err(failed(format!("it did not answer within {}s", START_TIMEOUT.as_secs())));
+                return Err(failed(format!(
+                    "it did not answer within {}s",
+                    START_TIMEOUT.as_secs()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -367,7 +409,8 @@ impl Lab {
     pub async fn serve(&self, name: &str) -> Result<(), LabError> {
         let mut record = self.record(name)?;
         let directory = self.cluster_dir(name);
-        let mut config = ApiServerConfig::new(name, directory.join(DATA_DIR), record.service_subnet);
+        let mut config =
+            ApiServerConfig::new(name, directory.join(DATA_DIR), record.service_subnet);
         if let Some(port) = record.api_port {
             config.listen.set_port(port);
         }
@@ -387,8 +430,9 @@ impl Lab {
             address: server.address,
         };
         Self::write_json(&directory.join(ENDPOINT_FILE), &endpoint)?;
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(io("listen for signals in", &directory))?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(io("listen for signals in", &directory))?;
         tokio::select! {
             _ = terminate.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -409,12 +453,29 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let lab = Lab::new(directory.path());
         let net = |text: &str| text.parse::<Ipv4Net>().unwrap();
-        lab.add("cluster01", net("10.10.0.0/16"), net("10.11.0.0/16")).unwrap();
-        let error = lab.add("cluster02", net("10.20.0.0/16"), net("10.11.128.0/17")).unwrap_err();
-        assert!(error.to_string().contains("overlaps the service subnet 10.11.0.0/16 of cluster01"), "{error}");
-        assert!(matches!(lab.add("cluster01", net("10.30.0.0/16"), net("10.31.0.0/16")), Err(LabError::Exists(_))));
-        assert!(matches!(lab.add("Cluster_3", net("10.30.0.0/16"), net("10.31.0.0/16")), Err(LabError::BadName(_))));
-        assert!(lab.add("same", net("10.40.0.0/16"), net("10.40.0.0/24")).is_err());
+        lab.add("cluster01", net("10.10.0.0/16"), net("10.11.0.0/16"))
+            .unwrap();
+        let error = lab
+            .add("cluster02", net("10.20.0.0/16"), net("10.11.128.0/17"))
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("overlaps the service subnet 10.11.0.0/16 of cluster01"),
+            "{error}"
+        );
+        assert!(matches!(
+            lab.add("cluster01", net("10.30.0.0/16"), net("10.31.0.0/16")),
+            Err(LabError::Exists(_))
+        ));
+        assert!(matches!(
+            lab.add("Cluster_3", net("10.30.0.0/16"), net("10.31.0.0/16")),
+            Err(LabError::BadName(_))
+        ));
+        assert!(
+            lab.add("same", net("10.40.0.0/16"), net("10.40.0.0/24"))
+                .is_err()
+        );
         assert_eq!(lab.clusters().unwrap().len(), 1);
         assert!(matches!(lab.status("cluster01"), ClusterStatus::Stopped));
         assert!(matches!(lab.record("nope"), Err(LabError::Unknown { .. })));

@@ -14,7 +14,10 @@ pub const DEFAULT_SERVICE_SUBNET: &str = "10.96.0.0/16";
 #[derive(Debug, thiserror::Error)]
 pub enum KindConfigError {
     #[error("cannot read the cluster config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid kind Cluster config: {reason}")]
     Invalid { path: String, reason: String },
 }
@@ -64,7 +67,8 @@ impl KindCluster {
             path: origin.to_owned(),
             reason,
         };
-        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|error| invalid(error.to_string()))?;
+        let raw: RawConfig =
+            serde_saphyr::from_str(text).map_err(|error| invalid(error.to_string()))?;
         match raw.kind.as_deref() {
             Some("Cluster") => {}
             Some(other) => return Err(invalid(format!("kind is {other:?}; expected \"Cluster\""))),
@@ -72,20 +76,36 @@ impl KindCluster {
         }
         match raw.api_version.as_deref() {
             Some(version) if version.starts_with("kind.x-k8s.io/") => {}
-            Some(other) => return Err(invalid(format!("apiVersion is {other:?}; expected kind.x-k8s.io/v1alpha4"))),
-            None => return Err(invalid("it has no apiVersion (kind.x-k8s.io/v1alpha4)".into())),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "apiVersion is {other:?}; expected kind.x-k8s.io/v1alpha4"
+                )));
+            }
+            None => {
+                return Err(invalid(
+                    "it has no apiVersion (kind.x-k8s.io/v1alpha4)".into(),
+                ));
+            }
         }
-        let subnet = |field: &str, value: Option<String>| -> Result<Option<Ipv4Net>, KindConfigError> {
-            value
-                .map(|text| {
-                    text.parse::<Ipv4Net>().map(|net| net.trunc()).map_err(|_| {
-                        invalid(format!("networking.{field} {text:?} is not an IPv4 CIDR like 10.10.0.0/16"))
+        let subnet =
+            |field: &str, value: Option<String>| -> Result<Option<Ipv4Net>, KindConfigError> {
+                value
+                    .map(|text| {
+                        text.parse::<Ipv4Net>().map(|net| net.trunc()).map_err(|_| {
+                            invalid(format!(
+                                "networking.{field} {text:?} is not an IPv4 CIDR like 10.10.0.0/16"
+                            ))
+                        })
                     })
-                })
-                .transpose()
-        };
+                    .transpose()
+            };
         let mut ignored: Vec<String> = raw.other.keys().cloned().collect();
-        ignored.extend(raw.networking.other.keys().map(|key| format!("networking.{key}")));
+        ignored.extend(
+            raw.networking
+                .other
+                .keys()
+                .map(|key| format!("networking.{key}")),
+        );
         Ok(Self {
             name: raw.name,
             pod_subnet: subnet("podSubnet", raw.networking.pod_subnet)?,
@@ -111,11 +131,28 @@ mod tests {
 
     #[test]
     fn malformed_configs_say_what_is_wrong() {
-        let error = KindCluster::parse("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnetworking:\n  podSubnet: banana\n", "c.yaml").unwrap_err();
-        assert!(error.to_string().contains("podSubnet \"banana\" is not an IPv4 CIDR"), "{error}");
+        let error = KindCluster::parse(
+            "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnetworking:\n  podSubnet: banana\n",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("podSubnet \"banana\" is not an IPv4 CIDR"),
+            "{error}"
+        );
         let error = KindCluster::parse("kind: Pod\napiVersion: v1\n", "c.yaml").unwrap_err();
-        assert!(error.to_string().contains("expected \"Cluster\""), "{error}");
+        assert!(
+            error.to_string().contains("expected \"Cluster\""),
+            "{error}"
+        );
         let error = KindCluster::parse("kind: Cluster\n  name: [", "c.yaml").unwrap_err();
-        assert!(error.to_string().starts_with("c.yaml is not a valid kind Cluster config"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("c.yaml is not a valid kind Cluster config"),
+            "{error}"
+        );
     }
 }

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
+use kube::config::{
+    AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
@@ -46,7 +48,9 @@ fn upsert(config: &mut Kubeconfig, access: &ClusterAccess) {
         name: name.clone(),
         cluster: Some(Cluster {
             server: Some(access.server.clone()),
-            certificate_authority_data: Some(base64::engine::general_purpose::STANDARD.encode(&access.ca_pem)),
+            certificate_authority_data: Some(
+                base64::engine::general_purpose::STANDARD.encode(&access.ca_pem),
+            ),
             ..Cluster::default()
         }),
         other: Default::default(),
@@ -96,12 +100,15 @@ fn write(path: &Path, config: &Kubeconfig) -> Result<(), KubeconfigError> {
             reason: error.to_string(),
         })?;
     }
-    causeway_ca::files::write_atomically(path, render(config).as_bytes(), causeway_ca::files::Visibility::Secret).map_err(
-        |error| KubeconfigError::Write {
-            path: path.to_owned(),
-            reason: error.source.to_string(),
-        },
+    causeway_ca::files::write_atomically(
+        path,
+        render(config).as_bytes(),
+        causeway_ca::files::Visibility::Secret,
     )
+    .map_err(|error| KubeconfigError::Write {
+        path: path.to_owned(),
+        reason: error.source.to_string(),
+    })
 }
 
 /// Adds or replaces a cluster's entries in the kubeconfig at `path`. The current context is set
@@ -132,7 +139,8 @@ pub fn remove(path: &Path, name: &str) -> Result<(), KubeconfigError> {
 
 /// `--kubeconfig`, else the first entry of `$KUBECONFIG`, else `~/.kube/config`, as kind does.
 pub fn default_path() -> PathBuf {
-    if let Some(first) = std::env::var_os("KUBECONFIG").and_then(|value| std::env::split_paths(&value).next())
+    if let Some(first) =
+        std::env::var_os("KUBECONFIG").and_then(|value| std::env::split_paths(&value).next())
         && !first.as_os_str().is_empty()
     {
         return first;
@@ -166,7 +174,11 @@ mod tests {
         merge(&path, &access("cluster02")).unwrap();
         let config = Kubeconfig::read_from(&path).unwrap();
         assert_eq!(config.current_context.as_deref(), Some("prod"));
-        let names: Vec<&str> = config.contexts.iter().map(|context| context.name.as_str()).collect();
+        let names: Vec<&str> = config
+            .contexts
+            .iter()
+            .map(|context| context.name.as_str())
+            .collect();
         assert_eq!(names, ["prod", "cluster01", "cluster02"]);
         remove(&path, "cluster01").unwrap();
         let config = Kubeconfig::read_from(&path).unwrap();
@@ -178,7 +190,13 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("nested").join("config");
         merge(&path, &access("cluster01")).unwrap();
-        assert_eq!(Kubeconfig::read_from(&path).unwrap().current_context.as_deref(), Some("cluster01"));
+        assert_eq!(
+            Kubeconfig::read_from(&path)
+                .unwrap()
+                .current_context
+                .as_deref(),
+            Some("cluster01")
+        );
         remove(&path, "cluster01").unwrap();
         assert_eq!(Kubeconfig::read_from(&path).unwrap().current_context, None);
     }
@@ -189,7 +207,10 @@ mod tests {
         let path = directory.path().join("config");
         std::fs::write(&path, "clusters: [").unwrap();
         let error = merge(&path, &access("cluster01")).unwrap_err();
-        assert!(error.to_string().contains("fix or move the file"), "{error}");
+        assert!(
+            error.to_string().contains("fix or move the file"),
+            "{error}"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "clusters: [");
     }
 }

@@ -11,11 +11,17 @@ use crate::kubeconfig::{ClusterAccess, for_clusters};
 
 /// Config for a test cluster whose data lives in `directory`.
 pub fn config(name: &str, directory: &Path) -> ApiServerConfig {
-    ApiServerConfig::new(name, directory.join(name), "10.96.0.0/16".parse().expect("a valid subnet"))
+    ApiServerConfig::new(
+        name,
+        directory.join(name),
+        "10.96.0.0/16".parse().expect("a valid subnet"),
+    )
 }
 
 pub async fn start(config: ApiServerConfig) -> RunningApiServer {
-    apiserver::start(config).await.expect("the test API server starts")
+    apiserver::start(config)
+        .await
+        .expect("the test API server starts")
 }
 
 pub fn access(name: &str, server: &RunningApiServer) -> ClusterAccess {
@@ -53,7 +59,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -9,7 +9,9 @@ use causeway_lab::testing::{client as client_for, config, eventually, start};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 
@@ -34,7 +36,10 @@ fn subnet_config(name: &str, directory: &std::path::Path, subnet: &str) -> ApiSe
 
 async fn create_namespace(client: &kube::Client, name: &str) {
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -47,14 +52,24 @@ async fn reflectors_over_two_clusters_see_services_get_cluster_ips_from_their_ow
         let client = client_for(name, server).await;
         create_namespace(&client, "sample").await;
         let (reader, writer) = reflector::store::<Service>();
-        let stream = reflector(writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff());
+        let stream = reflector(
+            writer,
+            watcher(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        );
         tokio::spawn(stream.applied_objects().for_each(|_| async {}));
         let service: Service = serde_json::from_value(json!({
             "metadata": {"name": "helloworld", "labels": {"app": "helloworld"}},
             "spec": {"selector": {"app": "helloworld"}, "ports": [{"port": 5000, "name": "http"}]},
         }))
         .unwrap();
-        Api::<Service>::namespaced(client, "sample").create(&PostParams::default(), &service).await.unwrap();
+        Api::<Service>::namespaced(client, "sample")
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap();
         readers.push(reader);
     }
     for (reader, prefix) in readers.iter().zip(["10.11.", "10.21."]) {
@@ -66,10 +81,19 @@ async fn reflectors_over_two_clusters_see_services_get_cluster_ips_from_their_ow
                 .and_then(|service| service.spec.as_ref()?.cluster_ip.clone())
         })
         .await;
-        assert!(cluster_ip.starts_with(prefix), "{cluster_ip} is not in {prefix}0.0/16");
+        assert!(
+            cluster_ip.starts_with(prefix),
+            "{cluster_ip} is not in {prefix}0.0/16"
+        );
         // Every cluster has the `kubernetes` Service on the first address.
-        assert!(reader.state().iter().any(|service| service.metadata.name.as_deref() == Some("kubernetes")
-            && service.spec.as_ref().and_then(|spec| spec.cluster_ip.as_deref()) == Some(&format!("{prefix}0.1"))));
+        assert!(reader.state().iter().any(|service| {
+            service.metadata.name.as_deref() == Some("kubernetes")
+                && service
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| spec.cluster_ip.as_deref())
+                    == Some(&format!("{prefix}0.1"))
+        }));
     }
     cluster01.shutdown().await;
     cluster02.shutdown().await;
@@ -90,7 +114,10 @@ async fn endpoint_slices_follow_pod_addresses_and_readiness() {
         "spec": {"selector": {"app": "helloworld"}, "ports": [{"port": 5000, "name": "http", "targetPort": "http"}]},
     }))
     .unwrap();
-    services.create(&PostParams::default(), &service).await.unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
     for (name, address) in [("helloworld-a", "10.10.0.5"), ("helloworld-b", "10.10.0.6")] {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"app": "helloworld", "version": "v1"}},
@@ -99,41 +126,83 @@ async fn endpoint_slices_follow_pod_addresses_and_readiness() {
         .unwrap();
         pods.create(&PostParams::default(), &pod).await.unwrap();
         let status = json!({"status": {"phase": "Running", "podIP": address, "conditions": [{"type": "Ready", "status": if name.ends_with('a') { "True" } else { "False" }}]}});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
     }
     let selector = ListParams::default().labels("kubernetes.io/service-name=helloworld");
     let ready_of = |slice: &EndpointSlice| -> Vec<(String, bool)> {
         slice
             .endpoints
             .iter()
-            .map(|endpoint| (endpoint.addresses[0].clone(), endpoint.conditions.as_ref().and_then(|conditions| conditions.ready).unwrap_or(false)))
+            .map(|endpoint| {
+                (
+                    endpoint.addresses[0].clone(),
+                    endpoint
+                        .conditions
+                        .as_ref()
+                        .and_then(|conditions| conditions.ready)
+                        .unwrap_or(false),
+                )
+            })
             .collect()
     };
-    eventually("the slice to list both pods with their readiness", WAIT, || async {
-        let list = slices.list(&selector).await.ok()?;
-        let slice = list.items.first()?;
-        let port = slice.ports.as_ref()?.first()?.port;
-        (ready_of(slice) == [("10.10.0.5".to_owned(), true), ("10.10.0.6".to_owned(), false)] && port == Some(5000)).then_some(())
-    })
+    eventually(
+        "the slice to list both pods with their readiness",
+        WAIT,
+        || async {
+            let list = slices.list(&selector).await.ok()?;
+            let slice = list.items.first()?;
+            let port = slice.ports.as_ref()?.first()?.port;
+            (ready_of(slice)
+                == [
+                    ("10.10.0.5".to_owned(), true),
+                    ("10.10.0.6".to_owned(), false),
+                ]
+                && port == Some(5000))
+            .then_some(())
+        },
+    )
     .await;
     let subsets = endpoints.get("helloworld").await.unwrap().subsets.unwrap();
     assert_eq!(subsets[0].addresses.as_ref().unwrap()[0].ip, "10.10.0.5");
-    assert_eq!(subsets[0].not_ready_addresses.as_ref().unwrap()[0].ip, "10.10.0.6");
+    assert_eq!(
+        subsets[0].not_ready_addresses.as_ref().unwrap()[0].ip,
+        "10.10.0.6"
+    );
 
     // A relabelled pod leaves the Service; a deleted one too.
-    pods.patch("helloworld-a", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"app": "other"}}}))).await.unwrap();
-    pods.delete("helloworld-b", &DeleteParams::default()).await.unwrap();
+    pods.patch(
+        "helloworld-a",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"app": "other"}}})),
+    )
+    .await
+    .unwrap();
+    pods.delete("helloworld-b", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("the slice to empty", WAIT, || async {
         let list = slices.list(&selector).await.ok()?;
-        list.items.first().filter(|slice| slice.endpoints.is_empty()).map(|_| ())
+        list.items
+            .first()
+            .filter(|slice| slice.endpoints.is_empty())
+            .map(|_| ())
     })
     .await;
-    services.delete("helloworld", &DeleteParams::default()).await.unwrap();
-    eventually("the slice and endpoints to go with the Service", WAIT, || async {
-        let slices_left = slices.list(&selector).await.ok()?.items.len();
-        let endpoints_left = endpoints.get_opt("helloworld").await.ok()?;
-        (slices_left == 0 && endpoints_left.is_none()).then_some(())
-    })
+    services
+        .delete("helloworld", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the slice and endpoints to go with the Service",
+        WAIT,
+        || async {
+            let slices_left = slices.list(&selector).await.ok()?.items.len();
+            let endpoints_left = endpoints.get_opt("helloworld").await.ok()?;
+            (slices_left == 0 && endpoints_left.is_none()).then_some(())
+        },
+    )
     .await;
     server.shutdown().await;
 }
@@ -145,10 +214,29 @@ async fn objects_are_unchanged_and_watches_resume_after_a_restart() {
     let address = server.address;
     let client = client_for("cluster01", &server).await;
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-    config_maps.create(&PostParams::default(), &config_map("before", "1")).await.unwrap();
-    let mark = config_maps.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    config_maps.create(&PostParams::default(), &config_map("after-1", "2")).await.unwrap();
-    config_maps.patch("before", &PatchParams::default(), &Patch::Merge(&json!({"data": {"value": "3"}}))).await.unwrap();
+    config_maps
+        .create(&PostParams::default(), &config_map("before", "1"))
+        .await
+        .unwrap();
+    let mark = config_maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    config_maps
+        .create(&PostParams::default(), &config_map("after-1", "2"))
+        .await
+        .unwrap();
+    config_maps
+        .patch(
+            "before",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"value": "3"}})),
+        )
+        .await
+        .unwrap();
     let everything_before: Vec<serde_json::Value> = kinds_snapshot(&client).await;
     server.shutdown().await;
 
@@ -156,7 +244,11 @@ async fn objects_are_unchanged_and_watches_resume_after_a_restart() {
     restarted_config.listen = address;
     let server = start(restarted_config).await;
     let client = client_for("cluster01", &server).await;
-    assert_eq!(kinds_snapshot(&client).await, everything_before, "objects changed across the restart");
+    assert_eq!(
+        kinds_snapshot(&client).await,
+        everything_before,
+        "objects changed across the restart"
+    );
 
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
     let events: Vec<_> = config_maps
@@ -170,8 +262,12 @@ async fn objects_are_unchanged_and_watches_resume_after_a_restart() {
     let seen: Vec<String> = events
         .iter()
         .map(|event| match event {
-            WatchEvent::Added(object) => format!("ADDED {}", object.metadata.name.as_deref().unwrap()),
-            WatchEvent::Modified(object) => format!("MODIFIED {}", object.metadata.name.as_deref().unwrap()),
+            WatchEvent::Added(object) => {
+                format!("ADDED {}", object.metadata.name.as_deref().unwrap())
+            }
+            WatchEvent::Modified(object) => {
+                format!("MODIFIED {}", object.metadata.name.as_deref().unwrap())
+            }
             other => format!("{other:?}"),
         })
         .collect();
@@ -181,7 +277,13 @@ async fn objects_are_unchanged_and_watches_resume_after_a_restart() {
 
 async fn kinds_snapshot(client: &kube::Client) -> Vec<serde_json::Value> {
     let mut all = Vec::new();
-    for path in ["/api/v1/namespaces", "/api/v1/configmaps", "/api/v1/services", "/api/v1/serviceaccounts", "/api/v1/nodes"] {
+    for path in [
+        "/api/v1/namespaces",
+        "/api/v1/configmaps",
+        "/api/v1/services",
+        "/api/v1/serviceaccounts",
+        "/api/v1/nodes",
+    ] {
         let request = http::Request::get(path).body(Vec::new()).unwrap();
         let list: serde_json::Value = client.request(request).await.unwrap();
         all.extend(list["items"].as_array().unwrap().iter().cloned());
@@ -198,7 +300,10 @@ async fn a_watch_from_a_forgotten_version_gets_410_and_the_watcher_relists() {
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
     let (reader, writer) = reflector::store::<ConfigMap>();
     let (init_sender, mut inits) = tokio::sync::mpsc::unbounded_channel();
-    let stream = reflector(writer, watcher(config_maps.clone(), watcher::Config::default()).default_backoff());
+    let stream = reflector(
+        writer,
+        watcher(config_maps.clone(), watcher::Config::default()).default_backoff(),
+    );
     tokio::spawn(stream.for_each(move |event| {
         if let Ok(watcher::Event::Init) = event {
             let _ = init_sender.send(());
@@ -206,12 +311,23 @@ async fn a_watch_from_a_forgotten_version_gets_410_and_the_watcher_relists() {
         async {}
     }));
     inits.recv().await.unwrap();
-    config_maps.create(&PostParams::default(), &config_map("first", "1")).await.unwrap();
+    config_maps
+        .create(&PostParams::default(), &config_map("first", "1"))
+        .await
+        .unwrap();
     eventually("the reflector to see the first object", WAIT, || async {
-        reader.get(&reflector::ObjectRef::new("first").within("default")).map(|_| ())
+        reader
+            .get(&reflector::ObjectRef::new("first").within("default"))
+            .map(|_| ())
     })
     .await;
-    let old_version = config_maps.get("first").await.unwrap().metadata.resource_version.unwrap();
+    let old_version = config_maps
+        .get("first")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
     server.shutdown().await;
 
     // While the watcher cannot reach it (another address), the cluster changes and compacts its
@@ -219,8 +335,14 @@ async fn a_watch_from_a_forgotten_version_gets_410_and_the_watcher_relists() {
     let elsewhere = start(config("cluster01", directory.path())).await;
     let client = client_for("cluster01", &elsewhere).await;
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-    config_maps.create(&PostParams::default(), &config_map("second", "2")).await.unwrap();
-    config_maps.delete("first", &DeleteParams::default()).await.unwrap();
+    config_maps
+        .create(&PostParams::default(), &config_map("second", "2"))
+        .await
+        .unwrap();
+    config_maps
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
     elsewhere.shared().store.compact().unwrap();
     elsewhere.shutdown().await;
 
@@ -229,17 +351,35 @@ async fn a_watch_from_a_forgotten_version_gets_410_and_the_watcher_relists() {
     let server = start(restarted_config).await;
     let client = client_for("cluster01", &server).await;
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-    let error = config_maps.watch(&WatchParams::default(), &old_version).await.unwrap().boxed().next().await.unwrap();
+    let error = config_maps
+        .watch(&WatchParams::default(), &old_version)
+        .await
+        .unwrap()
+        .boxed()
+        .next()
+        .await
+        .unwrap();
     match error {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 410, "{status:?}"),
         Ok(WatchEvent::Error(status)) => assert_eq!(status.code, 410, "{status:?}"),
         other => panic!("expected 410 Gone, got {other:?}"),
     }
-    tokio::time::timeout(WAIT, inits.recv()).await.expect("the watcher relists").unwrap();
-    eventually("the reflector to hold exactly the second object", WAIT, || async {
-        let names: Vec<String> = reader.state().iter().filter_map(|object| object.metadata.name.clone()).collect();
-        (names == ["second"]).then_some(())
-    })
+    tokio::time::timeout(WAIT, inits.recv())
+        .await
+        .expect("the watcher relists")
+        .unwrap();
+    eventually(
+        "the reflector to hold exactly the second object",
+        WAIT,
+        || async {
+            let names: Vec<String> = reader
+                .state()
+                .iter()
+                .filter_map(|object| object.metadata.name.clone())
+                .collect();
+            (names == ["second"]).then_some(())
+        },
+    )
     .await;
     server.shutdown().await;
 }
@@ -252,41 +392,106 @@ async fn selectors_filter_lists_and_watches_and_pages_fit_together() {
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
     for index in 0..7 {
         let mut object = config_map(&format!("cm-{index}"), "x");
-        object.metadata.labels = Some(BTreeMap::from([("parity".to_owned(), if index % 2 == 0 { "even" } else { "odd" }.to_owned())]));
-        config_maps.create(&PostParams::default(), &object).await.unwrap();
+        object.metadata.labels = Some(BTreeMap::from([(
+            "parity".to_owned(),
+            if index % 2 == 0 { "even" } else { "odd" }.to_owned(),
+        )]));
+        config_maps
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
     }
-    let even = config_maps.list(&ListParams::default().labels("parity=even")).await.unwrap();
+    let even = config_maps
+        .list(&ListParams::default().labels("parity=even"))
+        .await
+        .unwrap();
     assert_eq!(even.items.len(), 4);
-    let by_name = config_maps.list(&ListParams::default().fields("metadata.name=cm-3")).await.unwrap();
+    let by_name = config_maps
+        .list(&ListParams::default().fields("metadata.name=cm-3"))
+        .await
+        .unwrap();
     assert_eq!(by_name.items.len(), 1);
-    let in_set = config_maps.list(&ListParams::default().labels("parity in (odd),parity!=even")).await.unwrap();
+    let in_set = config_maps
+        .list(&ListParams::default().labels("parity in (odd),parity!=even"))
+        .await
+        .unwrap();
     assert_eq!(in_set.items.len(), 3);
 
     let mut names = Vec::new();
     let mut params = ListParams::default().limit(3);
     loop {
         let page = config_maps.list(&params).await.unwrap();
-        names.extend(page.items.iter().filter_map(|item| item.metadata.name.clone()));
+        names.extend(
+            page.items
+                .iter()
+                .filter_map(|item| item.metadata.name.clone()),
+        );
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => break,
         }
     }
-    assert_eq!(names, (0..7).map(|index| format!("cm-{index}")).collect::<Vec<_>>());
+    assert_eq!(
+        names,
+        (0..7)
+            .map(|index| format!("cm-{index}"))
+            .collect::<Vec<_>>()
+    );
 
-    let mark = config_maps.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mark = config_maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
     let mut watch = config_maps
-        .watch(&WatchParams::default().labels("parity=odd").timeout(5), &mark)
+        .watch(
+            &WatchParams::default().labels("parity=odd").timeout(5),
+            &mark,
+        )
         .await
         .unwrap()
         .boxed();
-    config_maps.patch("cm-0", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"parity": "odd"}}}))).await.unwrap();
-    config_maps.patch("cm-1", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"parity": "even"}}}))).await.unwrap();
-    config_maps.patch("cm-2", &PatchParams::default(), &Patch::Merge(&json!({"data": {"value": "y"}}))).await.unwrap();
-    config_maps.patch("cm-3", &PatchParams::default(), &Patch::Merge(&json!({"data": {"value": "y"}}))).await.unwrap();
+    config_maps
+        .patch(
+            "cm-0",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"parity": "odd"}}})),
+        )
+        .await
+        .unwrap();
+    config_maps
+        .patch(
+            "cm-1",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"parity": "even"}}})),
+        )
+        .await
+        .unwrap();
+    config_maps
+        .patch(
+            "cm-2",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"value": "y"}})),
+        )
+        .await
+        .unwrap();
+    config_maps
+        .patch(
+            "cm-3",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"value": "y"}})),
+        )
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        let event = tokio::time::timeout(WAIT, watch.next()).await.unwrap().unwrap().unwrap();
+        let event = tokio::time::timeout(WAIT, watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         seen.push(match event {
             WatchEvent::Added(object) => format!("ADDED {}", object.metadata.name.unwrap()),
             WatchEvent::Modified(object) => format!("MODIFIED {}", object.metadata.name.unwrap()),
@@ -306,12 +511,37 @@ async fn bookmarks_carry_the_latest_resource_version() {
     let server = start(server_config).await;
     let client = client_for("cluster01", &server).await;
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-    let mark = config_maps.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    let mut watch = config_maps.watch(&WatchParams { bookmarks: true, ..WatchParams::default() }.timeout(5), &mark).await.unwrap().boxed();
-    let created = config_maps.create(&PostParams::default(), &config_map("a", "1")).await.unwrap();
+    let mark = config_maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut watch = config_maps
+        .watch(
+            &WatchParams {
+                bookmarks: true,
+                ..WatchParams::default()
+            }
+            .timeout(5),
+            &mark,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let created = config_maps
+        .create(&PostParams::default(), &config_map("a", "1"))
+        .await
+        .unwrap();
     let latest = created.metadata.resource_version.unwrap();
     loop {
-        match tokio::time::timeout(WAIT, watch.next()).await.unwrap().unwrap().unwrap() {
+        match tokio::time::timeout(WAIT, watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
             WatchEvent::Bookmark(bookmark) if bookmark.metadata.resource_version == latest => break,
             _ => continue,
         }

@@ -106,8 +106,14 @@ fn on_event(shared: &Shared, kinds: &Kinds, event: &Event) {
             let Some(selector) = service.object["spec"]["selector"].as_object() else {
                 continue;
             };
-            if label_sets.iter().any(|labels| selector_map_matches(selector, labels.as_ref())) {
-                let name = service.object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            if label_sets
+                .iter()
+                .any(|labels| selector_map_matches(selector, labels.as_ref()))
+            {
+                let name = service.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
                 reconcile_service(shared, kinds, &event.namespace, &name);
             }
         }
@@ -128,10 +134,14 @@ fn ensure_default_account(shared: &Shared, kinds: &Kinds, namespace: &str) {
 /// A pod that can back a Service: it has an address and has not finished or started deleting.
 fn pod_address(pod: &Value) -> Option<&str> {
     let status = &pod["status"];
-    if matches!(status["phase"].as_str(), Some("Succeeded" | "Failed")) || !pod["metadata"]["deletionTimestamp"].is_null() {
+    if matches!(status["phase"].as_str(), Some("Succeeded" | "Failed"))
+        || !pod["metadata"]["deletionTimestamp"].is_null()
+    {
         return None;
     }
-    status["podIP"].as_str().filter(|address| !address.is_empty())
+    status["podIP"]
+        .as_str()
+        .filter(|address| !address.is_empty())
 }
 
 fn pod_ready(pod: &Value) -> bool {
@@ -163,7 +173,10 @@ type PortSet = Vec<(String, u64, String, Option<String>)>;
 /// Pods grouped by how they resolve the Service's ports (usually one group).
 fn group_pods<'a>(service: &Value, pods: &'a [Arc<Value>]) -> BTreeMap<PortSet, Vec<&'a Value>> {
     let mut groups: BTreeMap<PortSet, Vec<&Value>> = BTreeMap::new();
-    let ports = service["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let ports = service["spec"]["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for pod in pods {
         let resolved: PortSet = ports
             .iter()
@@ -209,14 +222,20 @@ fn target_ref(pod: &Value) -> Value {
 fn reconcile_service(shared: &Shared, kinds: &Kinds, namespace: &str, name: &str) {
     let service = shared.store.get(kinds.services, namespace, name);
     let Some(service) = service else {
-        delete_owned(shared, kinds.endpoints, namespace, |object| object["metadata"]["name"] == name);
+        delete_owned(shared, kinds.endpoints, namespace, |object| {
+            object["metadata"]["name"] == name
+        });
         delete_owned(shared, kinds.slices, namespace, |object| {
-            object["metadata"]["labels"][SERVICE_NAME_LABEL] == name && object["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
+            object["metadata"]["labels"][SERVICE_NAME_LABEL] == name
+                && object["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
         });
         return;
     };
     let service = &service.object;
-    let Some(selector) = service["spec"]["selector"].as_object().filter(|selector| !selector.is_empty()) else {
+    let Some(selector) = service["spec"]["selector"]
+        .as_object()
+        .filter(|selector| !selector.is_empty())
+    else {
         return;
     };
     let pods: Vec<Arc<Value>> = shared
@@ -225,10 +244,16 @@ fn reconcile_service(shared: &Shared, kinds: &Kinds, namespace: &str, name: &str
         .0
         .into_iter()
         .map(|pod| pod.object)
-        .filter(|pod| pod_address(pod).is_some() && selector_map_matches(selector, pod["metadata"].get("labels")))
+        .filter(|pod| {
+            pod_address(pod).is_some()
+                && selector_map_matches(selector, pod["metadata"].get("labels"))
+        })
         .collect();
     let groups = group_pods(service, &pods);
-    let mut labels = service["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    let mut labels = service["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
 
     let subsets: Vec<Value> = groups
         .iter()
@@ -241,8 +266,16 @@ fn reconcile_service(shared: &Shared, kinds: &Kinds, namespace: &str, name: &str
                 }
                 address
             };
-            let ready: Vec<Value> = members.iter().filter(|pod| pod_ready(pod)).map(address).collect();
-            let not_ready: Vec<Value> = members.iter().filter(|pod| !pod_ready(pod)).map(address).collect();
+            let ready: Vec<Value> = members
+                .iter()
+                .filter(|pod| pod_ready(pod))
+                .map(address)
+                .collect();
+            let not_ready: Vec<Value> = members
+                .iter()
+                .filter(|pod| !pod_ready(pod))
+                .map(address)
+                .collect();
             let mut subset = json!({"ports": port_json(ports)});
             if !ready.is_empty() {
                 subset["addresses"] = json!(ready);
@@ -271,7 +304,11 @@ fn reconcile_service(shared: &Shared, kinds: &Kinds, namespace: &str, name: &str
         groups.into_iter().collect()
     };
     for (index, (ports, members)) in slices.iter().enumerate() {
-        let slice_name = slice_name(name, service["metadata"]["uid"].as_str().unwrap_or(""), index);
+        let slice_name = slice_name(
+            name,
+            service["metadata"]["uid"].as_str().unwrap_or(""),
+            index,
+        );
         let endpoints: Vec<Value> = members
             .iter()
             .map(|pod| {
@@ -295,18 +332,28 @@ fn reconcile_service(shared: &Shared, kinds: &Kinds, namespace: &str, name: &str
             "endpoints": endpoints,
             "ports": port_json(ports),
         });
-        write_owned(shared, kinds.slices, slice, &["addressType", "endpoints", "ports"]);
+        write_owned(
+            shared,
+            kinds.slices,
+            slice,
+            &["addressType", "endpoints", "ports"],
+        );
         wanted.push(slice_name);
     }
     delete_owned(shared, kinds.slices, namespace, |object| {
         object["metadata"]["labels"][SERVICE_NAME_LABEL] == name
             && object["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
-            && !wanted.iter().any(|wanted| object["metadata"]["name"] == wanted.as_str())
+            && !wanted
+                .iter()
+                .any(|wanted| object["metadata"]["name"] == wanted.as_str())
     });
 }
 
 fn slice_name(service: &str, uid: &str, index: usize) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{uid}/{index}").as_bytes());
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{uid}/{index}").as_bytes(),
+    );
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let suffix: String = digest.as_ref()[..5]
         .iter()
@@ -320,41 +367,61 @@ fn slice_name(service: &str, uid: &str, index: usize) -> String {
 /// stored.
 fn write_owned(shared: &Shared, resource: ResourceId, mut desired: Value, fields: &[&str]) {
     let kind = &RESOURCES[resource];
-    let namespace = desired["metadata"]["namespace"].as_str().unwrap_or("").to_owned();
-    let name = desired["metadata"]["name"].as_str().unwrap_or("").to_owned();
-    let result = shared.store.change(resource, &namespace, &name, false, |current| {
-        let Some(current) = current else {
-            stamp_new(&mut desired, kind);
-            return Ok(Change::Put(desired));
-        };
-        let same = ["labels", "ownerReferences"]
-            .iter()
-            .all(|field| current.object["metadata"].get(*field) == desired["metadata"].get(*field))
-            && fields.iter().all(|field| current.object.get(*field) == desired.get(*field));
-        if same {
-            return Ok(Change::Keep);
-        }
-        let mut updated = (*current.object).clone();
-        for field in ["labels", "ownerReferences"] {
-            updated["metadata"][field] = desired["metadata"][field].clone();
-        }
-        for field in fields {
-            updated[*field] = desired[*field].clone();
-        }
-        Ok(Change::Put(updated))
-    });
+    let namespace = desired["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let name = desired["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let result = shared
+        .store
+        .change(resource, &namespace, &name, false, |current| {
+            let Some(current) = current else {
+                stamp_new(&mut desired, kind);
+                return Ok(Change::Put(desired));
+            };
+            let same = ["labels", "ownerReferences"].iter().all(|field| {
+                current.object["metadata"].get(*field) == desired["metadata"].get(*field)
+            }) && fields
+                .iter()
+                .all(|field| current.object.get(*field) == desired.get(*field));
+            if same {
+                return Ok(Change::Keep);
+            }
+            let mut updated = (*current.object).clone();
+            for field in ["labels", "ownerReferences"] {
+                updated["metadata"][field] = desired["metadata"][field].clone();
+            }
+            for field in fields {
+                updated[*field] = desired[*field].clone();
+            }
+            Ok(Change::Put(updated))
+        });
     if let Err(error) = result {
         tracing::warn!(kind = kind.kind, %namespace, %name, %error, "cannot write a controller-owned object");
     }
 }
 
-fn delete_owned(shared: &Shared, resource: ResourceId, namespace: &str, doomed: impl Fn(&Value) -> bool) {
+fn delete_owned(
+    shared: &Shared,
+    resource: ResourceId,
+    namespace: &str,
+    doomed: impl Fn(&Value) -> bool,
+) {
     for object in shared.store.list(resource, Some(namespace)).0 {
         if !doomed(&object.object) {
             continue;
         }
-        let name = object.object["metadata"]["name"].as_str().unwrap_or("").to_owned();
-        if let Err(error) = shared.store.change(resource, namespace, &name, false, |_| Ok(Change::Delete)) {
+        let name = object.object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if let Err(error) = shared
+            .store
+            .change(resource, namespace, &name, false, |_| Ok(Change::Delete))
+        {
             tracing::warn!(%namespace, %name, %error, "cannot delete a controller-owned object");
         }
     }
@@ -370,14 +437,18 @@ fn fill_account_token(shared: &Shared, kinds: &Kinds, secret: &Value) {
     let metadata = &secret["metadata"];
     let namespace = metadata["namespace"].as_str().unwrap_or("").to_owned();
     let name = metadata["name"].as_str().unwrap_or("").to_owned();
-    let Some(account_name) = metadata["annotations"]["kubernetes.io/service-account.name"].as_str() else {
+    let Some(account_name) = metadata["annotations"]["kubernetes.io/service-account.name"].as_str()
+    else {
         return;
     };
     let Some(account) = shared.store.get(kinds.accounts, &namespace, account_name) else {
         tracing::info!(%namespace, secret = %name, account = account_name, "the service account of a token secret does not exist yet");
         return;
     };
-    let account_uid = account.object["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+    let account_uid = account.object["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     let binding = Binding {
         namespace: namespace.clone(),
         serviceaccount: ObjectRef {
@@ -399,26 +470,29 @@ fn fill_account_token(shared: &Shared, kinds: &Kinds, secret: &Value) {
     ));
     let encode = |text: &str| json!(base64::engine::general_purpose::STANDARD.encode(text));
     let ca = shared.ca_pem.clone();
-    let result = shared.store.change(kinds.secrets, &namespace, &name, false, |current| {
-        let Some(current) = current else {
-            return Ok(Change::Keep);
-        };
-        if !current.object["data"]["token"].is_null() {
-            return Ok(Change::Keep);
-        }
-        let mut updated = (*current.object).clone();
-        let data = updated
-            .as_object_mut()
-            .expect("stored objects are objects")
-            .entry("data")
-            .or_insert_with(|| json!({}));
-        data["token"] = encode(&token);
-        data["ca.crt"] = encode(&ca);
-        data["namespace"] = encode(&namespace);
-        updated["metadata"]["annotations"]["kubernetes.io/service-account.uid"] = json!(account_uid);
-        updated["metadata"]["annotations"]["causeway.dev/token-issued"] = json!(now());
-        Ok(Change::Put(updated))
-    });
+    let result = shared
+        .store
+        .change(kinds.secrets, &namespace, &name, false, |current| {
+            let Some(current) = current else {
+                return Ok(Change::Keep);
+            };
+            if !current.object["data"]["token"].is_null() {
+                return Ok(Change::Keep);
+            }
+            let mut updated = (*current.object).clone();
+            let data = updated
+                .as_object_mut()
+                .expect("stored objects are objects")
+                .entry("data")
+                .or_insert_with(|| json!({}));
+            data["token"] = encode(&token);
+            data["ca.crt"] = encode(&ca);
+            data["namespace"] = encode(&namespace);
+            updated["metadata"]["annotations"]["kubernetes.io/service-account.uid"] =
+                json!(account_uid);
+            updated["metadata"]["annotations"]["causeway.dev/token-issued"] = json!(now());
+            Ok(Change::Put(updated))
+        });
     if let Err(error) = result {
         tracing::warn!(%namespace, secret = %name, %error, "cannot fill in a service-account token");
     }
@@ -430,16 +504,32 @@ mod tests {
 
     #[test]
     fn named_target_ports_resolve_per_pod() {
-        let pod = json!({"spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]}});
-        assert_eq!(resolve_target_port(&pod, &json!({"port": 80, "targetPort": "http"})), Some(8080));
-        assert_eq!(resolve_target_port(&pod, &json!({"port": 80, "targetPort": "grpc"})), None);
-        assert_eq!(resolve_target_port(&pod, &json!({"port": 80, "targetPort": 9090})), Some(9090));
+        let pod =
+            json!({"spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]}});
+        assert_eq!(
+            resolve_target_port(&pod, &json!({"port": 80, "targetPort": "http"})),
+            Some(8080)
+        );
+        assert_eq!(
+            resolve_target_port(&pod, &json!({"port": 80, "targetPort": "grpc"})),
+            None
+        );
+        assert_eq!(
+            resolve_target_port(&pod, &json!({"port": 80, "targetPort": 9090})),
+            Some(9090)
+        );
     }
 
     #[test]
     fn finished_or_addressless_pods_back_nothing() {
-        assert_eq!(pod_address(&json!({"status": {"podIP": "10.10.0.5", "phase": "Running"}})), Some("10.10.0.5"));
-        assert_eq!(pod_address(&json!({"status": {"podIP": "10.10.0.5", "phase": "Failed"}})), None);
+        assert_eq!(
+            pod_address(&json!({"status": {"podIP": "10.10.0.5", "phase": "Running"}})),
+            Some("10.10.0.5")
+        );
+        assert_eq!(
+            pod_address(&json!({"status": {"podIP": "10.10.0.5", "phase": "Failed"}})),
+            None
+        );
         assert_eq!(pod_address(&json!({"status": {"phase": "Pending"}})), None);
     }
 

@@ -63,7 +63,10 @@ pub fn group(group: &str) -> Option<Value> {
 /// `kubectl get all` lists the kinds in the `all` category.
 fn categories(resource: &super::resources::Resource) -> Vec<&'static str> {
     let mut categories = Vec::new();
-    if matches!((resource.group, resource.kind), ("", "Pod" | "Service") | ("apps", "Deployment" | "ReplicaSet") | ("autoscaling", _)) {
+    if matches!(
+        (resource.group, resource.kind),
+        ("", "Pod" | "Service") | ("apps", "Deployment" | "ReplicaSet") | ("autoscaling", _)
+    ) {
         categories.push("all");
     }
     if resource.group.ends_with(".istio.io") {
@@ -72,7 +75,16 @@ fn categories(resource: &super::resources::Resource) -> Vec<&'static str> {
     categories
 }
 
-const OBJECT_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const OBJECT_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// `/api/v1` or `/apis/<group>/<version>`, or `None` if nothing is served there.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
@@ -173,7 +185,10 @@ pub fn openapi_group_version(path: &str) -> Option<Value> {
     {
         let prefix = format!("/{}", openapi_path(group, version));
         let item = if resource.namespaced {
-            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", resource.plural)
+            format!(
+                "{prefix}/namespaces/{{namespace}}/{}/{{name}}",
+                resource.plural
+            )
         } else {
             format!("{prefix}/{}/{{name}}", resource.plural)
         };

@@ -11,7 +11,9 @@ use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::objects::{self, apply_defaults, carry_over, check_shape, check_type, stamp_new, validate};
+use super::objects::{
+    self, apply_defaults, carry_over, check_shape, check_type, stamp_new, validate,
+};
 use super::patch::{self, PatchType};
 use super::resources::{RESOURCES, Resource, ResourceId, Storage, find, id_of};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -36,7 +38,10 @@ fn json_response(code: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> {
 }
 
 fn value_response(code: StatusCode, value: &Value) -> Response<Body> {
-    json_response(code, serde_json::to_vec(value).expect("a JSON value always serializes"))
+    json_response(
+        code,
+        serde_json::to_vec(value).expect("a JSON value always serializes"),
+    )
 }
 
 pub fn error_response(error: &ApiError) -> Response<Body> {
@@ -93,25 +98,39 @@ enum Route {
 }
 
 fn route(path: &str) -> Result<Route, ApiError> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|segment| !segment.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .collect();
     let not_found = || ApiError::path_not_found(path);
     let (group, version, rest) = match segments.as_slice() {
         ["version"] => return Ok(Route::Document(discovery::version())),
         ["apis"] => return Ok(Route::Document(discovery::group_list())),
         ["openapi", "v3"] => return Ok(Route::Document(discovery::openapi_root())),
         ["openapi", "v3", rest @ ..] => {
-            return discovery::openapi_group_version(&rest.join("/")).map(Route::Document).ok_or_else(not_found);
+            return discovery::openapi_group_version(&rest.join("/"))
+                .map(Route::Document)
+                .ok_or_else(not_found);
         }
         ["api", "v1", rest @ ..] => ("", "v1", rest),
-        ["apis", group] => return discovery::group(group).map(Route::Document).ok_or_else(not_found),
+        ["apis", group] => {
+            return discovery::group(group)
+                .map(Route::Document)
+                .ok_or_else(not_found);
+        }
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(not_found()),
     };
     if rest.is_empty() {
-        return discovery::resource_list(group, version).map(Route::Document).ok_or_else(not_found);
+        return discovery::resource_list(group, version)
+            .map(Route::Document)
+            .ok_or_else(not_found);
     }
     let (namespace, rest) = match rest {
-        ["namespaces", namespace, plural, rest @ ..] if !matches!(*plural, "status" | "finalize") || !rest.is_empty() => {
+        ["namespaces", namespace, plural, rest @ ..]
+            if !matches!(*plural, "status" | "finalize") || !rest.is_empty() =>
+        {
             (Some((*namespace).to_owned()), {
                 let mut all = vec![*plural];
                 all.extend_from_slice(rest);
@@ -132,7 +151,8 @@ fn route(path: &str) -> Result<Route, ApiError> {
         return Err(not_found());
     }
     if let Some(subresource) = subresource {
-        let known = (subresource == "status" && kind.has_status) || (subresource == "token" && kind.kind == "ServiceAccount");
+        let known = (subresource == "status" && kind.has_status)
+            || (subresource == "token" && kind.kind == "ServiceAccount");
         if !known {
             return Err(not_found());
         }
@@ -147,7 +167,11 @@ fn route(path: &str) -> Result<Route, ApiError> {
 }
 
 fn bearer_token(request: &Request<Incoming>) -> Option<&str> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -163,26 +187,36 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
     response
 }
 
-async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn serve(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_owned();
     match path.as_str() {
         "/healthz" | "/readyz" | "/livez" => return Ok(Response::new(full("ok"))),
         "/version" => return Ok(value_response(StatusCode::OK, &discovery::version())),
         _ => {}
     }
-    let authenticated = bearer_token(&request).is_some_and(|token| shared.authenticate(token, &[]).is_ok());
+    let authenticated =
+        bearer_token(&request).is_some_and(|token| shared.authenticate(token, &[]).is_ok());
     if !authenticated {
         return Err(ApiError::unauthorized());
     }
     if path == "/api" {
-        return Ok(value_response(StatusCode::OK, &discovery::core_versions(&shared.address.to_string())));
+        return Ok(value_response(
+            StatusCode::OK,
+            &discovery::core_versions(&shared.address.to_string()),
+        ));
     }
     let target = match route(&path)? {
         Route::Document(document) => {
             return if request.method() == Method::GET {
                 Ok(value_response(StatusCode::OK, &document))
             } else {
-                Err(ApiError::method_not_allowed(format!("{} is read-only", path)))
+                Err(ApiError::method_not_allowed(format!(
+                    "{} is read-only",
+                    path
+                )))
             };
         }
         Route::Objects(target) => target,
@@ -203,14 +237,18 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respon
     let method = request.method().clone();
     if target.kind().storage == Storage::Review {
         if method != Method::POST || target.name.is_some() {
-            return Err(ApiError::method_not_allowed("tokenreviews only support create"));
+            return Err(ApiError::method_not_allowed(
+                "tokenreviews only support create",
+            ));
         }
         let body = read_body(request, shared.config.max_body_bytes).await?;
         return token_review(&shared, &body, &content_type);
     }
     match (method, target.name.is_some()) {
         (Method::GET, true) => get(&shared, &target),
-        (Method::GET, false) if query.flag("watch") => watch::serve(shared, target, &query, &accept),
+        (Method::GET, false) if query.flag("watch") => {
+            watch::serve(shared, target, &query, &accept)
+        }
         (Method::GET, false) => list(&shared, &target, &query, &accept),
         (Method::POST, false) => {
             let body = read_body(request, shared.config.max_body_bytes).await?;
@@ -247,8 +285,12 @@ async fn serve(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respon
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        Err(error) => Err(ApiError::bad_request(format!("cannot read the request body: {error}"))),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::too_large(limit))
+        }
+        Err(error) => Err(ApiError::bad_request(format!(
+            "cannot read the request body: {error}"
+        ))),
     }
 }
 
@@ -276,7 +318,10 @@ fn get(shared: &Shared, target: &Target) -> Result<Response<Body>, ApiError> {
         .store
         .get(target.resource, target.namespace(), name)
         .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))?;
-    Ok(json_response(StatusCode::OK, render(&stored, kind, &target.version)))
+    Ok(json_response(
+        StatusCode::OK,
+        render(&stored, kind, &target.version),
+    ))
 }
 
 /// Label and field selectors of a list or watch.
@@ -289,7 +334,11 @@ impl Filter {
     pub fn from_query(query: &Query, kind: &Resource) -> Result<Self, ApiError> {
         Ok(Self {
             labels: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
-            fields: FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), kind.field_selectors, kind.plural)?,
+            fields: FieldSelector::parse(
+                query.get("fieldSelector").unwrap_or(""),
+                kind.field_selectors,
+                kind.plural,
+            )?,
         })
     }
 
@@ -300,13 +349,20 @@ impl Filter {
 
 fn encode_continue(revision: u64, namespace: &str, name: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(json!({"rv": revision, "ns": namespace, "name": name}).to_string())
+    base64::engine::general_purpose::STANDARD
+        .encode(json!({"rv": revision, "ns": namespace, "name": name}).to_string())
 }
 
 fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
     use base64::Engine;
-    let bad = || ApiError::bad_request(format!("continue token {token:?} is not one this server issued; list again without it"));
-    let bytes = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::bad_request(format!(
+            "continue token {token:?} is not one this server issued; list again without it"
+        ))
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .map_err(|_| bad())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     Ok((
         value["rv"].as_u64().ok_or_else(bad)?,
@@ -315,24 +371,44 @@ fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
     ))
 }
 
-fn list(shared: &Shared, target: &Target, query: &Query, accept: &str) -> Result<Response<Body>, ApiError> {
+fn list(
+    shared: &Shared,
+    target: &Target,
+    query: &Query,
+    accept: &str,
+) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     let filter = Filter::from_query(query, kind)?;
     let limit = query
         .get("limit")
-        .map(|limit| limit.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit {limit:?} is not a number"))))
+        .map(|limit| {
+            limit
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("limit {limit:?} is not a number")))
+        })
         .transpose()?
         .filter(|limit| *limit > 0);
-    let start = query.get("continue").filter(|token| !token.is_empty()).map(decode_continue).transpose()?;
-    let (all, current_revision) = shared.store.list(target.resource, target.namespace.as_deref());
+    let start = query
+        .get("continue")
+        .filter(|token| !token.is_empty())
+        .map(decode_continue)
+        .transpose()?;
+    let (all, current_revision) = shared
+        .store
+        .list(target.resource, target.namespace.as_deref());
     // A continued list keeps the first page's revision, so a watch started from it misses nothing.
-    let revision = start.as_ref().map_or(current_revision, |(revision, _, _)| *revision);
+    let revision = start
+        .as_ref()
+        .map_or(current_revision, |(revision, _, _)| *revision);
     let mut items = Vec::new();
     let mut continue_token = None;
     for stored in all {
         if let Some((_, namespace, name)) = &start {
             let metadata = &stored.object["metadata"];
-            let key = (metadata["namespace"].as_str().unwrap_or(""), metadata["name"].as_str().unwrap_or(""));
+            let key = (
+                metadata["namespace"].as_str().unwrap_or(""),
+                metadata["name"].as_str().unwrap_or(""),
+            );
             if key <= (namespace.as_str(), name.as_str()) {
                 continue;
             }
@@ -353,8 +429,14 @@ fn list(shared: &Shared, target: &Target, query: &Query, accept: &str) -> Result
         items.push(stored);
     }
     if tables::wants_table(accept) {
-        let objects: Vec<Value> = items.iter().map(|stored| render_value(stored, kind, &target.version)).collect();
-        return Ok(value_response(StatusCode::OK, &tables::table(kind, &objects, revision, continue_token.as_deref())));
+        let objects: Vec<Value> = items
+            .iter()
+            .map(|stored| render_value(stored, kind, &target.version))
+            .collect();
+        return Ok(value_response(
+            StatusCode::OK,
+            &tables::table(kind, &objects, revision, continue_token.as_deref()),
+        ));
     }
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(token) = &continue_token {
@@ -366,7 +448,9 @@ fn list(shared: &Shared, target: &Target, query: &Query, accept: &str) -> Result
         kind.kind,
         metadata
     );
-    let mut body = Vec::with_capacity(head.len() + items.iter().map(|item| item.json.len() + 1).sum::<usize>() + 2);
+    let mut body = Vec::with_capacity(
+        head.len() + items.iter().map(|item| item.json.len() + 1).sum::<usize>() + 2,
+    );
     body.extend_from_slice(head.as_bytes());
     for (index, item) in items.iter().enumerate() {
         if index > 0 {
@@ -380,7 +464,9 @@ fn list(shared: &Shared, target: &Target, query: &Query, accept: &str) -> Result
 
 /// Puts the object in the URL's namespace (or none for cluster-scoped kinds).
 fn place(target: &Target, object: &mut Value) -> Result<(), ApiError> {
-    let metadata = object["metadata"].as_object_mut().expect("check_type made it an object");
+    let metadata = object["metadata"]
+        .as_object_mut()
+        .expect("check_type made it an object");
     if target.kind().namespaced {
         let namespace = target.namespace().to_owned();
         if namespace.is_empty() {
@@ -407,7 +493,12 @@ fn place(target: &Target, object: &mut Value) -> Result<(), ApiError> {
 }
 
 fn require_namespace(shared: &Shared, target: &Target) -> Result<(), ApiError> {
-    if target.kind().namespaced && shared.store.get(id_of("", "Namespace"), "", target.namespace()).is_none() {
+    if target.kind().namespaced
+        && shared
+            .store
+            .get(id_of("", "Namespace"), "", target.namespace())
+            .is_none()
+    {
         return Err(ApiError::not_found("", "namespaces", target.namespace()));
     }
     Ok(())
@@ -425,12 +516,21 @@ fn generated_name(prefix: &str) -> String {
 }
 
 fn invalid(kind: &Resource, object: &Value, causes: Vec<status::Cause>) -> ApiError {
-    ApiError::invalid(kind.kind, kind.group, object["metadata"]["name"].as_str().unwrap_or(""), causes)
+    ApiError::invalid(
+        kind.kind,
+        kind.group,
+        object["metadata"]["name"].as_str().unwrap_or(""),
+        causes,
+    )
 }
 
 /// Gives a new Service its cluster IP (unless headless or ExternalName).
-fn allocate_cluster_ip(shared: &Shared, kind: &Resource, object: &mut Value) -> Result<Option<std::net::Ipv4Addr>, ApiError> {
-    if kind.kind != "Service" || kind.group != "" {
+fn allocate_cluster_ip(
+    shared: &Shared,
+    kind: &Resource,
+    object: &mut Value,
+) -> Result<Option<std::net::Ipv4Addr>, ApiError> {
+    if kind.kind != "Service" || !kind.group.is_empty() {
         return Ok(None);
     }
     let spec = &mut object["spec"];
@@ -446,7 +546,14 @@ fn allocate_cluster_ip(shared: &Shared, kind: &Resource, object: &mut Value) -> 
         None
     } else {
         Some(requested.parse().map_err(|_| {
-            invalid(kind, object, vec![status::Cause::new("spec.clusterIP", format!("Invalid value: {requested:?}: must be a valid IPv4 address"))])
+            invalid(
+                kind,
+                object,
+                vec![status::Cause::new(
+                    "spec.clusterIP",
+                    format!("Invalid value: {requested:?}: must be a valid IPv4 address"),
+                )],
+            )
         })?)
     };
     let address = shared
@@ -461,28 +568,52 @@ fn allocate_cluster_ip(shared: &Shared, kind: &Resource, object: &mut Value) -> 
 }
 
 fn release_cluster_ip(shared: &Shared, object: &Value) {
-    for address in object["spec"]["clusterIPs"].as_array().into_iter().flatten() {
+    for address in object["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if let Some(address) = address.as_str().and_then(|text| text.parse().ok()) {
-            shared.service_ips.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).release(address);
+            shared
+                .service_ips
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .release(address);
         }
     }
 }
 
-fn create(shared: &Shared, target: &Target, body: &[u8], content_type: &str, dry_run: bool) -> Result<Response<Body>, ApiError> {
+fn create(
+    shared: &Shared,
+    target: &Target,
+    body: &[u8],
+    content_type: &str,
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     let mut object = objects::parse_body(body, content_type)?;
     check_type(kind, &target.version, &mut object)?;
     place(target, &mut object)?;
     require_namespace(shared, target)?;
     let metadata = object["metadata"].as_object_mut().expect("checked");
-    if metadata.get("name").and_then(Value::as_str).unwrap_or("").is_empty()
+    if metadata
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
         && let Some(prefix) = metadata.get("generateName").and_then(Value::as_str)
     {
         let name = generated_name(prefix);
         metadata.insert("name".into(), json!(name));
     }
-    if metadata.get("resourceVersion").and_then(Value::as_str).is_some_and(|rv| !rv.is_empty()) {
-        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+    if metadata
+        .get("resourceVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|rv| !rv.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
     }
     check_shape(kind, &object)?;
     apply_defaults(kind, &mut object);
@@ -493,17 +624,30 @@ fn create(shared: &Shared, target: &Target, body: &[u8], content_type: &str, dry
     let allocated = allocate_cluster_ip(shared, kind, &mut object)?;
     stamp_new(&mut object, kind);
     let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
-    let result = shared.store.change(target.resource, target.namespace(), &name, dry_run, |current| match current {
-        Some(_) => Err(ApiError::already_exists(kind.group, kind.plural, &name)),
-        None => Ok(Change::Put(object)),
-    });
+    let result = shared.store.change(
+        target.resource,
+        target.namespace(),
+        &name,
+        dry_run,
+        |current| match current {
+            Some(_) => Err(ApiError::already_exists(kind.group, kind.plural, &name)),
+            None => Ok(Change::Put(object)),
+        },
+    );
     if (result.is_err() || dry_run)
         && let Some(address) = allocated
     {
-        shared.service_ips.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).release(address);
+        shared
+            .service_ips
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .release(address);
     }
     let stored = result?.current.expect("a put leaves an object");
-    Ok(json_response(StatusCode::CREATED, render(&stored, kind, &target.version)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        render(&stored, kind, &target.version),
+    ))
 }
 
 fn without_resource_version(object: &Value) -> Value {
@@ -515,7 +659,11 @@ fn without_resource_version(object: &Value) -> Value {
 }
 
 /// Checks and completes `new`, the replacement of `current` sent by PUT or made by PATCH.
-fn replacement(target: &Target, current: &StoredObject, mut new: Value) -> Result<Change, ApiError> {
+fn replacement(
+    target: &Target,
+    current: &StoredObject,
+    mut new: Value,
+) -> Result<Change, ApiError> {
     let kind = target.kind();
     let name = target.name.as_deref().unwrap_or("");
     if !new.is_object() {
@@ -532,7 +680,10 @@ fn replacement(target: &Target, current: &StoredObject, mut new: Value) -> Resul
         None => new["metadata"]["name"] = json!(name),
         Some(_) => {}
     }
-    let sent_version = new["metadata"]["resourceVersion"].as_str().unwrap_or("").to_owned();
+    let sent_version = new["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     if !sent_version.is_empty() && sent_version != current.revision.to_string() {
         return Err(ApiError::conflict(
             kind.group,
@@ -547,7 +698,9 @@ fn replacement(target: &Target, current: &StoredObject, mut new: Value) -> Resul
         match status {
             Some(status) => new["status"] = status,
             None => {
-                new.as_object_mut().expect("stored objects are objects").remove("status");
+                new.as_object_mut()
+                    .expect("stored objects are objects")
+                    .remove("status");
             }
         }
     } else {
@@ -560,7 +713,15 @@ fn replacement(target: &Target, current: &StoredObject, mut new: Value) -> Resul
                 if sent.is_null() || sent == "" {
                     new["spec"][field] = old.clone();
                 } else if sent != old && !old.is_null() {
-                    return Err(ApiError::invalid(kind.kind, kind.group, name, vec![status::Cause::new(format!("spec.{field}"), "Invalid value: field is immutable")]));
+                    return Err(ApiError::invalid(
+                        kind.kind,
+                        kind.group,
+                        name,
+                        vec![status::Cause::new(
+                            format!("spec.{field}"),
+                            "Invalid value: field is immutable",
+                        )],
+                    ));
                 }
             }
         }
@@ -578,23 +739,45 @@ fn replacement(target: &Target, current: &StoredObject, mut new: Value) -> Resul
     Ok(Change::Put(new))
 }
 
-fn update(shared: &Shared, target: &Target, body: &[u8], content_type: &str, dry_run: bool) -> Result<Response<Body>, ApiError> {
+fn update(
+    shared: &Shared,
+    target: &Target,
+    body: &[u8],
+    content_type: &str,
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     let name = target.name.clone().unwrap_or_default();
     let new = objects::parse_body(body, content_type)?;
-    let outcome = shared.store.change(target.resource, target.namespace(), &name, dry_run, |current| {
-        let current = current.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
-        replacement(target, current, new)
-    })?;
+    let outcome = shared.store.change(
+        target.resource,
+        target.namespace(),
+        &name,
+        dry_run,
+        |current| {
+            let current =
+                current.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
+            replacement(target, current, new)
+        },
+    )?;
     let stored = outcome.current.expect("an update leaves an object");
-    Ok(json_response(StatusCode::OK, render(&stored, kind, &target.version)))
+    Ok(json_response(
+        StatusCode::OK,
+        render(&stored, kind, &target.version),
+    ))
 }
 
 fn is_custom_resource(kind: &Resource) -> bool {
     kind.group.ends_with(".istio.io")
 }
 
-fn patch(shared: &Shared, target: &Target, patch_type: PatchType, body: &[u8], dry_run: bool) -> Result<Response<Body>, ApiError> {
+fn patch(
+    shared: &Shared,
+    target: &Target,
+    patch_type: PatchType,
+    body: &[u8],
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     if patch_type == PatchType::Strategic && is_custom_resource(kind) {
         return Err(ApiError::unsupported_media_type(
@@ -602,30 +785,52 @@ fn patch(shared: &Shared, target: &Target, patch_type: PatchType, body: &[u8], d
         ));
     }
     let name = target.name.clone().unwrap_or_default();
-    let outcome = shared.store.change(target.resource, target.namespace(), &name, dry_run, |current| {
-        let current = current.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
-        let patched = patch::apply(patch_type, kind.kind, &current.object, body)?;
-        replacement(target, current, patched)
-    })?;
+    let outcome = shared.store.change(
+        target.resource,
+        target.namespace(),
+        &name,
+        dry_run,
+        |current| {
+            let current =
+                current.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
+            let patched = patch::apply(patch_type, kind.kind, &current.object, body)?;
+            replacement(target, current, patched)
+        },
+    )?;
     let stored = outcome.current.expect("a patch leaves an object");
-    Ok(json_response(StatusCode::OK, render(&stored, kind, &target.version)))
+    Ok(json_response(
+        StatusCode::OK,
+        render(&stored, kind, &target.version),
+    ))
 }
 
 /// Namespaces every cluster needs.
 const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
-fn delete(shared: &Shared, target: &Target, body: &[u8], dry_run: bool) -> Result<Response<Body>, ApiError> {
+fn delete(
+    shared: &Shared,
+    target: &Target,
+    body: &[u8],
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     let name = target.name.clone().unwrap_or_default();
     let options: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(body).map_err(|error| ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {error}")))?
+        serde_json::from_slice(body).map_err(|error| {
+            ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {error}"))
+        })?
     };
-    let dry_run = dry_run || options["dryRun"].as_array().is_some_and(|modes| modes.iter().any(|mode| mode == "All"));
+    let dry_run = dry_run
+        || options["dryRun"]
+            .as_array()
+            .is_some_and(|modes| modes.iter().any(|mode| mode == "All"));
     let preconditions = &options["preconditions"];
     if kind.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name.as_str()) {
-        let mut error = ApiError::bad_request(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"));
+        let mut error = ApiError::bad_request(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        ));
         error.code = StatusCode::FORBIDDEN;
         error.reason = "Forbidden";
         return Err(error);
@@ -634,27 +839,53 @@ fn delete(shared: &Shared, target: &Target, body: &[u8], dry_run: bool) -> Resul
         .store
         .get(target.resource, target.namespace(), &name)
         .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
-    let uid = stored.object["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+    let uid = stored.object["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     if kind.kind == "Namespace" && !dry_run {
         delete_namespace_contents(shared, &name);
     }
-    let outcome = delete_one(shared, target.resource, target.namespace(), &name, dry_run, |current| {
-        if let Some(uid) = preconditions["uid"].as_str()
-            && current.object["metadata"]["uid"] != uid
-        {
-            return Err(ApiError::conflict(kind.group, kind.plural, &name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", current.object["metadata"]["uid"])));
-        }
-        if let Some(version) = preconditions["resourceVersion"].as_str()
-            && current.revision.to_string() != version
-        {
-            return Err(ApiError::conflict(kind.group, kind.plural, &name, "the object has been modified; please apply your changes to the latest version and try again"));
-        }
-        Ok(())
-    })?;
+    let outcome = delete_one(
+        shared,
+        target.resource,
+        target.namespace(),
+        &name,
+        dry_run,
+        |current| {
+            if let Some(uid) = preconditions["uid"].as_str()
+                && current.object["metadata"]["uid"] != uid
+            {
+                return Err(ApiError::conflict(
+                    kind.group,
+                    kind.plural,
+                    &name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        current.object["metadata"]["uid"]
+                    ),
+                ));
+            }
+            if let Some(version) = preconditions["resourceVersion"].as_str()
+                && current.revision.to_string() != version
+            {
+                return Err(ApiError::conflict(
+                    kind.group,
+                    kind.plural,
+                    &name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            Ok(())
+        },
+    )?;
     if outcome.is_none() {
         return Err(ApiError::not_found(kind.group, kind.plural, &name));
     }
-    Ok(value_response(StatusCode::OK, &status::deleted(kind.group, kind.plural, &name, &uid)))
+    Ok(value_response(
+        StatusCode::OK,
+        &status::deleted(kind.group, kind.plural, &name, &uid),
+    ))
 }
 
 /// Deletes one object after `check` accepts it; returns the deleted object, `None` if absent.
@@ -666,13 +897,19 @@ pub fn delete_one(
     dry_run: bool,
     check: impl FnOnce(&StoredObject) -> Result<(), ApiError>,
 ) -> Result<Option<StoredObject>, ApiError> {
-    let outcome = shared.store.change(resource, namespace, name, dry_run, |current| match current {
-        None => Ok(Change::Keep),
-        Some(current) => {
-            check(current)?;
-            Ok(Change::Delete)
-        }
-    })?;
+    let outcome = shared.store.change(
+        resource,
+        namespace,
+        name,
+        dry_run,
+        |current| match current {
+            None => Ok(Change::Keep),
+            Some(current) => {
+                check(current)?;
+                Ok(Change::Delete)
+            }
+        },
+    )?;
     let deleted = outcome.previous;
     if !dry_run
         && let Some(deleted) = &deleted
@@ -692,15 +929,27 @@ pub fn delete_namespace_contents(shared: &Shared, namespace: &str) {
     }
 }
 
-fn delete_collection(shared: &Shared, target: &Target, query: &Query, body: &[u8]) -> Result<Response<Body>, ApiError> {
+fn delete_collection(
+    shared: &Shared,
+    target: &Target,
+    query: &Query,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     if !body.is_empty() {
-        serde_json::from_slice::<Value>(body).map_err(|error| ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {error}")))?;
+        serde_json::from_slice::<Value>(body).map_err(|error| {
+            ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {error}"))
+        })?;
     }
     let filter = Filter::from_query(query, kind)?;
-    let (items, _) = shared.store.list(target.resource, target.namespace.as_deref());
+    let (items, _) = shared
+        .store
+        .list(target.resource, target.namespace.as_deref());
     let mut deleted = Vec::new();
-    for stored in items.into_iter().filter(|stored| filter.matches(&stored.object)) {
+    for stored in items
+        .into_iter()
+        .filter(|stored| filter.matches(&stored.object))
+    {
         let metadata = &stored.object["metadata"];
         let namespace = metadata["namespace"].as_str().unwrap_or("");
         let name = metadata["name"].as_str().unwrap_or("");
@@ -710,7 +959,14 @@ fn delete_collection(shared: &Shared, target: &Target, query: &Query, body: &[u8
             }
             delete_namespace_contents(shared, name);
         }
-        if let Some(object) = delete_one(shared, target.resource, namespace, name, query.dry_run(), |_| Ok(()))? {
+        if let Some(object) = delete_one(
+            shared,
+            target.resource,
+            namespace,
+            name,
+            query.dry_run(),
+            |_| Ok(()),
+        )? {
             deleted.push(render_value(&object, kind, &target.version));
         }
     }
@@ -724,12 +980,23 @@ fn delete_collection(shared: &Shared, target: &Target, query: &Query, body: &[u8
 const MAX_TOKEN_SECONDS: i64 = 48 * 3600;
 const MIN_TOKEN_SECONDS: i64 = 600;
 
-fn token_request(shared: &Shared, target: &Target, body: &[u8], content_type: &str) -> Result<Response<Body>, ApiError> {
+fn token_request(
+    shared: &Shared,
+    target: &Target,
+    body: &[u8],
+    content_type: &str,
+) -> Result<Response<Body>, ApiError> {
     let namespace = target.namespace().to_owned();
     let account_name = target.name.clone().unwrap_or_default();
     let request = objects::parse_body(body, content_type)?;
-    if request["kind"].as_str().is_some_and(|kind| kind != "TokenRequest") {
-        return Err(ApiError::bad_request(format!("the token subresource takes a TokenRequest, not a {}", request["kind"])));
+    if request["kind"]
+        .as_str()
+        .is_some_and(|kind| kind != "TokenRequest")
+    {
+        return Err(ApiError::bad_request(format!(
+            "the token subresource takes a TokenRequest, not a {}",
+            request["kind"]
+        )));
     }
     let account = shared
         .store
@@ -737,22 +1004,37 @@ fn token_request(shared: &Shared, target: &Target, body: &[u8], content_type: &s
         .ok_or_else(|| ApiError::not_found("", "serviceaccounts", &account_name))?;
     let spec = &request["spec"];
     let invalid_request = |field: &str, message: String| {
-        ApiError::invalid("TokenRequest", "authentication.k8s.io", &account_name, vec![status::Cause::new(field, message)])
+        ApiError::invalid(
+            "TokenRequest",
+            "authentication.k8s.io",
+            &account_name,
+            vec![status::Cause::new(field, message)],
+        )
     };
     let audiences: Vec<String> = match spec["audiences"].as_array() {
-        Some(list) if !list.is_empty() => list.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         _ => vec![super::tokens::ISSUER.to_owned()],
     };
     let lifetime = spec["expirationSeconds"].as_i64().unwrap_or(3600);
     if lifetime < MIN_TOKEN_SECONDS {
-        return Err(invalid_request("spec.expirationSeconds", "Invalid value: may not specify a duration less than 10 minutes".into()));
+        return Err(invalid_request(
+            "spec.expirationSeconds",
+            "Invalid value: may not specify a duration less than 10 minutes".into(),
+        ));
     }
     let lifetime = lifetime.min(MAX_TOKEN_SECONDS);
     let mut binding = Binding {
         namespace: namespace.clone(),
         serviceaccount: ObjectRef {
             name: account_name.clone(),
-            uid: account.object["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+            uid: account.object["metadata"]["uid"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
         },
         pod: None,
         secret: None,
@@ -764,19 +1046,37 @@ fn token_request(shared: &Shared, target: &Target, body: &[u8], content_type: &s
         let (resource, slot) = match bound_kind {
             "Pod" => (id_of("", "Pod"), &mut binding.pod),
             "Secret" => (id_of("", "Secret"), &mut binding.secret),
-            other => return Err(invalid_request("spec.boundObjectRef.kind", format!("Unsupported value: {other:?}: supported values: \"Pod\", \"Secret\""))),
+            other => {
+                return Err(invalid_request(
+                    "spec.boundObjectRef.kind",
+                    format!("Unsupported value: {other:?}: supported values: \"Pod\", \"Secret\""),
+                ));
+            }
         };
         let object = shared
             .store
             .get(resource, &namespace, bound_name)
             .ok_or_else(|| ApiError::not_found("", RESOURCES[resource].plural, bound_name))?;
-        let uid = object.object["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+        let uid = object.object["metadata"]["uid"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         if let Some(wanted) = bound["uid"].as_str().filter(|wanted| !wanted.is_empty())
             && wanted != uid
         {
-            return Err(ApiError::conflict("", RESOURCES[resource].plural, bound_name, &format!("the UID in the bound object reference ({wanted}) does not match the UID in record ({uid}); the object might have been deleted and then recreated")));
+            return Err(ApiError::conflict(
+                "",
+                RESOURCES[resource].plural,
+                bound_name,
+                &format!(
+                    "the UID in the bound object reference ({wanted}) does not match the UID in record ({uid}); the object might have been deleted and then recreated"
+                ),
+            ));
         }
-        *slot = Some(ObjectRef { name: bound_name.to_owned(), uid });
+        *slot = Some(ObjectRef {
+            name: bound_name.to_owned(),
+            uid,
+        });
     }
     let now = time::OffsetDateTime::now_utc();
     let claims = Claims::new(binding, audiences.clone(), now.unix_timestamp(), lifetime);
@@ -800,14 +1100,29 @@ fn token_request(shared: &Shared, target: &Target, body: &[u8], content_type: &s
     ))
 }
 
-fn token_review(shared: &Shared, body: &[u8], content_type: &str) -> Result<Response<Body>, ApiError> {
+fn token_review(
+    shared: &Shared,
+    body: &[u8],
+    content_type: &str,
+) -> Result<Response<Body>, ApiError> {
     let review = objects::parse_body(body, content_type)?;
-    if review["kind"].as_str().is_some_and(|kind| kind != "TokenReview") {
-        return Err(ApiError::bad_request(format!("tokenreviews take a TokenReview, not a {}", review["kind"])));
+    if review["kind"]
+        .as_str()
+        .is_some_and(|kind| kind != "TokenReview")
+    {
+        return Err(ApiError::bad_request(format!(
+            "tokenreviews take a TokenReview, not a {}",
+            review["kind"]
+        )));
     }
     let token = review["spec"]["token"].as_str().unwrap_or("");
     if token.is_empty() {
-        return Err(ApiError::invalid("TokenReview", "authentication.k8s.io", "", vec![status::Cause::new("spec.token", "Required value")]));
+        return Err(ApiError::invalid(
+            "TokenReview",
+            "authentication.k8s.io",
+            "",
+            vec![status::Cause::new("spec.token", "Required value")],
+        ));
     }
     let audiences: Vec<String> = review["spec"]["audiences"]
         .as_array()
@@ -859,7 +1174,8 @@ mod tests {
         let namespace_status = target("/api/v1/namespaces/sample/status");
         assert_eq!(namespace_status.kind().kind, "Namespace");
         assert_eq!(namespace_status.name.as_deref(), Some("sample"));
-        let gateways = target("/apis/networking.istio.io/v1alpha3/namespaces/istio-system/gateways");
+        let gateways =
+            target("/apis/networking.istio.io/v1alpha3/namespaces/istio-system/gateways");
         assert_eq!(gateways.kind().kind, "Gateway");
         assert_eq!(gateways.version, "v1alpha3");
         assert!(route("/api/v1/namespaces/a/nodes").is_err());

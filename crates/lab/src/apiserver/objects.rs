@@ -92,14 +92,16 @@ pub fn check_type(resource: &Resource, version: &str, object: &mut Value) -> Res
 }
 
 fn typed<T: DeserializeOwned>(resource: &Resource, object: &Value) -> Result<(), ApiError> {
-    serde_json::from_value::<T>(object.clone()).map(|_| ()).map_err(|error| {
-        ApiError::bad_request(format!(
-            "{} in version {:?} cannot be handled as a {}: {error}",
-            resource.kind,
-            resource.preferred_version(),
-            resource.kind
-        ))
-    })
+    serde_json::from_value::<T>(object.clone())
+        .map(|_| ())
+        .map_err(|error| {
+            ApiError::bad_request(format!(
+                "{} in version {:?} cannot be handled as a {}: {error}",
+                resource.kind,
+                resource.preferred_version(),
+                resource.kind
+            ))
+        })
 }
 
 /// Decodes a built-in kind into its Kubernetes type, so that a field of the wrong type is refused
@@ -121,14 +123,20 @@ pub fn check_shape(resource: &Resource, object: &Value) -> Result<(), ApiError> 
         ("", "Node") => typed::<core::Node>(resource, object),
         ("apps", "Deployment") => typed::<apps::Deployment>(resource, object),
         ("apps", "ReplicaSet") => typed::<apps::ReplicaSet>(resource, object),
-        ("discovery.k8s.io", "EndpointSlice") => typed::<discovery::EndpointSlice>(resource, object),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            typed::<discovery::EndpointSlice>(resource, object)
+        }
         ("admissionregistration.k8s.io", "MutatingWebhookConfiguration") => {
             typed::<admission::MutatingWebhookConfiguration>(resource, object)
         }
         ("coordination.k8s.io", "Lease") => typed::<coordination::Lease>(resource, object),
         ("rbac.authorization.k8s.io", "Role") => typed::<rbac::Role>(resource, object),
-        ("rbac.authorization.k8s.io", "RoleBinding") => typed::<rbac::RoleBinding>(resource, object),
-        ("rbac.authorization.k8s.io", "ClusterRole") => typed::<rbac::ClusterRole>(resource, object),
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            typed::<rbac::RoleBinding>(resource, object)
+        }
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            typed::<rbac::ClusterRole>(resource, object)
+        }
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
             typed::<rbac::ClusterRoleBinding>(resource, object)
         }
@@ -145,7 +153,9 @@ pub fn check_shape(resource: &Resource, object: &Value) -> Result<(), ApiError> 
 fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -210,14 +220,20 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
     let metadata = &object["metadata"];
     let name = metadata["name"].as_str().unwrap_or("");
     if name.is_empty() {
-        causes.push(Cause::new("metadata.name", "Required value: name or generateName is required"));
+        causes.push(Cause::new(
+            "metadata.name",
+            "Required value: name or generateName is required",
+        ));
     } else if let Some(cause) = name_causes(resource, name) {
         causes.push(cause);
     }
     if let Some(labels) = metadata.get("labels").and_then(Value::as_object) {
         for (key, value) in labels {
             if let Err(why) = check_qualified_key(key) {
-                causes.push(Cause::new("metadata.labels", format!("Invalid value: {why}")));
+                causes.push(Cause::new(
+                    "metadata.labels",
+                    format!("Invalid value: {why}"),
+                ));
             }
             match value.as_str() {
                 Some("") => {}
@@ -233,21 +249,34 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
         let mut total = 0;
         for (key, value) in annotations {
             if let Err(why) = check_qualified_key(key) {
-                causes.push(Cause::new("metadata.annotations", format!("Invalid value: {why}")));
+                causes.push(Cause::new(
+                    "metadata.annotations",
+                    format!("Invalid value: {why}"),
+                ));
             }
             total += key.len() + value.as_str().map_or(0, str::len);
         }
         if total > 256 * 1024 {
-            causes.push(Cause::new("metadata.annotations", "Too long: must have at most 262144 bytes"));
+            causes.push(Cause::new(
+                "metadata.annotations",
+                "Too long: must have at most 262144 bytes",
+            ));
         }
     }
     match (resource.group, resource.kind) {
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
-                for key in object.get(field).and_then(Value::as_object).into_iter().flat_map(Map::keys) {
+                for key in object
+                    .get(field)
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flat_map(Map::keys)
+                {
                     let valid = !key.is_empty()
                         && key.len() <= 253
-                        && key.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'));
+                        && key.bytes().all(|byte| {
+                            byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')
+                        });
                     if !valid {
                         causes.push(Cause::new(
                             format!("{field}[{key}]"),
@@ -264,7 +293,10 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
             match selector.as_object() {
                 None => causes.push(Cause::new("spec.selector", "Required value")),
                 Some(selector) => {
-                    if selector.iter().any(|(key, value)| labels.get(key) != Some(value)) {
+                    if selector
+                        .iter()
+                        .any(|(key, value)| labels.get(key) != Some(value))
+                    {
                         causes.push(Cause::new(
                             "spec.template.metadata.labels",
                             "Invalid value: `selector` does not match template `labels`",
@@ -281,7 +313,10 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
 fn validate_service(spec: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let service_type = spec["type"].as_str().unwrap_or("ClusterIP");
-    if !matches!(service_type, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    if !matches!(
+        service_type,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         causes.push(Cause::new(
             "spec.type",
             format!("Unsupported value: {service_type:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
@@ -298,15 +333,24 @@ fn validate_service(spec: &Value) -> Vec<Cause> {
         if !(1..=65535).contains(&number) {
             causes.push(Cause::new(
                 format!("spec.ports[{index}].port"),
-                format!("Invalid value: {}: must be between 1 and 65535, inclusive", port["port"]),
+                format!(
+                    "Invalid value: {}: must be between 1 and 65535, inclusive",
+                    port["port"]
+                ),
             ));
         }
         let name = port["name"].as_str().unwrap_or("");
         if ports.len() > 1 && name.is_empty() {
-            causes.push(Cause::new(format!("spec.ports[{index}].name"), "Required value"));
+            causes.push(Cause::new(
+                format!("spec.ports[{index}].name"),
+                "Required value",
+            ));
         }
         if !name.is_empty() && names.contains(&name) {
-            causes.push(Cause::new(format!("spec.ports[{index}].name"), format!("Duplicate value: {name:?}")));
+            causes.push(Cause::new(
+                format!("spec.ports[{index}].name"),
+                format!("Duplicate value: {name:?}"),
+            ));
         }
         names.push(name);
     }
@@ -373,7 +417,10 @@ pub fn apply_defaults(resource: &Resource, object: &mut Value) {
             if object["type"].as_str().is_none_or(str::is_empty) {
                 object["type"] = json!("Opaque");
             }
-            if let Some(Value::Object(string_data)) = object.as_object_mut().and_then(|map| map.remove("stringData")) {
+            if let Some(Value::Object(string_data)) = object
+                .as_object_mut()
+                .and_then(|map| map.remove("stringData"))
+            {
                 use base64::Engine;
                 let data = object
                     .as_object_mut()
@@ -381,7 +428,10 @@ pub fn apply_defaults(resource: &Resource, object: &mut Value) {
                     .entry("data")
                     .or_insert_with(|| json!({}));
                 for (key, value) in string_data {
-                    let text = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+                    let text = value
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| value.to_string());
                     data[key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
                 }
             }
@@ -443,7 +493,12 @@ pub fn stamp_new(object: &mut Value, resource: &Resource) {
 /// Carries the server-owned metadata of `old` into its replacement, keeps `.status` when the kind
 /// updates status separately, and bumps `generation` when the spec changed.
 pub fn carry_over(resource: &Resource, old: &Value, new: &mut Value) {
-    for field in ["uid", "creationTimestamp", "generation", "deletionTimestamp"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+    ] {
         match old["metadata"].get(field) {
             Some(value) => new["metadata"][field] = value.clone(),
             None => {
@@ -489,17 +544,32 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            ["metadata.name", "metadata.labels", "spec.ports[0].name", "spec.ports[1].port"]
+            [
+                "metadata.name",
+                "metadata.labels",
+                "spec.ports[0].name",
+                "spec.ports[1].port"
+            ]
         );
     }
 
     #[test]
     fn yaml_and_json_bodies_and_their_errors() {
-        let value = parse_body(b"kind: Namespace\nmetadata:\n  name: a\n", "application/yaml").unwrap();
+        let value = parse_body(
+            b"kind: Namespace\nmetadata:\n  name: a\n",
+            "application/yaml",
+        )
+        .unwrap();
         assert_eq!(value["metadata"]["name"], "a");
         assert_eq!(parse_body(b"{", "application/json").unwrap_err().code, 400);
-        assert_eq!(parse_body(b"a: [", "application/yaml").unwrap_err().code, 400);
-        assert_eq!(parse_body(b"[1]", "application/json").unwrap_err().code, 400);
+        assert_eq!(
+            parse_body(b"a: [", "application/yaml").unwrap_err().code,
+            400
+        );
+        assert_eq!(
+            parse_body(b"[1]", "application/json").unwrap_err().code,
+            400
+        );
         assert_eq!(parse_body(b"{}", "text/plain").unwrap_err().code, 415);
     }
 
@@ -508,12 +578,17 @@ mod tests {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": "nope"}});
         let error = check_shape(resource("", "Pod"), &pod).unwrap_err();
         assert_eq!(error.code, 400);
-        assert!(error.message.contains("cannot be handled as a Pod"), "{}", error.message);
+        assert!(
+            error.message.contains("cannot be handled as a Pod"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
     fn secrets_string_data_becomes_data() {
-        let mut secret = json!({"metadata": {"name": "s"}, "stringData": {"cluster02": "kubeconfig"}});
+        let mut secret =
+            json!({"metadata": {"name": "s"}, "stringData": {"cluster02": "kubeconfig"}});
         apply_defaults(resource("", "Secret"), &mut secret);
         assert_eq!(secret["data"]["cluster02"], "a3ViZWNvbmZpZw==");
         assert!(secret.get("stringData").is_none());
@@ -523,7 +598,8 @@ mod tests {
     #[test]
     fn generation_moves_only_with_the_spec() {
         let deployments = resource("apps", "Deployment");
-        let mut old = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}, "status": {"x": 1}});
+        let mut old =
+            json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}, "status": {"x": 1}});
         stamp_new(&mut old, deployments);
         let mut relabelled = old.clone();
         relabelled["metadata"]["labels"] = json!({"a": "b"});

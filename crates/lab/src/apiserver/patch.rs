@@ -41,15 +41,15 @@ pub fn apply(
     match patch_type {
         PatchType::Merge => {
             if !patch.is_object() {
-                return Err(ApiError::bad_request(
-                    "a merge patch must be a JSON object",
-                ));
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
             }
             json_patch::merge(&mut result, &patch);
         }
         PatchType::Json => {
             let operations: json_patch::Patch = serde_json::from_value(patch).map_err(|error| {
-                ApiError::bad_request(format!("the JSON patch is not a list of operations: {error}"))
+                ApiError::bad_request(format!(
+                    "the JSON patch is not a list of operations: {error}"
+                ))
             })?;
             json_patch::patch(&mut result, &operations).map_err(|error| {
                 ApiError::invalid_patch(format!("the JSON patch cannot be applied: {error}"))
@@ -98,7 +98,10 @@ fn list_strategy(kind: &str, path: &[String]) -> ListStrategy {
     };
     let parent = path.len().checked_sub(2).map(|index| path[index].as_str());
     match field.as_str() {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
         | "imagePullSecrets" => ListStrategy::MergeByKey("name"),
         "ports" if parent.is_some_and(|parent| CONTAINER_LISTS.contains(&parent)) => {
             ListStrategy::MergeByKey("containerPort")
@@ -110,7 +113,9 @@ fn list_strategy(kind: &str, path: &[String]) -> ListStrategy {
         "volumeMounts" => ListStrategy::MergeByKey("mountPath"),
         "volumeDevices" => ListStrategy::MergeByKey("devicePath"),
         "conditions" if parent == Some("status") => ListStrategy::MergeByKey("type"),
-        "addresses" if kind == "Node" && parent == Some("status") => ListStrategy::MergeByKey("type"),
+        "addresses" if kind == "Node" && parent == Some("status") => {
+            ListStrategy::MergeByKey("type")
+        }
         "ownerReferences" if parent == Some("metadata") => ListStrategy::MergeByKey("uid"),
         "finalizers" if parent == Some("metadata") => ListStrategy::MergePrimitives,
         "hostAliases" => ListStrategy::MergeByKey("ip"),
@@ -168,7 +173,9 @@ fn merge_map(
             continue;
         }
         if let Some(field) = key.strip_prefix(DELETE_FROM_PRIMITIVE_LIST) {
-            if let (Some(Value::Array(items)), Value::Array(removed)) = (original.get_mut(field), value) {
+            if let (Some(Value::Array(items)), Value::Array(removed)) =
+                (original.get_mut(field), value)
+            {
                 items.retain(|item| !removed.contains(item));
             }
             continue;
@@ -187,7 +194,9 @@ fn merge_map(
                 }
                 path.push(key.clone());
                 match original.get_mut(key) {
-                    Some(Value::Object(original_map)) => merge_map(original_map, patch_map, kind, path)?,
+                    Some(Value::Object(original_map)) => {
+                        merge_map(original_map, patch_map, kind, path)?
+                    }
                     _ => {
                         let mut fresh = Map::new();
                         merge_map(&mut fresh, patch_map, kind, path)?;
@@ -214,7 +223,8 @@ fn merge_map(
         path.push(field.clone());
         let strategy = list_strategy(kind, path);
         path.pop();
-        if let (Some(Value::Array(items)), Value::Array(order)) = (original.get_mut(&field), order) {
+        if let (Some(Value::Array(items)), Value::Array(order)) = (original.get_mut(&field), order)
+        {
             reorder(items, order, &strategy);
         }
     }
@@ -317,7 +327,13 @@ mod tests {
     use serde_json::json;
 
     fn strategic(kind: &str, target: Value, patch: Value) -> Value {
-        apply(PatchType::Strategic, kind, &target, patch.to_string().as_bytes()).unwrap()
+        apply(
+            PatchType::Strategic,
+            kind,
+            &target,
+            patch.to_string().as_bytes(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -335,7 +351,10 @@ mod tests {
         assert_eq!(containers[0]["name"], "side");
         assert_eq!(containers[1]["image"], "a:2");
         assert_eq!(containers[1]["env"].as_array().unwrap().len(), 2);
-        assert_eq!(containers[1]["ports"], json!([{"containerPort": 80, "name": "http"}]));
+        assert_eq!(
+            containers[1]["ports"],
+            json!([{"containerPort": 80, "name": "http"}])
+        );
     }
 
     #[test]
@@ -343,14 +362,19 @@ mod tests {
         let service = json!({"spec": {"ports": [{"port": 5000, "name": "http"}, {"port": 6000}], "selector": {"app": "a"}}});
         let patch = json!({"spec": {"ports": [{"port": 6000, "$patch": "delete"}, {"port": 7000}], "selector": {"app": null, "b": "c"}}});
         let result = strategic("Service", service, patch);
-        assert_eq!(result["spec"]["ports"], json!([{"port": 5000, "name": "http"}, {"port": 7000}]));
+        assert_eq!(
+            result["spec"]["ports"],
+            json!([{"port": 5000, "name": "http"}, {"port": 7000}])
+        );
         assert_eq!(result["spec"]["selector"], json!({"b": "c"}));
     }
 
     #[test]
     fn lists_without_a_strategy_are_replaced_and_finalizers_unioned() {
-        let pod = json!({"metadata": {"finalizers": ["a"]}, "spec": {"tolerations": [{"key": "x"}]}});
-        let patch = json!({"metadata": {"finalizers": ["b"]}, "spec": {"tolerations": [{"key": "y"}]}});
+        let pod =
+            json!({"metadata": {"finalizers": ["a"]}, "spec": {"tolerations": [{"key": "x"}]}});
+        let patch =
+            json!({"metadata": {"finalizers": ["b"]}, "spec": {"tolerations": [{"key": "y"}]}});
         let result = strategic("Pod", pod, patch);
         assert_eq!(result["metadata"]["finalizers"], json!(["a", "b"]));
         assert_eq!(result["spec"]["tolerations"], json!([{"key": "y"}]));
@@ -370,11 +394,32 @@ mod tests {
     #[test]
     fn merge_and_json_patches_and_their_errors() {
         let object = json!({"metadata": {"labels": {"a": "1"}}});
-        let merged = apply(PatchType::Merge, "Namespace", &object, br#"{"metadata":{"labels":{"istio-injection":"enabled","a":null}}}"#).unwrap();
-        assert_eq!(merged["metadata"]["labels"], json!({"istio-injection": "enabled"}));
-        let patched = apply(PatchType::Json, "Namespace", &object, br#"[{"op":"add","path":"/metadata/labels/b","value":"2"}]"#).unwrap();
+        let merged = apply(
+            PatchType::Merge,
+            "Namespace",
+            &object,
+            br#"{"metadata":{"labels":{"istio-injection":"enabled","a":null}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            merged["metadata"]["labels"],
+            json!({"istio-injection": "enabled"})
+        );
+        let patched = apply(
+            PatchType::Json,
+            "Namespace",
+            &object,
+            br#"[{"op":"add","path":"/metadata/labels/b","value":"2"}]"#,
+        )
+        .unwrap();
         assert_eq!(patched["metadata"]["labels"]["b"], "2");
-        let error = apply(PatchType::Json, "Namespace", &object, br#"[{"op":"remove","path":"/spec/x"}]"#).unwrap_err();
+        let error = apply(
+            PatchType::Json,
+            "Namespace",
+            &object,
+            br#"[{"op":"remove","path":"/spec/x"}]"#,
+        )
+        .unwrap_err();
         assert_eq!(error.code, 422);
         let error = apply(PatchType::Merge, "Namespace", &object, b"{not json").unwrap_err();
         assert_eq!(error.code, 400);

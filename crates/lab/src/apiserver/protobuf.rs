@@ -18,13 +18,22 @@ use super::status::ApiError;
 const MAGIC: &[u8] = b"k8s\0";
 
 fn strings(map: &BTreeMap<String, String>) -> Value {
-    Value::Object(map.iter().map(|(key, value)| (key.clone(), json!(value))).collect())
+    Value::Object(
+        map.iter()
+            .map(|(key, value)| (key.clone(), json!(value)))
+            .collect(),
+    )
 }
 
 fn bytes(map: &BTreeMap<String, Vec<u8>>) -> Value {
     Value::Object(
         map.iter()
-            .map(|(key, value)| (key.clone(), json!(base64::engine::general_purpose::STANDARD.encode(value))))
+            .map(|(key, value)| {
+                (
+                    key.clone(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(value)),
+                )
+            })
             .collect(),
     )
 }
@@ -41,14 +50,35 @@ fn metadata(meta: Option<&meta::ObjectMeta>) -> Value {
         return Value::Object(out);
     };
     insert(&mut out, "name", meta.name.clone().map(Value::String));
-    insert(&mut out, "generateName", meta.generate_name.clone().map(Value::String));
-    insert(&mut out, "namespace", meta.namespace.clone().map(Value::String));
-    insert(&mut out, "resourceVersion", meta.resource_version.clone().filter(|rv| !rv.is_empty()).map(Value::String));
+    insert(
+        &mut out,
+        "generateName",
+        meta.generate_name.clone().map(Value::String),
+    );
+    insert(
+        &mut out,
+        "namespace",
+        meta.namespace.clone().map(Value::String),
+    );
+    insert(
+        &mut out,
+        "resourceVersion",
+        meta.resource_version
+            .clone()
+            .filter(|rv| !rv.is_empty())
+            .map(Value::String),
+    );
     if !meta.labels.is_empty() {
-        out.insert("labels".into(), strings(&meta.labels.clone().into_iter().collect()));
+        out.insert(
+            "labels".into(),
+            strings(&meta.labels.clone().into_iter().collect()),
+        );
     }
     if !meta.annotations.is_empty() {
-        out.insert("annotations".into(), strings(&meta.annotations.clone().into_iter().collect()));
+        out.insert(
+            "annotations".into(),
+            strings(&meta.annotations.clone().into_iter().collect()),
+        );
     }
     if !meta.finalizers.is_empty() {
         out.insert("finalizers".into(), json!(meta.finalizers));
@@ -68,16 +98,21 @@ fn metadata(meta: Option<&meta::ObjectMeta>) -> Value {
 }
 
 fn decode_as<T: Message + Default>(raw: &[u8], kind: &str) -> Result<T, ApiError> {
-    T::decode(raw).map_err(|error| ApiError::bad_request(format!("the protobuf body is not a valid {kind}: {error}")))
+    T::decode(raw).map_err(|error| {
+        ApiError::bad_request(format!("the protobuf body is not a valid {kind}: {error}"))
+    })
 }
 
 /// Decodes a protobuf body into the JSON object it stands for.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
-    let envelope = body
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| ApiError::bad_request("the protobuf body does not start with the Kubernetes magic bytes (k8s\\0)"))?;
-    let unknown = Unknown::decode(envelope)
-        .map_err(|error| ApiError::bad_request(format!("the protobuf envelope is not valid: {error}")))?;
+    let envelope = body.strip_prefix(MAGIC).ok_or_else(|| {
+        ApiError::bad_request(
+            "the protobuf body does not start with the Kubernetes magic bytes (k8s\\0)",
+        )
+    })?;
+    let unknown = Unknown::decode(envelope).map_err(|error| {
+        ApiError::bad_request(format!("the protobuf envelope is not valid: {error}"))
+    })?;
     let type_meta = unknown.type_meta.unwrap_or_default();
     let api_version = type_meta.api_version.unwrap_or_default();
     let kind = type_meta.kind.unwrap_or_default();
@@ -85,7 +120,10 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let mut object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => {
             let namespace: core::Namespace = decode_as(&raw, &kind)?;
-            let finalizers = namespace.spec.map(|spec| spec.finalizers).unwrap_or_default();
+            let finalizers = namespace
+                .spec
+                .map(|spec| spec.finalizers)
+                .unwrap_or_default();
             json!({"metadata": metadata(namespace.metadata.as_ref()), "spec": {"finalizers": finalizers}})
         }
         ("v1", "Secret") => {
@@ -186,7 +224,9 @@ mod tests {
                 namespace: Some("istio-system".into()),
                 ..Default::default()
             }),
-            data: [("ca-cert.pem".to_owned(), b"PEM".to_vec())].into_iter().collect(),
+            data: [("ca-cert.pem".to_owned(), b"PEM".to_vec())]
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         let object = decode(&envelope("v1", "Secret", secret.encode_to_vec())).unwrap();

@@ -58,7 +58,11 @@ impl LabelSelector {
 
     /// Whether an object with these `metadata.labels` matches.
     pub fn matches(&self, labels: Option<&Value>) -> bool {
-        let label = |key: &str| labels.and_then(|labels| labels.get(key)).and_then(Value::as_str);
+        let label = |key: &str| {
+            labels
+                .and_then(|labels| labels.get(key))
+                .and_then(Value::as_str)
+        };
         self.0.iter().all(|requirement| match requirement {
             LabelRequirement::Equals(key, value) => label(key) == Some(value.as_str()),
             LabelRequirement::NotEquals(key, value) => label(key) != Some(value.as_str()),
@@ -76,11 +80,14 @@ impl LabelSelector {
 
 /// Whether a Service-style selector map (`spec.selector`) matches these labels. An empty or absent
 /// selector matches nothing, as for Services.
-pub fn selector_map_matches(selector: &serde_json::Map<String, Value>, labels: Option<&Value>) -> bool {
+pub fn selector_map_matches(
+    selector: &serde_json::Map<String, Value>,
+    labels: Option<&Value>,
+) -> bool {
     !selector.is_empty()
-        && selector.iter().all(|(key, value)| {
-            labels.and_then(|labels| labels.get(key)) == Some(value)
-        })
+        && selector
+            .iter()
+            .all(|(key, value)| labels.and_then(|labels| labels.get(key)) == Some(value))
 }
 
 fn split_top_level(text: &str) -> Vec<&str> {
@@ -107,10 +114,7 @@ fn split_set<'a>(term: &'a str, operator: &str) -> Option<(&'a str, &'a str)> {
     Some((key.trim(), values.trim()))
 }
 
-fn set_values(
-    values: &str,
-    bad: &dyn Fn(&str) -> ApiError,
-) -> Result<Vec<String>, ApiError> {
+fn set_values(values: &str, bad: &dyn Fn(&str) -> ApiError) -> Result<Vec<String>, ApiError> {
     let inner = values
         .strip_prefix('(')
         .and_then(|rest| rest.strip_suffix(')'))
@@ -137,7 +141,11 @@ pub struct FieldSelector(Vec<(String, bool, String)>);
 impl FieldSelector {
     pub fn parse(text: &str, supported: &[&str], kind: &str) -> Result<Self, ApiError> {
         let mut terms = Vec::new();
-        for term in text.split(',').map(str::trim).filter(|term| !term.is_empty()) {
+        for term in text
+            .split(',')
+            .map(str::trim)
+            .filter(|term| !term.is_empty())
+        {
             let (path, equal, value) = if let Some((path, value)) = term.split_once("!=") {
                 (path, false, value)
             } else if let Some((path, value)) = term.split_once("==") {
@@ -150,10 +158,14 @@ impl FieldSelector {
                 )));
             };
             let path = path.trim();
-            if path != "metadata.name" && path != "metadata.namespace" && !supported.contains(&path) {
+            if path != "metadata.name" && path != "metadata.namespace" && !supported.contains(&path)
+            {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {path} (for {kind}: metadata.name, metadata.namespace{})",
-                    supported.iter().map(|field| format!(", {field}")).collect::<String>()
+                    supported
+                        .iter()
+                        .map(|field| format!(", {field}"))
+                        .collect::<String>()
                 )));
             }
             terms.push((path.to_owned(), equal, value.trim().to_owned()));
@@ -202,17 +214,28 @@ mod tests {
     #[test]
     fn field_selectors_refuse_fields_the_kind_does_not_index() {
         let object = json!({"metadata": {"name": "a", "namespace": "sample"}, "type": "Opaque"});
-        let selector = FieldSelector::parse("metadata.name=a,type!=x", &["type"], "secrets").unwrap();
+        let selector =
+            FieldSelector::parse("metadata.name=a,type!=x", &["type"], "secrets").unwrap();
         assert!(selector.matches(&object));
         let error = FieldSelector::parse("spec.foo=a", &[], "configmaps").unwrap_err();
-        assert!(error.message.contains("field label not supported: spec.foo"));
+        assert!(
+            error
+                .message
+                .contains("field label not supported: spec.foo")
+        );
     }
 
     #[test]
     fn service_selectors_match_nothing_when_empty() {
         let labels = json!({"app": "a"});
-        assert!(!selector_map_matches(&serde_json::Map::new(), Some(&labels)));
+        assert!(!selector_map_matches(
+            &serde_json::Map::new(),
+            Some(&labels)
+        ));
         let selector = json!({"app": "a"});
-        assert!(selector_map_matches(selector.as_object().unwrap(), Some(&labels)));
+        assert!(selector_map_matches(
+            selector.as_object().unwrap(),
+            Some(&labels)
+        ));
     }
 }

@@ -35,7 +35,11 @@ pub struct ApiServerConfig {
 }
 
 impl ApiServerConfig {
-    pub fn new(cluster: impl Into<String>, data_dir: impl Into<PathBuf>, service_subnet: Ipv4Net) -> Self {
+    pub fn new(
+        cluster: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        service_subnet: Ipv4Net,
+    ) -> Self {
         Self {
             cluster: cluster.into(),
             data_dir: data_dir.into(),
@@ -58,9 +62,15 @@ pub enum StartError {
     #[error(transparent)]
     TokenKey(#[from] TokenKeyError),
     #[error("cannot read or write the admin token {path}: {source}")]
-    AdminToken { path: PathBuf, source: std::io::Error },
+    AdminToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {address}: {source}; pick another address or stop what holds it")]
-    Listen { address: SocketAddr, source: std::io::Error },
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot create the cluster's built-in objects: {0}")]
     Bootstrap(String),
 }
@@ -107,13 +117,20 @@ fn load_admin_token(data_dir: &std::path::Path) -> Result<String, StartError> {
     };
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
-        Ok(_) => Err(error(std::io::Error::other("the file is empty; delete it to get a new token"))),
+        Ok(_) => Err(error(std::io::Error::other(
+            "the file is empty; delete it to get a new token",
+        ))),
         Err(read_error) if read_error.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
-            aws_lc_rs::rand::fill(&mut bytes).map_err(|_| error(std::io::Error::other("no randomness")))?;
+            aws_lc_rs::rand::fill(&mut bytes)
+                .map_err(|_| error(std::io::Error::other("no randomness")))?;
             let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-            causeway_ca::files::write_atomically(&path, token.as_bytes(), causeway_ca::files::Visibility::Secret)
-                .map_err(|write_error| error(write_error.source))?;
+            causeway_ca::files::write_atomically(
+                &path,
+                token.as_bytes(),
+                causeway_ca::files::Visibility::Secret,
+            )
+            .map_err(|write_error| error(write_error.source))?;
             Ok(token)
         }
         Err(read_error) => Err(error(read_error)),
@@ -142,18 +159,31 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
     let admin_token = load_admin_token(&config.data_dir)?;
 
     let mut service_ips = ServiceIps::new(config.service_subnet);
-    let mut dns_names: Vec<String> = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let mut dns_names: Vec<String> = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     dns_names.push(format!("{}-control-plane", config.cluster));
-    let mut addresses = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::V4(service_ips.api_server_ip())];
+    let mut addresses = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V4(service_ips.api_server_ip()),
+    ];
     addresses.extend(config.extra_addresses.iter().copied());
     let serving = tls::load(&config.data_dir, &config.cluster, &dns_names, &addresses)?;
 
     let services = id_of("", "Service");
     for service in store.list(services, None).0 {
-        for address in service.object["spec"]["clusterIPs"].as_array().into_iter().flatten() {
+        for address in service.object["spec"]["clusterIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             if let Some(address) = address.as_str().and_then(|text| text.parse().ok()) {
                 service_ips.mark_used(address);
             }
@@ -201,7 +231,8 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
 /// The objects every cluster has: its system namespaces, its node, and the `kubernetes` Service.
 fn bootstrap(shared: &Shared) -> Result<(), super::status::ApiError> {
     for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        let object =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
         create_if_absent(shared, id_of("", "Namespace"), "", object)?;
     }
     let node_name = format!("{}-control-plane", shared.config.cluster);
@@ -246,12 +277,14 @@ pub fn create_if_absent(
         object["metadata"]["namespace"] = json!(namespace);
     }
     let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
-    shared.store.change(resource, namespace, &name, false, |current| {
-        Ok(match current {
-            Some(_) => Change::Keep,
-            None => Change::Put(object),
-        })
-    })?;
+    shared
+        .store
+        .change(resource, namespace, &name, false, |current| {
+            Ok(match current {
+                Some(_) => Change::Keep,
+                None => Change::Put(object),
+            })
+        })?;
     Ok(())
 }
 
@@ -322,7 +355,11 @@ impl Shared {
     /// Checks a bearer token: the admin token, or a service-account token this cluster signed whose
     /// service account (and bound pod or secret) still exist. `audiences` empty means the API
     /// server's own audience.
-    pub fn authenticate(&self, token: &str, audiences: &[String]) -> Result<(UserInfo, Vec<String>), String> {
+    pub fn authenticate(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<(UserInfo, Vec<String>), String> {
         let audiences: Vec<String> = if audiences.is_empty() {
             vec![tokens::ISSUER.to_owned()]
         } else {
@@ -330,7 +367,9 @@ impl Shared {
         };
         if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
             if !audiences.iter().any(|audience| audience == tokens::ISSUER) {
-                return Err("the admin token is only valid for the API server's own audience".into());
+                return Err(
+                    "the admin token is only valid for the API server's own audience".into(),
+                );
             }
             let user = UserInfo {
                 username: "kubernetes-admin".into(),
@@ -350,21 +389,40 @@ impl Shared {
             let found = self.store.get(id_of("", kind), &binding.namespace, name);
             match found {
                 Some(object) if object.object["metadata"]["uid"] == uid => Ok(()),
-                Some(_) => Err(format!("the {kind} {}/{name} the token is bound to was deleted and recreated", binding.namespace)),
-                None => Err(format!("the {kind} {}/{name} the token is bound to no longer exists", binding.namespace)),
+                Some(_) => Err(format!(
+                    "the {kind} {}/{name} the token is bound to was deleted and recreated",
+                    binding.namespace
+                )),
+                None => Err(format!(
+                    "the {kind} {}/{name} the token is bound to no longer exists",
+                    binding.namespace
+                )),
             }
         };
-        exists("ServiceAccount", &binding.serviceaccount.name, &binding.serviceaccount.uid)?;
+        exists(
+            "ServiceAccount",
+            &binding.serviceaccount.name,
+            &binding.serviceaccount.uid,
+        )?;
         let mut extra = serde_json::Map::new();
         if let Some(pod) = &binding.pod {
             exists("Pod", &pod.name, &pod.uid)?;
-            extra.insert("authentication.kubernetes.io/pod-name".into(), json!([pod.name]));
-            extra.insert("authentication.kubernetes.io/pod-uid".into(), json!([pod.uid]));
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".into(),
+                json!([pod.name]),
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".into(),
+                json!([pod.uid]),
+            );
         }
         if let Some(secret) = &binding.secret {
             exists("Secret", &secret.name, &secret.uid)?;
         }
-        extra.insert("authentication.kubernetes.io/credential-id".into(), json!([format!("JTI={}", claims.jti)]));
+        extra.insert(
+            "authentication.kubernetes.io/credential-id".into(),
+            json!([format!("JTI={}", claims.jti)]),
+        );
         let matched = claims
             .aud
             .iter()
@@ -386,5 +444,10 @@ impl Shared {
 }
 
 fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len() && left.iter().zip(right).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }

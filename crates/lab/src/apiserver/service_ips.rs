@@ -34,7 +34,9 @@ impl ServiceIps {
 
     fn host_count(&self) -> u32 {
         // Network and broadcast addresses are never handed out.
-        (1u64 << (32 - self.subnet.prefix_len())).saturating_sub(2).min(u64::from(u32::MAX)) as u32
+        (1u64 << (32 - self.subnet.prefix_len()))
+            .saturating_sub(2)
+            .min(u64::from(u32::MAX)) as u32
     }
 
     /// Marks an address already held by a stored Service.
@@ -54,7 +56,10 @@ impl ServiceIps {
             if !self.subnet.contains(&address) || offset == 0 || offset > hosts {
                 return Err(Cause::new(
                     "spec.clusterIPs",
-                    format!("Invalid value: {address}: provided IP is not in the valid range. The range of valid IPs is {}", self.subnet),
+                    format!(
+                        "Invalid value: {address}: provided IP is not in the valid range. The range of valid IPs is {}",
+                        self.subnet
+                    ),
                 ));
             }
             if !self.used.insert(address) {
@@ -76,7 +81,10 @@ impl ServiceIps {
         }
         Err(Cause::new(
             "spec.clusterIPs",
-            format!("Internal error: no free addresses left in the service subnet {}", self.subnet),
+            format!(
+                "Internal error: no free addresses left in the service subnet {}",
+                self.subnet
+            ),
         ))
     }
 }
@@ -93,7 +101,12 @@ mod tests {
         seen.sort();
         assert_eq!(seen.first(), Some(&Ipv4Addr::new(10, 11, 0, 2)));
         assert_eq!(seen.last(), Some(&Ipv4Addr::new(10, 11, 0, 6)));
-        assert!(ips.allocate(None).unwrap_err().message.contains("no free addresses"));
+        assert!(
+            ips.allocate(None)
+                .unwrap_err()
+                .message
+                .contains("no free addresses")
+        );
         ips.release(Ipv4Addr::new(10, 11, 0, 4));
         assert_eq!(ips.allocate(None).unwrap(), Ipv4Addr::new(10, 11, 0, 4));
     }
@@ -102,7 +115,17 @@ mod tests {
     fn requested_addresses_must_be_free_and_in_range() {
         let mut ips = ServiceIps::new("10.11.0.0/16".parse().unwrap());
         assert!(ips.allocate(Some(Ipv4Addr::new(10, 11, 3, 3))).is_ok());
-        assert!(ips.allocate(Some(Ipv4Addr::new(10, 11, 3, 3))).unwrap_err().message.contains("already allocated"));
-        assert!(ips.allocate(Some(Ipv4Addr::new(10, 12, 0, 1))).unwrap_err().message.contains("not in the valid range"));
+        assert!(
+            ips.allocate(Some(Ipv4Addr::new(10, 11, 3, 3)))
+                .unwrap_err()
+                .message
+                .contains("already allocated")
+        );
+        assert!(
+            ips.allocate(Some(Ipv4Addr::new(10, 12, 0, 1)))
+                .unwrap_err()
+                .message
+                .contains("not in the valid range")
+        );
     }
 }

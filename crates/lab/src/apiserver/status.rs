@@ -27,7 +27,14 @@ pub struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
     pub message: String,
-    /// `details.kind` (the resource's plural, as Kubernetes reports it) and `details.name`.
+    /// Boxed: most errors have none, and a small error keeps every `Result` small.
+    pub details: Option<Box<Details>>,
+}
+
+/// `Status.details`: what the error is about.
+#[derive(Debug, Clone, Default)]
+pub struct Details {
+    /// The resource's plural, as Kubernetes reports it (or the kind, for `Invalid`).
     pub kind: Option<String>,
     pub group: Option<String>,
     pub name: Option<String>,
@@ -40,19 +47,17 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            kind: None,
-            group: None,
-            name: None,
-            causes: Vec::new(),
+            details: None,
         }
     }
 
     fn about(mut self, group: &str, plural: &str, name: &str) -> Self {
-        self.kind = Some(plural.to_owned());
-        if !group.is_empty() {
-            self.group = Some(group.to_owned());
-        }
-        self.name = Some(name.to_owned());
+        self.details = Some(Box::new(Details {
+            kind: Some(plural.to_owned()),
+            group: (!group.is_empty()).then(|| group.to_owned()),
+            name: Some(name.to_owned()),
+            causes: Vec::new(),
+        }));
         self
     }
 
@@ -112,12 +117,12 @@ impl ApiError {
             "Invalid",
             format!("{what} \"{name}\" is invalid: {list}"),
         );
-        error.kind = Some(kind.to_owned());
-        if !group.is_empty() {
-            error.group = Some(group.to_owned());
-        }
-        error.name = Some(name.to_owned());
-        error.causes = causes;
+        error.details = Some(Box::new(Details {
+            kind: Some(kind.to_owned()),
+            group: (!group.is_empty()).then(|| group.to_owned()),
+            name: Some(name.to_owned()),
+            causes,
+        }));
         error
     }
 
@@ -137,7 +142,9 @@ impl ApiError {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format ({content_type}); send application/json or application/yaml"),
+            format!(
+                "the body of the request was in an unknown format ({content_type}); send application/json or application/yaml"
+            ),
         )
     }
 
@@ -162,11 +169,7 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            message,
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
 
     /// The `Status` object sent as the response body (or inside a watch `ERROR` event).
@@ -180,19 +183,19 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
-        if self.kind.is_some() || self.name.is_some() || !self.causes.is_empty() {
+        if let Some(about) = &self.details {
             let mut details = json!({});
-            if let Some(name) = &self.name {
+            if let Some(name) = &about.name {
                 details["name"] = json!(name);
             }
-            if let Some(group) = &self.group {
+            if let Some(group) = &about.group {
                 details["group"] = json!(group);
             }
-            if let Some(kind) = &self.kind {
+            if let Some(kind) = &about.kind {
                 details["kind"] = json!(kind);
             }
-            if !self.causes.is_empty() {
-                details["causes"] = self
+            if !about.causes.is_empty() {
+                details["causes"] = about
                     .causes
                     .iter()
                     .map(|cause| {
@@ -249,6 +252,9 @@ mod tests {
             error.message,
             "Service \"x\" is invalid: metadata.name: bad, spec.ports: empty"
         );
-        assert_eq!(error.to_status()["details"]["causes"][1]["field"], "spec.ports");
+        assert_eq!(
+            error.to_status()["details"]["causes"][1]["field"],
+            "spec.ports"
+        );
     }
 }

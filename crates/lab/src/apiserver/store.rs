@@ -43,7 +43,8 @@ pub struct StoredObject {
 
 impl StoredObject {
     fn new(object: Value, revision: u64) -> Self {
-        let json = Bytes::from(serde_json::to_vec(&object).expect("a JSON value always serializes"));
+        let json =
+            Bytes::from(serde_json::to_vec(&object).expect("a JSON value always serializes"));
         Self {
             object: Arc::new(object),
             json,
@@ -95,6 +96,15 @@ pub struct Outcome {
     pub current: Option<StoredObject>,
 }
 
+/// Where a watch starts: the changes already past its revision, a receiver of later ones, and the
+/// current revision.
+#[derive(Debug)]
+pub struct WatchStart {
+    pub backlog: Vec<Arc<Event>>,
+    pub receiver: broadcast::Receiver<Arc<Event>>,
+    pub revision: u64,
+}
+
 /// A watch could not start at the revision asked for: its events were compacted away.
 #[derive(Debug)]
 pub struct Compacted {
@@ -138,14 +148,20 @@ impl Default for StoreOptions {
 
 fn set_resource_version(object: &mut Value, revision: u64) {
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        metadata.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
 fn name_of(object: &Value) -> Option<(&str, &str)> {
     let metadata = object.get("metadata")?;
     let name = metadata.get("name")?.as_str()?;
-    let namespace = metadata.get("namespace").and_then(Value::as_str).unwrap_or("");
+    let namespace = metadata
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     Some((namespace, name))
 }
 
@@ -212,7 +228,9 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the map half-changed: every change is
         // applied with single inserts/removes after its record is durable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn revision(&self) -> u64 {
@@ -241,7 +259,8 @@ impl Store {
             .objects
             .range(start..)
             .take_while(|(key, _)| {
-                key.resource == resource && namespace.is_none_or(|namespace| key.namespace == namespace)
+                key.resource == resource
+                    && namespace.is_none_or(|namespace| key.namespace == namespace)
             })
             .map(|(_, object)| object.clone())
             .collect();
@@ -307,9 +326,10 @@ impl Store {
             name: key.name.clone(),
             object,
         };
-        inner.wal.append(&record).map_err(|error| {
-            ApiError::internal(format!("the change was not stored: {error}"))
-        })?;
+        inner
+            .wal
+            .append(&record)
+            .map_err(|error| ApiError::internal(format!("the change was not stored: {error}")))?;
         let event = inner.apply(key.clone(), record.object, revision);
         let _ = self.events.send(event);
         if inner.wal.len() > inner.wal_limit
@@ -325,11 +345,7 @@ impl Store {
 
     /// Starts a watch of `resource` after `since`: the events already past it, and a receiver of
     /// later ones. `None` starts at the current revision.
-    pub fn watch(
-        &self,
-        resource: ResourceId,
-        since: Option<u64>,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64), Compacted> {
+    pub fn watch(&self, resource: ResourceId, since: Option<u64>) -> Result<WatchStart, Compacted> {
         let inner = self.lock();
         let receiver = self.events.subscribe();
         let since = since.unwrap_or(inner.revision);
@@ -344,7 +360,11 @@ impl Store {
             .filter(|event| event.revision > since && event.resource == resource)
             .cloned()
             .collect();
-        Ok((backlog, receiver, inner.revision))
+        Ok(WatchStart {
+            backlog,
+            receiver,
+            revision: inner.revision,
+        })
     }
 
     /// The current objects of a kind and a receiver of every later change, taken together so that
@@ -366,7 +386,8 @@ impl Store {
             .objects
             .range(start..)
             .take_while(|(key, _)| {
-                key.resource == resource && namespace.is_none_or(|namespace| key.namespace == namespace)
+                key.resource == resource
+                    && namespace.is_none_or(|namespace| key.namespace == namespace)
             })
             .map(|(_, object)| object.clone())
             .collect();
@@ -465,7 +486,9 @@ mod tests {
     fn put(store: &Store, name: &str, value: &str) -> StoredObject {
         let object = configmap(name, value);
         store
-            .change(id_of("", "ConfigMap"), "default", name, false, |_| Ok(Change::Put(object)))
+            .change(id_of("", "ConfigMap"), "default", name, false, |_| {
+                Ok(Change::Put(object))
+            })
             .unwrap()
             .current
             .unwrap()
@@ -492,11 +515,18 @@ mod tests {
         assert_eq!(items[0].object["data"]["k"], "3");
         assert_eq!(items[0].object["metadata"]["resourceVersion"], "3");
         // Events after the snapshot were replayed into the history: a watch can resume from 1.
-        let (backlog, _, _) = store.watch(configmaps, Some(1)).unwrap();
-        let kinds: Vec<_> = backlog.iter().map(|event| (event.kind, event.revision)).collect();
+        let backlog = store.watch(configmaps, Some(1)).unwrap().backlog;
+        let kinds: Vec<_> = backlog
+            .iter()
+            .map(|event| (event.kind, event.revision))
+            .collect();
         assert_eq!(
             kinds,
-            [(EventType::Added, 2), (EventType::Modified, 3), (EventType::Deleted, 4)]
+            [
+                (EventType::Added, 2),
+                (EventType::Modified, 3),
+                (EventType::Deleted, 4)
+            ]
         );
         assert_eq!(store.watch(configmaps, Some(0)).unwrap_err().oldest, 1);
     }
@@ -526,6 +556,6 @@ mod tests {
         }
         let configmaps = id_of("", "ConfigMap");
         assert!(store.watch(configmaps, Some(1)).is_err());
-        assert_eq!(store.watch(configmaps, Some(2)).unwrap().0.len(), 2);
+        assert_eq!(store.watch(configmaps, Some(2)).unwrap().backlog.len(), 2);
     }
 }

@@ -8,7 +8,9 @@ use super::resources::Resource;
 fn age(object: &Value, now: time::OffsetDateTime) -> String {
     let Some(created) = object["metadata"]["creationTimestamp"]
         .as_str()
-        .and_then(|text| time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok())
+        .and_then(|text| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+        })
     else {
         return "<unknown>".into();
     };
@@ -46,7 +48,11 @@ fn service_ports(spec: &Value) -> String {
             }
         })
         .collect();
-    if ports.is_empty() { "<none>".into() } else { ports.join(",") }
+    if ports.is_empty() {
+        "<none>".into()
+    } else {
+        ports.join(",")
+    }
 }
 
 fn endpoints(object: &Value) -> String {
@@ -58,7 +64,11 @@ fn endpoints(object: &Value) -> String {
             }
         }
     }
-    if addresses.is_empty() { "<none>".into() } else { addresses.join(",") }
+    if addresses.is_empty() {
+        "<none>".into()
+    } else {
+        addresses.join(",")
+    }
 }
 
 /// Column names and each object's cells (before AGE, which every kind ends with).
@@ -94,38 +104,86 @@ fn cells(resource: &Resource, object: &Value) -> Vec<String> {
                     _ => None,
                 })
                 .unwrap_or_else(|| "<none>".into());
-            vec![text(&spec["type"]), text(&spec["clusterIP"]), external, service_ports(spec)]
+            vec![
+                text(&spec["type"]),
+                text(&spec["clusterIP"]),
+                external,
+                service_ports(spec),
+            ]
         }
         ("", "Pod") => {
             let containers = spec["containers"].as_array().map_or(0, Vec::len);
             let statuses = status["containerStatuses"].as_array();
-            let ready = statuses.map_or(0, |statuses| statuses.iter().filter(|status| status["ready"] == true).count());
-            let restarts: u64 = statuses.map_or(0, |statuses| statuses.iter().filter_map(|status| status["restartCount"].as_u64()).sum());
-            vec![format!("{ready}/{containers}"), text(&status["phase"]), restarts.to_string()]
+            let ready = statuses.map_or(0, |statuses| {
+                statuses
+                    .iter()
+                    .filter(|status| status["ready"] == true)
+                    .count()
+            });
+            let restarts: u64 = statuses.map_or(0, |statuses| {
+                statuses
+                    .iter()
+                    .filter_map(|status| status["restartCount"].as_u64())
+                    .sum()
+            });
+            vec![
+                format!("{ready}/{containers}"),
+                text(&status["phase"]),
+                restarts.to_string(),
+            ]
         }
         ("", "Secret") => vec![text(&object["type"]), count(&object["data"]).to_string()],
-        ("", "ConfigMap") => vec![(count(&object["data"]) + count(&object["binaryData"])).to_string()],
-        ("", "ServiceAccount") => vec![object["secrets"].as_array().map_or(0, Vec::len).to_string()],
+        ("", "ConfigMap") => {
+            vec![(count(&object["data"]) + count(&object["binaryData"])).to_string()]
+        }
+        ("", "ServiceAccount") => {
+            vec![object["secrets"].as_array().map_or(0, Vec::len).to_string()]
+        }
         ("", "Endpoints") => vec![endpoints(object)],
         ("", "Node") => vec!["Ready".into(), "control-plane".into()],
         ("apps", "Deployment") => vec![
-            format!("{}/{}", status["readyReplicas"].as_u64().unwrap_or(0), spec["replicas"].as_u64().unwrap_or(0)),
+            format!(
+                "{}/{}",
+                status["readyReplicas"].as_u64().unwrap_or(0),
+                spec["replicas"].as_u64().unwrap_or(0)
+            ),
             status["updatedReplicas"].as_u64().unwrap_or(0).to_string(),
-            status["availableReplicas"].as_u64().unwrap_or(0).to_string(),
+            status["availableReplicas"]
+                .as_u64()
+                .unwrap_or(0)
+                .to_string(),
         ],
         ("discovery.k8s.io", "EndpointSlice") => {
-            let ports: Vec<String> = object["ports"].as_array().into_iter().flatten().map(|port| text(&port["port"])).collect();
+            let ports: Vec<String> = object["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|port| text(&port["port"]))
+                .collect();
             let addresses: Vec<String> = object["endpoints"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .flat_map(|endpoint| endpoint["addresses"].as_array().cloned().unwrap_or_default())
+                .flat_map(|endpoint| {
+                    endpoint["addresses"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
                 .map(|address| text(&address))
                 .collect();
             vec![
                 text(&object["addressType"]),
-                if ports.is_empty() { "<unset>".into() } else { ports.join(",") },
-                if addresses.is_empty() { "<unset>".into() } else { addresses.join(",") },
+                if ports.is_empty() {
+                    "<unset>".into()
+                } else {
+                    ports.join(",")
+                },
+                if addresses.is_empty() {
+                    "<unset>".into()
+                } else {
+                    addresses.join(",")
+                },
             ]
         }
         _ => Vec::new(),
@@ -133,13 +191,22 @@ fn cells(resource: &Resource, object: &Value) -> Vec<String> {
 }
 
 /// A Table of `objects`, each row carrying its full object (`includeObject=Object`).
-pub fn table(resource: &Resource, objects: &[Value], resource_version: u64, continue_token: Option<&str>) -> Value {
+pub fn table(
+    resource: &Resource,
+    objects: &[Value],
+    resource_version: u64,
+    continue_token: Option<&str>,
+) -> Value {
     let now = time::OffsetDateTime::now_utc();
-    let mut definitions = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0})];
+    let mut definitions = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
+    ];
     for column in columns(resource) {
         definitions.push(json!({"name": column, "type": "string", "format": "", "description": column, "priority": 0}));
     }
-    definitions.push(json!({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}));
+    definitions.push(
+        json!({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}),
+    );
     let rows: Vec<Value> = objects
         .iter()
         .map(|object| {
@@ -182,14 +249,18 @@ mod tests {
         let table = table(&RESOURCES[id_of("", "Service")], &[service], 9, None);
         assert_eq!(
             table["rows"][0]["cells"].as_array().unwrap()[..5],
-            json!(["helloworld", "ClusterIP", "10.11.0.7", "<none>", "5000/TCP"]).as_array().unwrap()[..]
+            json!(["helloworld", "ClusterIP", "10.11.0.7", "<none>", "5000/TCP"])
+                .as_array()
+                .unwrap()[..]
         );
         assert_eq!(table["columnDefinitions"].as_array().unwrap().len(), 6);
     }
 
     #[test]
     fn table_requests_are_recognised() {
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
     }
 }

@@ -10,7 +10,9 @@ use causeway_ca::certificate::Certificate;
 use causeway_ca::files::{Visibility, write_atomically};
 use causeway_ca::issue::{KeyType, RootCaProfile, issue_root_ca};
 use causeway_ca::signer::CaSigner;
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
+};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
@@ -52,23 +54,32 @@ pub fn load(
             validity: Duration::days(3650),
             key_type: KeyType::EcdsaP256,
         };
-        let issued = issue_root_ca(&profile, now).map_err(|error| authority_error(error.to_string()))?;
-        write_atomically(&key_path, issued.key.serialize_pem().as_bytes(), Visibility::Secret)
-            .map_err(|error| authority_error(error.to_string()))?;
-        write_atomically(&cert_path, issued.certificate.to_pem().as_bytes(), Visibility::Public)
-            .map_err(|error| authority_error(error.to_string()))?;
+        let issued =
+            issue_root_ca(&profile, now).map_err(|error| authority_error(error.to_string()))?;
+        write_atomically(
+            &key_path,
+            issued.key.serialize_pem().as_bytes(),
+            Visibility::Secret,
+        )
+        .map_err(|error| authority_error(error.to_string()))?;
+        write_atomically(
+            &cert_path,
+            issued.certificate.to_pem().as_bytes(),
+            Visibility::Public,
+        )
+        .map_err(|error| authority_error(error.to_string()))?;
     }
     let certificates = causeway_ca::pem::read_certificates(&cert_path)
         .map_err(|error| authority_error(error.to_string()))?;
     let certificate = Certificate::parse(
-        &cert_path.display().to_string(),
-        certificates
-            .into_iter()
-            .next()
-            .ok_or_else(|| authority_error(format!("{} holds no certificate", cert_path.display())))?,
+        cert_path.display().to_string(),
+        certificates.into_iter().next().ok_or_else(|| {
+            authority_error(format!("{} holds no certificate", cert_path.display()))
+        })?,
     )
     .map_err(|error| authority_error(error.to_string()))?;
-    let key = causeway_ca::pem::read_private_key(&key_path).map_err(|error| authority_error(error.to_string()))?;
+    let key = causeway_ca::pem::read_private_key(&key_path)
+        .map_err(|error| authority_error(error.to_string()))?;
     let ca_pem = certificate.to_pem();
     let signer = CaSigner::new(certificate, key, &key_path.display().to_string(), now)
         .map_err(|error| authority_error(error.to_string()))?;
@@ -76,10 +87,15 @@ pub fn load(
     let serving_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|error| TlsError::Serving(error.to_string()))?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     params.not_before = now - Duration::minutes(5);
     params.not_after = now + Duration::days(365);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     for name in dns_names {
         let name = name

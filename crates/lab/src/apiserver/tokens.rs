@@ -77,7 +77,10 @@ pub enum Rejection {
     #[error("the token is not valid yet")]
     NotYetValid,
     #[error("the token's audiences {token:?} do not include any of {wanted:?}")]
-    Audience { token: Vec<String>, wanted: Vec<String> },
+    Audience {
+        token: Vec<String>,
+        wanted: Vec<String>,
+    },
     #[error("the token was issued by {0:?}, not by this cluster")]
     Issuer(String),
     #[error("{0}")]
@@ -99,7 +102,8 @@ impl TokenSigner {
             reason,
         };
         let key = if path.exists() {
-            causeway_ca::pem::read_private_key(&path).map_err(|error| key_error(error.to_string()))?
+            causeway_ca::pem::read_private_key(&path)
+                .map_err(|error| key_error(error.to_string()))?
         } else {
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
                 .map_err(|error| key_error(error.to_string()))?;
@@ -150,7 +154,11 @@ impl TokenSigner {
         if claims.nbf - 60 > now {
             return Err(Rejection::NotYetValid);
         }
-        if !claims.aud.iter().any(|audience| audiences.contains(audience)) {
+        if !claims
+            .aud
+            .iter()
+            .any(|audience| audiences.contains(audience))
+        {
             return Err(Rejection::Audience {
                 token: claims.aud,
                 wanted: audiences.to_vec(),
@@ -187,7 +195,10 @@ mod tests {
 
         let other = tempfile::tempdir().unwrap();
         let stranger = TokenSigner::load_or_create(other.path()).unwrap();
-        assert!(matches!(stranger.verify(&token, &["istio-ca".into()], 1000), Err(Rejection::Signature(_))));
+        assert!(matches!(
+            stranger.verify(&token, &["istio-ca".into()], 1000),
+            Err(Rejection::Signature(_))
+        ));
     }
 
     #[test]
@@ -195,10 +206,21 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let signer = TokenSigner::load_or_create(directory.path()).unwrap();
         let token = signer.sign(&Claims::new(binding(), vec!["istio-ca".into()], 1000, 600));
-        assert_eq!(signer.verify(&token, &["istio-ca".into()], 1000 + 600 + 61).unwrap_err(), Rejection::Expired);
-        assert!(matches!(signer.verify(&token, &[ISSUER.into()], 1000), Err(Rejection::Audience { .. })));
+        assert_eq!(
+            signer
+                .verify(&token, &["istio-ca".into()], 1000 + 600 + 61)
+                .unwrap_err(),
+            Rejection::Expired
+        );
+        assert!(matches!(
+            signer.verify(&token, &[ISSUER.into()], 1000),
+            Err(Rejection::Audience { .. })
+        ));
         let mut forged = token.clone();
         forged.replace_range(forged.len() - 5.., "AAAAA");
-        assert!(matches!(signer.verify(&forged, &["istio-ca".into()], 1000), Err(Rejection::Signature(_))));
+        assert!(matches!(
+            signer.verify(&forged, &["istio-ca".into()], 1000),
+            Err(Rejection::Signature(_))
+        ));
     }
 }

@@ -75,7 +75,10 @@ pub struct Wal {
     len: u64,
 }
 
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> WalError + 'a {
     move |source| WalError::Io {
         action,
         path: path.to_owned(),
@@ -116,10 +119,12 @@ impl Wal {
         std::fs::create_dir_all(directory).map_err(io_error("create", directory))?;
         let snapshot_path = directory.join(SNAPSHOT_FILE);
         let snapshot = match std::fs::read(&snapshot_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| WalError::BadSnapshot {
-                path: snapshot_path.clone(),
-                source,
-            })?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| WalError::BadSnapshot {
+                    path: snapshot_path.clone(),
+                    source,
+                })?
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Snapshot {
                 revision: 0,
                 objects: Vec::new(),
@@ -130,7 +135,8 @@ impl Wal {
         let (records, good_len, dropped_bytes) = read_log(&log_path, snapshot.revision)?;
         let file = open_log(&log_path)?;
         if dropped_bytes > 0 {
-            file.set_len(good_len).map_err(io_error("truncate", &log_path))?;
+            file.set_len(good_len)
+                .map_err(io_error("truncate", &log_path))?;
             file.sync_all().map_err(io_error("sync", &log_path))?;
         }
         let wal = Self {
@@ -186,7 +192,9 @@ impl Wal {
             }
         })?;
         let log_path = self.directory.join(LOG_FILE);
-        self.file.set_len(0).map_err(io_error("truncate", &log_path))?;
+        self.file
+            .set_len(0)
+            .map_err(io_error("truncate", &log_path))?;
         self.file.sync_all().map_err(io_error("sync", &log_path))?;
         self.len = 0;
         Ok(())
@@ -209,7 +217,9 @@ fn open_log(path: &Path) -> Result<File, WalError> {
 fn read_log(path: &Path, after_revision: u64) -> Result<(Vec<Record>, u64, u64), WalError> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0, 0)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Vec::new(), 0, 0));
+        }
         Err(error) => return Err(io_error("read", path)(error)),
     };
     let mut reader = BufReader::new(file);
@@ -311,7 +321,10 @@ mod tests {
         bytes[20] ^= 0x01;
         std::fs::write(&log, bytes).unwrap();
         let error = Wal::open(directory.path()).err().unwrap();
-        assert!(matches!(error, WalError::Corrupt { line: 1, .. }), "{error}");
+        assert!(
+            matches!(error, WalError::Corrupt { line: 1, .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("checksum"), "{error}");
     }
 

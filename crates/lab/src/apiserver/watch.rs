@@ -53,7 +53,8 @@ impl Stream {
     }
 
     async fn send(&self, event_type: EventType, object: &StoredObject) -> bool {
-        self.send_raw(event_type.as_str(), &self.object_bytes(object)).await
+        self.send_raw(event_type.as_str(), &self.object_bytes(object))
+            .await
     }
 
     async fn bookmark(&self, revision: u64, initial_events_end: bool) -> bool {
@@ -62,11 +63,14 @@ impl Stream {
             metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let object = json!({"kind": self.kind.kind, "apiVersion": self.kind.api_version(&self.version), "metadata": metadata});
-        self.send_raw("BOOKMARK", object.to_string().as_bytes()).await
+        self.send_raw("BOOKMARK", object.to_string().as_bytes())
+            .await
     }
 
     async fn error(&self, error: &ApiError) {
-        let _ = self.send_raw("ERROR", error.to_status().to_string().as_bytes()).await;
+        let _ = self
+            .send_raw("ERROR", error.to_status().to_string().as_bytes())
+            .await;
     }
 }
 
@@ -81,7 +85,10 @@ fn visible(event: &Event, target: &Target, filter: &Filter) -> Option<EventType>
     {
         return None;
     }
-    let was = event.previous.as_deref().is_some_and(|previous| filter.matches(previous));
+    let was = event
+        .previous
+        .as_deref()
+        .is_some_and(|previous| filter.matches(previous));
     match event.kind {
         EventType::Deleted => was.then_some(EventType::Deleted),
         _ => match (was, filter.matches(&event.object.object)) {
@@ -93,19 +100,28 @@ fn visible(event: &Event, target: &Target, filter: &Filter) -> Option<EventType>
     }
 }
 
-pub fn serve(shared: Arc<Shared>, target: Target, query: &Query, accept: &str) -> Result<Response<Body>, ApiError> {
+pub fn serve(
+    shared: Arc<Shared>,
+    target: Target,
+    query: &Query,
+    accept: &str,
+) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     let filter = Filter::from_query(query, kind)?;
     let bookmarks = query.flag("allowWatchBookmarks");
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|seconds| seconds.parse::<u64>().ok())
-        .map_or(MAX_WATCH, |seconds| Duration::from_secs(seconds).min(MAX_WATCH));
+        .map_or(MAX_WATCH, |seconds| {
+            Duration::from_secs(seconds).min(MAX_WATCH)
+        });
     let requested = query.get("resourceVersion").unwrap_or("").to_owned();
     let since = match requested.as_str() {
         "" | "0" => None,
         text => Some(text.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("resourceVersion {text:?} is not one this server issued (they are numbers)"))
+            ApiError::bad_request(format!(
+                "resourceVersion {text:?} is not one this server issued (they are numbers)"
+            ))
         })?),
     };
     let send_initial = since.is_none() || query.flag("sendInitialEvents");
@@ -118,20 +134,33 @@ pub fn serve(shared: Arc<Shared>, target: Target, query: &Query, accept: &str) -
     };
     let start = match since {
         None => {
-            let (items, events, revision) = shared.store.list_and_watch(target.resource, target.namespace.as_deref());
-            let items: Vec<StoredObject> = items.into_iter().filter(|item| filter.matches(&item.object)).collect();
+            let (items, events, revision) = shared
+                .store
+                .list_and_watch(target.resource, target.namespace.as_deref());
+            let items: Vec<StoredObject> = items
+                .into_iter()
+                .filter(|item| filter.matches(&item.object))
+                .collect();
             Ok((items, Vec::new(), events, revision))
         }
         Some(revision) => shared
             .store
             .watch(target.resource, Some(revision))
-            .map(|(backlog, events, current)| {
+            .map(|start| {
                 let initial = if send_initial {
-                    shared.store.list(target.resource, target.namespace.as_deref()).0
+                    shared
+                        .store
+                        .list(target.resource, target.namespace.as_deref())
+                        .0
                 } else {
                     Vec::new()
                 };
-                (initial, backlog, events, current.max(revision))
+                (
+                    initial,
+                    start.backlog,
+                    start.receiver,
+                    start.revision.max(revision),
+                )
             }),
     };
     let mut shutdown = shared.shutdown.clone();
@@ -165,7 +194,10 @@ pub fn serve(shared: Arc<Shared>, target: Target, query: &Query, accept: &str) -
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + bookmark_interval, bookmark_interval);
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + bookmark_interval,
+            bookmark_interval,
+        );
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -247,11 +279,28 @@ mod tests {
             fields: FieldSelector::default(),
         };
         let labelled = |app: &str| json!({"metadata": {"labels": {"app": app}}});
-        let check = |kind, previous: Option<Value>, object| visible(&event(kind, previous, object), &target, &filter);
-        assert_eq!(check(EventType::Modified, Some(labelled("b")), labelled("a")), Some(EventType::Added));
-        assert_eq!(check(EventType::Modified, Some(labelled("a")), labelled("b")), Some(EventType::Deleted));
-        assert_eq!(check(EventType::Modified, Some(labelled("b")), labelled("c")), None);
-        assert_eq!(check(EventType::Deleted, Some(labelled("a")), labelled("a")), Some(EventType::Deleted));
-        assert_eq!(check(EventType::Added, None, labelled("a")), Some(EventType::Added));
+        let check = |kind, previous: Option<Value>, object| {
+            visible(&event(kind, previous, object), &target, &filter)
+        };
+        assert_eq!(
+            check(EventType::Modified, Some(labelled("b")), labelled("a")),
+            Some(EventType::Added)
+        );
+        assert_eq!(
+            check(EventType::Modified, Some(labelled("a")), labelled("b")),
+            Some(EventType::Deleted)
+        );
+        assert_eq!(
+            check(EventType::Modified, Some(labelled("b")), labelled("c")),
+            None
+        );
+        assert_eq!(
+            check(EventType::Deleted, Some(labelled("a")), labelled("a")),
+            Some(EventType::Deleted)
+        );
+        assert_eq!(
+            check(EventType::Added, None, labelled("a")),
+            Some(EventType::Added)
+        );
     }
 }
