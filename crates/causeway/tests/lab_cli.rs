@@ -25,7 +25,12 @@ fn kubectl_needs_validate_false() -> bool {
     let output = Command::new(kubectl_binary())
         .args(["version", "--client", "-o", "json"])
         .output()
-        .unwrap_or_else(|error| panic!("cannot run kubectl ({}): {error}; scripts/test installs it", kubectl_binary()));
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run kubectl ({}): {error}; scripts/test installs it",
+                kubectl_binary()
+            )
+        });
     let version: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
     let minor: u32 = version["clientVersion"]["minor"]
         .as_str()

@@ -31,16 +31,33 @@ fn millis(duration: Duration) -> String {
 
 async fn fan_out(client: &kube::Client, sizes: &Sizes) -> Vec<Duration> {
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-    let object: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "fan-out"}, "data": {"write": "0"}})).unwrap();
-    config_maps.create(&PostParams::default(), &object).await.unwrap();
-    let mark = config_maps.get("fan-out").await.unwrap().metadata.resource_version.unwrap();
+    let object: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "fan-out"}, "data": {"write": "0"}}))
+            .unwrap();
+    config_maps
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let mark = config_maps
+        .get("fan-out")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
     let epoch = Instant::now();
-    let received: Arc<Mutex<Vec<Vec<Duration>>>> = Arc::new(Mutex::new(vec![Vec::new(); sizes.writes + 1]));
+    let received: Arc<Mutex<Vec<Vec<Duration>>>> =
+        Arc::new(Mutex::new(vec![Vec::new(); sizes.writes + 1]));
     let (ready_sender, mut ready) = tokio::sync::mpsc::channel::<()>(sizes.watchers);
     let (seen_sender, mut seen) = tokio::sync::mpsc::unbounded_channel::<usize>();
     for _ in 0..sizes.watchers {
         let stream = config_maps
-            .watch(&WatchParams::default().fields("metadata.name=fan-out").timeout(290), &mark)
+            .watch(
+                &WatchParams::default()
+                    .fields("metadata.name=fan-out")
+                    .timeout(290),
+                &mark,
+            )
             .await
             .unwrap();
         let received = received.clone();
@@ -65,25 +82,40 @@ async fn fan_out(client: &kube::Client, sizes: &Sizes) -> Vec<Duration> {
     for write in 1..=sizes.writes {
         let sent = epoch.elapsed();
         config_maps
-            .patch("fan-out", &PatchParams::default(), &Patch::Merge(json!({"data": {"write": write.to_string()}})))
+            .patch(
+                "fan-out",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"write": write.to_string()}})),
+            )
             .await
             .unwrap();
         let mut count = 0;
         while count < sizes.watchers {
-            let seen_write = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.expect("every watcher sees the write").unwrap();
+            let seen_write = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await
+                .expect("every watcher sees the write")
+                .unwrap();
             if seen_write == write {
                 count += 1;
             }
         }
-        delays.extend(received.lock().unwrap()[write].iter().map(|at| at.saturating_sub(sent)));
+        delays.extend(
+            received.lock().unwrap()[write]
+                .iter()
+                .map(|at| at.saturating_sub(sent)),
+        );
     }
     delays.sort();
     delays
 }
 
 async fn list_pods(client: &kube::Client, sizes: &Sizes) -> (Vec<Duration>, Vec<Duration>, usize) {
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "bench"}})).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "bench"}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
     let pods = Api::<Pod>::namespaced(client.clone(), "bench");
     let writers = 8;
     let mut tasks = Vec::new();
@@ -113,7 +145,9 @@ async fn list_pods(client: &kube::Client, sizes: &Sizes) -> (Vec<Duration>, Vec<
     let mut bytes = 0;
     for _ in 0..sizes.list_runs {
         let started = Instant::now();
-        let request = http::Request::get("/api/v1/namespaces/bench/pods").body(Vec::new()).unwrap();
+        let request = http::Request::get("/api/v1/namespaces/bench/pods")
+            .body(Vec::new())
+            .unwrap();
         let text = client.request_text(request).await.unwrap();
         raw_times.push(started.elapsed());
         bytes = text.len();
@@ -130,11 +164,25 @@ async fn list_pods(client: &kube::Client, sizes: &Sizes) -> (Vec<Duration>, Vec<
 fn main() {
     let measuring = std::env::args().any(|argument| argument == "--bench");
     let sizes = if measuring {
-        Sizes { watchers: 100, writes: 200, pods: 10_000, list_runs: 11 }
+        Sizes {
+            watchers: 100,
+            writes: 200,
+            pods: 10_000,
+            list_runs: 11,
+        }
     } else {
-        Sizes { watchers: 5, writes: 5, pods: 50, list_runs: 2 }
+        Sizes {
+            watchers: 5,
+            writes: 5,
+            pods: 50,
+            list_runs: 2,
+        }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let directory = tempfile::tempdir().unwrap();
         let server = start(config("bench", directory.path())).await;
@@ -142,12 +190,30 @@ fn main() {
         let delays = fan_out(&client, &sizes).await;
         let (raw, typed, bytes) = list_pods(&client, &sizes).await;
         println!();
-        println!("| lab API server ({} watchers, {} writes; {} pods, {} lists) | causeway | target |", sizes.watchers, sizes.writes, sizes.pods, sizes.list_runs);
+        println!(
+            "| lab API server ({} watchers, {} writes; {} pods, {} lists) | causeway | target |",
+            sizes.watchers, sizes.writes, sizes.pods, sizes.list_runs
+        );
         println!("| --- | ---: | ---: |");
-        println!("| watch fan-out, write to event, p50 | {} | |", millis(percentile(&delays, 0.5)));
-        println!("| watch fan-out, write to event, p99 | {} | < 10 ms |", millis(percentile(&delays, 0.99)));
-        println!("| list {} pods, response received (median, {:.1} MB) | {} | < 200 ms |", sizes.pods, bytes as f64 / 1e6, millis(percentile(&raw, 0.5)));
-        println!("| list {} pods, decoded by kube into Pods (median) | {} | |", sizes.pods, millis(percentile(&typed, 0.5)));
+        println!(
+            "| watch fan-out, write to event, p50 | {} | |",
+            millis(percentile(&delays, 0.5))
+        );
+        println!(
+            "| watch fan-out, write to event, p99 | {} | < 10 ms |",
+            millis(percentile(&delays, 0.99))
+        );
+        println!(
+            "| list {} pods, response received (median, {:.1} MB) | {} | < 200 ms |",
+            sizes.pods,
+            bytes as f64 / 1e6,
+            millis(percentile(&raw, 0.5))
+        );
+        println!(
+            "| list {} pods, decoded by kube into Pods (median) | {} | |",
+            sizes.pods,
+            millis(percentile(&typed, 0.5))
+        );
         server.shutdown().await;
     });
 }

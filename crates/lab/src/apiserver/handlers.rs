@@ -828,12 +828,9 @@ fn delete(
             .is_some_and(|modes| modes.iter().any(|mode| mode == "All"));
     let preconditions = &options["preconditions"];
     if kind.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name.as_str()) {
-        let mut error = ApiError::bad_request(format!(
+        return Err(ApiError::forbidden(format!(
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-        ));
-        error.code = StatusCode::FORBIDDEN;
-        error.reason = "Forbidden";
-        return Err(error);
+        )));
     }
     let stored = shared
         .store
@@ -843,8 +840,36 @@ fn delete(
         .as_str()
         .unwrap_or("")
         .to_owned();
+    let check = |current: &StoredObject| {
+        if let Some(uid) = preconditions["uid"].as_str()
+            && current.object["metadata"]["uid"] != uid
+        {
+            return Err(ApiError::conflict(
+                kind.group,
+                kind.plural,
+                &name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    current.object["metadata"]["uid"]
+                ),
+            ));
+        }
+        if let Some(version) = preconditions["resourceVersion"].as_str()
+            && current.revision.to_string() != version
+        {
+            return Err(ApiError::conflict(
+                kind.group,
+                kind.plural,
+                &name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        Ok(())
+    };
+    // Preconditions first: a refused namespace delete must not have emptied the namespace.
+    check(&stored)?;
     if kind.kind == "Namespace" && !dry_run {
-        delete_namespace_contents(shared, &name);
+        terminate_namespace(shared, &name)?;
     }
     let outcome = delete_one(
         shared,
@@ -852,32 +877,7 @@ fn delete(
         target.namespace(),
         &name,
         dry_run,
-        |current| {
-            if let Some(uid) = preconditions["uid"].as_str()
-                && current.object["metadata"]["uid"] != uid
-            {
-                return Err(ApiError::conflict(
-                    kind.group,
-                    kind.plural,
-                    &name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        current.object["metadata"]["uid"]
-                    ),
-                ));
-            }
-            if let Some(version) = preconditions["resourceVersion"].as_str()
-                && current.revision.to_string() != version
-            {
-                return Err(ApiError::conflict(
-                    kind.group,
-                    kind.plural,
-                    &name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
-            }
-            Ok(())
-        },
+        check,
     )?;
     if outcome.is_none() {
         return Err(ApiError::not_found(kind.group, kind.plural, &name));
@@ -920,8 +920,25 @@ pub fn delete_one(
     Ok(deleted)
 }
 
-/// Deleting a namespace deletes everything in it (there are no finalizers in the lab).
-pub fn delete_namespace_contents(shared: &Shared, namespace: &str) {
+/// Marks a namespace Terminating (no new objects may enter it, see the store), then deletes
+/// everything in it. There are no finalizers in the lab, so the namespace itself can go right after.
+pub fn terminate_namespace(shared: &Shared, namespace: &str) -> Result<(), ApiError> {
+    shared
+        .store
+        .change(id_of("", "Namespace"), "", namespace, false, |current| {
+            let Some(current) = current else {
+                return Ok(Change::Keep);
+            };
+            let mut terminating = (*current.object).clone();
+            terminating["status"]["phase"] = json!("Terminating");
+            terminating["metadata"]["deletionTimestamp"] = json!(objects::now());
+            Ok(Change::Put(terminating))
+        })?;
+    delete_namespace_contents(shared, namespace);
+    Ok(())
+}
+
+fn delete_namespace_contents(shared: &Shared, namespace: &str) {
     for (resource, name) in shared.store.names_in_namespace(namespace) {
         if let Err(error) = delete_one(shared, resource, namespace, &name, false, |_| Ok(())) {
             tracing::warn!(%namespace, %name, %error, "cannot delete an object of a deleted namespace");
@@ -957,7 +974,9 @@ fn delete_collection(
             if PROTECTED_NAMESPACES.contains(&name) {
                 continue;
             }
-            delete_namespace_contents(shared, name);
+            if !query.dry_run() {
+                terminate_namespace(shared, name)?;
+            }
         }
         if let Some(object) = delete_one(
             shared,

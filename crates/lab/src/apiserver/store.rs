@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::resources::{RESOURCES, ResourceId, find_by_storage_name};
+use super::resources::{RESOURCES, ResourceId, find_by_storage_name, id_of};
 use super::status::ApiError;
 use super::wal::{Record, Snapshot, SnapshotEntry, Wal, WalError};
 
@@ -309,7 +309,12 @@ impl Store {
                 });
             }
             Change::Delete => None,
-            Change::Put(object) => Some(object),
+            Change::Put(object) => {
+                if previous.is_none() && RESOURCES[resource].namespaced {
+                    inner.check_namespace_open(namespace)?;
+                }
+                Some(object)
+            }
         };
         let revision = inner.revision + 1;
         if let Some(object) = object.as_mut() {
@@ -415,6 +420,25 @@ impl Store {
 }
 
 impl Inner {
+    /// New objects may only go into a namespace that exists and is not being deleted; checked under
+    /// the same lock as the write, so a namespace's deletion never leaves objects behind.
+    fn check_namespace_open(&self, namespace: &str) -> Result<(), ApiError> {
+        let key = Key {
+            resource: id_of("", "Namespace"),
+            namespace: String::new(),
+            name: namespace.to_owned(),
+        };
+        match self.objects.get(&key) {
+            None => Err(ApiError::not_found("", "namespaces", namespace)),
+            Some(stored) if stored.object["status"]["phase"] == "Terminating" => {
+                Err(ApiError::forbidden(format!(
+                    "unable to create new content in namespace {namespace} because it is being terminated"
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     fn apply(&mut self, key: Key, object: Option<Value>, revision: u64) -> Arc<Event> {
         self.revision = revision;
         let previous = self.objects.get(&key).cloned();
@@ -479,16 +503,19 @@ mod tests {
     use crate::apiserver::resources::id_of;
     use serde_json::json;
 
-    fn configmap(name: &str, value: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"k": value}})
+    // Cluster-scoped objects, so that revisions count only the test's own writes.
+    fn role(name: &str, value: &str) -> Value {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": [{"verbs": [value]}]})
+    }
+
+    fn roles() -> ResourceId {
+        id_of("rbac.authorization.k8s.io", "ClusterRole")
     }
 
     fn put(store: &Store, name: &str, value: &str) -> StoredObject {
-        let object = configmap(name, value);
+        let object = role(name, value);
         store
-            .change(id_of("", "ConfigMap"), "default", name, false, |_| {
-                Ok(Change::Put(object))
-            })
+            .change(roles(), "", name, false, |_| Ok(Change::Put(object)))
             .unwrap()
             .current
             .unwrap()
@@ -497,7 +524,7 @@ mod tests {
     #[test]
     fn objects_and_revisions_survive_reopening_with_and_without_a_snapshot() {
         let directory = tempfile::tempdir().unwrap();
-        let configmaps = id_of("", "ConfigMap");
+        let configmaps = roles();
         {
             let store = Store::open(directory.path(), StoreOptions::default()).unwrap();
             put(&store, "a", "1");
@@ -505,14 +532,14 @@ mod tests {
             put(&store, "b", "2");
             put(&store, "a", "3");
             store
-                .change(configmaps, "default", "b", false, |_| Ok(Change::Delete))
+                .change(configmaps, "", "b", false, |_| Ok(Change::Delete))
                 .unwrap();
         }
         let store = Store::open(directory.path(), StoreOptions::default()).unwrap();
         assert_eq!(store.revision(), 4);
-        let (items, _) = store.list(configmaps, Some("default"));
+        let (items, _) = store.list(configmaps, None);
         assert_eq!(items.len(), 1);
-        assert_eq!(items[0].object["data"]["k"], "3");
+        assert_eq!(items[0].object["rules"][0]["verbs"][0], "3");
         assert_eq!(items[0].object["metadata"]["resourceVersion"], "3");
         // Events after the snapshot were replayed into the history: a watch can resume from 1.
         let backlog = store.watch(configmaps, Some(1)).unwrap().backlog;
@@ -536,11 +563,45 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let store = Store::open(directory.path(), StoreOptions::default()).unwrap();
         put(&store, "a", "1");
-        let result = store.change(id_of("", "ConfigMap"), "default", "a", false, |_| {
+        let before = store.revision();
+        let result = store.change(roles(), "", "a", false, |_| {
             Err(ApiError::bad_request("no"))
         });
         assert!(result.is_err());
-        assert_eq!(store.revision(), 1);
+        assert_eq!(store.revision(), before);
+    }
+
+    #[test]
+    fn new_objects_need_an_open_namespace() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path(), StoreOptions::default()).unwrap();
+        let configmaps = id_of("", "ConfigMap");
+        let object = || json!({"metadata": {"name": "c", "namespace": "sample"}});
+        let error = store
+            .change(configmaps, "sample", "c", false, |_| {
+                Ok(Change::Put(object()))
+            })
+            .err()
+            .unwrap();
+        assert_eq!(error.code, 404);
+        let namespace = json!({"metadata": {"name": "sample"}, "status": {"phase": "Terminating"}});
+        store
+            .change(id_of("", "Namespace"), "", "sample", false, |_| {
+                Ok(Change::Put(namespace))
+            })
+            .unwrap();
+        let error = store
+            .change(configmaps, "sample", "c", false, |_| {
+                Ok(Change::Put(object()))
+            })
+            .err()
+            .unwrap();
+        assert_eq!(error.code, 403);
+        assert!(
+            error.message.contains("being terminated"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
@@ -554,7 +615,7 @@ mod tests {
         for value in ["1", "2", "3", "4"] {
             put(&store, "a", value);
         }
-        let configmaps = id_of("", "ConfigMap");
+        let configmaps = roles();
         assert!(store.watch(configmaps, Some(1)).is_err());
         assert_eq!(store.watch(configmaps, Some(2)).unwrap().backlog.len(), 2);
     }
