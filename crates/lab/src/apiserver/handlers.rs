@@ -283,7 +283,19 @@ async fn serve(
 }
 
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(request.into_body(), limit).collect().await {
+    let collect = Limited::new(request.into_body(), limit).collect();
+    let collected = tokio::time::timeout(super::server::REQUEST_READ_TIMEOUT, collect)
+        .await
+        .map_err(|_| {
+            let mut error = ApiError::bad_request(format!(
+                "the request body did not arrive within {}s",
+                super::server::REQUEST_READ_TIMEOUT.as_secs()
+            ));
+            error.code = StatusCode::REQUEST_TIMEOUT;
+            error.reason = "Timeout";
+            error
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::too_large(limit))
@@ -1134,6 +1146,11 @@ fn token_review(
             review["kind"]
         )));
     }
+    if !review["spec"].is_object() {
+        return Err(ApiError::bad_request(
+            "a TokenReview's spec must be an object with a token",
+        ));
+    }
     let token = review["spec"]["token"].as_str().unwrap_or("");
     if token.is_empty() {
         return Err(ApiError::invalid(
@@ -1159,7 +1176,9 @@ fn token_review(
         Err(reason) => json!({"authenticated": false, "error": reason, "user": {}}),
     };
     let mut spec = review["spec"].clone();
-    spec["token"] = json!(token);
+    if let Some(spec) = spec.as_object_mut() {
+        spec.insert("token".into(), json!(token));
+    }
     Ok(value_response(
         StatusCode::CREATED,
         &json!({

@@ -392,6 +392,44 @@ mod tests {
     }
 
     #[test]
+    fn hostile_strategic_patches_are_refused_or_applied_never_panic() {
+        let pod = json!({"metadata": {"name": "p", "finalizers": "not-a-list"}, "spec": {"containers": [{"name": "a"}, 7]}});
+        let patches = [
+            json!({"spec": {"containers": [1, 2]}}),
+            json!({"spec": {"containers": [{"image": "no-name"}]}}),
+            json!({"spec": {"$patch": "explode"}}),
+            json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}], "$setElementOrder/containers": "x"}}),
+            json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"], "finalizers": ["y"]}}),
+            json!({"spec": {"containers": [{"$patch": "replace"}, {"name": "b"}]}}),
+            json!({"spec": {"$retainKeys": "nope", "containers": null}}),
+        ];
+        for patch in patches {
+            let _ = apply(
+                PatchType::Strategic,
+                "Pod",
+                &pod,
+                patch.to_string().as_bytes(),
+            );
+        }
+        let error = apply(
+            PatchType::Strategic,
+            "Pod",
+            &pod,
+            br#"{"spec": {"containers": [{"image": "x"}]}}"#,
+        )
+        .unwrap_err();
+        assert!(error.message.contains("has no name"), "{}", error.message);
+        let replaced = apply(
+            PatchType::Strategic,
+            "Pod",
+            &pod,
+            br#"{"spec": {"containers": [{"$patch": "replace"}, {"name": "b"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(replaced["spec"]["containers"], json!([{"name": "b"}]));
+    }
+
+    #[test]
     fn merge_and_json_patches_and_their_errors() {
         let object = json!({"metadata": {"labels": {"a": "1"}}});
         let merged = apply(

@@ -325,7 +325,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(handlers::handle(shared, request).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A client that never finishes its request headers is dropped instead of held forever.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(REQUEST_READ_TIMEOUT);
             let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
@@ -341,6 +346,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls
     }
     connections.shutdown().await;
 }
+
+/// How long a client may take to send its request headers, or its body.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who a request or a TokenReview authenticated as.
 #[derive(Debug, Clone)]
