@@ -548,3 +548,52 @@ async fn bookmarks_carry_the_latest_resource_version() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn streaming_lists_end_their_initial_events_with_a_bookmark() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(config("cluster01", directory.path())).await;
+    let client = client_for("cluster01", &server).await;
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
+    for name in ["a", "b"] {
+        config_maps
+            .create(&PostParams::default(), &config_map(name, "1"))
+            .await
+            .unwrap();
+    }
+    let mut events = watcher(
+        config_maps.clone(),
+        watcher::Config::default().streaming_lists(),
+    )
+    .boxed();
+    let mut initial = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("the initial events end")
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::InitApply(object) => initial.push(object.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, ["a", "b"]);
+    config_maps
+        .create(&PostParams::default(), &config_map("c", "1"))
+        .await
+        .unwrap();
+    loop {
+        if let watcher::Event::Apply(object) = tokio::time::timeout(WAIT, events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            assert_eq!(object.metadata.name.as_deref(), Some("c"));
+            break;
+        }
+    }
+    server.shutdown().await;
+}
