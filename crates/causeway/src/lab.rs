@@ -40,6 +40,8 @@ enum LabCommand {
     GetClusters,
     /// Stop a cluster and delete everything it stored
     DeleteCluster { name: String },
+    /// Delete every lab cluster
+    Down,
     /// Start a stopped cluster's API server again (its objects are kept)
     StartCluster { name: String },
     /// Stop a cluster's API server, keeping its objects
@@ -145,6 +147,18 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             lab.delete(&name)?;
             kubeconfig::remove(&kubeconfig_path, &name)?;
             println!("Deleted cluster {name:?}");
+            Ok(())
+        }
+        LabCommand::Down => {
+            let records = lab.clusters()?;
+            for record in &records {
+                lab.delete(&record.name)?;
+                kubeconfig::remove(&kubeconfig_path, &record.name)?;
+                println!("Deleted cluster {:?}", record.name);
+            }
+            if records.is_empty() {
+                println!("No lab clusters to delete.");
+            }
             Ok(())
         }
         LabCommand::StartCluster { name } => {

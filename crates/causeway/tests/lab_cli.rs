@@ -553,11 +553,37 @@ fn create_cluster_refuses_duplicates_overlaps_and_malformed_configs_and_delete_l
 
     let deleted = lab.causeway(&["lab", "delete-cluster", "cluster01"]);
     assert!(deleted.status.success(), "{deleted:?}");
-    lab.clusters.lock().unwrap().clear();
     assert!(!alive(pid), "the API server outlived delete-cluster");
     assert!(!lab.state_dir().join("clusters/cluster01").exists());
     let kubeconfig = std::fs::read_to_string(lab.kubeconfig()).unwrap();
     assert!(!kubeconfig.contains("cluster01"), "{kubeconfig}");
+
+    // `lab down` removes every cluster, running or stopped.
+    lab.create("cluster01-kind.yaml");
+    lab.create("cluster02-kind.yaml");
+    let pids = [
+        lab.api_server_pid("cluster01"),
+        lab.api_server_pid("cluster02"),
+    ];
+    assert!(
+        lab.causeway(&["lab", "stop-cluster", "cluster02"])
+            .status
+            .success()
+    );
+    let down = lab.causeway(&["lab", "down"]);
+    assert!(down.status.success(), "{down:?}");
+    lab.clusters.lock().unwrap().clear();
+    assert!(
+        pids.iter().all(|pid| !alive(*pid)),
+        "an API server outlived lab down"
+    );
+    let listed = lab.causeway(&["lab", "get-clusters"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stderr).contains("No lab clusters"),
+        "{listed:?}"
+    );
+    let kubeconfig = std::fs::read_to_string(lab.kubeconfig()).unwrap();
+    assert!(!kubeconfig.contains("cluster0"), "{kubeconfig}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
