@@ -136,6 +136,15 @@ async fn token_reviews_accept_this_clusters_live_tokens_and_say_why_others_fail(
             .is_ok()
     );
 
+    // A year-long token (what a remote secret needs) is granted as asked.
+    let year: TokenRequest =
+        from_json(json!({"spec": {"audiences": ["x"], "expirationSeconds": 365 * 24 * 3600}}));
+    let granted = accounts
+        .create_subresource::<_, TokenRequest>("token", "sleep", &PostParams::default(), &year)
+        .await
+        .unwrap();
+    assert_eq!(granted.spec.expiration_seconds, Some(365 * 24 * 3600));
+
     // Too short a lifetime is invalid; an unknown account is not found.
     let request: TokenRequest =
         from_json(json!({"spec": {"audiences": ["x"], "expirationSeconds": 60}}));

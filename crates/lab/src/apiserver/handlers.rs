@@ -1007,8 +1007,10 @@ fn delete_collection(
     ))
 }
 
-/// Longest a requested token may live (Kubernetes' usual `--service-account-max-token-expiration`).
-const MAX_TOKEN_SECONDS: i64 = 48 * 3600;
+/// Kubernetes' bounds on `expirationSeconds`. Like a kube-apiserver without
+/// `--service-account-max-token-expiration`, the lab does not cap lifetimes further: remote secrets
+/// carry long-lived tokens.
+const MAX_TOKEN_SECONDS: i64 = 1 << 32;
 const MIN_TOKEN_SECONDS: i64 = 600;
 
 fn token_request(
@@ -1057,7 +1059,12 @@ fn token_request(
             "Invalid value: may not specify a duration less than 10 minutes".into(),
         ));
     }
-    let lifetime = lifetime.min(MAX_TOKEN_SECONDS);
+    if lifetime > MAX_TOKEN_SECONDS {
+        return Err(invalid_request(
+            "spec.expirationSeconds",
+            "Invalid value: may not specify a duration larger than 2^32 seconds".into(),
+        ));
+    }
     let mut binding = Binding {
         namespace: namespace.clone(),
         serviceaccount: ObjectRef {
