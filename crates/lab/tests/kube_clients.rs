@@ -550,6 +550,27 @@ async fn bookmarks_carry_the_latest_resource_version() {
 }
 
 #[tokio::test]
+async fn a_second_api_server_on_the_same_data_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(config("cluster01", directory.path())).await;
+    let error = causeway_lab::apiserver::start(config("cluster01", directory.path()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("another API server is already serving"),
+        "{error}"
+    );
+    server.shutdown().await;
+    start(config("cluster01", directory.path()))
+        .await
+        .shutdown()
+        .await;
+}
+
+#[tokio::test]
 async fn streaming_lists_end_their_initial_events_with_a_bookmark() {
     let directory = tempfile::tempdir().unwrap();
     let server = start(config("cluster01", directory.path())).await;

@@ -71,6 +71,10 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "another API server is already serving {path}; stop it first (`causeway lab stop-cluster`)"
+    )]
+    Locked { path: PathBuf },
     #[error("cannot create the cluster's built-in objects: {0}")]
     Bootstrap(String),
 }
@@ -95,6 +99,8 @@ pub struct RunningApiServer {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Held while serving: two API servers on one data directory would interleave their logs.
+    _data_lock: std::fs::File,
 }
 
 impl RunningApiServer {
@@ -143,6 +149,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
         path: config.data_dir.clone(),
         source,
     })?;
+    let data_lock = lock_data_dir(&config.data_dir)?;
     let store_dir = config.data_dir.join("store");
     let store = Store::open(
         &store_dir,
@@ -225,7 +232,28 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
         shared,
         stop,
         tasks,
+        _data_lock: data_lock,
     })
+}
+
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::AdminToken {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked {
+            path: data_dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::AdminToken { path, source }),
+    }
 }
 
 /// The objects every cluster has: its system namespaces, its node, and the `kubernetes` Service.
