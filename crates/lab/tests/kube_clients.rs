@@ -208,6 +208,49 @@ async fn endpoint_slices_follow_pod_addresses_and_readiness() {
 }
 
 #[tokio::test]
+async fn large_services_are_cut_into_slices_of_a_hundred_endpoints() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(config("cluster01", directory.path())).await;
+    let client = client_for("cluster01", &server).await;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "big"},
+        "spec": {"selector": {"app": "big"}, "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), "default");
+    for index in 0..210 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("big-{index}"), "labels": {"app": "big"}},
+            "spec": {"containers": [{"name": "app", "image": "app"}]},
+            "status": {"phase": "Running", "podIP": format!("10.10.{}.{}", index / 200, index % 200 + 1), "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), "default");
+    let sizes = eventually("210 endpoints in slices of at most 100", WAIT, || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=big"))
+            .await
+            .ok()?;
+        let mut sizes: Vec<usize> = list
+            .items
+            .iter()
+            .map(|slice| slice.endpoints.len())
+            .collect();
+        sizes.sort();
+        (sizes.iter().sum::<usize>() == 210).then_some(sizes)
+    })
+    .await;
+    assert_eq!(sizes, [10, 100, 100]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn objects_are_unchanged_and_watches_resume_after_a_restart() {
     let directory = tempfile::tempdir().unwrap();
     let server = start(config("cluster01", directory.path())).await;

@@ -19,6 +19,7 @@ use super::tokens::{Binding, Claims, ObjectRef};
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 const SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/service-account-token";
 /// Tokens of service-account token Secrets live as long as the Secret (ten years here).
 const SECRET_TOKEN_SECONDS: i64 = 10 * 365 * 24 * 3600;
@@ -298,10 +299,20 @@ fn reconcile_service(shared: &Shared, kinds: &Kinds, namespace: &str, name: &str
     labels.insert(MANAGED_BY_LABEL.into(), json!(MANAGED_BY));
     let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": name, "uid": service["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
     let mut wanted = Vec::new();
+    // One slice per port set and per hundred endpoints, as Kubernetes' controller cuts them;
+    // a Service without endpoints still gets an empty slice.
     let slices: Vec<(PortSet, Vec<&Value>)> = if groups.is_empty() {
         vec![(Vec::new(), Vec::new())]
     } else {
-        groups.into_iter().collect()
+        groups
+            .into_iter()
+            .flat_map(|(ports, members)| {
+                members
+                    .chunks(MAX_ENDPOINTS_PER_SLICE)
+                    .map(|chunk| (ports.clone(), chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     };
     for (index, (ports, members)) in slices.iter().enumerate() {
         let slice_name = slice_name(
