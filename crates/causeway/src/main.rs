@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod certs;
 mod lab;
+mod remote_secret;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,9 @@ enum Command {
     /// Clusters on this machine, standing in for kind: each with its own Kubernetes-compatible API
     /// server
     Lab(lab::LabArgs),
+    /// Print the Secret that lets a control plane read another cluster (istioctl
+    /// create-remote-secret): apply it to the control plane's cluster
+    CreateRemoteSecret(remote_secret::CreateRemoteSecretArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Certs(command) => certs::run(command),
         Command::Lab(args) => lab::run(args),
+        Command::CreateRemoteSecret(args) => remote_secret::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -652,13 +652,162 @@ async fn an_api_server_killed_mid_write_loses_nothing_it_acknowledged() {
 }
 
 async fn kube_client(lab: &TestLab) -> kube::Client {
+    kube_client_for(lab, "cluster01").await
+}
+
+async fn kube_client_for(lab: &TestLab, context: &str) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(lab.kubeconfig()).unwrap();
     let options = kube::config::KubeConfigOptions {
-        context: Some("cluster01".into()),
+        context: Some(context.into()),
         ..Default::default()
     };
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
         .unwrap();
     kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access() {
+    use std::io::Write;
+    let lab = TestLab::new();
+    lab.create("cluster01-kind.yaml");
+    lab.create("cluster02-kind.yaml");
+    let missing = lab.causeway(&[
+        "create-remote-secret",
+        "--context",
+        "cluster02",
+        "--name",
+        "cluster02",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("namespace \"istio-system\" does not exist"),
+        "{missing:?}"
+    );
+    for cluster in ["cluster01", "cluster02"] {
+        lab.ok(cluster, &["create", "namespace", "istio-system"]);
+    }
+
+    // causeway create-remote-secret --context cluster02 --name cluster02 | kubectl apply -f - --context cluster01
+    let secret = lab.causeway(&[
+        "create-remote-secret",
+        "--context",
+        "cluster02",
+        "--name",
+        "cluster02",
+    ]);
+    assert!(
+        secret.status.success(),
+        "{}",
+        String::from_utf8_lossy(&secret.stderr)
+    );
+    let mut apply = Command::new(kubectl_binary())
+        .args(["apply", "-f", "-", "--context", "cluster01", "--cache-dir"])
+        .arg(lab.directory.path().join("kube-cache"))
+        .env("KUBECONFIG", lab.kubeconfig())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&secret.stdout)
+        .unwrap();
+    let applied = apply.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&applied.stdout).trim(),
+        "secret/istio-remote-secret-cluster02 created"
+    );
+
+    let jsonpath = r"jsonpath={.metadata.labels.istio/multiCluster} {.metadata.annotations.networking\.istio\.io/cluster}";
+    assert_eq!(
+        lab.ok(
+            "cluster01",
+            &[
+                "get",
+                "secret",
+                "istio-remote-secret-cluster02",
+                "-n",
+                "istio-system",
+                "-o",
+                jsonpath
+            ]
+        ),
+        "true cluster02"
+    );
+    let embedded = lab.ok(
+        "cluster01",
+        &[
+            "get",
+            "secret",
+            "istio-remote-secret-cluster02",
+            "-n",
+            "istio-system",
+            "-o",
+            "jsonpath={.data.cluster02}",
+        ],
+    );
+    let embedded = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(embedded)
+            .unwrap(),
+    )
+    .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&embedded).unwrap();
+    assert_eq!(kubeconfig.current_context.as_deref(), Some("cluster02"));
+
+    // What the control plane will do with it: read cluster02 as the reader account.
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let reader = kube::Client::try_from(config).unwrap();
+    let services = Api::<k8s_openapi::api::core::v1::Service>::all(reader.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        services
+            .items
+            .iter()
+            .any(|service| service.metadata.name.as_deref() == Some("kubernetes"))
+    );
+    let parsed: serde_json::Value = serde_saphyr::from_str(&embedded).unwrap();
+    let token = parsed["users"][0]["user"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let review: k8s_openapi::api::authentication::v1::TokenReview =
+        serde_json::from_value(serde_json::json!({"spec": {"token": token}})).unwrap();
+    let admin02 = kube_client_for(&lab, "cluster02").await;
+    let reviewed = Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(admin02)
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(reviewed.authenticated, Some(true), "{reviewed:?}");
+    assert_eq!(
+        reviewed.user.unwrap().username.as_deref(),
+        Some("system:serviceaccount:istio-system:istio-reader-service-account")
+    );
+    assert!(
+        lab.ok(
+            "cluster02",
+            &[
+                "get",
+                "clusterrolebinding",
+                "istio-reader-clusterrole-istio-system",
+                "-o",
+                "name"
+            ]
+        )
+        .contains("istio-reader")
+    );
 }
