@@ -20,8 +20,7 @@ use super::selectors::{FieldSelector, LabelSelector};
 use super::server::Shared;
 use super::status::{self, ApiError};
 use super::store::{Change, StoredObject};
-use super::tokens::{Binding, Claims, ObjectRef};
-use super::{discovery, tables, watch};
+use super::{discovery, tables, token_api, watch};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -37,7 +36,7 @@ fn json_response(code: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> {
         .expect("static headers are valid")
 }
 
-fn value_response(code: StatusCode, value: &Value) -> Response<Body> {
+pub fn value_response(code: StatusCode, value: &Value) -> Response<Body> {
     json_response(
         code,
         serde_json::to_vec(value).expect("a JSON value always serializes"),
@@ -87,7 +86,7 @@ impl Target {
         &RESOURCES[self.resource]
     }
 
-    fn namespace(&self) -> &str {
+    pub fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or("")
     }
 }
@@ -242,7 +241,7 @@ async fn serve(
             ));
         }
         let body = read_body(request, shared.config.max_body_bytes).await?;
-        return token_review(&shared, &body, &content_type);
+        return token_api::token_review(&shared, &body, &content_type);
     }
     match (method, target.name.is_some()) {
         (Method::GET, true) => get(&shared, &target),
@@ -256,7 +255,7 @@ async fn serve(
         }
         (Method::POST, true) if target.subresource.as_deref() == Some("token") => {
             let body = read_body(request, shared.config.max_body_bytes).await?;
-            token_request(&shared, &target, &body, &content_type)
+            token_api::token_request(&shared, &target, &body, &content_type)
         }
         (Method::PUT, true) => {
             let body = read_body(request, shared.config.max_body_bytes).await?;
@@ -1004,197 +1003,6 @@ fn delete_collection(
     Ok(value_response(
         StatusCode::OK,
         &json!({"apiVersion": kind.api_version(&target.version), "kind": format!("{}List", kind.kind), "metadata": {"resourceVersion": shared.store.revision().to_string()}, "items": deleted}),
-    ))
-}
-
-/// Kubernetes' bounds on `expirationSeconds`. Like a kube-apiserver without
-/// `--service-account-max-token-expiration`, the lab does not cap lifetimes further: remote secrets
-/// carry long-lived tokens.
-const MAX_TOKEN_SECONDS: i64 = 1 << 32;
-const MIN_TOKEN_SECONDS: i64 = 600;
-
-fn token_request(
-    shared: &Shared,
-    target: &Target,
-    body: &[u8],
-    content_type: &str,
-) -> Result<Response<Body>, ApiError> {
-    let namespace = target.namespace().to_owned();
-    let account_name = target.name.clone().unwrap_or_default();
-    let request = objects::parse_body(body, content_type)?;
-    if request["kind"]
-        .as_str()
-        .is_some_and(|kind| kind != "TokenRequest")
-    {
-        return Err(ApiError::bad_request(format!(
-            "the token subresource takes a TokenRequest, not a {}",
-            request["kind"]
-        )));
-    }
-    let account = shared
-        .store
-        .get(id_of("", "ServiceAccount"), &namespace, &account_name)
-        .ok_or_else(|| ApiError::not_found("", "serviceaccounts", &account_name))?;
-    let spec = &request["spec"];
-    let invalid_request = |field: &str, message: String| {
-        ApiError::invalid(
-            "TokenRequest",
-            "authentication.k8s.io",
-            &account_name,
-            vec![status::Cause::new(field, message)],
-        )
-    };
-    let audiences: Vec<String> = match spec["audiences"].as_array() {
-        Some(list) if !list.is_empty() => list
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => vec![super::tokens::ISSUER.to_owned()],
-    };
-    let lifetime = spec["expirationSeconds"].as_i64().unwrap_or(3600);
-    if lifetime < MIN_TOKEN_SECONDS {
-        return Err(invalid_request(
-            "spec.expirationSeconds",
-            "Invalid value: may not specify a duration less than 10 minutes".into(),
-        ));
-    }
-    if lifetime > MAX_TOKEN_SECONDS {
-        return Err(invalid_request(
-            "spec.expirationSeconds",
-            "Invalid value: may not specify a duration larger than 2^32 seconds".into(),
-        ));
-    }
-    let mut binding = Binding {
-        namespace: namespace.clone(),
-        serviceaccount: ObjectRef {
-            name: account_name.clone(),
-            uid: account.object["metadata"]["uid"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned(),
-        },
-        pod: None,
-        secret: None,
-    };
-    let bound = &spec["boundObjectRef"];
-    if bound.is_object() {
-        let bound_kind = bound["kind"].as_str().unwrap_or("");
-        let bound_name = bound["name"].as_str().unwrap_or("");
-        let (resource, slot) = match bound_kind {
-            "Pod" => (id_of("", "Pod"), &mut binding.pod),
-            "Secret" => (id_of("", "Secret"), &mut binding.secret),
-            other => {
-                return Err(invalid_request(
-                    "spec.boundObjectRef.kind",
-                    format!("Unsupported value: {other:?}: supported values: \"Pod\", \"Secret\""),
-                ));
-            }
-        };
-        let object = shared
-            .store
-            .get(resource, &namespace, bound_name)
-            .ok_or_else(|| ApiError::not_found("", RESOURCES[resource].plural, bound_name))?;
-        let uid = object.object["metadata"]["uid"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        if let Some(wanted) = bound["uid"].as_str().filter(|wanted| !wanted.is_empty())
-            && wanted != uid
-        {
-            return Err(ApiError::conflict(
-                "",
-                RESOURCES[resource].plural,
-                bound_name,
-                &format!(
-                    "the UID in the bound object reference ({wanted}) does not match the UID in record ({uid}); the object might have been deleted and then recreated"
-                ),
-            ));
-        }
-        *slot = Some(ObjectRef {
-            name: bound_name.to_owned(),
-            uid,
-        });
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let claims = Claims::new(binding, audiences.clone(), now.unix_timestamp(), lifetime);
-    let token = shared.tokens.sign(&claims);
-    let expires = objects::timestamp(now + time::Duration::seconds(lifetime));
-    let mut response_spec = spec.clone();
-    if !response_spec.is_object() {
-        response_spec = json!({});
-    }
-    response_spec["audiences"] = json!(audiences);
-    response_spec["expirationSeconds"] = json!(lifetime);
-    Ok(value_response(
-        StatusCode::CREATED,
-        &json!({
-            "kind": "TokenRequest",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": account_name, "namespace": namespace, "creationTimestamp": objects::timestamp(now)},
-            "spec": response_spec,
-            "status": {"token": token, "expirationTimestamp": expires},
-        }),
-    ))
-}
-
-fn token_review(
-    shared: &Shared,
-    body: &[u8],
-    content_type: &str,
-) -> Result<Response<Body>, ApiError> {
-    let review = objects::parse_body(body, content_type)?;
-    if review["kind"]
-        .as_str()
-        .is_some_and(|kind| kind != "TokenReview")
-    {
-        return Err(ApiError::bad_request(format!(
-            "tokenreviews take a TokenReview, not a {}",
-            review["kind"]
-        )));
-    }
-    if !review["spec"].is_object() {
-        return Err(ApiError::bad_request(
-            "a TokenReview's spec must be an object with a token",
-        ));
-    }
-    let token = review["spec"]["token"].as_str().unwrap_or("");
-    if token.is_empty() {
-        return Err(ApiError::invalid(
-            "TokenReview",
-            "authentication.k8s.io",
-            "",
-            vec![status::Cause::new("spec.token", "Required value")],
-        ));
-    }
-    let audiences: Vec<String> = review["spec"]["audiences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect();
-    let status = match shared.authenticate(token, &audiences) {
-        Ok((user, matched)) => json!({
-            "authenticated": true,
-            "user": {"username": user.username, "uid": user.uid, "groups": user.groups, "extra": user.extra},
-            "audiences": matched,
-        }),
-        Err(reason) => json!({"authenticated": false, "error": reason, "user": {}}),
-    };
-    let mut spec = review["spec"].clone();
-    if let Some(spec) = spec.as_object_mut() {
-        spec.insert("token".into(), json!(token));
-    }
-    Ok(value_response(
-        StatusCode::CREATED,
-        &json!({
-            "kind": "TokenReview",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"creationTimestamp": null},
-            "spec": spec,
-            "status": status,
-        }),
     ))
 }
 

@@ -14,6 +14,7 @@ pub mod status;
 pub mod store;
 pub mod tables;
 pub mod tls;
+pub mod token_api;
 pub mod tokens;
 pub mod wal;
 pub mod watch;
