@@ -19,26 +19,6 @@ fn kubectl_binary() -> String {
     std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned())
 }
 
-/// kubectl before 1.29 validates `apply` against OpenAPI v2 (protobuf), which the lab does not
-/// serve; those versions need `--validate=false` (newer ones ask the server to validate).
-fn kubectl_needs_validate_false() -> bool {
-    let output = Command::new(kubectl_binary())
-        .args(["version", "--client", "-o", "json"])
-        .output()
-        .unwrap_or_else(|error| {
-            panic!(
-                "cannot run kubectl ({}): {error}; scripts/test installs it",
-                kubectl_binary()
-            )
-        });
-    let version: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    let minor: u32 = version["clientVersion"]["minor"]
-        .as_str()
-        .and_then(|minor| minor.trim_end_matches('+').parse().ok())
-        .unwrap_or(u32::MAX);
-    minor < 29
-}
-
 /// A lab in a temporary directory, with its own kubeconfig; deletes its clusters when dropped.
 struct TestLab {
     directory: tempfile::TempDir,
@@ -100,11 +80,7 @@ impl TestLab {
     }
 
     fn kubectl(&self, context: &str, args: &[&str]) -> Output {
-        let mut command = Command::new(kubectl_binary());
-        if args.first() == Some(&"apply") && kubectl_needs_validate_false() {
-            command.arg("--validate=false");
-        }
-        command
+        Command::new(kubectl_binary())
             .arg("--context")
             .arg(context)
             .arg("--cache-dir")

@@ -201,6 +201,13 @@ async fn serve(
     if !authenticated {
         return Err(ApiError::unauthorized());
     }
+    if path == "/openapi/v2" {
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, super::openapi_v2::CONTENT_TYPE)
+            .body(full(Bytes::from_static(super::openapi_v2::document())))
+            .expect("static headers are valid"));
+    }
     if path == "/api" {
         return Ok(value_response(
             StatusCode::OK,

@@ -4,6 +4,7 @@ pub mod controllers;
 pub mod discovery;
 pub mod handlers;
 pub mod objects;
+pub mod openapi_v2;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
