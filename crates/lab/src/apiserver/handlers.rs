@@ -689,6 +689,8 @@ fn replacement(
     }
     check_type(kind, &target.version, &mut new)?;
     place(target, &mut new)?;
+    // The shape first: the steps below index into fields they expect to be objects.
+    check_shape(kind, &new)?;
     match new["metadata"]["name"].as_str() {
         Some(sent) if sent != name => {
             return Err(ApiError::bad_request(format!(
