@@ -381,6 +381,21 @@ async fn bad_requests_get_a_status_and_change_nothing() {
     )
     .await;
     assert_eq!(code, 415, "{status}");
+    for (query, message) in [
+        ("limit=-1", "limit"),
+        ("continue=not-a-token", "continue token"),
+        ("labelSelector=app%20in%20v1", "parentheses"),
+        ("fieldSelector=spec.secret%3Dx", "field label not supported"),
+        ("watch=true&resourceVersion=yesterday", "resourceVersion"),
+    ] {
+        let path = format!("{configmaps}?{query}");
+        let (code, status) = raw(&client, "GET", &path, "application/json", Vec::new()).await;
+        assert_eq!(code, 400, "{query}: {status}");
+        assert!(
+            status["message"].as_str().unwrap().contains(message),
+            "{query}: {status}"
+        );
+    }
     let (code, _) = raw(
         &client,
         "GET",
