@@ -587,13 +587,11 @@ async fn an_api_server_killed_mid_write_loses_nothing_it_acknowledged() {
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let pid = lab.api_server_pid("cluster01");
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     for writer in writers {
         tokio::time::timeout(Duration::from_secs(30), writer)
             .await

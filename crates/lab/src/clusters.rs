@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::apiserver::{self, ApiServerConfig};
@@ -128,11 +130,11 @@ fn process_alive(pid: u32) -> bool {
     })
 }
 
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+/// Sends a signal; a process that is already gone is not an error.
+fn signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+    }
 }
 
 fn log_tail(path: &Path) -> String {
@@ -350,7 +352,7 @@ impl Lab {
                 return self.access(name);
             }
             if Instant::now() > deadline {
-                signal(child.id(), "KILL");
+                signal(child.id(), Signal::SIGKILL);
                 let _ = child.wait();
                 return Err(failed(format!(
                     "it did not answer within {}s",
@@ -365,11 +367,11 @@ impl Lab {
     pub fn stop(&self, name: &str) -> Result<(), LabError> {
         self.record(name)?;
         if let ClusterStatus::Running(endpoint) = self.status(name) {
-            signal(endpoint.pid, "TERM");
+            signal(endpoint.pid, Signal::SIGTERM);
             let deadline = Instant::now() + STOP_TIMEOUT;
             while process_alive(endpoint.pid) {
                 if Instant::now() > deadline {
-                    signal(endpoint.pid, "KILL");
+                    signal(endpoint.pid, Signal::SIGKILL);
                     std::thread::sleep(Duration::from_millis(100));
                     break;
                 }
