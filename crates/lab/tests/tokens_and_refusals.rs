@@ -436,6 +436,29 @@ async fn bad_requests_get_a_status_and_change_nothing() {
         "a refused request changed stored data"
     );
 
+    // A status update is checked like any object: a status of the wrong type is refused.
+    let pod =
+        br#"{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"i"}]}}"#.to_vec();
+    let (code, status) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        "application/json",
+        pod,
+    )
+    .await;
+    assert_eq!(code, 200, "{status}");
+    let bad_status = br#"{"metadata":{"name":"p"},"status":"running"}"#.to_vec();
+    let (code, status) = raw(
+        &client,
+        "PUT",
+        "/api/v1/namespaces/default/pods/p/status",
+        "application/json",
+        bad_status,
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+
     // Conflicts: create twice, update from a stale resourceVersion.
     let configmaps_api = Api::<ConfigMap>::namespaced(client.clone(), "default");
     let created = configmaps_api

@@ -365,13 +365,11 @@ fn slice_name(service: &str, uid: &str, index: usize) -> String {
         &aws_lc_rs::digest::SHA256,
         format!("{uid}/{index}").as_bytes(),
     );
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let suffix: String = digest.as_ref()[..5]
-        .iter()
-        .map(|byte| ALPHABET[usize::from(*byte) % ALPHABET.len()] as char)
-        .collect();
+    let bytes: [u8; 5] = digest.as_ref()[..5]
+        .try_into()
+        .expect("SHA-256 is longer than 5 bytes");
     let prefix: String = service.chars().take(57).collect();
-    format!("{prefix}-{suffix}")
+    format!("{prefix}-{}", super::objects::name_suffix(&bytes))
 }
 
 /// Writes a controller-owned object when its labels, owners or `fields` differ from what is

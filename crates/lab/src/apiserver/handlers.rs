@@ -523,14 +523,20 @@ fn require_namespace(shared: &Shared, target: &Target) -> Result<(), ApiError> {
 }
 
 fn generated_name(prefix: &str) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut bytes = [0u8; 5];
     aws_lc_rs::rand::fill(&mut bytes).expect("the system has randomness");
-    let suffix: String = bytes
-        .iter()
-        .map(|byte| ALPHABET[usize::from(*byte) % ALPHABET.len()] as char)
-        .collect();
-    format!("{prefix}{suffix}")
+    format!("{prefix}{}", objects::name_suffix(&bytes))
+}
+
+/// Applies the kind's defaults, then its rules: the last steps before an object is stored.
+fn complete(kind: &Resource, object: &mut Value) -> Result<(), ApiError> {
+    apply_defaults(kind, object);
+    let causes = validate(kind, object);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(kind, object, causes))
+    }
 }
 
 fn invalid(kind: &Resource, object: &Value, causes: Vec<status::Cause>) -> ApiError {
@@ -575,9 +581,7 @@ fn allocate_cluster_ip(
         })?)
     };
     let address = shared
-        .service_ips
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .service_ips()
         .allocate(requested)
         .map_err(|cause| invalid(kind, object, vec![cause]))?;
     object["spec"]["clusterIP"] = json!(address.to_string());
@@ -586,18 +590,9 @@ fn allocate_cluster_ip(
 }
 
 fn release_cluster_ip(shared: &Shared, object: &Value) {
-    for address in object["spec"]["clusterIPs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if let Some(address) = address.as_str().and_then(|text| text.parse().ok()) {
-            shared
-                .service_ips
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .release(address);
-        }
+    let mut service_ips = shared.service_ips();
+    for address in objects::cluster_ips(object) {
+        service_ips.release(address);
     }
 }
 
@@ -634,11 +629,7 @@ fn create(
         ));
     }
     check_shape(kind, &object)?;
-    apply_defaults(kind, &mut object);
-    let causes = validate(kind, &object);
-    if !causes.is_empty() {
-        return Err(invalid(kind, &object, causes));
-    }
+    complete(kind, &mut object)?;
     let allocated = allocate_cluster_ip(shared, kind, &mut object)?;
     stamp_new(&mut object, kind);
     let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
@@ -655,11 +646,7 @@ fn create(
     if (result.is_err() || dry_run)
         && let Some(address) = allocated
     {
-        shared
-            .service_ips
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .release(address);
+        shared.service_ips().release(address);
     }
     let stored = result?.current.expect("a put leaves an object");
     Ok(json_response(
@@ -723,6 +710,8 @@ fn replacement(
                     .remove("status");
             }
         }
+        // The stored object with the sent status is a new object: check its shape too.
+        check_shape(kind, &new)?;
     } else {
         carry_over(kind, &current.object, &mut new);
         if kind.kind == "Service" && kind.group.is_empty() {
@@ -746,12 +735,7 @@ fn replacement(
             }
         }
     }
-    check_shape(kind, &new)?;
-    apply_defaults(kind, &mut new);
-    let causes = validate(kind, &new);
-    if !causes.is_empty() {
-        return Err(invalid(kind, &new, causes));
-    }
+    complete(kind, &mut new)?;
     new["metadata"]["resourceVersion"] = json!(current.revision.to_string());
     if without_resource_version(&new) == without_resource_version(&current.object) {
         return Ok(Change::Keep);

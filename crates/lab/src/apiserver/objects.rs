@@ -7,6 +7,16 @@ use serde_json::{Map, Value, json};
 use super::resources::Resource;
 use super::status::{ApiError, Cause};
 
+/// Five characters of Kubernetes' name-suffix alphabet (no vowels, no look-alikes), one per byte,
+/// as in `generateName` names and EndpointSlice names.
+pub fn name_suffix(bytes: &[u8; 5]) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    bytes
+        .iter()
+        .map(|byte| ALPHABET[usize::from(*byte) % ALPHABET.len()] as char)
+        .collect()
+}
+
 /// `2026-11-22T10:00:00Z`, the format of `metadata.creationTimestamp`.
 pub fn timestamp(at: time::OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
@@ -367,10 +377,9 @@ pub fn apply_defaults(resource: &Resource, object: &mut Value) {
                 .expect("checked")
                 .entry("labels")
                 .or_insert_with(|| json!({}))["kubernetes.io/metadata.name"] = json!(name);
-            object["spec"]
-                .as_object_mut()
-                .map(|_| ())
-                .unwrap_or_else(|| object["spec"] = json!({"finalizers": ["kubernetes"]}));
+            if !object["spec"].is_object() {
+                object["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
             if object["status"]["phase"].is_null() {
                 object["status"] = json!({"phase": "Active"});
             }
@@ -464,6 +473,15 @@ pub fn apply_defaults(resource: &Resource, object: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// The addresses in a Service's `spec.clusterIPs` (none for headless Services).
+pub fn cluster_ips(service: &Value) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+    service["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|address| address.as_str()?.parse().ok())
 }
 
 /// The part of an object whose change bumps `metadata.generation`: everything but metadata and

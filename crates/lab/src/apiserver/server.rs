@@ -186,14 +186,8 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
 
     let services = id_of("", "Service");
     for service in store.list(services, None).0 {
-        for address in service.object["spec"]["clusterIPs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            if let Some(address) = address.as_str().and_then(|text| text.parse().ok()) {
-                service_ips.mark_used(address);
-            }
+        for address in objects::cluster_ips(&service.object) {
+            service_ips.mark_used(address);
         }
     }
     service_ips.mark_used(service_ips.api_server_ip());
@@ -276,12 +270,7 @@ fn bootstrap(shared: &Shared) -> Result<(), super::status::ApiError> {
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]},
     });
     create_if_absent(shared, id_of("", "Node"), "", node)?;
-    let api_ip = shared
-        .service_ips
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .api_server_ip()
-        .to_string();
+    let api_ip = shared.service_ips().api_server_ip().to_string();
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -388,6 +377,14 @@ pub struct UserInfo {
 }
 
 impl Shared {
+    /// The ClusterIP allocator. Its state stays consistent through a panic elsewhere: every
+    /// operation on it is a single set insert or remove.
+    pub fn service_ips(&self) -> std::sync::MutexGuard<'_, ServiceIps> {
+        self.service_ips
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Checks a bearer token: the admin token, or a service-account token this cluster signed whose
     /// service account (and bound pod or secret) still exist. `audiences` empty means the API
     /// server's own audience.

@@ -250,21 +250,7 @@ impl Store {
     /// revision the list is consistent at.
     pub fn list(&self, resource: ResourceId, namespace: Option<&str>) -> (Vec<StoredObject>, u64) {
         let inner = self.lock();
-        let start = Key {
-            resource,
-            namespace: namespace.unwrap_or("").to_owned(),
-            name: String::new(),
-        };
-        let items = inner
-            .objects
-            .range(start..)
-            .take_while(|(key, _)| {
-                key.resource == resource
-                    && namespace.is_none_or(|namespace| key.namespace == namespace)
-            })
-            .map(|(_, object)| object.clone())
-            .collect();
-        (items, inner.revision)
+        (inner.of_kind(resource, namespace), inner.revision)
     }
 
     /// Names of the namespaced objects of every kind in `namespace`.
@@ -382,21 +368,7 @@ impl Store {
         // Changes are sent under the lock, so subscribing and listing under one guard is atomic.
         let inner = self.lock();
         let receiver = self.events.subscribe();
-        let start = Key {
-            resource,
-            namespace: namespace.unwrap_or("").to_owned(),
-            name: String::new(),
-        };
-        let items = inner
-            .objects
-            .range(start..)
-            .take_while(|(key, _)| {
-                key.resource == resource
-                    && namespace.is_none_or(|namespace| key.namespace == namespace)
-            })
-            .map(|(_, object)| object.clone())
-            .collect();
-        (items, receiver, inner.revision)
+        (inner.of_kind(resource, namespace), receiver, inner.revision)
     }
 
     /// A receiver of every change from now on, and the current revision.
@@ -420,6 +392,23 @@ impl Store {
 }
 
 impl Inner {
+    /// The objects of a kind (in one namespace, or all), ordered by namespace and name.
+    fn of_kind(&self, resource: ResourceId, namespace: Option<&str>) -> Vec<StoredObject> {
+        let start = Key {
+            resource,
+            namespace: namespace.unwrap_or("").to_owned(),
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(|(key, _)| {
+                key.resource == resource
+                    && namespace.is_none_or(|namespace| key.namespace == namespace)
+            })
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
     /// New objects may only go into a namespace that exists and is not being deleted; checked under
     /// the same lock as the write, so a namespace's deletion never leaves objects behind.
     fn check_namespace_open(&self, namespace: &str) -> Result<(), ApiError> {
