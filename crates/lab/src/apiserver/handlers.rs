@@ -750,9 +750,20 @@ fn update(
     content_type: &str,
     dry_run: bool,
 ) -> Result<Response<Body>, ApiError> {
+    let new = objects::parse_body(body, content_type)?;
+    replace_existing(shared, target, dry_run, |_| Ok(new))
+}
+
+/// Replaces an existing object with what `make` builds from it (PUT, PATCH), answering with the
+/// stored result.
+fn replace_existing(
+    shared: &Shared,
+    target: &Target,
+    dry_run: bool,
+    make: impl FnOnce(&StoredObject) -> Result<Value, ApiError>,
+) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     let name = target.name.clone().unwrap_or_default();
-    let new = objects::parse_body(body, content_type)?;
     let outcome = shared.store.change(
         target.resource,
         target.namespace(),
@@ -761,10 +772,10 @@ fn update(
         |current| {
             let current =
                 current.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
-            replacement(target, current, new)
+            replacement(target, current, make(current)?)
         },
     )?;
-    let stored = outcome.current.expect("an update leaves an object");
+    let stored = outcome.current.expect("a replacement leaves an object");
     Ok(json_response(
         StatusCode::OK,
         render(&stored, kind, &target.version),
@@ -788,24 +799,9 @@ fn patch(
             "application/strategic-merge-patch+json: strategic merge patch is not supported for custom resources; send a JSON merge patch",
         ));
     }
-    let name = target.name.clone().unwrap_or_default();
-    let outcome = shared.store.change(
-        target.resource,
-        target.namespace(),
-        &name,
-        dry_run,
-        |current| {
-            let current =
-                current.ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
-            let patched = patch::apply(patch_type, kind.kind, &current.object, body)?;
-            replacement(target, current, patched)
-        },
-    )?;
-    let stored = outcome.current.expect("a patch leaves an object");
-    Ok(json_response(
-        StatusCode::OK,
-        render(&stored, kind, &target.version),
-    ))
+    replace_existing(shared, target, dry_run, |current| {
+        patch::apply(patch_type, kind.kind, &current.object, body)
+    })
 }
 
 /// Namespaces every cluster needs.
