@@ -1,0 +1,110 @@
+//! Workload endpoints of a service in one cluster.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// `region/zone/subzone`, from the pod's `istio-locality` label or the
+/// `topology.kubernetes.io/{region,zone}` labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    /// Parses Istio's `region.zone.subzone` label value (also accepted with `/`).
+    pub fn parse(text: &str) -> Locality {
+        let mut parts = text.split(['.', '/']).map(str::to_owned);
+        Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+}
+
+/// Whether the endpoint's proxy accepts Istio mutual TLS (`security.istio.io/tlsMode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TlsMode {
+    Istio,
+    Disabled,
+}
+
+impl TlsMode {
+    pub fn from_label(value: Option<&str>) -> TlsMode {
+        match value {
+            Some("istio") => TlsMode::Istio,
+            _ => TlsMode::Disabled,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Istio => "istio",
+            TlsMode::Disabled => "disabled",
+        }
+    }
+}
+
+/// An endpoint port, named after the service port it serves (EndpointSlice semantics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointPort {
+    pub name: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub cluster: String,
+    pub network: String,
+    pub address: IpAddr,
+    pub ports: Vec<EndpointPort>,
+    pub locality: Locality,
+    /// `spiffe://<trust-domain>/ns/<ns>/sa/<sa>` of the workload, when known.
+    pub identity: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub tls_mode: TlsMode,
+    /// `<namespace>/<pod name>` when the endpoint is a pod.
+    pub pod: Option<String>,
+}
+
+impl Endpoint {
+    /// The endpoint's port for the service port named `service_port_name`. A slice with a single
+    /// unnamed port serves a service with a single unnamed port.
+    pub fn port_for(&self, service_port_name: &str) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|port| port.name == service_port_name)
+            .map(|port| port.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locality_parses_istio_and_slash_forms() {
+        let locality = Locality::parse("us-east.zone1.sub");
+        assert_eq!(
+            (
+                locality.region.as_str(),
+                locality.zone.as_str(),
+                locality.subzone.as_str()
+            ),
+            ("us-east", "zone1", "sub")
+        );
+        assert_eq!(Locality::parse("eu/z").zone, "z");
+        assert_eq!(Locality::parse(""), Locality::default());
+    }
+
+    #[test]
+    fn tls_mode_needs_the_istio_label_value() {
+        assert_eq!(TlsMode::from_label(Some("istio")), TlsMode::Istio);
+        assert_eq!(TlsMode::from_label(Some("disabled")), TlsMode::Disabled);
+        assert_eq!(TlsMode::from_label(None), TlsMode::Disabled);
+    }
+}

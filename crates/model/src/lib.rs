@@ -1,0 +1,23 @@
+//! Causeway's mesh data model: what the control plane knows and the proxies are told.
+//!
+//! - [`service`]: services by FQDN, merged across clusters ("namespace sameness").
+//! - [`endpoint`]: workload endpoints with cluster, network, locality, identity and readiness.
+//! - [`gateway`]: network gateways (east-west) and Istio `Gateway` objects.
+//! - [`split_horizon`]: the endpoints of a service as a proxy on one network sees them.
+//! - [`vip`]: the address a service answers on in a cluster that does not define it.
+//! - [`mesh`]: one immutable snapshot of all of the above.
+//!
+//! Nothing here does I/O; the registry fills these types from the clusters' APIs and the xDS
+//! generators read them.
+
+pub mod endpoint;
+pub mod gateway;
+pub mod mesh;
+pub mod service;
+pub mod split_horizon;
+pub mod vip;
+
+pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode};
+pub use gateway::{GatewayServer, IstioGateway, NetworkGateway};
+pub use mesh::{ClusterStatus, MeshSnapshot, ServiceEndpoints, SyncState};
+pub use service::{ClusterService, Protocol, Service, ServicePort};
