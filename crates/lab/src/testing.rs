@@ -66,3 +66,152 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Mesh fixtures: the objects the seeds' walkthroughs create, made through the API the way a
+/// user's `kubectl apply` would, with pod status filled in where the lab has no kubelet yet.
+pub mod fixtures {
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+    use kube::Api;
+    use kube::api::{Patch, PatchParams, PostParams};
+    use serde_json::{Value, json};
+
+    use super::ClusterAccess;
+    use crate::kubeconfig::{for_clusters, render};
+
+    async fn create<K>(api: Api<K>, object: Value) -> K
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let object: K = serde_json::from_value(object).expect("a well-formed fixture");
+        api.create(&PostParams::default(), &object)
+            .await
+            .expect("the API server accepts the fixture")
+    }
+
+    pub async fn namespace(client: &kube::Client, name: &str, labels: Value) -> Namespace {
+        let api = Api::<Namespace>::all(client.clone());
+        match api.get_opt(name).await.expect("namespaces can be read") {
+            Some(_) => {
+                let patch = json!({"metadata": {"labels": labels}});
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("namespace labels can be patched")
+            }
+            None => create(api, json!({"metadata": {"name": name, "labels": labels}})).await,
+        }
+    }
+
+    /// A ClusterIP Service selecting `app=<app>` with `ports` as `(name, port)`.
+    pub async fn service(
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+        app: &str,
+        ports: &[(&str, u16)],
+    ) -> Service {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(port_name, port)| json!({"name": port_name, "port": port, "targetPort": port}))
+            .collect();
+        create(
+            Api::namespaced(client.clone(), namespace),
+            json!({"metadata": {"name": name}, "spec": {"selector": {"app": app}, "ports": ports}}),
+        )
+        .await
+    }
+
+    /// An east-west gateway Service of `network`, with its LoadBalancer address set as metallb would.
+    pub async fn network_gateway(client: &kube::Client, network: &str, address: &str) -> Service {
+        let api: Api<Service> = Api::namespaced(client.clone(), "istio-system");
+        create(
+            api.clone(),
+            json!({
+                "metadata": {"name": "istio-eastwestgateway",
+                             "labels": {"istio": "eastwestgateway", "topology.istio.io/network": network}},
+                "spec": {"type": "LoadBalancer", "selector": {"istio": "eastwestgateway"},
+                         "ports": [{"name": "status-port", "port": 15021}, {"name": "tls", "port": 15443},
+                                   {"name": "tls-istiod", "port": 15012}, {"name": "tls-webhook", "port": 15017}]}
+            }),
+        )
+        .await;
+        let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": address}]}}});
+        api.patch_status(
+            "istio-eastwestgateway",
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .expect("the gateway's status can be set")
+    }
+
+    /// A pod as its Deployment would make it.
+    pub struct TestPod<'a> {
+        pub name: &'a str,
+        /// The `app` label, which the fixture Services select.
+        pub app: &'a str,
+        pub service_account: &'a str,
+        pub ip: &'a str,
+        pub ready: bool,
+        /// More labels (`version`, `topology.istio.io/network`, ...).
+        pub labels: Value,
+    }
+
+    /// A running, injected (`security.istio.io/tlsMode=istio`) pod with its IP and readiness set.
+    pub async fn pod(client: &kube::Client, namespace: &str, pod: TestPod<'_>) -> Pod {
+        let mut labels = json!({"app": pod.app, "security.istio.io/tlsMode": "istio"});
+        if let (Some(all), Some(extra)) = (labels.as_object_mut(), pod.labels.as_object()) {
+            all.extend(extra.clone());
+        }
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        create(
+            api.clone(),
+            json!({
+                "metadata": {"name": pod.name, "labels": labels},
+                "spec": {"serviceAccountName": pod.service_account,
+                         "containers": [{"name": pod.app, "image": pod.app}]}
+            }),
+        )
+        .await;
+        set_pod(client, namespace, pod.name, Some(pod.ip), pod.ready).await
+    }
+
+    /// Sets a pod's IP (when given) and Ready condition, as the kubelet would.
+    pub async fn set_pod(
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+        ip: Option<&str>,
+        ready: bool,
+    ) -> Pod {
+        let mut status = json!({"phase": "Running",
+                                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]});
+        if let Some(ip) = ip {
+            status["podIP"] = json!(ip);
+            status["podIPs"] = json!([{"ip": ip}]);
+        }
+        Api::<Pod>::namespaced(client.clone(), namespace)
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await
+            .expect("the pod's status can be set")
+    }
+
+    /// The remote secret `create-remote-secret --name <cluster>` prints, for `access`.
+    pub fn remote_secret(cluster: &str, access: &ClusterAccess) -> Secret {
+        let kubeconfig = render(&for_clusters(std::slice::from_ref(access)));
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("istio-remote-secret-{cluster}"), "namespace": "istio-system",
+                         "labels": {"istio/multiCluster": "true"},
+                         "annotations": {"networking.istio.io/cluster": cluster}},
+            "stringData": {cluster: kubeconfig}
+        }))
+        .expect("a well-formed remote secret")
+    }
+}
