@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod certs;
+mod discovery;
 mod lab;
+mod mesh_status;
 mod remote_secret;
 
 #[derive(Parser)]
@@ -32,6 +34,13 @@ enum Command {
     /// Print the Secret that lets a control plane read another cluster (istioctl
     /// create-remote-secret): apply it to the control plane's cluster
     CreateRemoteSecret(remote_secret::CreateRemoteSecretArgs),
+    /// The control plane (istiod): watches every cluster it has credentials for, serves xDS on
+    /// 15010/15012 and workload certificates on 15012, debug and metrics on 15014
+    Discovery(Box<discovery::DiscoveryArgs>),
+    /// The clusters discovery watches and whether each is synced (istioctl remote-clusters)
+    RemoteClusters(mesh_status::StatusArgs),
+    /// Each proxy connected to discovery and whether it has its latest config (istioctl proxy-status)
+    ProxyStatus(mesh_status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +49,9 @@ fn main() -> ExitCode {
         Command::Certs(command) => certs::run(command),
         Command::Lab(args) => lab::run(args),
         Command::CreateRemoteSecret(args) => remote_secret::run(args),
+        Command::Discovery(args) => discovery::run(*args),
+        Command::RemoteClusters(args) => mesh_status::remote_clusters(args),
+        Command::ProxyStatus(args) => mesh_status::proxy_status(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,192 @@
-#![forbid(unsafe_code)]
+//! The control plane process (`causeway discovery`): the multi-cluster registry, xDS on 15010
+//! (plaintext) and 15012 (TLS, with the CA service), and debug and metrics on 15014.
+
+pub mod ca_service;
+pub mod ca_source;
+pub mod debug;
+mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tls;
+
+use anyhow::Context;
+use causeway_ca::{CertificateAuthority, SigningPolicy};
+use causeway_registry::{Registry, RegistryConfig};
+use causeway_xds::server::{XdsMetrics, XdsServer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct DiscoveryConfig {
+    pub cluster_id: String,
+    pub network: String,
+    pub mesh_id: String,
+    pub trust_domain: String,
+    /// The control plane's namespace: remote secrets, `cacerts`, the network label.
+    pub namespace: String,
+    pub domain_suffix: String,
+    pub xds_address: SocketAddr,
+    pub secure_xds_address: SocketAddr,
+    pub monitoring_address: SocketAddr,
+    pub debounce: Duration,
+    pub debounce_max: Duration,
+    pub remote_cluster_timeout: Duration,
+    /// More DNS names (or IPs) for the 15012 serving certificate.
+    pub extra_dns_names: Vec<String>,
+    /// A `cacerts` directory to use instead of the Secret.
+    pub cacerts_dir: Option<PathBuf>,
+    pub token_audiences: Vec<String>,
+    pub signing: SigningPolicy,
+}
+
+impl DiscoveryConfig {
+    pub fn new(cluster_id: &str) -> DiscoveryConfig {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        DiscoveryConfig {
+            cluster_id: cluster_id.to_owned(),
+            network: String::new(),
+            mesh_id: String::new(),
+            trust_domain: "cluster.local".into(),
+            namespace: "istio-system".into(),
+            domain_suffix: "cluster.local".into(),
+            xds_address: any(15010),
+            secure_xds_address: any(15012),
+            monitoring_address: any(15014),
+            debounce: Duration::from_millis(100),
+            debounce_max: Duration::from_secs(10),
+            remote_cluster_timeout: Duration::from_secs(30),
+            extra_dns_names: Vec::new(),
+            cacerts_dir: None,
+            token_audiences: vec!["istio-ca".into()],
+            signing: SigningPolicy::default(),
+        }
+    }
+}
+
+/// Parses a listen address as Istio writes it: `:15010` means every interface.
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_owned(),
+    };
+    full.parse().map_err(|_| {
+        format!(
+            "`{text}` is not a listen address; write `:15010`, `0.0.0.0:15010` or `127.0.0.1:0`"
+        )
+    })
+}
+
+/// A running control plane. Dropping it stops everything.
+pub struct Discovery {
+    pub xds_address: SocketAddr,
+    pub secure_xds_address: SocketAddr,
+    pub monitoring_address: SocketAddr,
+    pub authority: Arc<CertificateAuthority>,
+    pub ca_origin: ca_source::CaOrigin,
+    pub registry: Registry,
+    pub xds: XdsServer,
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Discovery {
+    /// Starts serving with `client` as the control plane's own cluster.
+    pub async fn start(config: DiscoveryConfig, client: kube::Client) -> anyhow::Result<Discovery> {
+        let (authority, ca_origin) = ca_source::load(
+            &client,
+            &config.namespace,
+            config.cacerts_dir.as_deref(),
+            &config.trust_domain,
+            config.signing,
+        )
+        .await
+        .context("cannot set up the mesh CA")?;
+        tracing::info!(origin = %ca_origin, "mesh CA loaded");
+        let authority = Arc::new(authority);
+        let mut dns_names = tls::default_dns_names(&config.namespace);
+        dns_names.extend(config.extra_dns_names.iter().cloned());
+        let tls_config = tls::serving_config(&authority, &dns_names)
+            .context("cannot make the 15012 serving certificate")?;
+
+        let registry = Registry::start(
+            RegistryConfig {
+                cluster_id: config.cluster_id.clone(),
+                network: config.network.clone(),
+                system_namespace: config.namespace.clone(),
+                trust_domain: config.trust_domain.clone(),
+                domain_suffix: config.domain_suffix.clone(),
+                debounce: config.debounce,
+                debounce_max: config.debounce_max,
+                remote_cluster_timeout: config.remote_cluster_timeout,
+            },
+            client,
+        );
+        let mut metrics_registry = prometheus_client::registry::Registry::default();
+        let xds_metrics = XdsMetrics::default();
+        xds_metrics.register(&mut metrics_registry);
+        let gauges = debug::MeshGauges::default();
+        gauges.register(&mut metrics_registry);
+        let xds = XdsServer::new(
+            registry.snapshots.clone(),
+            registry.pushes.clone(),
+            xds_metrics,
+            &config.cluster_id,
+        );
+        let ca = ca_service::CaService {
+            authority: authority.clone(),
+            clients: registry.clients.clone(),
+            local_cluster: config.cluster_id.clone(),
+            trust_domain: config.trust_domain.clone(),
+            audiences: config.token_audiences.clone(),
+        };
+        let debug_state = debug::DebugState {
+            snapshots: registry.snapshots.clone(),
+            ready: registry.ready.clone(),
+            xds: xds.clone(),
+            metrics: Arc::new(Mutex::new(metrics_registry)),
+            gauges,
+        };
+
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let xds_address =
+            serve::grpc_plaintext(&mut tasks, config.xds_address, xds.clone(), stopped.clone())
+                .await?;
+        let secure_xds_address = serve::grpc_tls(
+            &mut tasks,
+            config.secure_xds_address,
+            xds.clone(),
+            ca,
+            tls_config,
+            stopped.clone(),
+        )
+        .await?;
+        let monitoring_address =
+            serve::monitoring(&mut tasks, config.monitoring_address, debug_state, stopped).await?;
+        tracing::info!(%xds_address, %secure_xds_address, %monitoring_address, cluster = %config.cluster_id, "discovery serving");
+        Ok(Discovery {
+            xds_address,
+            secure_xds_address,
+            monitoring_address,
+            authority,
+            ca_origin,
+            registry,
+            xds,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The mesh roots (`root-cert.pem`) that proxies trust 15012 with.
+    pub fn roots_pem(&self) -> String {
+        self.authority.roots_pem()
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -19,5 +19,5 @@ pub mod vip;
 
 pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode};
 pub use gateway::{GatewayServer, IstioGateway, NetworkGateway};
-pub use mesh::{ClusterStatus, MeshSnapshot, ServiceEndpoints, SyncState};
+pub use mesh::{ClusterStatus, MeshSnapshot, Push, ServiceEndpoints, SyncState};
 pub use service::{ClusterService, Protocol, Service, ServicePort};

@@ -5,8 +5,9 @@ use crate::endpoint::Endpoint;
 use crate::gateway::{IstioGateway, NetworkGateway};
 use crate::service::Service;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Whether the control plane has a complete picture of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -108,6 +109,26 @@ impl MeshSnapshot {
 
     pub fn cluster(&self, id: &str) -> Option<&ClusterStatus> {
         self.clusters.iter().find(|c| c.id == id)
+    }
+}
+
+/// What one debounced batch of changes touched.
+#[derive(Debug)]
+pub struct Push {
+    pub snapshot: Arc<MeshSnapshot>,
+    /// Service definitions or Gateway objects changed: every type is regenerated.
+    pub full: bool,
+    /// Every service's endpoints may have changed (a network or network gateway changed).
+    pub all_endpoints: bool,
+    /// FQDNs of the services whose endpoints changed.
+    pub changed_endpoints: BTreeSet<String>,
+    /// When the first change of this batch reached the registry (for convergence times).
+    pub first_change: Instant,
+}
+
+impl Push {
+    pub fn endpoints_changed(&self, fqdn: &str) -> bool {
+        self.full || self.all_endpoints || self.changed_endpoints.contains(fqdn)
     }
 }
 

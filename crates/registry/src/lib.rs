@@ -14,9 +14,10 @@ pub mod records;
 pub mod remote_secrets;
 
 use causeway_model::MeshSnapshot;
-use std::collections::{BTreeMap, BTreeSet};
+pub use causeway_model::Push;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
 #[derive(Clone, Debug)]
@@ -47,26 +48,6 @@ impl RegistryConfig {
             debounce_max: Duration::from_secs(10),
             remote_cluster_timeout: Duration::from_secs(30),
         }
-    }
-}
-
-/// What one debounced batch of changes touched.
-#[derive(Debug)]
-pub struct Push {
-    pub snapshot: Arc<MeshSnapshot>,
-    /// Service definitions or Gateway objects changed: every type is regenerated.
-    pub full: bool,
-    /// Every service's endpoints may have changed (a network or network gateway changed).
-    pub all_endpoints: bool,
-    /// FQDNs of the services whose endpoints changed.
-    pub changed_endpoints: BTreeSet<String>,
-    /// When the first change of this batch reached the registry (for convergence times).
-    pub first_change: Instant,
-}
-
-impl Push {
-    pub fn endpoints_changed(&self, fqdn: &str) -> bool {
-        self.full || self.all_endpoints || self.changed_endpoints.contains(fqdn)
     }
 }
 

@@ -1,0 +1,190 @@
+//! `causeway discovery`: the control plane (istiod). Flags follow istiod's, with Istio's
+//! environment variable names where Istio has them.
+
+use anyhow::Context;
+use causeway_discovery::{Discovery, DiscoveryConfig, parse_listen_address};
+use clap::Args;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct DiscoveryArgs {
+    /// Kubeconfig of the control plane's own cluster (default: in-cluster, else $KUBECONFIG or ~/.kube/config)
+    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Context of that kubeconfig (default: its current context)
+    #[arg(long)]
+    context: Option<String>,
+    /// This cluster's ID in the mesh (values.global.multiCluster.clusterName)
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// This cluster's network (values.global.network)
+    #[arg(long, env = "NETWORK", default_value = "")]
+    network: String,
+    /// The mesh ID (values.global.meshID)
+    #[arg(long, env = "MESH_ID", default_value = "")]
+    mesh_id: String,
+    /// Trust domain of workload identities
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The control plane's namespace: remote secrets, cacerts, the network label
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    namespace: String,
+    /// Plaintext xDS
+    #[arg(long, default_value = ":15010", value_parser = parse_listen_address)]
+    xds_address: SocketAddr,
+    /// xDS and the CA service over TLS
+    #[arg(long, default_value = ":15012", value_parser = parse_listen_address)]
+    secure_xds_address: SocketAddr,
+    /// Debug endpoints, readiness and Prometheus metrics
+    #[arg(long, default_value = ":15014", value_parser = parse_listen_address)]
+    monitoring_address: SocketAddr,
+    /// Quiet time after a change before pushing (e.g. 100ms; 0 pushes at once)
+    #[arg(long, env = "PILOT_DEBOUNCE_AFTER", default_value = "100ms", value_parser = parse_duration)]
+    debounce: Duration,
+    /// Longest a push waits under a stream of changes
+    #[arg(long, env = "PILOT_DEBOUNCE_MAX", default_value = "10s", value_parser = parse_duration)]
+    debounce_max: Duration,
+    /// How long readiness waits for remote clusters to sync
+    #[arg(long, env = "PILOT_REMOTE_CLUSTER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    remote_cluster_timeout: Duration,
+    /// More DNS names or IPs for the 15012 serving certificate (repeatable)
+    #[arg(long = "dns-name", value_name = "NAME")]
+    dns_names: Vec<String>,
+    /// A cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) instead of the cacerts Secret
+    #[arg(long, value_name = "DIR")]
+    cacerts_dir: Option<PathBuf>,
+    /// Audiences a workload's token must carry (comma-separated)
+    #[arg(
+        long,
+        env = "TOKEN_AUDIENCES",
+        default_value = "istio-ca",
+        value_delimiter = ','
+    )]
+    token_audiences: Vec<String>,
+}
+
+/// Durations as Istio writes them: `100ms`, `1s`, `2m`, `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("`{text}` has no unit; write e.g. 100ms, 1s or 2m"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "us" | "µs" => value / 1_000_000.0,
+        _ => return Err(format!("`{unit}` is not a unit; use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+async fn cluster_client(args: &DiscoveryArgs) -> anyhow::Result<kube::Client> {
+    let config = match (&args.kubeconfig, &args.context) {
+        (None, None) => kube::Config::infer()
+            .await
+            .context("no in-cluster config and no kubeconfig; pass --kubeconfig and --context")?,
+        (path, context) => {
+            let kubeconfig = match path {
+                Some(path) => Kubeconfig::read_from(path)
+                    .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?,
+                None => {
+                    Kubeconfig::read().context("cannot read the kubeconfig; pass --kubeconfig")?
+                }
+            };
+            let options = KubeConfigOptions {
+                context: context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .with_context(|| format!("cannot use context {context:?} of the kubeconfig"))?
+        }
+    };
+    kube::Client::try_from(config).context("cannot build a client for the control plane's cluster")
+}
+
+pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let client = cluster_client(&args).await?;
+        let config = DiscoveryConfig {
+            network: args.network,
+            mesh_id: args.mesh_id,
+            trust_domain: args.trust_domain,
+            namespace: args.namespace,
+            xds_address: args.xds_address,
+            secure_xds_address: args.secure_xds_address,
+            monitoring_address: args.monitoring_address,
+            debounce: args.debounce,
+            debounce_max: args.debounce_max,
+            remote_cluster_timeout: args.remote_cluster_timeout,
+            extra_dns_names: args.dns_names,
+            cacerts_dir: args.cacerts_dir,
+            token_audiences: args.token_audiences,
+            ..DiscoveryConfig::new(&args.cluster_id)
+        };
+        let discovery = Discovery::start(config, client).await?;
+        // One line on stdout, for scripts: where everything listens.
+        println!(
+            "{}",
+            serde_json::json!({
+                "xds": discovery.xds_address.to_string(),
+                "secure_xds": discovery.secure_xds_address.to_string(),
+                "monitoring": discovery.monitoring_address.to_string(),
+                "ca": discovery.ca_origin.to_string(),
+            })
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        discovery.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_istio_writes_them() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("100").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5d").unwrap_err().contains("not a unit"));
+        assert!(parse_duration("ms").is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! `causeway remote-clusters` and `causeway proxy-status`: istioctl's commands of the same names,
+//! reading discovery's debug endpoints (`/debug/clusterz`, `/debug/syncz`).
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Empty};
+use serde_json::Value;
+use std::time::Duration;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Discovery's monitoring address (its --monitoring-address)
+    #[arg(
+        long,
+        default_value = "127.0.0.1:15014",
+        env = "CAUSEWAY_DISCOVERY_MONITORING"
+    )]
+    discovery_address: String,
+}
+
+async fn get_json(address: &str, path: &str) -> anyhow::Result<Value> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .with_context(|| format!("cannot reach discovery's monitoring port at {address}; is `causeway discovery` running, and is --discovery-address right?"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with discovery failed")?;
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, address)
+        .body(Empty::<Bytes>::new())
+        .context("building the request")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("the request to discovery failed")?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading discovery's answer")?
+        .to_bytes();
+    if !status.is_success() {
+        bail!(
+            "discovery answered {path} with {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    serde_json::from_slice(&body)
+        .with_context(|| format!("discovery's answer to {path} is not JSON"))
+}
+
+fn fetch(address: &str, path: &str) -> anyhow::Result<Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        tokio::time::timeout(REQUEST_TIMEOUT, get_json(address, path))
+            .await
+            .with_context(|| {
+                format!("discovery at {address} did not answer {path} within {REQUEST_TIMEOUT:?}")
+            })?
+    })
+}
+
+/// Columns padded to their widest cell, two spaces apart, as kubectl and istioctl print.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn text(value: &Value, key: &str) -> String {
+    match value.get(key) {
+        Some(Value::String(text)) if !text.is_empty() => text.clone(),
+        _ => "-".into(),
+    }
+}
+
+pub fn remote_clusters_table(clusterz: &Value) -> String {
+    let rows: Vec<Vec<String>> = clusterz
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|cluster| {
+            vec![
+                text(cluster, "id"),
+                text(cluster, "secret"),
+                text(cluster, "sync_status"),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SECRET", "STATUS"], &rows)
+}
+
+pub fn proxy_status_table(syncz: &Value) -> String {
+    let rows: Vec<Vec<String>> = syncz
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|proxy| {
+            let state = |short: &str| {
+                proxy
+                    .get("types")
+                    .and_then(|types| types.get(short))
+                    .and_then(|status| status.get("state"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("NOT SENT")
+                    .to_owned()
+            };
+            vec![
+                text(proxy, "proxy"),
+                text(proxy, "cluster_id"),
+                text(proxy, "proxy_type"),
+                state("CDS"),
+                state("LDS"),
+                state("EDS"),
+                state("RDS"),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "CLUSTER", "TYPE", "CDS", "LDS", "EDS", "RDS"],
+        &rows,
+    )
+}
+
+pub fn remote_clusters(args: StatusArgs) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        remote_clusters_table(&fetch(&args.discovery_address, "/debug/clusterz")?)
+    );
+    Ok(())
+}
+
+pub fn proxy_status(args: StatusArgs) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        proxy_status_table(&fetch(&args.discovery_address, "/debug/syncz")?)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align_and_fill_gaps() {
+        let clusters = json!([
+            {"id": "cluster01", "secret": null, "sync_status": "synced"},
+            {"id": "cluster02", "secret": "istio-system/istio-remote-secret-cluster02", "sync_status": "syncing"}
+        ]);
+        assert_eq!(
+            remote_clusters_table(&clusters),
+            "NAME       SECRET                                      STATUS\n\
+             cluster01  -                                           synced\n\
+             cluster02  istio-system/istio-remote-secret-cluster02  syncing\n"
+        );
+        let proxies = json!([{"proxy": "grpc-client", "cluster_id": "cluster01", "proxy_type": "grpc",
+                              "types": {"LDS": {"state": "SYNCED"}, "EDS": {"state": "STALE"}}}]);
+        let printed = proxy_status_table(&proxies);
+        assert!(
+            printed.lines().nth(1).unwrap().starts_with(
+                "grpc-client  cluster01  grpc  NOT SENT  SYNCED    STALE     NOT SENT"
+            ),
+            "{printed}"
+        );
+    }
+}

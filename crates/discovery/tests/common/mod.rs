@@ -1,0 +1,133 @@
+//! A two-cluster mesh on lab API servers: cluster01 (network1) runs discovery and holds
+//! cluster02's (network2) remote secret. helloworld v1 runs in cluster01, v2 in cluster02.
+#![allow(dead_code)]
+
+use causeway_discovery::{Discovery, testing};
+use causeway_lab::apiserver::RunningApiServer;
+use causeway_lab::testing::fixtures::{self, TestPod};
+use causeway_lab::testing::{self as lab, eventually};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const HELLOWORLD: &str = "helloworld.sample.svc.cluster.local";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Mesh {
+    pub one: RunningApiServer,
+    pub two: RunningApiServer,
+    pub client01: kube::Client,
+    pub client02: kube::Client,
+    pub discovery: Discovery,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn pod<'a>(name: &'a str, app: &'a str, ip: &'a str, version: &str) -> TestPod<'a> {
+    TestPod {
+        name,
+        app,
+        service_account: app,
+        ip,
+        ready: true,
+        labels: json!({"version": version}),
+    }
+}
+
+async fn cluster(
+    name: &str,
+    subnet: &str,
+    network: &str,
+    dir: &std::path::Path,
+) -> (RunningApiServer, kube::Client) {
+    let mut config = lab::config(name, dir);
+    config.service_subnet = subnet.parse().unwrap();
+    let server = lab::start(config).await;
+    let client = lab::client(name, &server).await;
+    fixtures::namespace(
+        &client,
+        "istio-system",
+        json!({"topology.istio.io/network": network}),
+    )
+    .await;
+    fixtures::namespace(&client, "sample", json!({})).await;
+    (server, client)
+}
+
+/// `gateway`: whether cluster02 has an east-west gateway (at 172.18.255.2).
+pub async fn two_cluster_mesh(gateway: bool) -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, client01) = cluster("cluster01", "10.96.0.0/16", "network1", dir.path()).await;
+    let (two, client02) = cluster("cluster02", "10.97.0.0/16", "network2", dir.path()).await;
+    for client in [&client01, &client02] {
+        fixtures::service(
+            client,
+            "sample",
+            "helloworld",
+            "helloworld",
+            &[("http", 5000)],
+        )
+        .await;
+    }
+    fixtures::pod(
+        &client01,
+        "sample",
+        pod("helloworld-v1", "helloworld", "10.10.0.5", "v1"),
+    )
+    .await;
+    fixtures::pod(
+        &client02,
+        "sample",
+        pod("helloworld-v2", "helloworld", "10.20.0.5", "v2"),
+    )
+    .await;
+    if gateway {
+        fixtures::network_gateway(&client02, "network2", "172.18.255.2").await;
+    }
+    let secret = fixtures::remote_secret("cluster02", &lab::access("cluster02", &two));
+    Api::<Secret>::namespaced(client01.clone(), "istio-system")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let discovery = Discovery::start(testing::config("cluster01", "network1"), client01.clone())
+        .await
+        .expect("discovery starts");
+    let mut ready = discovery.registry.ready.clone();
+    tokio::time::timeout(WAIT, ready.wait_for(|ready| *ready))
+        .await
+        .unwrap()
+        .unwrap();
+    let snapshots = discovery.registry.snapshots.clone();
+    eventually("both clusters' endpoints", WAIT, || {
+        let count = snapshots.borrow().endpoints_of(HELLOWORLD).len();
+        async move { (count == 2).then_some(()) }
+    })
+    .await;
+    Mesh {
+        one,
+        two,
+        client01,
+        client02,
+        discovery,
+        dir,
+    }
+}
+
+/// `GET path` on the monitoring port, as JSON (or text under `"text"` when not JSON).
+pub async fn get(address: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = serde_json::from_str(body).unwrap_or_else(|_| json!({"text": body}));
+    (status, body)
+}

@@ -1,0 +1,412 @@
+//! xDS against a two-cluster mesh: what sidecars, routers and both protocol variants are sent,
+//! split horizon, endpoint-only pushes, ACK/NACK bookkeeping.
+
+mod common;
+
+use causeway_lab::testing::fixtures;
+use causeway_xds::resources::{CLUSTER, ENDPOINT, LISTENER};
+use causeway_xds::testing::{DeltaClient, SotwClient, decode, node};
+use common::{HELLOWORLD, Mesh, WAIT, get, two_cluster_mesh};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::google::protobuf::value::Kind;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+use std::time::Duration;
+
+const OUTBOUND: &str = "outbound|5000||helloworld.sample.svc.cluster.local";
+
+/// `(address, port, weight, network, cluster, tlsMode)` of every endpoint in an assignment.
+fn endpoints(
+    assignment: &ClusterLoadAssignment,
+) -> Vec<(String, u32, u32, String, String, String)> {
+    let mut found = Vec::new();
+    for locality in &assignment.endpoints {
+        assert!(
+            locality.load_balancing_weight.is_some_and(|w| w.value > 0),
+            "localities carry a weight"
+        );
+        for endpoint in &locality.lb_endpoints {
+            let Some(HostIdentifier::Endpoint(inner)) = &endpoint.host_identifier else {
+                panic!("an endpoint")
+            };
+            let Some(address::Address::SocketAddress(socket)) =
+                inner.address.as_ref().and_then(|a| a.address.clone())
+            else {
+                panic!("a socket address")
+            };
+            let Some(PortSpecifier::PortValue(port)) = socket.port_specifier else {
+                panic!("a port")
+            };
+            let metadata = endpoint
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .filter_metadata;
+            let field = |filter: &str, key: &str| match metadata
+                .get(filter)
+                .and_then(|s| s.fields.get(key))
+                .and_then(|v| v.kind.clone())
+            {
+                Some(Kind::StringValue(text)) => text,
+                _ => String::new(),
+            };
+            found.push((
+                socket.address,
+                port,
+                endpoint.load_balancing_weight.map(|w| w.value).unwrap_or(1),
+                field("istio", "network"),
+                field("istio", "cluster"),
+                field("envoy.transport_socket_match", "tlsMode"),
+            ));
+        }
+    }
+    found.sort();
+    found
+}
+
+fn sidecar_node(network: &str) -> envoy_types::pb::envoy::config::core::v3::Node {
+    node(
+        "sidecar",
+        "10.10.0.9",
+        "sleep-abc",
+        "sample",
+        &[("CLUSTER_ID", "cluster01"), ("NETWORK", network)],
+        &[("app", "sleep")],
+    )
+}
+
+async fn assignment_of(client: &mut SotwClient) -> ClusterLoadAssignment {
+    let response = client.recv_type(ENDPOINT).await;
+    assert_eq!(
+        response.resources.len(),
+        1,
+        "only the changed cluster is sent"
+    );
+    decode(&response.resources[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_see_other_networks_through_their_gateway_and_get_endpoint_only_pushes() {
+    let mesh: Mesh = two_cluster_mesh(true).await;
+    let mut sidecar =
+        SotwClient::connect(mesh.discovery.xds_address, sidecar_node("network1")).await;
+
+    sidecar.request(CLUSTER, &[], "", "", None).await;
+    let clusters = sidecar.recv_type(CLUSTER).await;
+    let names: Vec<String> = clusters
+        .resources
+        .iter()
+        .map(|r| decode::<Cluster>(r).name)
+        .collect();
+    assert!(names.contains(&OUTBOUND.to_owned()), "{names:?}");
+    assert!(names.contains(&"PassthroughCluster".to_owned()));
+    sidecar.ack(&clusters, &[]).await;
+
+    sidecar.request(ENDPOINT, &[OUTBOUND], "", "", None).await;
+    let response = sidecar.recv_type(ENDPOINT).await;
+    let assignment: ClusterLoadAssignment = decode(&response.resources[0]);
+    assert_eq!(
+        endpoints(&assignment),
+        [
+            (
+                "10.10.0.5".into(),
+                5000,
+                1,
+                "network1".into(),
+                "cluster01".into(),
+                "istio".into()
+            ),
+            (
+                "172.18.255.2".into(),
+                15443,
+                1,
+                "network2".into(),
+                "cluster02".into(),
+                "istio".into()
+            ),
+        ],
+        "cluster02's endpoint is replaced by its network's gateway"
+    );
+    sidecar.ack(&response, &[OUTBOUND]).await;
+
+    sidecar.request(LISTENER, &[], "", "", None).await;
+    let listeners = sidecar.recv_type(LISTENER).await;
+    let listener_names: Vec<String> = listeners
+        .resources
+        .iter()
+        .map(|r| decode::<Listener>(r).name)
+        .collect();
+    let service: Service = Api::namespaced(mesh.client01.clone(), "sample")
+        .get("helloworld")
+        .await
+        .unwrap();
+    let vip = service.spec.unwrap().cluster_ip.unwrap();
+    assert!(
+        listener_names.contains(&format!("{vip}_5000")),
+        "{listener_names:?}"
+    );
+    assert!(listener_names.contains(&"virtualOutbound".to_owned()));
+    sidecar.ack(&listeners, &[]).await;
+
+    // Two more v2 pods behind the gateway: only EDS is pushed, and the gateway's weight follows.
+    for (name, ip) in [
+        ("helloworld-v2b", "10.20.0.6"),
+        ("helloworld-v2c", "10.20.0.7"),
+    ] {
+        fixtures::pod(
+            &mesh.client02,
+            "sample",
+            common::pod(name, "helloworld", ip, "v2"),
+        )
+        .await;
+    }
+    let weight = tokio::time::timeout(WAIT, async {
+        loop {
+            let response = sidecar.recv().await;
+            assert_eq!(
+                response.type_url, ENDPOINT,
+                "an endpoint change pushes nothing but EDS"
+            );
+            let assignment: ClusterLoadAssignment = decode(&response.resources[0]);
+            sidecar.ack(&response, &[OUTBOUND]).await;
+            let via_gateway = endpoints(&assignment)
+                .into_iter()
+                .find(|e| e.0 == "172.18.255.2")
+                .unwrap();
+            if via_gateway.2 == 3 {
+                return via_gateway.2;
+            }
+        }
+    })
+    .await
+    .expect("the gateway's weight reaches 3");
+    assert_eq!(weight, 3);
+
+    // A pod going unready leaves EDS; proxy-status shows the stream synced.
+    fixtures::set_pod(&mesh.client01, "sample", "helloworld-v1", None, false).await;
+    let assignment = assignment_of(&mut sidecar).await;
+    assert!(
+        endpoints(&assignment).iter().all(|e| e.0 != "10.10.0.5"),
+        "the unready pod is gone"
+    );
+    sidecar.request(ENDPOINT, &[OUTBOUND], "", "", None).await; // stale nonce: ignored
+    assert!(
+        sidecar
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a stale request gets no answer"
+    );
+    let (status, syncz) = get(mesh.discovery.monitoring_address, "/debug/syncz").await;
+    assert_eq!(status, 200);
+    let proxy = &syncz.as_array().unwrap()[0];
+    assert_eq!(proxy["proxy_type"], "sidecar");
+    assert_eq!(proxy["types"]["CDS"]["state"], "SYNCED", "{proxy}");
+    assert_eq!(proxy["types"]["LDS"]["state"], "SYNCED", "{proxy}");
+    assert_eq!(
+        proxy["types"]["EDS"]["state"], "STALE",
+        "the last EDS push is not ACKed yet: {proxy}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_gateway_other_networks_contribute_nothing() {
+    let mesh = two_cluster_mesh(false).await;
+    let mut sidecar =
+        SotwClient::connect(mesh.discovery.xds_address, sidecar_node("network1")).await;
+    sidecar.request(ENDPOINT, &[OUTBOUND], "", "", None).await;
+    let assignment = assignment_of(&mut sidecar).await;
+    assert_eq!(endpoints(&assignment).len(), 1);
+    assert_eq!(endpoints(&assignment)[0].0, "10.10.0.5");
+
+    // The gateway appears: every service's endpoints change, cluster02's now through it.
+    fixtures::network_gateway(&mesh.client02, "network2", "172.18.255.9").await;
+    let assignment = tokio::time::timeout(WAIT, async {
+        loop {
+            let assignment = assignment_of(&mut sidecar).await;
+            if endpoints(&assignment).len() == 2 {
+                return assignment;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(endpoints(&assignment)[1].0, "172.18.255.9");
+
+    // A proxy on network2 sees cluster02's pod directly and cluster01's not at all (no gateway).
+    let mut remote =
+        SotwClient::connect(mesh.discovery.xds_address, sidecar_node("network2")).await;
+    remote.request(ENDPOINT, &[OUTBOUND], "", "", None).await;
+    let seen = endpoints(&assignment_of(&mut remote).await);
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].0.as_str(), seen[0].1), ("10.20.0.5", 5000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_streams_get_changes_removals_and_nacks_do_not_loop() {
+    let mesh = two_cluster_mesh(true).await;
+    let mut delta =
+        DeltaClient::connect(mesh.discovery.xds_address, sidecar_node("network1")).await;
+    delta.request(CLUSTER, &[], &[], "", None).await;
+    let clusters = delta.recv_type(CLUSTER).await;
+    assert!(clusters.resources.iter().any(|r| r.name == OUTBOUND));
+    assert!(clusters.resources.iter().all(|r| !r.version.is_empty()));
+    delta.ack(&clusters).await;
+    delta.request(ENDPOINT, &[OUTBOUND], &[], "", None).await;
+    let first = delta.recv_type(ENDPOINT).await;
+    assert_eq!(first.resources.len(), 1);
+    // NACK it: recorded, visible, never answered by a resend.
+    delta
+        .request(
+            ENDPOINT,
+            &[],
+            &[],
+            &first.nonce,
+            Some("rejected for the test"),
+        )
+        .await;
+    assert!(
+        delta
+            .recv_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a NACK must not cause a resend"
+    );
+    let (_, syncz) = get(mesh.discovery.monitoring_address, "/debug/syncz").await;
+    let eds = &syncz[0]["types"]["EDS"];
+    assert_eq!(eds["state"], "STALE");
+    assert_eq!(eds["rejected"], "rejected for the test");
+    assert_eq!(syncz[0]["delta"], true);
+    let (_, metrics) = get(mesh.discovery.monitoring_address, "/metrics").await;
+    let metrics = metrics["text"].as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("pilot_total_xds_rejects_total{type=\"eds\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pilot_xds 1"), "{metrics}");
+
+    // A new service: CDS sends just the new clusters; deleting it sends their removal.
+    fixtures::service(
+        &mesh.client01,
+        "sample",
+        "extra",
+        "extra",
+        &[("http", 9000)],
+    )
+    .await;
+    let added = delta.recv_type(CLUSTER).await;
+    let added_names: Vec<&str> = added.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        added_names,
+        ["outbound|9000||extra.sample.svc.cluster.local"]
+    );
+    delta.ack(&added).await;
+    Api::<Service>::namespaced(mesh.client01.clone(), "sample")
+        .delete("extra", &DeleteParams::default())
+        .await
+        .unwrap();
+    let removed = delta.recv_type(CLUSTER).await;
+    assert!(removed.resources.is_empty());
+    assert_eq!(
+        removed.removed_resources,
+        ["outbound|9000||extra.sample.svc.cluster.local"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_expose_gateway_hosts_with_their_own_networks_endpoints() {
+    let mesh = two_cluster_mesh(true).await;
+    let gateway = json!({
+        "apiVersion": "networking.istio.io/v1alpha3", "kind": "Gateway",
+        "metadata": {"name": "cross-network-gateway", "namespace": "istio-system"},
+        "spec": {"selector": {"istio": "eastwestgateway"},
+                 "servers": [{"port": {"number": 15443, "name": "tls", "protocol": "TLS"},
+                              "tls": {"mode": "AUTO_PASSTHROUGH"}, "hosts": ["*.local"]}]}
+    });
+    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1alpha3",
+        "Gateway",
+    ));
+    let gateways: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(mesh.client01.clone(), "istio-system", &resource);
+    gateways
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(gateway).unwrap(),
+        )
+        .await
+        .unwrap();
+    let router_node = node(
+        "router",
+        "10.10.0.200",
+        "istio-eastwestgateway-1",
+        "istio-system",
+        &[
+            ("CLUSTER_ID", "cluster01"),
+            ("NETWORK", "network1"),
+            ("ROUTER_MODE", "sni-dnat"),
+            ("REQUESTED_NETWORK_VIEW", "network1"),
+        ],
+        &[("istio", "eastwestgateway")],
+    );
+    let mut router = SotwClient::connect(mesh.discovery.xds_address, router_node).await;
+    let sni = "outbound_.5000_._.helloworld.sample.svc.cluster.local";
+    let listener = tokio::time::timeout(WAIT, async {
+        loop {
+            router.request(LISTENER, &[], "", "", None).await;
+            let response = router.recv_type(LISTENER).await;
+            if let Some(resource) = response.resources.first() {
+                return decode::<Listener>(resource);
+            }
+            router = SotwClient::connect(mesh.discovery.xds_address, router.node.clone()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the Gateway object reaches the router");
+    assert_eq!(listener.name, "0.0.0.0_15443");
+    let chain = listener
+        .filter_chains
+        .iter()
+        .find(|chain| {
+            chain
+                .filter_chain_match
+                .as_ref()
+                .is_some_and(|m| m.server_names == [sni])
+        })
+        .expect("a filter chain for helloworld's SNI");
+    assert_eq!(chain.name, sni);
+    router.request(ENDPOINT, &[sni], "", "", None).await;
+    let response = router.recv_type(ENDPOINT).await;
+    let seen = endpoints(&decode(&response.resources[0]));
+    assert_eq!(
+        seen.len(),
+        1,
+        "only network1's endpoint, never a gateway: {seen:?}"
+    );
+    assert_eq!((seen[0].0.as_str(), seen[0].1), ("10.10.0.5", 5000));
+    let _ = HELLOWORLD;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_a_node_is_refused_with_a_reason() {
+    let mesh = two_cluster_mesh(false).await;
+    let mut client =
+        SotwClient::connect(mesh.discovery.xds_address, sidecar_node("network1")).await;
+    client.request(CLUSTER, &[], "", "", None).await;
+    assert!(client.recv_within(WAIT).await.is_some());
+    // A second stream that never sends its node.
+    let mut anonymous = SotwClient::connect(mesh.discovery.xds_address, Default::default()).await;
+    anonymous.node.id.clear();
+    anonymous.request(CLUSTER, &[], "", "", None).await;
+    // The node is present but empty: accepted as a sidecar of the control plane's cluster.
+    assert!(anonymous.recv_within(WAIT).await.is_some());
+}

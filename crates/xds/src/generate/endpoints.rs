@@ -1,0 +1,162 @@
+//! EDS: ClusterLoadAssignments through the split-horizon view, cached across streams.
+
+use crate::envoy::{metadata, socket_address, string_value};
+use crate::resources::{Resource, parse_service_name};
+use causeway_model::split_horizon::{View, VisibleEndpoint, visible_endpoints};
+use causeway_model::{MeshSnapshot, NetworkGateway, Service, ServiceEndpoints};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// The ClusterLoadAssignment for `cluster_name`, or `None` when the name is not a service port
+/// cluster. A known name without endpoints gets an empty assignment (the service has none now).
+pub fn load_assignment(
+    cluster_name: &str,
+    snapshot: &MeshSnapshot,
+    view: View<'_>,
+) -> Option<ClusterLoadAssignment> {
+    let (port_number, fqdn) = parse_service_name(cluster_name)?;
+    let service = snapshot.services.get(fqdn);
+    let port = service.and_then(|s| s.port(port_number));
+    let visible = match port {
+        Some(port) => visible_endpoints(
+            snapshot.endpoints_of(fqdn),
+            port,
+            view,
+            &snapshot.network_gateways,
+        ),
+        None => Vec::new(),
+    };
+    Some(ClusterLoadAssignment {
+        cluster_name: cluster_name.to_owned(),
+        endpoints: by_locality(&visible),
+        ..ClusterLoadAssignment::default()
+    })
+}
+
+fn by_locality(visible: &[VisibleEndpoint<'_>]) -> Vec<LocalityLbEndpoints> {
+    let mut groups: BTreeMap<&causeway_model::Locality, Vec<&VisibleEndpoint<'_>>> =
+        BTreeMap::new();
+    for endpoint in visible {
+        groups.entry(endpoint.locality).or_default().push(endpoint);
+    }
+    groups
+        .into_iter()
+        .map(|(locality, endpoints)| LocalityLbEndpoints {
+            locality: Some(Locality {
+                region: locality.region.clone(),
+                zone: locality.zone.clone(),
+                sub_zone: locality.subzone.clone(),
+            }),
+            // gRPC ignores localities without a weight.
+            load_balancing_weight: Some(UInt32Value {
+                value: endpoints.iter().map(|e| e.weight).sum::<u32>().max(1),
+            }),
+            lb_endpoints: endpoints.into_iter().map(lb_endpoint).collect(),
+            ..LocalityLbEndpoints::default()
+        })
+        .collect()
+}
+
+fn lb_endpoint(endpoint: &VisibleEndpoint<'_>) -> LbEndpoint {
+    let mut istio = vec![
+        ("network", string_value(endpoint.network)),
+        ("cluster", string_value(endpoint.cluster)),
+    ];
+    if let Some(identity) = endpoint.identity {
+        istio.push(("identity", string_value(identity)));
+    }
+    if endpoint.via_gateway {
+        istio.push(("gateway", crate::envoy::bool_value(true)));
+    }
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket_address(endpoint.address, endpoint.port)),
+            ..Endpoint::default()
+        })),
+        health_status: HealthStatus::Healthy as i32,
+        load_balancing_weight: Some(UInt32Value {
+            value: endpoint.weight,
+        }),
+        metadata: Some(metadata([
+            (
+                "envoy.transport_socket_match",
+                vec![("tlsMode", string_value(endpoint.tls_mode.as_str()))],
+            ),
+            ("istio", istio),
+        ])),
+    }
+}
+
+/// What an assignment was computed from; equal inputs give an equal assignment.
+struct CachedAssignment {
+    service: Option<Arc<Service>>,
+    endpoints: Option<Arc<ServiceEndpoints>>,
+    gateways: Arc<Vec<NetworkGateway>>,
+    resource: Arc<Resource>,
+}
+
+/// Assignments shared by every stream with the same view: a thousand sidecars on one network
+/// get the very same encoded bytes, computed once per change.
+#[derive(Default)]
+pub struct EndpointCache {
+    entries: Mutex<HashMap<(String, String), CachedAssignment>>,
+}
+
+fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl EndpointCache {
+    pub fn get(
+        &self,
+        cluster_name: &str,
+        snapshot: &MeshSnapshot,
+        view: View<'_>,
+    ) -> Option<Arc<Resource>> {
+        let (_, fqdn) = parse_service_name(cluster_name)?;
+        let service = snapshot.services.get(fqdn).cloned();
+        let endpoints = snapshot.endpoints.get(fqdn).cloned();
+        let view_key = match view {
+            View::Network(network) => format!("n:{network}"),
+            View::Router(networks) => format!("r:{}", networks.join(",")),
+        };
+        let key = (cluster_name.to_owned(), view_key);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = entries.get(&key)
+            && same(&cached.service, &service)
+            && same(&cached.endpoints, &endpoints)
+            && Arc::ptr_eq(&cached.gateways, &snapshot.network_gateways)
+        {
+            return Some(cached.resource.clone());
+        }
+        let assignment = load_assignment(cluster_name, snapshot, view)?;
+        let resource = Resource::new(cluster_name, &assignment);
+        entries.insert(
+            key,
+            CachedAssignment {
+                service,
+                endpoints,
+                gateways: snapshot.network_gateways.clone(),
+                resource: resource.clone(),
+            },
+        );
+        Some(resource)
+    }
+
+    /// Drops entries of services that no longer exist.
+    pub fn retain_existing(&self, snapshot: &MeshSnapshot) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(name, _), _| {
+            parse_service_name(name).is_some_and(|(_, fqdn)| snapshot.services.contains_key(fqdn))
+        });
+    }
+}

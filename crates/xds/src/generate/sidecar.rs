@@ -1,0 +1,344 @@
+//! Sidecars: outbound clusters per service port (EDS, Istio mTLS to endpoints labelled
+//! `tlsMode=istio`), inbound clusters for the workload's own ports, and the listeners that map a
+//! service VIP and port to its cluster (`virtualOutbound` on 15001, `virtualInbound` on 15006).
+
+use super::common::{eds_cluster, tcp_proxy_filter};
+use crate::envoy::{any, fields, list_value, metadata, seconds, socket_address, string_value};
+use crate::proxy::ProxyInfo;
+use crate::resources::{Resource, inbound_cluster, outbound_cluster, sni_cluster};
+use causeway_model::{MeshSnapshot, Protocol, Service, ServicePort};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster,
+    cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy, TransportSocketMatch},
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    TrafficDirection, TransportSocket, transport_socket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, UpstreamTlsContext,
+    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    subject_alt_name_matcher::SanType,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PORT: u16 = 15006;
+/// The SDS names Istio's proxies resolve locally: the workload certificate and the mesh roots.
+const WORKLOAD_CERTIFICATE: &str = "default";
+const ROOT_CERTIFICATES: &str = "ROOTCA";
+
+/// The service ports a sidecar routes: everything but UDP.
+pub fn routable_ports(service: &Service) -> impl Iterator<Item = &ServicePort> {
+    service
+        .ports
+        .iter()
+        .filter(|port| port.protocol != Protocol::Udp)
+}
+
+fn istio_tls_context(identities: &BTreeSet<&str>) -> CommonTlsContext {
+    let sds = |name: &str| SdsSecretConfig {
+        name: name.to_owned(),
+        ..SdsSecretConfig::default()
+    };
+    let san_matchers = identities
+        .iter()
+        .map(|identity| SubjectAltNameMatcher {
+            san_type: SanType::Uri as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact((*identity).to_owned())),
+                ..StringMatcher::default()
+            }),
+            ..SubjectAltNameMatcher::default()
+        })
+        .collect();
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_CERTIFICATE)],
+        validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+            CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_typed_subject_alt_names: san_matchers,
+                    ..CertificateValidationContext::default()
+                }),
+                validation_context_sds_secret_config: Some(sds(ROOT_CERTIFICATES)),
+                ..CombinedCertificateValidationContext::default()
+            },
+        )),
+        alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
+        ..CommonTlsContext::default()
+    }
+}
+
+fn transport_socket<M: prost::Message + prost::Name>(name: &str, config: &M) -> TransportSocket {
+    TransportSocket {
+        name: name.to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(config))),
+    }
+}
+
+fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSnapshot) -> Cluster {
+    let name = outbound_cluster(port.port, &service.fqdn);
+    let identities: BTreeSet<&str> = snapshot
+        .endpoints_of(&service.fqdn)
+        .iter()
+        .filter_map(|e| e.identity.as_deref())
+        .collect();
+    let upstream = UpstreamTlsContext {
+        common_tls_context: Some(istio_tls_context(&identities)),
+        // Gateways route on it; sidecars ignore it.
+        sni: sni_cluster(port.port, &service.fqdn),
+        ..UpstreamTlsContext::default()
+    };
+    let tls_mode = |mode: &str| Some(fields([("tlsMode", string_value(mode))]));
+    Cluster {
+        transport_socket_matches: vec![
+            TransportSocketMatch {
+                name: "tlsMode-istio".into(),
+                r#match: tls_mode("istio"),
+                transport_socket: Some(transport_socket("envoy.transport_sockets.tls", &upstream)),
+            },
+            TransportSocketMatch {
+                name: "tlsMode-disabled".into(),
+                r#match: Some(fields([])),
+                transport_socket: Some(transport_socket(
+                    "envoy.transport_sockets.raw_buffer",
+                    &RawBuffer {},
+                )),
+            },
+        ],
+        metadata: Some(metadata([(
+            "istio",
+            vec![
+                ("hostname", string_value(&service.fqdn)),
+                ("name", string_value(&service.name)),
+                ("namespace", string_value(&service.namespace)),
+                ("protocol", string_value(port.protocol.as_str())),
+            ],
+        )])),
+        ..eds_cluster(&name)
+    }
+}
+
+/// `(service port, workload port)` of every service port the proxy's own workload serves.
+fn inbound_ports(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> BTreeSet<u16> {
+    let Some(namespace) = proxy.namespace.as_deref() else {
+        return BTreeSet::new();
+    };
+    let mut ports = BTreeSet::new();
+    for service in snapshot.services_selecting(&proxy.cluster, namespace, &proxy.labels) {
+        let own_endpoint = snapshot
+            .endpoints_of(&service.fqdn)
+            .iter()
+            .find(|e| e.cluster == proxy.cluster && Some(e.address) == proxy.ip);
+        for port in routable_ports(service) {
+            let target = own_endpoint
+                .and_then(|e| e.port_for(&port.name))
+                .unwrap_or(port.port);
+            ports.insert(target);
+        }
+    }
+    ports
+}
+
+fn static_cluster(name: &str, address: Option<(IpAddr, u16)>) -> Cluster {
+    let endpoints = address
+        .map(|(ip, port)| LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(socket_address(ip, port)),
+                    ..Endpoint::default()
+                })),
+                load_balancing_weight: Some(UInt32Value { value: 1 }),
+                ..LbEndpoint::default()
+            }],
+            ..LocalityLbEndpoints::default()
+        })
+        .into_iter()
+        .collect();
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(seconds(10)),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints,
+            ..ClusterLoadAssignment::default()
+        }),
+        ..Cluster::default()
+    }
+}
+
+fn original_destination_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(seconds(10)),
+        ..Cluster::default()
+    }
+}
+
+pub fn clusters(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>> {
+    let mut resources = Vec::new();
+    for service in snapshot.services.values() {
+        for port in routable_ports(service) {
+            let cluster = outbound_cluster_for(service, port, snapshot);
+            resources.push(Resource::new(cluster.name.clone(), &cluster));
+        }
+    }
+    let workload = proxy.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    for port in inbound_ports(snapshot, proxy) {
+        let cluster = static_cluster(&inbound_cluster(port), Some((workload, port)));
+        resources.push(Resource::new(cluster.name.clone(), &cluster));
+    }
+    for cluster in [
+        original_destination_cluster(PASSTHROUGH_CLUSTER),
+        original_destination_cluster(INBOUND_PASSTHROUGH_CLUSTER),
+        static_cluster(BLACKHOLE_CLUSTER, None),
+    ] {
+        resources.push(Resource::new(cluster.name.clone(), &cluster));
+    }
+    resources
+}
+
+fn unspecified() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..ListenerFilter::default()
+    }
+}
+
+fn inbound_listener(ports: &BTreeSet<u16>) -> Listener {
+    let downstream = DownstreamTlsContext {
+        common_tls_context: Some(istio_tls_context(&BTreeSet::new())),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..DownstreamTlsContext::default()
+    };
+    let mut chains = Vec::new();
+    for port in ports {
+        let cluster = inbound_cluster(*port);
+        let port_match = |transport: &str| FilterChainMatch {
+            destination_port: Some(UInt32Value {
+                value: u32::from(*port),
+            }),
+            transport_protocol: transport.to_owned(),
+            ..FilterChainMatch::default()
+        };
+        chains.push(FilterChain {
+            name: format!("{cluster}-mtls"),
+            filter_chain_match: Some(port_match("tls")),
+            filters: vec![tcp_proxy_filter(&cluster)],
+            transport_socket: Some(transport_socket("envoy.transport_sockets.tls", &downstream)),
+            ..FilterChain::default()
+        });
+        // PERMISSIVE, Istio's default: plaintext is accepted beside mTLS.
+        chains.push(FilterChain {
+            name: format!("{cluster}-plaintext"),
+            filter_chain_match: Some(port_match("")),
+            filters: vec![tcp_proxy_filter(&cluster)],
+            ..FilterChain::default()
+        });
+    }
+    chains.push(FilterChain {
+        name: "virtualInbound-catchall-tcp".into(),
+        filters: vec![tcp_proxy_filter(INBOUND_PASSTHROUGH_CLUSTER)],
+        ..FilterChain::default()
+    });
+    Listener {
+        name: "virtualInbound".into(),
+        address: Some(socket_address(unspecified(), INBOUND_PORT)),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        listener_filters: vec![tls_inspector()],
+        filter_chains: chains,
+        use_original_dst: Some(BoolValue { value: true }),
+        ..Listener::default()
+    }
+}
+
+fn outbound_service_listener(
+    service: &Service,
+    port: &ServicePort,
+    vip: IpAddr,
+    proxy: &ProxyInfo,
+) -> Listener {
+    let aliases = service.host_aliases(proxy.namespace.as_deref());
+    Listener {
+        name: format!("{vip}_{}", port.port),
+        address: Some(socket_address(vip, port.port)),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        // Reached through virtualOutbound's original destination, never bound itself.
+        bind_to_port: Some(BoolValue { value: false }),
+        filter_chains: vec![FilterChain {
+            filters: vec![tcp_proxy_filter(&outbound_cluster(
+                port.port,
+                &service.fqdn,
+            ))],
+            ..FilterChain::default()
+        }],
+        metadata: Some(metadata([(
+            "istio",
+            vec![
+                ("hostname", string_value(&service.fqdn)),
+                ("aliases", list_value(aliases.into_iter().map(string_value))),
+                ("protocol", string_value(port.protocol.as_str())),
+            ],
+        )])),
+        ..Listener::default()
+    }
+}
+
+pub fn listeners(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>> {
+    let outbound = Listener {
+        name: "virtualOutbound".into(),
+        address: Some(socket_address(unspecified(), OUTBOUND_PORT)),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: vec![FilterChain {
+            name: "virtualOutbound-catchall-tcp".into(),
+            filters: vec![tcp_proxy_filter(PASSTHROUGH_CLUSTER)],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    };
+    let mut resources = vec![
+        Resource::new(outbound.name.clone(), &outbound),
+        Resource::new(
+            "virtualInbound",
+            &inbound_listener(&inbound_ports(snapshot, proxy)),
+        ),
+    ];
+    for service in snapshot.services.values() {
+        let Some(vip) = service.vip_for(&proxy.cluster) else {
+            continue;
+        };
+        for port in routable_ports(service) {
+            let listener = outbound_service_listener(service, port, vip, proxy);
+            resources.push(Resource::new(listener.name.clone(), &listener));
+        }
+    }
+    resources
+}

@@ -1,0 +1,78 @@
+//! The xDS server's Prometheus metrics, named as istiod names them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+impl TypeLabel {
+    pub fn of(type_url: &str) -> TypeLabel {
+        TypeLabel {
+            r#type: crate::resources::short_name(type_url).to_ascii_lowercase(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct XdsMetrics {
+    /// Responses sent, by type (`pilot_xds_pushes`).
+    pub pushes: Family<TypeLabel, Counter>,
+    /// NACKs received, by type (`pilot_total_xds_rejects`).
+    pub rejects: Family<TypeLabel, Counter>,
+    /// Connected streams (`pilot_xds`).
+    pub connected: Gauge,
+    /// From the first change of a batch to its responses being queued on a stream
+    /// (`pilot_proxy_convergence_time`, seconds).
+    pub convergence: Histogram,
+    /// Time to generate and queue one stream's responses to one push (`pilot_xds_push_time`).
+    pub push_time: Family<TypeLabel, Histogram>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0001, 2.0, 18)
+}
+
+impl Default for XdsMetrics {
+    fn default() -> Self {
+        XdsMetrics {
+            pushes: Family::default(),
+            rejects: Family::default(),
+            connected: Gauge::default(),
+            convergence: Histogram::new(latency_buckets()),
+            push_time: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+        }
+    }
+}
+
+impl XdsMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pilot_xds_pushes",
+            "xDS responses sent, by type",
+            self.pushes.clone(),
+        );
+        registry.register(
+            "pilot_total_xds_rejects",
+            "xDS NACKs received, by type",
+            self.rejects.clone(),
+        );
+        registry.register("pilot_xds", "Connected xDS streams", self.connected.clone());
+        registry.register(
+            "pilot_proxy_convergence_time",
+            "Seconds from a registry change to its push being queued on a stream",
+            self.convergence.clone(),
+        );
+        registry.register(
+            "pilot_xds_push_time",
+            "Seconds to generate and queue one stream's responses, by type",
+            self.push_time.clone(),
+        );
+    }
+}

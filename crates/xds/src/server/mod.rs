@@ -1,0 +1,230 @@
+//! The ADS server: one task per stream, fed by the stream's requests and by the registry's pushes.
+
+pub mod metrics;
+mod stream;
+
+use crate::generate::Generator;
+use crate::proxy::ProxyInfo;
+use causeway_model::{MeshSnapshot, Push};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+pub use metrics::XdsMetrics;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Responses a stream may have queued before its task waits for the client to read.
+const STREAM_BUFFER: usize = 16;
+
+/// What a proxy was last sent and whether it accepted it, per type.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TypeStatus {
+    pub sent_nonce: Option<String>,
+    pub sent_version: Option<String>,
+    pub acked_nonce: Option<String>,
+    pub acked_version: Option<String>,
+    /// The error of the last NACK, until a later response is ACKed.
+    pub rejected: Option<String>,
+    pub resources: usize,
+}
+
+impl TypeStatus {
+    /// `istioctl proxy-status` words: SYNCED (the last response was ACKed), STALE (sent and not
+    /// ACKed, or NACKed) or NOT SENT.
+    pub fn sync_state(&self) -> &'static str {
+        match (&self.sent_nonce, &self.acked_nonce) {
+            (None, _) => "NOT SENT",
+            (Some(sent), Some(acked)) if sent == acked && self.rejected.is_none() => "SYNCED",
+            _ => "STALE",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectionStatus {
+    pub connection_id: String,
+    pub proxy: ProxyInfo,
+    pub delta: bool,
+    pub connected_at: SystemTime,
+    pub types: Mutex<BTreeMap<String, TypeStatus>>,
+}
+
+impl ConnectionStatus {
+    pub fn types(&self) -> BTreeMap<String, TypeStatus> {
+        self.types.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, type_url: &str, change: impl FnOnce(&mut TypeStatus)) {
+        let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+        change(types.entry(type_url.to_owned()).or_default());
+    }
+}
+
+pub(crate) struct Shared {
+    generator: Generator,
+    snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    pushes: broadcast::Sender<Arc<Push>>,
+    connections: Mutex<BTreeMap<u64, Arc<ConnectionStatus>>>,
+    metrics: XdsMetrics,
+    default_cluster: String,
+    next_connection: AtomicU64,
+}
+
+/// The ADS service. Cheap to clone: every clone serves the same mesh.
+#[derive(Clone)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+impl XdsServer {
+    /// `default_cluster`: the cluster of proxies whose node metadata names none.
+    pub fn new(
+        snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        pushes: broadcast::Sender<Arc<Push>>,
+        metrics: XdsMetrics,
+        default_cluster: &str,
+    ) -> XdsServer {
+        let shared = Arc::new(Shared {
+            generator: Generator::default(),
+            snapshots,
+            pushes,
+            connections: Mutex::new(BTreeMap::new()),
+            metrics,
+            default_cluster: default_cluster.to_owned(),
+            next_connection: AtomicU64::new(1),
+        });
+        // Cached endpoint assignments of deleted services are dropped as snapshots go by.
+        let janitor = Arc::downgrade(&shared);
+        let mut updates = shared.snapshots.clone();
+        tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let Some(shared) = janitor.upgrade() else {
+                    return;
+                };
+                let snapshot = updates.borrow_and_update().clone();
+                shared.generator.forget_removed(&snapshot);
+            }
+        });
+        XdsServer { shared }
+    }
+
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Every connected stream, oldest first.
+    pub fn connections(&self) -> Vec<Arc<ConnectionStatus>> {
+        self.shared
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The resources `proxy` would be sent now, by type (for `/debug/config_dump`).
+    pub fn config_for(
+        &self,
+        proxy: &ProxyInfo,
+        eds_names: Option<&std::collections::BTreeSet<String>>,
+    ) -> BTreeMap<&'static str, Vec<Arc<crate::resources::Resource>>> {
+        let snapshot = self.shared.snapshots.borrow().clone();
+        crate::resources::PUSH_ORDER
+            .iter()
+            .map(|type_url| {
+                let wanted = match (*type_url, eds_names) {
+                    (crate::resources::ENDPOINT, Some(names)) => {
+                        crate::generate::Wanted::Named(names)
+                    }
+                    _ => crate::generate::Wanted::All,
+                };
+                (
+                    *type_url,
+                    self.shared
+                        .generator
+                        .generate(type_url, &snapshot, proxy, wanted),
+                )
+            })
+            .collect()
+    }
+}
+
+type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<SotwStream>, Status> {
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let requests = request.into_inner();
+        tokio::spawn(stream::serve(
+            self.shared.clone(),
+            stream::Requests::Sotw(requests),
+            stream::Responses::Sotw(sender),
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let requests = request.into_inner();
+        tokio::spawn(stream::serve(
+            self.shared.clone(),
+            stream::Requests::Delta(requests),
+            stream::Responses::Delta(sender),
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+impl Shared {
+    fn register(&self, proxy: ProxyInfo, delta: bool) -> (u64, Arc<ConnectionStatus>) {
+        let number = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let status = Arc::new(ConnectionStatus {
+            connection_id: format!("{}-{number}", proxy.id),
+            proxy,
+            delta,
+            connected_at: SystemTime::now(),
+            types: Mutex::new(BTreeMap::new()),
+        });
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(number, status.clone());
+        self.metrics.connected.inc();
+        (number, status)
+    }
+
+    fn unregister(&self, number: u64) {
+        if self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&number)
+            .is_some()
+        {
+            self.metrics.connected.dec();
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! One ADS stream: subscriptions per type, what was sent (name and version), nonces, ACKs and
+//! NACKs, in either protocol variant.
+//!
+//! - A request whose nonce is not the latest one sent for its type is stale and ignored.
+//! - A NACK is recorded (debug output, metrics, log) and never answered by resending: the next
+//!   change brings the next response, so a rejected config cannot loop.
+//! - State of the world: LDS and CDS responses carry every resource; EDS and RDS responses carry
+//!   only resources that changed or were newly asked for (as the protocol allows).
+//! - Delta: only changed resources, and the names of removed ones.
+
+use super::{ConnectionStatus, Shared};
+use crate::generate::Wanted;
+use crate::proxy::ProxyInfo;
+use crate::resources::{
+    self, CLUSTER, ENDPOINT, PUSH_ORDER, Resource, parse_service_name, wildcard_by_default,
+};
+use causeway_model::{MeshSnapshot, Push};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Status, Streaming};
+
+pub(crate) enum Requests {
+    Sotw(Streaming<DiscoveryRequest>),
+    Delta(Streaming<DeltaDiscoveryRequest>),
+}
+
+pub(crate) enum Responses {
+    Sotw(mpsc::Sender<Result<DiscoveryResponse, Status>>),
+    Delta(mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>),
+}
+
+/// A request of either variant, reduced to what the stream logic needs.
+struct Incoming {
+    type_url: String,
+    node: Option<Node>,
+    response_nonce: String,
+    error: Option<String>,
+    names: NameChange,
+}
+
+enum NameChange {
+    /// State of the world: the complete list.
+    Replace(Vec<String>),
+    /// Delta: additions, removals, and versions the client already holds.
+    Update {
+        subscribe: Vec<String>,
+        unsubscribe: Vec<String>,
+        initial_versions: HashMap<String, String>,
+    },
+}
+
+impl Requests {
+    async fn next(&mut self) -> Option<Result<Incoming, Status>> {
+        match self {
+            Requests::Sotw(stream) => stream.message().await.transpose().map(|r| {
+                r.map(|request| Incoming {
+                    type_url: request.type_url,
+                    node: request.node,
+                    response_nonce: request.response_nonce,
+                    error: request.error_detail.map(|e| e.message),
+                    names: NameChange::Replace(request.resource_names),
+                })
+            }),
+            Requests::Delta(stream) => stream.message().await.transpose().map(|r| {
+                r.map(|request| Incoming {
+                    type_url: request.type_url,
+                    node: request.node,
+                    response_nonce: request.response_nonce,
+                    error: request.error_detail.map(|e| e.message),
+                    names: NameChange::Update {
+                        subscribe: request.resource_names_subscribe,
+                        unsubscribe: request.resource_names_unsubscribe,
+                        initial_versions: request.initial_resource_versions,
+                    },
+                })
+            }),
+        }
+    }
+}
+
+/// The client went away: nothing more to do on this stream.
+struct Gone;
+
+impl Responses {
+    fn is_delta(&self) -> bool {
+        matches!(self, Responses::Delta(_))
+    }
+
+    async fn error(&self, status: Status) {
+        let _ = match self {
+            Responses::Sotw(sender) => sender.send(Err(status)).await.is_ok(),
+            Responses::Delta(sender) => sender.send(Err(status)).await.is_ok(),
+        };
+    }
+}
+
+#[derive(Default)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Name to the version last sent.
+    sent: HashMap<Arc<str>, u64>,
+    nonce: Option<String>,
+    answered: bool,
+}
+
+/// Which resources count as changed whatever their version.
+enum Force<'a> {
+    Nothing,
+    Everything,
+    Names(&'a BTreeSet<String>),
+}
+
+impl Force<'_> {
+    fn covers(&self, name: &str) -> bool {
+        match self {
+            Force::Nothing => false,
+            Force::Everything => true,
+            Force::Names(names) => names.contains(name),
+        }
+    }
+}
+
+struct Stream {
+    shared: Arc<Shared>,
+    status: Arc<ConnectionStatus>,
+    proxy: ProxyInfo,
+    responses: Responses,
+    snapshot: Arc<MeshSnapshot>,
+    subscriptions: BTreeMap<String, Subscription>,
+    nonce: u64,
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, mut requests: Requests, responses: Responses) {
+    let first = match requests.next().await {
+        Some(Ok(first)) => first,
+        Some(Err(status)) => {
+            tracing::debug!(%status, "xDS stream failed before its first request");
+            return;
+        }
+        None => return,
+    };
+    let Some(node) = first.node.clone() else {
+        responses
+            .error(Status::invalid_argument(
+                "the first request of an xDS stream must carry `node` (its id and metadata); set it in the client's bootstrap",
+            ))
+            .await;
+        return;
+    };
+    let proxy = ProxyInfo::from_node(&node, &shared.default_cluster);
+    let (number, status) = shared.register(proxy.clone(), responses.is_delta());
+    tracing::info!(proxy = %proxy.id, kind = proxy.kind.as_str(), cluster = %proxy.cluster, delta = responses.is_delta(), "xDS stream connected");
+    // Subscribe before reading the snapshot: a push in between is then seen twice, never missed.
+    let pushes = shared.pushes.subscribe();
+    let snapshot = shared.snapshots.borrow().clone();
+    let mut stream = Stream {
+        shared: shared.clone(),
+        status,
+        proxy,
+        responses,
+        snapshot,
+        subscriptions: BTreeMap::new(),
+        nonce: 0,
+    };
+    let _ = stream.run(first, requests, pushes).await;
+    shared.unregister(number);
+    tracing::info!(proxy = %stream.proxy.id, "xDS stream closed");
+}
+
+impl Stream {
+    async fn run(
+        &mut self,
+        first: Incoming,
+        mut requests: Requests,
+        mut pushes: broadcast::Receiver<Arc<Push>>,
+    ) -> Result<(), Gone> {
+        self.on_request(first).await?;
+        loop {
+            tokio::select! {
+                request = requests.next() => match request {
+                    Some(Ok(request)) => self.on_request(request).await?,
+                    Some(Err(status)) => {
+                        tracing::debug!(proxy = %self.proxy.id, %status, "xDS stream ended with an error");
+                        return Ok(());
+                    }
+                    None => return Ok(()),
+                },
+                push = pushes.recv() => match push {
+                    Ok(push) => self.on_push(&push).await?,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(proxy = %self.proxy.id, missed, "stream fell behind the pushes; sending a full push");
+                        let snapshot = self.shared.snapshots.borrow().clone();
+                        self.full_push(snapshot, None).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+
+    async fn on_request(&mut self, request: Incoming) -> Result<(), Gone> {
+        let type_url = request.type_url.clone();
+        if type_url.is_empty() {
+            self.responses
+                .error(Status::invalid_argument(
+                    "an ADS request must set `type_url`",
+                ))
+                .await;
+            return Err(Gone);
+        }
+        let subscription = self.subscriptions.entry(type_url.clone()).or_default();
+        if !request.response_nonce.is_empty() {
+            if subscription.nonce.as_deref() != Some(request.response_nonce.as_str()) {
+                // Stale: answers an older response. The newer response is on its way.
+                return Ok(());
+            }
+            if let Some(error) = request.error {
+                tracing::warn!(proxy = %self.proxy.id, r#type = resources::short_name(&type_url), %error, "proxy rejected the configuration (NACK)");
+                self.shared
+                    .metrics
+                    .rejects
+                    .get_or_create(&super::metrics::TypeLabel::of(&type_url))
+                    .inc();
+                self.status
+                    .update(&type_url, |status| status.rejected = Some(error));
+                return Ok(());
+            }
+            let nonce = request.response_nonce.clone();
+            self.status.update(&type_url, |status| {
+                status.acked_nonce = Some(nonce);
+                status.acked_version = status.sent_version.clone();
+                status.rejected = None;
+            });
+        }
+        let added = apply_names(subscription, &type_url, request.names);
+        let first = !subscription.answered;
+        let force = if first {
+            Force::Everything
+        } else {
+            Force::Names(&added)
+        };
+        if first || !added.is_empty() {
+            self.respond(&type_url, None, force).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_push(&mut self, push: &Push) -> Result<(), Gone> {
+        if push.full {
+            return self
+                .full_push(push.snapshot.clone(), Some(push.first_change))
+                .await;
+        }
+        self.snapshot = push.snapshot.clone();
+        let Some(subscription) = self.subscriptions.get(ENDPOINT) else {
+            return Ok(());
+        };
+        let touched: BTreeSet<String> = subscription
+            .names
+            .iter()
+            .filter(|name| {
+                parse_service_name(name).is_some_and(|(_, fqdn)| push.endpoints_changed(fqdn))
+            })
+            .cloned()
+            .collect();
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if self
+            .respond(ENDPOINT, Some(&touched), Force::Nothing)
+            .await?
+        {
+            self.observe(ENDPOINT, started, Some(push.first_change));
+        }
+        Ok(())
+    }
+
+    /// Everything may have changed. Clusters that did change are re-warmed by Envoy, which waits
+    /// for their endpoints: those are sent even when the endpoints themselves did not change.
+    async fn full_push(
+        &mut self,
+        snapshot: Arc<MeshSnapshot>,
+        first_change: Option<Instant>,
+    ) -> Result<(), Gone> {
+        self.snapshot = snapshot;
+        let mut changed_clusters = BTreeSet::new();
+        for type_url in PUSH_ORDER {
+            if !self.subscriptions.contains_key(type_url) {
+                continue;
+            }
+            let started = Instant::now();
+            let before: HashMap<Arc<str>, u64> = if type_url == CLUSTER {
+                self.subscriptions[CLUSTER].sent.clone()
+            } else {
+                HashMap::new()
+            };
+            let force = if type_url == ENDPOINT {
+                Force::Names(&changed_clusters)
+            } else {
+                Force::Nothing
+            };
+            let sent = self.respond(type_url, None, force).await?;
+            if type_url == CLUSTER && sent {
+                changed_clusters = self.subscriptions[CLUSTER]
+                    .sent
+                    .iter()
+                    .filter(|(name, version)| before.get(*name) != Some(version))
+                    .map(|(name, _)| name.to_string())
+                    .collect();
+            }
+            if sent {
+                self.observe(type_url, started, first_change);
+            }
+        }
+        Ok(())
+    }
+
+    fn observe(&self, type_url: &str, started: Instant, first_change: Option<Instant>) {
+        let metrics = &self.shared.metrics;
+        metrics
+            .push_time
+            .get_or_create(&super::metrics::TypeLabel::of(type_url))
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(first_change) = first_change {
+            metrics
+                .convergence
+                .observe(first_change.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Generates `type_url` (only `only` when given) and sends what the client lacks. Returns
+    /// whether a response was sent.
+    async fn respond(
+        &mut self,
+        type_url: &str,
+        only: Option<&BTreeSet<String>>,
+        force: Force<'_>,
+    ) -> Result<bool, Gone> {
+        let Some(subscription) = self.subscriptions.get(type_url) else {
+            return Ok(false);
+        };
+        let wanted = match (only, subscription.wildcard) {
+            (Some(names), _) => Wanted::Named(names),
+            (None, true) => Wanted::All,
+            (None, false) => Wanted::Named(&subscription.names),
+        };
+        if matches!(wanted, Wanted::Named(names) if names.is_empty())
+            && !matches!(force, Force::Everything)
+        {
+            return Ok(false);
+        }
+        let generated =
+            self.shared
+                .generator
+                .generate(type_url, &self.snapshot, &self.proxy, wanted);
+        let delta = self.responses.is_delta();
+        let subscription = self.subscriptions.get_mut(type_url).expect("checked above");
+        let changed: Vec<&Arc<Resource>> = generated
+            .iter()
+            .filter(|r| force.covers(&r.name) || subscription.sent.get(&r.name) != Some(&r.version))
+            .collect();
+        let present: BTreeSet<&str> = generated.iter().map(|r| &*r.name).collect();
+        // Names sent before that no longer exist (within what was generated).
+        let removed: Vec<String> = subscription
+            .sent
+            .keys()
+            .filter(|name| !present.contains(&***name))
+            .filter(|name| only.is_none_or(|only| only.contains(&***name)))
+            .map(|name| name.to_string())
+            .collect();
+        let full_state = !delta && wildcard_by_default(type_url);
+        let must_answer = matches!(force, Force::Everything);
+        if changed.is_empty() && removed.is_empty() && !must_answer {
+            return Ok(false);
+        }
+        if !delta && !full_state && changed.is_empty() && !must_answer {
+            // SotW EDS/RDS: a removed resource is simply no longer named by the client.
+            return Ok(false);
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let version = self.snapshot.version.to_string();
+        let to_send: Vec<&Arc<Resource>> = if full_state {
+            generated.iter().collect()
+        } else {
+            changed
+        };
+        for resource in &to_send {
+            subscription
+                .sent
+                .insert(resource.name.clone(), resource.version);
+        }
+        for name in &removed {
+            subscription.sent.remove(name.as_str());
+        }
+        subscription.nonce = Some(nonce.clone());
+        subscription.answered = true;
+        let count = to_send.len();
+        let sent = match &self.responses {
+            Responses::Sotw(sender) => {
+                let response = DiscoveryResponse {
+                    version_info: version.clone(),
+                    resources: to_send.iter().map(|r| r.body.clone()).collect(),
+                    type_url: type_url.to_owned(),
+                    nonce: nonce.clone(),
+                    ..DiscoveryResponse::default()
+                };
+                sender.send(Ok(response)).await.is_ok()
+            }
+            Responses::Delta(sender) => {
+                let response = DeltaDiscoveryResponse {
+                    system_version_info: version.clone(),
+                    resources: to_send
+                        .iter()
+                        .map(|r| DeltaResource {
+                            name: r.name.to_string(),
+                            version: r.version_text(),
+                            resource: Some(r.body.clone()),
+                            ..DeltaResource::default()
+                        })
+                        .collect(),
+                    removed_resources: removed,
+                    type_url: type_url.to_owned(),
+                    nonce: nonce.clone(),
+                    ..DeltaDiscoveryResponse::default()
+                };
+                sender.send(Ok(response)).await.is_ok()
+            }
+        };
+        if !sent {
+            return Err(Gone);
+        }
+        self.shared
+            .metrics
+            .pushes
+            .get_or_create(&super::metrics::TypeLabel::of(type_url))
+            .inc();
+        self.status.update(type_url, |status| {
+            status.sent_nonce = Some(nonce);
+            status.sent_version = Some(version);
+            status.resources = count;
+        });
+        Ok(true)
+    }
+}
+
+/// Applies a request's names to the subscription; returns the names newly asked for.
+fn apply_names(
+    subscription: &mut Subscription,
+    type_url: &str,
+    change: NameChange,
+) -> BTreeSet<String> {
+    let before = subscription.names.clone();
+    match change {
+        NameChange::Replace(names) => {
+            subscription.wildcard = (names.is_empty() && wildcard_by_default(type_url))
+                || names.iter().any(|n| n == "*");
+            subscription.names = names.into_iter().filter(|n| n != "*").collect();
+            let kept = &subscription.names;
+            subscription
+                .sent
+                .retain(|name, _| kept.contains(&**name) || subscription.wildcard);
+        }
+        NameChange::Update {
+            subscribe,
+            unsubscribe,
+            initial_versions,
+        } => {
+            if !subscription.answered && subscribe.is_empty() && wildcard_by_default(type_url) {
+                subscription.wildcard = true;
+            }
+            for name in subscribe {
+                if name == "*" {
+                    subscription.wildcard = true;
+                } else {
+                    subscription.names.insert(name);
+                }
+            }
+            for name in unsubscribe {
+                if name == "*" {
+                    subscription.wildcard = false;
+                } else {
+                    subscription.names.remove(&name);
+                    subscription.sent.remove(name.as_str());
+                }
+            }
+            // What a reconnecting client already holds need not be sent again.
+            for (name, version) in initial_versions {
+                if let Ok(version) = u64::from_str_radix(&version, 16) {
+                    subscription.sent.insert(name.into(), version);
+                }
+            }
+        }
+    }
+    subscription.names.difference(&before).cloned().collect()
+}
