@@ -784,4 +784,179 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
         )
         .contains("istio-reader")
     );
+
+    // The control plane of cluster01 picks the secret up: `remote-clusters` shows cluster02
+    // synced, and `proxy-status` shows a connected proxy with its types' states.
+    let mut discovery = Discovery::start(&lab);
+    let remote_clusters = eventually_output(
+        &lab,
+        &[
+            "remote-clusters",
+            "--discovery-address",
+            &discovery.monitoring,
+        ],
+        |out| out.contains("cluster02  istio-system/istio-remote-secret-cluster02  synced"),
+    )
+    .await;
+    let mut lines = remote_clusters.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "SECRET", "STATUS"]
+    );
+    assert!(
+        remote_clusters.contains("cluster01  -"),
+        "{remote_clusters}"
+    );
+    let node = causeway_xds::testing::node(
+        "sidecar",
+        "10.10.0.9",
+        "sleep-1",
+        "sample",
+        &[("CLUSTER_ID", "cluster01")],
+        &[],
+    );
+    let mut proxy =
+        causeway_xds::testing::SotwClient::connect(discovery.xds.parse().unwrap(), node).await;
+    proxy
+        .request(causeway_xds::resources::CLUSTER, &[], "", "", None)
+        .await;
+    let clusters = proxy.recv().await;
+    proxy.ack(&clusters, &[]).await;
+    let status = eventually_output(
+        &lab,
+        &["proxy-status", "--discovery-address", &discovery.monitoring],
+        |out| out.contains("SYNCED"),
+    )
+    .await;
+    let row: Vec<&str> = status
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        row,
+        [
+            "sidecar~10.10.0.9~sleep-1.sample~sample.svc.cluster.local",
+            "cluster01",
+            "sidecar",
+            "SYNCED",
+            "NOT SENT",
+            "NOT SENT",
+            "NOT SENT"
+        ],
+        "{status}"
+    );
+    discovery.stop();
+    let gone = lab.causeway(&[
+        "remote-clusters",
+        "--discovery-address",
+        &discovery.monitoring,
+    ]);
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("is `causeway discovery` running"),
+        "{gone:?}"
+    );
+}
+
+/// `causeway discovery` for cluster01 on loopback ports the system picks.
+struct Discovery {
+    child: std::process::Child,
+    xds: String,
+    monitoring: String,
+}
+
+impl Discovery {
+    fn start(lab: &TestLab) -> Discovery {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_causeway"))
+            .args([
+                "discovery",
+                "--context",
+                "cluster01",
+                "--cluster-id",
+                "cluster01",
+                "--network",
+                "network1",
+                "--debounce",
+                "0",
+            ])
+            .args([
+                "--xds-address",
+                "127.0.0.1:0",
+                "--secure-xds-address",
+                "127.0.0.1:0",
+                "--monitoring-address",
+                "127.0.0.1:0",
+            ])
+            .env("KUBECONFIG", lab.kubeconfig())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let addresses: serde_json::Value = serde_json::from_str(&first)
+            .unwrap_or_else(|_| panic!("discovery's first line is its addresses: {first:?}"));
+        assert!(
+            addresses["ca"].as_str().unwrap().contains("self-signed"),
+            "{addresses}"
+        );
+        Discovery {
+            child,
+            xds: addresses["xds"].as_str().unwrap().to_owned(),
+            monitoring: addresses["monitoring"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; discovery must exit cleanly.
+    fn stop(&mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "discovery exited with {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "discovery ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `causeway args` until its output satisfies `done` (10 s at most); returns that output.
+async fn eventually_output(lab: &TestLab, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = lab.causeway(args);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        if output.status.success() && done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "causeway {args:?} never printed what was expected; last: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

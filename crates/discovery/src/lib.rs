@@ -79,6 +79,8 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A running control plane. Dropping it stops everything.
 pub struct Discovery {
     pub xds_address: SocketAddr,
@@ -185,8 +187,17 @@ impl Discovery {
         self.authority.roots_pem()
     }
 
+    /// Ends every xDS stream, stops the listeners, and waits (5 s at most) for them to finish.
     pub async fn shutdown(mut self) {
+        self.xds.close_streams();
         let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            self.tasks.abort_all();
+        }
     }
 }

@@ -203,6 +203,38 @@ pub mod fixtures {
             .expect("the pod's status can be set")
     }
 
+    /// A token for service account `namespace/name` (created when missing), valid for
+    /// `audiences` (the API server's own when empty) for ten minutes.
+    pub async fn service_account_token(
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+    ) -> String {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        if accounts
+            .get_opt(name)
+            .await
+            .expect("service accounts can be read")
+            .is_none()
+        {
+            create(accounts.clone(), json!({"metadata": {"name": name}})).await;
+        }
+        let request: TokenRequest = serde_json::from_value(
+            json!({"spec": {"audiences": audiences, "expirationSeconds": 600}}),
+        )
+        .expect("a well-formed token request");
+        accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .expect("the API server issues the token")
+            .status
+            .expect("an issued token")
+            .token
+    }
+
     /// The remote secret `create-remote-secret --name <cluster>` prints, for `access`.
     pub fn remote_secret(cluster: &str, access: &ClusterAccess) -> Secret {
         let kubeconfig = render(&for_clusters(std::slice::from_ref(access)));

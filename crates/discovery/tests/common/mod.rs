@@ -58,9 +58,36 @@ async fn cluster(
 
 /// `gateway`: whether cluster02 has an east-west gateway (at 172.18.255.2).
 pub async fn two_cluster_mesh(gateway: bool) -> Mesh {
+    two_cluster_mesh_with(MeshOptions {
+        gateway,
+        ..MeshOptions::default()
+    })
+    .await
+}
+
+pub struct MeshOptions {
+    pub gateway: bool,
+    pub network2: &'static str,
+    pub v1_ip: &'static str,
+    pub v2_ip: &'static str,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            gateway: false,
+            network2: "network2",
+            v1_ip: "10.10.0.5",
+            v2_ip: "10.20.0.5",
+        }
+    }
+}
+
+pub async fn two_cluster_mesh_with(options: MeshOptions) -> Mesh {
+    let gateway = options.gateway;
     let dir = tempfile::tempdir().unwrap();
     let (one, client01) = cluster("cluster01", "10.96.0.0/16", "network1", dir.path()).await;
-    let (two, client02) = cluster("cluster02", "10.97.0.0/16", "network2", dir.path()).await;
+    let (two, client02) = cluster("cluster02", "10.97.0.0/16", options.network2, dir.path()).await;
     for client in [&client01, &client02] {
         fixtures::service(
             client,
@@ -74,17 +101,17 @@ pub async fn two_cluster_mesh(gateway: bool) -> Mesh {
     fixtures::pod(
         &client01,
         "sample",
-        pod("helloworld-v1", "helloworld", "10.10.0.5", "v1"),
+        pod("helloworld-v1", "helloworld", options.v1_ip, "v1"),
     )
     .await;
     fixtures::pod(
         &client02,
         "sample",
-        pod("helloworld-v2", "helloworld", "10.20.0.5", "v2"),
+        pod("helloworld-v2", "helloworld", options.v2_ip, "v2"),
     )
     .await;
     if gateway {
-        fixtures::network_gateway(&client02, "network2", "172.18.255.2").await;
+        fixtures::network_gateway(&client02, options.network2, "172.18.255.2").await;
     }
     let secret = fixtures::remote_secret("cluster02", &lab::access("cluster02", &two));
     Api::<Secret>::namespaced(client01.clone(), "istio-system")

@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     metrics: XdsMetrics,
     default_cluster: String,
     next_connection: AtomicU64,
+    /// Turns true when the server drains: every stream ends, and its client reconnects elsewhere.
+    closing: watch::Sender<bool>,
 }
 
 /// The ADS service. Cheap to clone: every clone serves the same mesh.
@@ -101,6 +103,7 @@ impl XdsServer {
             metrics,
             default_cluster: default_cluster.to_owned(),
             next_connection: AtomicU64::new(1),
+            closing: watch::Sender::new(false),
         });
         // Cached endpoint assignments of deleted services are dropped as snapshots go by.
         let janitor = Arc::downgrade(&shared);
@@ -121,6 +124,12 @@ impl XdsServer {
         AggregatedDiscoveryServiceServer::new(self.clone())
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Ends every stream (and refuses none: new ones end at once too), so that a graceful
+    /// shutdown of the gRPC servers is not held up by long-lived ADS streams.
+    pub fn close_streams(&self) {
+        self.shared.closing.send_replace(true);
     }
 
     /// Every connected stream, oldest first.

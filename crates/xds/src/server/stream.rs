@@ -183,8 +183,11 @@ impl Stream {
         mut pushes: broadcast::Receiver<Arc<Push>>,
     ) -> Result<(), Gone> {
         self.on_request(first).await?;
+        let closed = until_closing(self.shared.closing.subscribe());
+        tokio::pin!(closed);
         loop {
             tokio::select! {
+                _ = &mut closed => return Ok(()),
                 request = requests.next() => match request {
                     Some(Ok(request)) => self.on_request(request).await?,
                     Some(Err(status)) => {
@@ -450,6 +453,17 @@ impl Stream {
             status.resources = count;
         });
         Ok(true)
+    }
+}
+
+async fn until_closing(mut closing: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *closing.borrow_and_update() {
+            return;
+        }
+        if closing.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 
