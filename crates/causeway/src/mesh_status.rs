@@ -183,9 +183,11 @@ mod tests {
                               "types": {"LDS": {"state": "SYNCED"}, "EDS": {"state": "STALE"}}}]);
         let printed = proxy_status_table(&proxies);
         assert!(
-            printed.lines().nth(1).unwrap().starts_with(
-                "grpc-client  cluster01  grpc  NOT SENT  SYNCED    STALE     NOT SENT"
-            ),
+            printed
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("grpc-client  cluster01  grpc  NOT SENT  SYNCED  STALE  NOT SENT"),
             "{printed}"
         );
     }
