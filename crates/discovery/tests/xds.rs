@@ -240,6 +240,36 @@ async fn without_a_gateway_other_networks_contribute_nothing() {
     .unwrap();
     assert_eq!(endpoints(&assignment)[1].0, "172.18.255.9");
 
+    // A Service only cluster02 has is still a mesh service for cluster01's sidecars: it gets an
+    // address from 240.240.0.0/16, whose listener names the host for the DNS proxy.
+    fixtures::service(&mesh.client02, "sample", "only-in-two", "only", &[("http", 8080)]).await;
+    sidecar.request(LISTENER, &[], "", "", None).await;
+    let listener = tokio::time::timeout(WAIT, async {
+        loop {
+            let response = sidecar.recv_type(LISTENER).await;
+            sidecar.ack(&response, &[]).await;
+            let found = response
+                .resources
+                .iter()
+                .map(decode::<Listener>)
+                .find(|l| l.name.starts_with("240.240.") && l.name.ends_with("_8080"));
+            if let Some(found) = found {
+                return found;
+            }
+        }
+    })
+    .await
+    .expect("a listener for the remote-only service");
+    let istio = &listener.metadata.unwrap().filter_metadata["istio"];
+    let hostname = match istio.fields["hostname"].kind.clone() {
+        Some(Kind::StringValue(hostname)) => hostname,
+        other => panic!("hostname metadata: {other:?}"),
+    };
+    assert_eq!(hostname, "only-in-two.sample.svc.cluster.local");
+    let snapshot = mesh.discovery.registry.snapshot();
+    let vip = snapshot.services["only-in-two.sample.svc.cluster.local"].vip_for("cluster01").unwrap();
+    assert_eq!(listener.name, format!("{vip}_8080"));
+
     // A proxy on network2 sees cluster02's pod directly and cluster01's not at all (no gateway).
     let mut remote =
         SotwClient::connect(mesh.discovery.xds_address, sidecar_node("network2")).await;

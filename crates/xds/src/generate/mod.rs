@@ -10,9 +10,10 @@ use crate::proxy::{ProxyInfo, ProxyKind};
 use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource};
 use causeway_model::MeshSnapshot;
 use causeway_model::split_horizon::View;
+use causeway_model::{Service, ServiceEndpoints};
 use endpoints::EndpointCache;
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Which resources of a type a stream asked for.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +45,66 @@ impl Wanted<'_> {
 #[derive(Default)]
 pub struct Generator {
     endpoints: EndpointCache,
+    per_service: ServiceResourceCache,
+}
+
+/// What a cached resource was built from: while both are the same `Arc`s, it is still right.
+struct BuiltFrom {
+    service: Arc<Service>,
+    endpoints: Option<Arc<ServiceEndpoints>>,
+    resource: Arc<Resource>,
+}
+
+/// Resources built from one service (and, for some, its endpoints), keyed by name plus whatever
+/// of the proxy they depend on. A thousand sidecars in one namespace share one copy of each.
+#[derive(Default)]
+pub struct ServiceResourceCache {
+    entries: Mutex<HashMap<String, BuiltFrom>>,
+}
+
+pub struct CacheGuard<'a>(MutexGuard<'a, HashMap<String, BuiltFrom>>);
+
+impl ServiceResourceCache {
+    pub fn lock(&self) -> CacheGuard<'_> {
+        CacheGuard(self.entries.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn retain_existing(&self, snapshot: &MeshSnapshot) {
+        self.lock()
+            .0
+            .retain(|_, built| snapshot.services.get(&built.service.fqdn).is_some_and(|s| Arc::ptr_eq(s, &built.service)));
+    }
+}
+
+impl CacheGuard<'_> {
+    pub fn get_or_build(
+        &mut self,
+        key: String,
+        service: &Arc<Service>,
+        endpoints: Option<&Arc<ServiceEndpoints>>,
+        build: impl FnOnce() -> Arc<Resource>,
+    ) -> Arc<Resource> {
+        if let Some(built) = self.0.get(&key)
+            && Arc::ptr_eq(&built.service, service)
+            && match (&built.endpoints, endpoints) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        {
+            return built.resource.clone();
+        }
+        let resource = build();
+        self.0.insert(
+            key,
+            BuiltFrom {
+                service: service.clone(),
+                endpoints: endpoints.cloned(),
+                resource: resource.clone(),
+            },
+        );
+        resource
+    }
 }
 
 impl Generator {
@@ -55,8 +116,8 @@ impl Generator {
         wanted: Wanted<'_>,
     ) -> Vec<Arc<Resource>> {
         match (type_url, proxy.kind) {
-            (CLUSTER, ProxyKind::Sidecar) => wanted.keep(sidecar::clusters(snapshot, proxy)),
-            (LISTENER, ProxyKind::Sidecar) => wanted.keep(sidecar::listeners(snapshot, proxy)),
+            (CLUSTER, ProxyKind::Sidecar) => wanted.keep(sidecar::clusters(snapshot, proxy, &self.per_service)),
+            (LISTENER, ProxyKind::Sidecar) => wanted.keep(sidecar::listeners(snapshot, proxy, &self.per_service)),
             (CLUSTER, ProxyKind::Router) => wanted.keep(router::clusters(snapshot, proxy)),
             (LISTENER, ProxyKind::Router) => wanted.keep(router::listeners(snapshot, proxy)),
             (CLUSTER, ProxyKind::Grpc) => wanted.keep(grpc::clusters(snapshot)),
@@ -89,5 +150,6 @@ impl Generator {
     /// Called once per snapshot: forgets cached assignments of services that are gone.
     pub fn forget_removed(&self, snapshot: &MeshSnapshot) {
         self.endpoints.retain_existing(snapshot);
+        self.per_service.retain_existing(snapshot);
     }
 }

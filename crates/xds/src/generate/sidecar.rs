@@ -4,6 +4,7 @@
 
 use super::common::{eds_cluster, tcp_proxy_filter};
 use crate::envoy::{any, fields, list_value, metadata, seconds, socket_address, string_value};
+use super::ServiceResourceCache;
 use crate::proxy::ProxyInfo;
 use crate::resources::{Resource, inbound_cluster, outbound_cluster, sni_cluster};
 use causeway_model::{MeshSnapshot, Protocol, Service, ServicePort};
@@ -195,14 +196,20 @@ fn original_destination_cluster(name: &str) -> Cluster {
     }
 }
 
-pub fn clusters(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>> {
+pub fn clusters(snapshot: &MeshSnapshot, proxy: &ProxyInfo, cache: &ServiceResourceCache) -> Vec<Arc<Resource>> {
     let mut resources = Vec::new();
+    let mut cache = cache.lock();
     for service in snapshot.services.values() {
+        // The SAN list comes from the endpoints' identities: rebuilt when they change.
+        let endpoints = snapshot.endpoints.get(&service.fqdn);
         for port in routable_ports(service) {
-            let cluster = outbound_cluster_for(service, port, snapshot);
-            resources.push(Resource::new(cluster.name.clone(), &cluster));
+            let name = outbound_cluster(port.port, &service.fqdn);
+            resources.push(cache.get_or_build(name.clone(), service, endpoints, || {
+                Resource::new(name, &outbound_cluster_for(service, port, snapshot))
+            }));
         }
     }
+    drop(cache);
     let workload = proxy.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     for port in inbound_ports(snapshot, proxy) {
         let cluster = static_cluster(&inbound_cluster(port), Some((workload, port)));
@@ -311,7 +318,7 @@ fn outbound_service_listener(
     }
 }
 
-pub fn listeners(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>> {
+pub fn listeners(snapshot: &MeshSnapshot, proxy: &ProxyInfo, cache: &ServiceResourceCache) -> Vec<Arc<Resource>> {
     let outbound = Listener {
         name: "virtualOutbound".into(),
         address: Some(socket_address(unspecified(), OUTBOUND_PORT)),
@@ -331,13 +338,19 @@ pub fn listeners(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource
             &inbound_listener(&inbound_ports(snapshot, proxy)),
         ),
     ];
+    let mut cache = cache.lock();
+    let namespace = proxy.namespace.as_deref().unwrap_or_default();
     for service in snapshot.services.values() {
         let Some(vip) = service.vip_for(&proxy.cluster) else {
             continue;
         };
         for port in routable_ports(service) {
-            let listener = outbound_service_listener(service, port, vip, proxy);
-            resources.push(Resource::new(listener.name.clone(), &listener));
+            let name = format!("{vip}_{}", port.port);
+            // The address depends on the proxy's cluster, the aliases on its namespace.
+            let key = format!("{name}|{}|{namespace}", proxy.cluster);
+            resources.push(cache.get_or_build(key, service, None, || {
+                Resource::new(name, &outbound_service_listener(service, port, vip, proxy))
+            }));
         }
     }
     resources

@@ -22,8 +22,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Responses a stream may have queued before its task waits for the client to read.
-const STREAM_BUFFER: usize = 16;
+/// Responses a stream may have queued before its task waits for the client to read. Small, so
+/// that a slow client holds back its own stream rather than the server's memory.
+const STREAM_BUFFER: usize = 2;
 
 /// What a proxy was last sent and whether it accepted it, per type.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -26,6 +26,10 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Status, Streaming};
 
+/// Most resources in one response where the protocol allows splitting (delta, and SotW types
+/// other than listeners and clusters).
+const MAX_RESOURCES_PER_RESPONSE: usize = 100;
+
 pub(crate) enum Requests {
     Sotw(Streaming<DiscoveryRequest>),
     Delta(Streaming<DeltaDiscoveryRequest>),
@@ -105,6 +109,9 @@ impl Responses {
 struct Subscription {
     wildcard: bool,
     names: BTreeSet<String>,
+    /// Service FQDN to the subscribed names that belong to it (`outbound|..||fqdn`, SNI names),
+    /// so that a push touching one service looks at that service's names only.
+    names_by_service: HashMap<String, Vec<String>>,
     /// Name to the version last sent.
     sent: HashMap<Arc<str>, u64>,
     nonce: Option<String>,
@@ -372,14 +379,20 @@ impl Stream {
             .filter(|r| force.covers(&r.name) || subscription.sent.get(&r.name) != Some(&r.version))
             .collect();
         let present: BTreeSet<&str> = generated.iter().map(|r| &*r.name).collect();
-        // Names sent before that no longer exist (within what was generated).
-        let removed: Vec<String> = subscription
-            .sent
-            .keys()
-            .filter(|name| !present.contains(&***name))
-            .filter(|name| only.is_none_or(|only| only.contains(&***name)))
-            .map(|name| name.to_string())
-            .collect();
+        // Names sent before that no longer exist (within what was asked for).
+        let removed: Vec<String> = match only {
+            Some(only) => only
+                .iter()
+                .filter(|name| !present.contains(name.as_str()) && subscription.sent.contains_key(name.as_str()))
+                .cloned()
+                .collect(),
+            None => subscription
+                .sent
+                .keys()
+                .filter(|name| !present.contains(&***name))
+                .map(|name| name.to_string())
+                .collect(),
+        };
         let full_state = !delta && wildcard_by_default(type_url);
         let must_answer = matches!(force, Force::Everything);
         if changed.is_empty() && removed.is_empty() && !must_answer {
@@ -389,64 +402,66 @@ impl Stream {
             // SotW EDS/RDS: a removed resource is simply no longer named by the client.
             return Ok(false);
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
         let version = self.snapshot.version.to_string();
-        let to_send: Vec<&Arc<Resource>> = if full_state {
-            generated.iter().collect()
-        } else {
-            changed
-        };
+        let to_send: Vec<&Arc<Resource>> = if full_state { generated.iter().collect() } else { changed };
         for resource in &to_send {
-            subscription
-                .sent
-                .insert(resource.name.clone(), resource.version);
+            subscription.sent.insert(resource.name.clone(), resource.version);
         }
         for name in &removed {
             subscription.sent.remove(name.as_str());
         }
-        subscription.nonce = Some(nonce.clone());
         subscription.answered = true;
         let count = to_send.len();
-        let sent = match &self.responses {
-            Responses::Sotw(sender) => {
-                let response = DiscoveryResponse {
-                    version_info: version.clone(),
-                    resources: to_send.iter().map(|r| r.body.clone()).collect(),
-                    type_url: type_url.to_owned(),
-                    nonce: nonce.clone(),
-                    ..DiscoveryResponse::default()
-                };
-                sender.send(Ok(response)).await.is_ok()
-            }
-            Responses::Delta(sender) => {
-                let response = DeltaDiscoveryResponse {
-                    system_version_info: version.clone(),
-                    resources: to_send
-                        .iter()
-                        .map(|r| DeltaResource {
-                            name: r.name.to_string(),
-                            version: r.version_text(),
-                            resource: Some(r.body.clone()),
-                            ..DeltaResource::default()
-                        })
-                        .collect(),
-                    removed_resources: removed,
-                    type_url: type_url.to_owned(),
-                    nonce: nonce.clone(),
-                    ..DeltaDiscoveryResponse::default()
-                };
-                sender.send(Ok(response)).await.is_ok()
-            }
+        // State-of-the-world listeners and clusters are one whole response; everything else may
+        // come in parts, which keeps every response (and the buffers that carry it) small.
+        let batches: Vec<&[&Arc<Resource>]> = if full_state || to_send.is_empty() {
+            vec![&to_send[..]]
+        } else {
+            to_send.chunks(MAX_RESOURCES_PER_RESPONSE).collect()
         };
-        if !sent {
-            return Err(Gone);
+        let last_batch = batches.len() - 1;
+        let mut removed = Some(removed);
+        let mut nonce = String::new();
+        for (index, batch) in batches.into_iter().enumerate() {
+            self.nonce += 1;
+            nonce = self.nonce.to_string();
+            self.subscriptions.get_mut(type_url).expect("checked above").nonce = Some(nonce.clone());
+            let sent = match &self.responses {
+                Responses::Sotw(sender) => {
+                    let response = DiscoveryResponse {
+                        version_info: version.clone(),
+                        resources: batch.iter().map(|r| r.body.clone()).collect(),
+                        type_url: type_url.to_owned(),
+                        nonce: nonce.clone(),
+                        ..DiscoveryResponse::default()
+                    };
+                    sender.send(Ok(response)).await.is_ok()
+                }
+                Responses::Delta(sender) => {
+                    let response = DeltaDiscoveryResponse {
+                        system_version_info: version.clone(),
+                        resources: batch
+                            .iter()
+                            .map(|r| DeltaResource {
+                                name: r.name.to_string(),
+                                version: r.version_text(),
+                                resource: Some(r.body.clone()),
+                                ..DeltaResource::default()
+                            })
+                            .collect(),
+                        removed_resources: if index == last_batch { removed.take().unwrap_or_default() } else { Vec::new() },
+                        type_url: type_url.to_owned(),
+                        nonce: nonce.clone(),
+                        ..DeltaDiscoveryResponse::default()
+                    };
+                    sender.send(Ok(response)).await.is_ok()
+                }
+            };
+            if !sent {
+                return Err(Gone);
+            }
+            self.shared.metrics.pushes.get_or_create(&super::metrics::TypeLabel::of(type_url)).inc();
         }
-        self.shared
-            .metrics
-            .pushes
-            .get_or_create(&super::metrics::TypeLabel::of(type_url))
-            .inc();
         self.status.update(type_url, |status| {
             status.sent_nonce = Some(nonce);
             status.sent_version = Some(version);
@@ -512,6 +527,14 @@ fn apply_names(
                 if let Ok(version) = u64::from_str_radix(&version, 16) {
                     subscription.sent.insert(name.into(), version);
                 }
+            }
+        }
+    }
+    if subscription.names != before {
+        subscription.names_by_service.clear();
+        for name in &subscription.names {
+            if let Some((_, fqdn)) = parse_service_name(name) {
+                subscription.names_by_service.entry(fqdn.to_owned()).or_default().push(name.clone());
             }
         }
     }
