@@ -387,17 +387,21 @@ async fn measure(
     }
     // Every stream has its clusters and every assignment.
     let mut assignments = vec![0usize; size.streams];
-    let mut clusters_ok = vec![false; size.streams];
+    // Delta streams may get their clusters in parts: count them.
+    let mut clusters_seen = vec![0usize; size.streams];
     let mut complete = 0;
     while complete < size.streams {
         let event = tokio::time::timeout(TIMEOUT, seen.recv())
             .await
             .expect("streams sync in time")
             .unwrap();
-        let was = assignments[event.stream] >= size.services && clusters_ok[event.stream];
+        let synced = |assignments: usize, clusters: usize| {
+            assignments >= size.services && clusters >= size.services
+        };
+        let was = synced(assignments[event.stream], clusters_seen[event.stream]);
         assignments[event.stream] += event.endpoint_clusters.len();
-        clusters_ok[event.stream] |= event.cluster_count >= size.services;
-        if !was && assignments[event.stream] >= size.services && clusters_ok[event.stream] {
+        clusters_seen[event.stream] += event.cluster_count;
+        if !was && synced(assignments[event.stream], clusters_seen[event.stream]) {
             complete += 1;
         }
     }

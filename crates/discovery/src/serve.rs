@@ -30,10 +30,18 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
+/// HTTP/2 flow-control windows. The protocol's 64 KiB default stalls a connection whose streams
+/// ACK a thousand EDS names at a time (Envoy repeats every name in every SotW request); istiod
+/// raises them too.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
+
 fn grpc_server() -> Server {
     Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
 }
 
 pub async fn grpc_plaintext(

@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::google::protobuf::value::Kind;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, GroupVersionKind, PostParams};
 use serde_json::json;
 use std::time::Duration;
 
@@ -242,7 +242,14 @@ async fn without_a_gateway_other_networks_contribute_nothing() {
 
     // A Service only cluster02 has is still a mesh service for cluster01's sidecars: it gets an
     // address from 240.240.0.0/16, whose listener names the host for the DNS proxy.
-    fixtures::service(&mesh.client02, "sample", "only-in-two", "only", &[("http", 8080)]).await;
+    fixtures::service(
+        &mesh.client02,
+        "sample",
+        "only-in-two",
+        "only",
+        &[("http", 8080)],
+    )
+    .await;
     sidecar.request(LISTENER, &[], "", "", None).await;
     let listener = tokio::time::timeout(WAIT, async {
         loop {
@@ -267,7 +274,9 @@ async fn without_a_gateway_other_networks_contribute_nothing() {
     };
     assert_eq!(hostname, "only-in-two.sample.svc.cluster.local");
     let snapshot = mesh.discovery.registry.snapshot();
-    let vip = snapshot.services["only-in-two.sample.svc.cluster.local"].vip_for("cluster01").unwrap();
+    let vip = snapshot.services["only-in-two.sample.svc.cluster.local"]
+        .vip_for("cluster01")
+        .unwrap();
     assert_eq!(listener.name, format!("{vip}_8080"));
 
     // A proxy on network2 sees cluster02's pod directly and cluster01's not at all (no gateway).
@@ -360,7 +369,7 @@ async fn routers_expose_gateway_hosts_with_their_own_networks_endpoints() {
                  "servers": [{"port": {"number": 15443, "name": "tls", "protocol": "TLS"},
                               "tls": {"mode": "AUTO_PASSTHROUGH"}, "hosts": ["*.local"]}]}
     });
-    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
         "networking.istio.io",
         "v1alpha3",
         "Gateway",
@@ -423,6 +432,83 @@ async fn routers_expose_gateway_hosts_with_their_own_networks_endpoints() {
         "only network1's endpoint, never a gateway: {seen:?}"
     );
     assert_eq!((seen[0].0.as_str(), seen[0].1), ("10.10.0.5", 5000));
+
+    // expose-istiod.yaml, applied as the seeds do: 15012 and 15017 pass through to istiod.
+    fixtures::service(
+        &mesh.client01,
+        "istio-system",
+        "istiod",
+        "istiod",
+        &[("grpc-xds", 15012), ("https-webhook", 443)],
+    )
+    .await;
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/samples/expose-istiod.yaml");
+    let documents = std::fs::read_to_string(samples).unwrap();
+    let virtual_service = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1alpha3",
+        "VirtualService",
+    ));
+    for document in documents.split("\n---") {
+        let object: kube::api::DynamicObject = serde_saphyr::from_str(document).unwrap();
+        let kind = object.types.as_ref().unwrap().kind.clone();
+        let resource = if kind == "Gateway" {
+            &resource
+        } else {
+            &virtual_service
+        };
+        Api::<kube::api::DynamicObject>::namespaced_with(
+            mesh.client01.clone(),
+            "istio-system",
+            resource,
+        )
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    }
+    let listeners = tokio::time::timeout(WAIT, async {
+        loop {
+            let response = router.recv_type(LISTENER).await;
+            router.ack(&response, &[]).await;
+            let listeners: Vec<Listener> = response.resources.iter().map(decode).collect();
+            if listeners.iter().any(|l| l.name == "0.0.0.0_15017") {
+                return listeners;
+            }
+        }
+    })
+    .await
+    .expect("the router gets the istiod passthrough listeners");
+    let istiod = |port: &str| {
+        let listener = listeners
+            .iter()
+            .find(|l| l.name == format!("0.0.0.0_{port}"))
+            .unwrap();
+        assert_eq!(listener.filter_chains.len(), 1);
+        let chain = &listener.filter_chains[0];
+        assert!(
+            chain
+                .filter_chain_match
+                .as_ref()
+                .unwrap()
+                .server_names
+                .is_empty(),
+            "sniHosts `*` matches any name"
+        );
+        chain.name.clone()
+    };
+    assert_eq!(
+        istiod("15012"),
+        "outbound|15012||istiod.istio-system.svc.cluster.local"
+    );
+    assert_eq!(
+        istiod("15017"),
+        "outbound|443||istiod.istio-system.svc.cluster.local"
+    );
+    assert!(
+        listeners.iter().any(|l| l.name == "0.0.0.0_15443"),
+        "the cross-network listener stays"
+    );
     let _ = HELLOWORLD;
 }
 

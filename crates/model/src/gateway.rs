@@ -74,6 +74,32 @@ impl IstioGateway {
     }
 }
 
+/// One `tls` route of a VirtualService bound to Gateways: TLS arriving on a gateway port with
+/// one of `sni_hosts` goes, still encrypted, to `destination_host` (`expose-istiod.yaml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsRoute {
+    /// The VirtualService's namespace: short gateway and host names are relative to it.
+    pub namespace: String,
+    pub name: String,
+    /// As written: `<gateway>` (same namespace) or `<namespace>/<gateway>`.
+    pub gateways: Vec<String>,
+    pub port: Option<u16>,
+    pub sni_hosts: Vec<String>,
+    pub destination_host: String,
+    pub destination_port: Option<u16>,
+}
+
+impl TlsRoute {
+    pub fn binds(&self, gateway: &IstioGateway) -> bool {
+        self.gateways
+            .iter()
+            .any(|written| match written.split_once('/') {
+                Some((namespace, name)) => namespace == gateway.namespace && name == gateway.name,
+                None => self.namespace == gateway.namespace && *written == gateway.name,
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +125,30 @@ mod tests {
         assert!(!server(&["other/*"]).exposes("istio-system", "sample", fqdn));
         assert!(!server(&["./*"]).exposes("istio-system", "sample", fqdn));
         assert!(server(&["./*"]).exposes("sample", "sample", fqdn));
+    }
+
+    #[test]
+    fn tls_routes_bind_gateways_by_name_in_their_namespace_or_qualified() {
+        let gateway = IstioGateway {
+            namespace: "istio-system".into(),
+            name: "istiod-gateway".into(),
+            selector: BTreeMap::new(),
+            servers: vec![],
+        };
+        let mut route = TlsRoute {
+            namespace: "istio-system".into(),
+            name: "istiod-vs".into(),
+            gateways: vec!["istiod-gateway".into()],
+            port: Some(15012),
+            sni_hosts: vec!["*".into()],
+            destination_host: "istiod.istio-system.svc.cluster.local".into(),
+            destination_port: Some(15012),
+        };
+        assert!(route.binds(&gateway));
+        route.namespace = "other".into();
+        assert!(!route.binds(&gateway));
+        route.gateways = vec!["istio-system/istiod-gateway".into()];
+        assert!(route.binds(&gateway));
     }
 
     #[test]

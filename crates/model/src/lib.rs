@@ -18,6 +18,6 @@ pub mod split_horizon;
 pub mod vip;
 
 pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode};
-pub use gateway::{GatewayServer, IstioGateway, NetworkGateway};
+pub use gateway::{GatewayServer, IstioGateway, NetworkGateway, TlsRoute};
 pub use mesh::{ClusterStatus, MeshSnapshot, Push, ServiceEndpoints, SyncState};
 pub use service::{ClusterService, Protocol, Service, ServicePort};

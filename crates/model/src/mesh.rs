@@ -2,7 +2,7 @@
 //! Unchanged services are shared (`Arc`) between consecutive snapshots.
 
 use crate::endpoint::Endpoint;
-use crate::gateway::{IstioGateway, NetworkGateway};
+use crate::gateway::{IstioGateway, NetworkGateway, TlsRoute};
 use crate::service::Service;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,6 +57,8 @@ pub struct MeshSnapshot {
     pub endpoints: BTreeMap<String, Arc<ServiceEndpoints>>,
     pub network_gateways: Arc<Vec<NetworkGateway>>,
     pub istio_gateways: Arc<Vec<IstioGateway>>,
+    /// The `tls` routes of VirtualServices, for routers' PASSTHROUGH servers.
+    pub tls_routes: Arc<Vec<TlsRoute>>,
     pub clusters: Arc<Vec<ClusterStatus>>,
 }
 

@@ -434,6 +434,12 @@ impl Aggregator {
         }
         if dirty.gateways {
             next.istio_gateways = Arc::new(self.istio_gateways());
+            next.tls_routes = Arc::new(
+                self.clusters
+                    .get(&self.config.cluster_id)
+                    .map(|entry| entry.state.tls_routes.values().flatten().cloned().collect())
+                    .unwrap_or_default(),
+            );
         }
         next.clusters = Arc::new(self.statuses());
         let full = !dirty.definitions.is_empty() || dirty.gateways;

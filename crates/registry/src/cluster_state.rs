@@ -5,7 +5,7 @@ use crate::records::{
     Kind, LOCALITY_LABEL, NETWORK_LABEL, NamespaceRecord, ObjectKey, PodRecord, REGION_LABEL,
     Record, ServiceRecord, SliceRecord, TLS_MODE_LABEL,
 };
-use causeway_model::{Endpoint, IstioGateway, Locality, TlsMode};
+use causeway_model::{Endpoint, IstioGateway, Locality, TlsMode, TlsRoute};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What a batch of changes touched, so that only that is rebuilt and pushed.
@@ -53,6 +53,7 @@ pub struct ClusterState {
     services_of_pod: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     system_namespace_labels: BTreeMap<String, String>,
     pub gateways: BTreeMap<ObjectKey, IstioGateway>,
+    pub tls_routes: BTreeMap<ObjectKey, Vec<TlsRoute>>,
 }
 
 impl ClusterState {
@@ -128,6 +129,13 @@ impl ClusterState {
                     self.gateways.insert(key, gateway);
                 }
             }
+            Record::VirtualService(service) => {
+                let key = (service.namespace, service.name);
+                if self.tls_routes.get(&key) != Some(&service.tls_routes) {
+                    dirty.gateways = true;
+                    self.tls_routes.insert(key, service.tls_routes);
+                }
+            }
         }
         dirty
     }
@@ -158,6 +166,7 @@ impl ClusterState {
                 }
             }
             Kind::Gateway => dirty.gateways |= self.gateways.remove(key).is_some(),
+            Kind::VirtualService => dirty.gateways |= self.tls_routes.remove(key).is_some(),
         }
         dirty
     }
@@ -171,6 +180,7 @@ impl ClusterState {
             Kind::Pod => self.pods.keys().cloned().collect(),
             Kind::Namespace => vec![(String::new(), self.system_namespace.clone())],
             Kind::Gateway => self.gateways.keys().cloned().collect(),
+            Kind::VirtualService => self.tls_routes.keys().cloned().collect(),
         };
         let mut dirty = Dirty::default();
         for key in stale.iter().filter(|key| !listed.contains(*key)) {
@@ -191,7 +201,7 @@ impl ClusterState {
                 .services
                 .values()
                 .any(|s| s.gateway_of_network.is_some()),
-            gateways: !self.gateways.is_empty(),
+            gateways: !self.gateways.is_empty() || !self.tls_routes.is_empty(),
         };
         dirty.endpoints.extend(dirty.definitions.iter().cloned());
         *self = ClusterState::new(

@@ -80,6 +80,17 @@ impl ClusterWatch {
                 Kind::Gateway,
                 |g| Some(Record::Gateway(records::gateway_record(g))),
             ));
+            let virtual_service = ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "networking.istio.io",
+                "v1alpha3",
+                "VirtualService",
+            ));
+            streams.push(kind_stream(
+                Api::<DynamicObject>::all_with(client.clone(), &virtual_service),
+                watcher::Config::default(),
+                Kind::VirtualService,
+                |v| Some(Record::VirtualService(records::virtual_service_record(v))),
+            ));
         }
         streams
     }
@@ -125,7 +136,7 @@ impl ClusterWatch {
                             }),
                         }
                     }
-                    Some((kind, Err(error))) if kind == Kind::Gateway && is_not_found(&error) => {
+                    Some((kind, Err(error))) if matches!(kind, Kind::Gateway | Kind::VirtualService) && is_not_found(&error) => {
                         // Istio's CRDs are not installed in this cluster: no Gateways, not a failure.
                         if listed.insert(kind) {
                             Some(Message::Reset { cluster: self.cluster.clone(), generation: self.generation, kind, records: Vec::new() })

@@ -2,7 +2,7 @@
 //! when the watch delivers the object.
 
 use causeway_model::{
-    ClusterService, EndpointPort, GatewayServer, IstioGateway, Protocol, ServicePort,
+    ClusterService, EndpointPort, GatewayServer, IstioGateway, Protocol, ServicePort, TlsRoute,
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -29,6 +29,7 @@ pub enum Kind {
     Pod,
     Namespace,
     Gateway,
+    VirtualService,
 }
 
 impl Kind {
@@ -39,6 +40,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Namespace => "Namespace",
             Kind::Gateway => "Gateway",
+            Kind::VirtualService => "VirtualService",
         }
     }
 }
@@ -50,6 +52,7 @@ pub enum Record {
     Pod(PodRecord),
     Namespace(NamespaceRecord),
     Gateway(IstioGateway),
+    VirtualService(VirtualServiceRecord),
 }
 
 impl Record {
@@ -60,6 +63,7 @@ impl Record {
             Record::Pod(p) => (p.namespace.clone(), p.name.clone()),
             Record::Namespace(n) => (String::new(), n.name.clone()),
             Record::Gateway(g) => (g.namespace.clone(), g.name.clone()),
+            Record::VirtualService(v) => (v.namespace.clone(), v.name.clone()),
         }
     }
 }
@@ -98,6 +102,14 @@ pub struct PodRecord {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
+}
+
+/// The parts of a VirtualService the mesh uses today: its `tls` routes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualServiceRecord {
+    pub namespace: String,
+    pub name: String,
+    pub tls_routes: Vec<TlsRoute>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -280,6 +292,79 @@ pub fn gateway_record(object: &DynamicObject) -> IstioGateway {
     }
 }
 
+/// One [`TlsRoute`] per `tls[].match[]` (or per `tls[]` without matches), to its first
+/// destination. Entries without a destination host are skipped.
+pub fn virtual_service_record(object: &DynamicObject) -> VirtualServiceRecord {
+    let (namespace, name) = name_of(&object.metadata);
+    let spec = object.data.get("spec");
+    let strings = |value: Option<&serde_json::Value>| -> Vec<String> {
+        value
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let port_of = |value: Option<&serde_json::Value>| {
+        value
+            .and_then(|v| v.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+    };
+    let gateways = strings(spec.and_then(|s| s.get("gateways")));
+    let mut tls_routes = Vec::new();
+    for tls in spec
+        .and_then(|s| s.get("tls"))
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let destination = tls
+            .get("route")
+            .and_then(|r| r.as_array())
+            .and_then(|routes| routes.first())
+            .and_then(|route| route.get("destination"));
+        let Some(host) = destination
+            .and_then(|d| d.get("host"))
+            .and_then(|h| h.as_str())
+        else {
+            tracing::warn!(virtual_service = %format!("{namespace}/{name}"), "skipping a tls route without a destination host");
+            continue;
+        };
+        let destination_port = port_of(
+            destination
+                .and_then(|d| d.get("port"))
+                .and_then(|p| p.get("number")),
+        );
+        let matches: Vec<&serde_json::Value> = tls
+            .get("match")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+            .collect();
+        let matches = if matches.is_empty() {
+            vec![&serde_json::Value::Null]
+        } else {
+            matches
+        };
+        for matched in matches {
+            tls_routes.push(TlsRoute {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                gateways: gateways.clone(),
+                port: port_of(matched.get("port")),
+                sni_hosts: strings(matched.get("sniHosts")),
+                destination_host: host.to_owned(),
+                destination_port,
+            });
+        }
+    }
+    VirtualServiceRecord {
+        namespace,
+        name,
+        tls_routes,
+    }
+}
+
 fn gateway_server(server: &serde_json::Value) -> Option<GatewayServer> {
     let port = server.get("port")?;
     let text =
@@ -389,6 +474,32 @@ mod tests {
         }))
         .unwrap();
         assert!(slice_record(&orphan).is_none());
+    }
+
+    #[test]
+    fn expose_istiod_tls_routes_are_read() {
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
+            "metadata": {"name": "istiod-vs", "namespace": "istio-system"},
+            "spec": {"hosts": ["*"], "gateways": ["istiod-gateway"],
+                     "tls": [
+                        {"match": [{"port": 15012, "sniHosts": ["*"]}],
+                         "route": [{"destination": {"host": "istiod.istio-system.svc.cluster.local", "port": {"number": 15012}}}]},
+                        {"match": [{"port": 15017, "sniHosts": ["*"]}],
+                         "route": [{"destination": {"host": "istiod.istio-system.svc.cluster.local", "port": {"number": 443}}}]},
+                        {"route": [{"destination": {}}]}
+                     ]}
+        }))
+        .unwrap();
+        let record = virtual_service_record(&object);
+        assert_eq!(record.tls_routes.len(), 2);
+        let webhook = &record.tls_routes[1];
+        assert_eq!(
+            (webhook.port, webhook.destination_port),
+            (Some(15017), Some(443))
+        );
+        assert_eq!(webhook.gateways, ["istiod-gateway"]);
+        assert_eq!(webhook.sni_hosts, ["*"]);
     }
 
     #[test]

@@ -70,9 +70,12 @@ impl ServiceResourceCache {
     }
 
     fn retain_existing(&self, snapshot: &MeshSnapshot) {
-        self.lock()
-            .0
-            .retain(|_, built| snapshot.services.get(&built.service.fqdn).is_some_and(|s| Arc::ptr_eq(s, &built.service)));
+        self.lock().0.retain(|_, built| {
+            snapshot
+                .services
+                .get(&built.service.fqdn)
+                .is_some_and(|s| Arc::ptr_eq(s, &built.service))
+        });
     }
 }
 
@@ -116,8 +119,12 @@ impl Generator {
         wanted: Wanted<'_>,
     ) -> Vec<Arc<Resource>> {
         match (type_url, proxy.kind) {
-            (CLUSTER, ProxyKind::Sidecar) => wanted.keep(sidecar::clusters(snapshot, proxy, &self.per_service)),
-            (LISTENER, ProxyKind::Sidecar) => wanted.keep(sidecar::listeners(snapshot, proxy, &self.per_service)),
+            (CLUSTER, ProxyKind::Sidecar) => {
+                wanted.keep(sidecar::clusters(snapshot, proxy, &self.per_service))
+            }
+            (LISTENER, ProxyKind::Sidecar) => {
+                wanted.keep(sidecar::listeners(snapshot, proxy, &self.per_service))
+            }
             (CLUSTER, ProxyKind::Router) => wanted.keep(router::clusters(snapshot, proxy)),
             (LISTENER, ProxyKind::Router) => wanted.keep(router::listeners(snapshot, proxy)),
             (CLUSTER, ProxyKind::Grpc) => wanted.keep(grpc::clusters(snapshot)),

@@ -1,14 +1,15 @@
 //! Routers (east-west gateways in `sni-dnat` mode): for every service port exposed by an
 //! `AUTO_PASSTHROUGH` server of a Gateway that selects the router, a cluster named by the SNI
 //! `outbound_.<port>_._.<fqdn>` whose endpoints are the local ones (the router's
-//! `REQUESTED_NETWORK_VIEW`), and a listener per server port choosing the cluster by SNI.
+//! `REQUESTED_NETWORK_VIEW`), and a listener per server port choosing the cluster by SNI;
+//! `PASSTHROUGH` servers forward what their VirtualServices' `tls` routes say.
 
 use super::common::{eds_cluster, tcp_proxy_filter};
 use super::sidecar::routable_ports;
 use crate::envoy::{any, socket_address};
 use crate::proxy::ProxyInfo;
-use crate::resources::{Resource, sni_cluster};
-use causeway_model::{MeshSnapshot, Service, ServicePort};
+use crate::resources::{Resource, outbound_cluster, sni_cluster};
+use causeway_model::MeshSnapshot;
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
@@ -19,45 +20,86 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 const AUTO_PASSTHROUGH: &str = "AUTO_PASSTHROUGH";
+const PASSTHROUGH: &str = "PASSTHROUGH";
 
-/// Listener port to the service ports it exposes, in FQDN order.
-fn exposed<'a>(
-    snapshot: &'a MeshSnapshot,
-    proxy: &ProxyInfo,
-) -> BTreeMap<u16, Vec<(&'a Service, &'a ServicePort)>> {
-    let mut by_listener: BTreeMap<u16, Vec<(&Service, &ServicePort)>> = BTreeMap::new();
+/// One filter chain of a router listener: TLS with one of `server_names` (any, when empty) goes
+/// to `cluster`, bytes untouched.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Chain {
+    server_names: Vec<String>,
+    cluster: String,
+}
+
+/// Listener port to its chains: every service port an `AUTO_PASSTHROUGH` server exposes (by SNI
+/// `outbound_.<port>_._.<fqdn>`), and the `tls` routes of VirtualServices bound to `PASSTHROUGH`
+/// servers (`expose-istiod.yaml`: 15012 and 15017 to istiod).
+fn chains(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> BTreeMap<u16, Vec<Chain>> {
+    let mut by_port: BTreeMap<u16, Vec<Chain>> = BTreeMap::new();
     for gateway in snapshot
         .istio_gateways
         .iter()
         .filter(|g| g.selects(&proxy.labels))
     {
         for server in &gateway.servers {
-            if server.tls_mode.as_deref() != Some(AUTO_PASSTHROUGH) {
-                continue;
-            }
-            let services = by_listener.entry(server.port).or_default();
-            for service in snapshot.services.values() {
-                if server.exposes(&gateway.namespace, &service.namespace, &service.fqdn) {
-                    for port in routable_ports(service) {
-                        if !services
-                            .iter()
-                            .any(|(s, p)| s.fqdn == service.fqdn && p.port == port.port)
-                        {
-                            services.push((service, port));
+            let chains = by_port.entry(server.port).or_default();
+            match server.tls_mode.as_deref() {
+                Some(AUTO_PASSTHROUGH) => {
+                    for service in snapshot.services.values() {
+                        if server.exposes(&gateway.namespace, &service.namespace, &service.fqdn) {
+                            for port in routable_ports(service) {
+                                let sni = sni_cluster(port.port, &service.fqdn);
+                                chains.push(Chain {
+                                    server_names: vec![sni.clone()],
+                                    cluster: sni,
+                                });
+                            }
                         }
                     }
                 }
+                Some(PASSTHROUGH) => {
+                    for route in snapshot.tls_routes.iter().filter(|r| r.binds(gateway)) {
+                        if route.port.is_some_and(|port| port != server.port) {
+                            continue;
+                        }
+                        let Some(service) =
+                            snapshot.resolve_host(&route.destination_host, Some(&route.namespace))
+                        else {
+                            continue;
+                        };
+                        let port = route
+                            .destination_port
+                            .or_else(|| (service.ports.len() == 1).then(|| service.ports[0].port));
+                        let Some(port) = port.filter(|port| service.port(*port).is_some()) else {
+                            continue;
+                        };
+                        chains.push(Chain {
+                            server_names: route
+                                .sni_hosts
+                                .iter()
+                                .filter(|h| *h != "*")
+                                .cloned()
+                                .collect(),
+                            cluster: outbound_cluster(port, &service.fqdn),
+                        });
+                    }
+                }
+                _ => {}
             }
         }
     }
-    by_listener
+    by_port.retain(|_, chains| {
+        chains.sort();
+        chains.dedup();
+        !chains.is_empty()
+    });
+    by_port
 }
 
 pub fn clusters(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>> {
-    let mut names: Vec<String> = exposed(snapshot, proxy)
-        .values()
+    let mut names: Vec<String> = chains(snapshot, proxy)
+        .into_values()
         .flatten()
-        .map(|(service, port)| sni_cluster(port.port, &service.fqdn))
+        .map(|chain| chain.cluster)
         .collect();
     names.sort();
     names.dedup();
@@ -68,22 +110,19 @@ pub fn clusters(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>
 }
 
 pub fn listeners(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>> {
-    exposed(snapshot, proxy)
+    chains(snapshot, proxy)
         .into_iter()
-        .map(|(listener_port, services)| {
-            let filter_chains = services
+        .map(|(listener_port, chains)| {
+            let filter_chains = chains
                 .iter()
-                .map(|(service, port)| {
-                    let sni = sni_cluster(port.port, &service.fqdn);
-                    FilterChain {
-                        name: sni.clone(),
-                        filter_chain_match: Some(FilterChainMatch {
-                            server_names: vec![sni.clone()],
-                            ..FilterChainMatch::default()
-                        }),
-                        filters: vec![tcp_proxy_filter(&sni)],
-                        ..FilterChain::default()
-                    }
+                .map(|chain| FilterChain {
+                    name: chain.cluster.clone(),
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: chain.server_names.clone(),
+                        ..FilterChainMatch::default()
+                    }),
+                    filters: vec![tcp_proxy_filter(&chain.cluster)],
+                    ..FilterChain::default()
                 })
                 .collect();
             let listener = Listener {

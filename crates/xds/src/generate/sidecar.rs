@@ -2,9 +2,9 @@
 //! `tlsMode=istio`), inbound clusters for the workload's own ports, and the listeners that map a
 //! service VIP and port to its cluster (`virtualOutbound` on 15001, `virtualInbound` on 15006).
 
+use super::ServiceResourceCache;
 use super::common::{eds_cluster, tcp_proxy_filter};
 use crate::envoy::{any, fields, list_value, metadata, seconds, socket_address, string_value};
-use super::ServiceResourceCache;
 use crate::proxy::ProxyInfo;
 use crate::resources::{Resource, inbound_cluster, outbound_cluster, sni_cluster};
 use causeway_model::{MeshSnapshot, Protocol, Service, ServicePort};
@@ -196,7 +196,11 @@ fn original_destination_cluster(name: &str) -> Cluster {
     }
 }
 
-pub fn clusters(snapshot: &MeshSnapshot, proxy: &ProxyInfo, cache: &ServiceResourceCache) -> Vec<Arc<Resource>> {
+pub fn clusters(
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyInfo,
+    cache: &ServiceResourceCache,
+) -> Vec<Arc<Resource>> {
     let mut resources = Vec::new();
     let mut cache = cache.lock();
     for service in snapshot.services.values() {
@@ -318,7 +322,11 @@ fn outbound_service_listener(
     }
 }
 
-pub fn listeners(snapshot: &MeshSnapshot, proxy: &ProxyInfo, cache: &ServiceResourceCache) -> Vec<Arc<Resource>> {
+pub fn listeners(
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyInfo,
+    cache: &ServiceResourceCache,
+) -> Vec<Arc<Resource>> {
     let outbound = Listener {
         name: "virtualOutbound".into(),
         address: Some(socket_address(unspecified(), OUTBOUND_PORT)),

@@ -26,8 +26,7 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Status, Streaming};
 
-/// Most resources in one response where the protocol allows splitting (delta, and SotW types
-/// other than listeners and clusters).
+/// Most resources in one delta response.
 const MAX_RESOURCES_PER_RESPONSE: usize = 100;
 
 pub(crate) enum Requests {
@@ -383,7 +382,10 @@ impl Stream {
         let removed: Vec<String> = match only {
             Some(only) => only
                 .iter()
-                .filter(|name| !present.contains(name.as_str()) && subscription.sent.contains_key(name.as_str()))
+                .filter(|name| {
+                    !present.contains(name.as_str())
+                        && subscription.sent.contains_key(name.as_str())
+                })
                 .cloned()
                 .collect(),
             None => subscription
@@ -403,18 +405,25 @@ impl Stream {
             return Ok(false);
         }
         let version = self.snapshot.version.to_string();
-        let to_send: Vec<&Arc<Resource>> = if full_state { generated.iter().collect() } else { changed };
+        let to_send: Vec<&Arc<Resource>> = if full_state {
+            generated.iter().collect()
+        } else {
+            changed
+        };
         for resource in &to_send {
-            subscription.sent.insert(resource.name.clone(), resource.version);
+            subscription
+                .sent
+                .insert(resource.name.clone(), resource.version);
         }
         for name in &removed {
             subscription.sent.remove(name.as_str());
         }
         subscription.answered = true;
         let count = to_send.len();
-        // State-of-the-world listeners and clusters are one whole response; everything else may
-        // come in parts, which keeps every response (and the buffers that carry it) small.
-        let batches: Vec<&[&Arc<Resource>]> = if full_state || to_send.is_empty() {
+        // Delta responses come in parts, which keeps every response (and the buffers that carry it)
+        // small; their ACKs are a nonce each. A state-of-the-world client repeats every name it
+        // wants in every ACK (kilobytes per ACK with a thousand clusters), so it gets one response.
+        let batches: Vec<&[&Arc<Resource>]> = if !delta || to_send.is_empty() {
             vec![&to_send[..]]
         } else {
             to_send.chunks(MAX_RESOURCES_PER_RESPONSE).collect()
@@ -425,7 +434,10 @@ impl Stream {
         for (index, batch) in batches.into_iter().enumerate() {
             self.nonce += 1;
             nonce = self.nonce.to_string();
-            self.subscriptions.get_mut(type_url).expect("checked above").nonce = Some(nonce.clone());
+            self.subscriptions
+                .get_mut(type_url)
+                .expect("checked above")
+                .nonce = Some(nonce.clone());
             let sent = match &self.responses {
                 Responses::Sotw(sender) => {
                     let response = DiscoveryResponse {
@@ -449,7 +461,11 @@ impl Stream {
                                 ..DeltaResource::default()
                             })
                             .collect(),
-                        removed_resources: if index == last_batch { removed.take().unwrap_or_default() } else { Vec::new() },
+                        removed_resources: if index == last_batch {
+                            removed.take().unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
                         type_url: type_url.to_owned(),
                         nonce: nonce.clone(),
                         ..DeltaDiscoveryResponse::default()
@@ -460,7 +476,11 @@ impl Stream {
             if !sent {
                 return Err(Gone);
             }
-            self.shared.metrics.pushes.get_or_create(&super::metrics::TypeLabel::of(type_url)).inc();
+            self.shared
+                .metrics
+                .pushes
+                .get_or_create(&super::metrics::TypeLabel::of(type_url))
+                .inc();
         }
         self.status.update(type_url, |status| {
             status.sent_nonce = Some(nonce);
@@ -534,7 +554,11 @@ fn apply_names(
         subscription.names_by_service.clear();
         for name in &subscription.names {
             if let Some((_, fqdn)) = parse_service_name(name) {
-                subscription.names_by_service.entry(fqdn.to_owned()).or_default().push(name.clone());
+                subscription
+                    .names_by_service
+                    .entry(fqdn.to_owned())
+                    .or_default()
+                    .push(name.clone());
             }
         }
     }
