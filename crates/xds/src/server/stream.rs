@@ -26,7 +26,8 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Status, Streaming};
 
-/// Most resources in one delta response.
+/// Most resources in one response where the protocol allows parts (delta, and SotW types other
+/// than listeners and clusters).
 const MAX_RESOURCES_PER_RESPONSE: usize = 100;
 
 pub(crate) enum Requests {
@@ -111,6 +112,9 @@ struct Subscription {
     /// Service FQDN to the subscribed names that belong to it (`outbound|..||fqdn`, SNI names),
     /// so that a push touching one service looks at that service's names only.
     names_by_service: HashMap<String, Vec<String>>,
+    /// A hash of the last SotW name list: Envoy repeats its whole list (a thousand EDS names) in
+    /// every ACK, and an unchanged list should cost one hash, not a rebuilt set.
+    last_names_hash: Option<u64>,
     /// Name to the version last sent.
     sent: HashMap<Arc<str>, u64>,
     nonce: Option<String>,
@@ -420,10 +424,9 @@ impl Stream {
         }
         subscription.answered = true;
         let count = to_send.len();
-        // Delta responses come in parts, which keeps every response (and the buffers that carry it)
-        // small; their ACKs are a nonce each. A state-of-the-world client repeats every name it
-        // wants in every ACK (kilobytes per ACK with a thousand clusters), so it gets one response.
-        let batches: Vec<&[&Arc<Resource>]> = if !delta || to_send.is_empty() {
+        // State-of-the-world listeners and clusters are one whole response; everything else comes
+        // in parts, which keeps every response (and the buffers that carry it) small.
+        let batches: Vec<&[&Arc<Resource>]> = if full_state || to_send.is_empty() {
             vec![&to_send[..]]
         } else {
             to_send.chunks(MAX_RESOURCES_PER_RESPONSE).collect()
@@ -508,6 +511,15 @@ fn apply_names(
     type_url: &str,
     change: NameChange,
 ) -> BTreeSet<String> {
+    if let NameChange::Replace(names) = &change {
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(names, &mut hasher);
+        let hash = std::hash::Hasher::finish(&hasher);
+        if subscription.answered && subscription.last_names_hash == Some(hash) {
+            return BTreeSet::new();
+        }
+        subscription.last_names_hash = Some(hash);
+    }
     let before = subscription.names.clone();
     match change {
         NameChange::Replace(names) => {
