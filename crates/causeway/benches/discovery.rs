@@ -10,7 +10,6 @@
 //! 1,000 streams); without `--bench` (as `cargo test --benches` runs it) a small smoke size.
 //! `scripts/bench-discovery` pins discovery to core 0 and this driver to core 1.
 
-use causeway_lab::apiserver::RunningApiServer;
 use causeway_lab::kubeconfig::{for_clusters, render};
 use causeway_lab::testing::{self as lab, fixtures};
 use causeway_xds::resources::{CLUSTER, ENDPOINT, outbound_cluster};
@@ -98,19 +97,6 @@ fn slice_json(
         "ports": [{"name": "http", "port": 8080}],
         "endpoints": endpoints,
     })
-}
-
-async fn start_cluster(
-    name: &str,
-    subnet: &str,
-    dir: &std::path::Path,
-) -> (RunningApiServer, kube::Client) {
-    let mut config = lab::config(name, dir);
-    config.service_subnet = subnet.parse().unwrap();
-    let server = lab::start(config).await;
-    let client = lab::client(name, &server).await;
-    fixtures::namespace(&client, "istio-system", json!({})).await;
-    (server, client)
 }
 
 /// `causeway discovery` as its own process, on core `DISCOVERY_CPU` when set.
@@ -522,8 +508,8 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let (one, client01) = start_cluster("cluster01", "10.96.0.0/16", dir.path()).await;
-        let (two, client02) = start_cluster("cluster02", "10.97.0.0/16", dir.path()).await;
+        let (one, client01) = fixtures::mesh_cluster("cluster01", "10.96.0.0/16", dir.path(), "").await;
+        let (two, client02) = fixtures::mesh_cluster("cluster02", "10.97.0.0/16", dir.path(), "").await;
         let started = Instant::now();
         populate(&client01, 1, &size).await;
         populate(&client02, 2, &size).await;

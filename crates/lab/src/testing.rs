@@ -105,6 +105,27 @@ pub mod fixtures {
         }
     }
 
+    /// A started API server for cluster `name` (service subnet `subnet`, data under `directory`)
+    /// with `istio-system` labelled for `network` (none when empty), and an admin client.
+    pub async fn mesh_cluster(
+        name: &str,
+        subnet: &str,
+        directory: &std::path::Path,
+        network: &str,
+    ) -> (crate::apiserver::RunningApiServer, kube::Client) {
+        let mut config = super::config(name, directory);
+        config.service_subnet = subnet.parse().expect("a valid service subnet");
+        let server = super::start(config).await;
+        let client = super::client(name, &server).await;
+        let labels = if network.is_empty() {
+            json!({})
+        } else {
+            json!({"topology.istio.io/network": network})
+        };
+        namespace(&client, "istio-system", labels).await;
+        (server, client)
+    }
+
     /// A ClusterIP Service selecting `app=<app>` with `ports` as `(name, port)`.
     pub async fn service(
         client: &kube::Client,

@@ -24,24 +24,7 @@ async fn start_cluster(
     dir: &Path,
     network: &str,
 ) -> (RunningApiServer, kube::Client) {
-    let mut config = lab::config(name, dir);
-    config.service_subnet = subnet.parse().unwrap();
-    start_with(config, network).await
-}
-
-async fn start_with(
-    config: causeway_lab::apiserver::ApiServerConfig,
-    network: &str,
-) -> (RunningApiServer, kube::Client) {
-    let name = config.cluster.clone();
-    let server = lab::start(config).await;
-    let client = lab::client(&name, &server).await;
-    fixtures::namespace(
-        &client,
-        "istio-system",
-        json!({"topology.istio.io/network": network}),
-    )
-    .await;
+    let (server, client) = fixtures::mesh_cluster(name, subnet, dir, network).await;
     fixtures::namespace(&client, "sample", json!({})).await;
     (server, client)
 }
@@ -346,7 +329,8 @@ async fn remote_clusters_join_rotate_survive_outages_and_leave() {
     let mut config = lab::config("cluster02", dir.path());
     config.service_subnet = "10.97.0.0/16".parse().unwrap();
     config.listen = address;
-    let (_two_again, client02) = start_with(config, "network2").await;
+    let two_again = lab::start(config).await;
+    let client02 = lab::client("cluster02", &two_again).await;
     fixtures::set_pod(&client02, "sample", "hw-v2b", None, false).await;
     wait_for(
         &registry,

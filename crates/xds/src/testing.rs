@@ -65,6 +65,16 @@ async fn channel(
         .max_decoding_message_size(usize::MAX)
 }
 
+/// The stream's next message, `None` after `timeout`; a closed or failed stream fails the test.
+async fn next_within<T>(stream: &mut Streaming<T>, timeout: Duration) -> Option<T> {
+    match tokio::time::timeout(timeout, stream.message()).await {
+        Ok(Ok(Some(response))) => Some(response),
+        Ok(Ok(None)) => panic!("the server closed the stream"),
+        Ok(Err(status)) => panic!("the stream failed: {status}"),
+        Err(_) => None,
+    }
+}
+
 /// A state-of-the-world ADS stream.
 pub struct SotwClient {
     pub node: Node,
@@ -135,12 +145,7 @@ impl SotwClient {
 
     /// The next response, or `None` if none comes within `timeout`.
     pub async fn recv_within(&mut self, timeout: Duration) -> Option<DiscoveryResponse> {
-        match tokio::time::timeout(timeout, self.responses.message()).await {
-            Ok(Ok(Some(response))) => Some(response),
-            Ok(Ok(None)) => panic!("the server closed the stream"),
-            Ok(Err(status)) => panic!("the stream failed: {status}"),
-            Err(_) => None,
-        }
+        next_within(&mut self.responses, timeout).await
     }
 
     /// Reads responses until one of `type_url` arrives (ACKing others), and returns it.
@@ -218,12 +223,7 @@ impl DeltaClient {
     }
 
     pub async fn recv_within(&mut self, timeout: Duration) -> Option<DeltaDiscoveryResponse> {
-        match tokio::time::timeout(timeout, self.responses.message()).await {
-            Ok(Ok(Some(response))) => Some(response),
-            Ok(Ok(None)) => panic!("the server closed the stream"),
-            Ok(Err(status)) => panic!("the stream failed: {status}"),
-            Err(_) => None,
-        }
+        next_within(&mut self.responses, timeout).await
     }
 
     pub async fn recv_type(&mut self, type_url: &str) -> DeltaDiscoveryResponse {

@@ -42,16 +42,7 @@ async fn cluster(
     network: &str,
     dir: &std::path::Path,
 ) -> (RunningApiServer, kube::Client) {
-    let mut config = lab::config(name, dir);
-    config.service_subnet = subnet.parse().unwrap();
-    let server = lab::start(config).await;
-    let client = lab::client(name, &server).await;
-    fixtures::namespace(
-        &client,
-        "istio-system",
-        json!({"topology.istio.io/network": network}),
-    )
-    .await;
+    let (server, client) = fixtures::mesh_cluster(name, subnet, dir, network).await;
     fixtures::namespace(&client, "sample", json!({})).await;
     (server, client)
 }
