@@ -215,7 +215,7 @@ impl DebugState {
                 &json!({"error": format!("no connected proxy `{wanted}`"), "connected": known}),
             );
         };
-        let config = self.xds.config_for(&connection.proxy, None);
+        let config = self.xds.config_for(&connection.proxy);
         let dump: BTreeMap<&str, Vec<Value>> = config
             .iter()
             .map(|(type_url, resources)| {

@@ -191,28 +191,7 @@ impl Aggregator {
         }
         .spawn(self.to_self.clone());
         self.clients.insert(&id, client);
-        let network = if secret.is_none() {
-            self.config.network.clone()
-        } else {
-            String::new()
-        };
-        let entry = self
-            .clusters
-            .entry(id.clone())
-            .or_insert_with(|| ClusterEntry {
-                state: ClusterState::new(
-                    &id,
-                    &network,
-                    &self.config.system_namespace,
-                    &self.config.trust_domain,
-                ),
-                generation,
-                secret: secret.clone(),
-                fingerprint,
-                sync: SyncState::NotSynced("starting".into()),
-                added: Instant::now(),
-                task: None,
-            });
+        let entry = self.entry(&id, secret.clone());
         // A rotated credential keeps the cluster's last known state until the new watches relist.
         if let Some(old) = entry.task.replace(task) {
             old.abort();
@@ -221,6 +200,33 @@ impl Aggregator {
         entry.fingerprint = fingerprint;
         entry.secret = secret;
         self.publish_status();
+    }
+
+    /// The cluster's entry, made empty (not synced, no watches) when it is new. The own cluster
+    /// (no secret) starts on the configured network; remote ones take theirs from their labels.
+    fn entry(&mut self, id: &str, secret: Option<String>) -> &mut ClusterEntry {
+        let network = if secret.is_none() {
+            self.config.network.as_str()
+        } else {
+            ""
+        };
+        let state = ClusterState::new(
+            id,
+            network,
+            &self.config.system_namespace,
+            &self.config.trust_domain,
+        );
+        self.clusters
+            .entry(id.to_owned())
+            .or_insert_with(|| ClusterEntry {
+                state,
+                generation: 0,
+                secret,
+                fingerprint: 0,
+                sync: SyncState::NotSynced("starting".into()),
+                added: Instant::now(),
+                task: None,
+            })
     }
 
     fn handle(&mut self, message: Message) {
@@ -301,23 +307,7 @@ impl Aggregator {
                     return;
                 }
                 tracing::error!(%cluster, %secret, "cannot use remote cluster: {error}");
-                let entry = self
-                    .clusters
-                    .entry(cluster.clone())
-                    .or_insert_with(|| ClusterEntry {
-                        state: ClusterState::new(
-                            &cluster,
-                            "",
-                            &self.config.system_namespace,
-                            &self.config.trust_domain,
-                        ),
-                        generation: 0,
-                        secret: Some(secret.clone()),
-                        fingerprint: 0,
-                        sync: SyncState::Failed(String::new()),
-                        added: Instant::now(),
-                        task: None,
-                    });
+                let entry = self.entry(&cluster, Some(secret));
                 // Keep serving what the old credentials showed; stop using them.
                 if let Some(task) = entry.task.take() {
                     task.abort();

@@ -184,9 +184,15 @@ impl ClusterWatch {
     }
 }
 
+/// The API server does not serve the kind (its CRD is not installed).
 fn is_not_found(error: &watcher::Error) -> bool {
-    let text = error.to_string();
-    text.contains("404") || text.contains("NotFound") || text.contains("not found")
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_not_found(),
+        watcher::Error::WatchError(status) => status.is_not_found(),
+        _ => false,
+    }
 }
 
 /// A watch event reduced to what the aggregator needs. An object the mesh cannot use (an FQDN

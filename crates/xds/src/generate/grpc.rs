@@ -71,21 +71,34 @@ fn all_names(snapshot: &MeshSnapshot) -> BTreeSet<String> {
         .collect()
 }
 
+/// `names` (every service port's canonical name when `None`) with the service port each names
+/// for this client; names that name nothing are left out.
+fn resolve_all<'a>(
+    snapshot: &'a MeshSnapshot,
+    proxy: &ProxyInfo,
+    names: Option<&BTreeSet<String>>,
+) -> Vec<(String, &'a Arc<Service>, u16)> {
+    let wanted = names.cloned().unwrap_or_else(|| all_names(snapshot));
+    wanted
+        .into_iter()
+        .filter_map(|name| {
+            let (service, port) = resolve(snapshot, proxy, &name)?;
+            Some((name, service, port))
+        })
+        .collect()
+}
+
 /// Listeners for `names`, or for every service port when `names` is `None`.
 pub fn listeners(
     snapshot: &MeshSnapshot,
     proxy: &ProxyInfo,
     names: Option<&BTreeSet<String>>,
 ) -> Vec<Arc<Resource>> {
-    let wanted = names.cloned().unwrap_or_else(|| all_names(snapshot));
-    wanted
-        .iter()
-        .filter_map(|name| {
-            let (service, port) = resolve(snapshot, proxy, name)?;
-            Some(Resource::new(
-                name.as_str(),
-                &api_listener(name, canonical(service, port)),
-            ))
+    resolve_all(snapshot, proxy, names)
+        .into_iter()
+        .map(|(name, service, port)| {
+            let listener = api_listener(&name, canonical(service, port));
+            Resource::new(name, &listener)
         })
         .collect()
 }
@@ -95,11 +108,9 @@ pub fn routes(
     proxy: &ProxyInfo,
     names: Option<&BTreeSet<String>>,
 ) -> Vec<Arc<Resource>> {
-    let wanted = names.cloned().unwrap_or_else(|| all_names(snapshot));
-    wanted
-        .iter()
-        .filter_map(|name| {
-            let (service, port) = resolve(snapshot, proxy, name)?;
+    resolve_all(snapshot, proxy, names)
+        .into_iter()
+        .map(|(name, service, port)| {
             let domains = service
                 .host_aliases(proxy.namespace.as_deref())
                 .into_iter()
@@ -128,7 +139,7 @@ pub fn routes(
                 }],
                 ..RouteConfiguration::default()
             };
-            Some(Resource::new(name.as_str(), &config))
+            Resource::new(name, &config)
         })
         .collect()
 }

@@ -135,7 +135,7 @@ fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSn
     }
 }
 
-/// `(service port, workload port)` of every service port the proxy's own workload serves.
+/// The workload ports behind every service port the proxy's own workload serves.
 fn inbound_ports(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> BTreeSet<u16> {
     let Some(namespace) = proxy.namespace.as_deref() else {
         return BTreeSet::new();

@@ -148,24 +148,18 @@ impl XdsServer {
     pub fn config_for(
         &self,
         proxy: &ProxyInfo,
-        eds_names: Option<&std::collections::BTreeSet<String>>,
     ) -> BTreeMap<&'static str, Vec<Arc<crate::resources::Resource>>> {
         let snapshot = self.shared.snapshots.borrow().clone();
         crate::resources::PUSH_ORDER
             .iter()
             .map(|type_url| {
-                let wanted = match (*type_url, eds_names) {
-                    (crate::resources::ENDPOINT, Some(names)) => {
-                        crate::generate::Wanted::Named(names)
-                    }
-                    _ => crate::generate::Wanted::All,
-                };
-                (
-                    *type_url,
-                    self.shared
-                        .generator
-                        .generate(type_url, &snapshot, proxy, wanted),
-                )
+                let resources = self.shared.generator.generate(
+                    type_url,
+                    &snapshot,
+                    proxy,
+                    crate::generate::Wanted::All,
+                );
+                (*type_url, resources)
             })
             .collect()
     }
