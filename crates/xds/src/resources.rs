@@ -1,6 +1,9 @@
 //! Resource types, Istio's resource names, and the encoded resources handed to streams.
 
+use bytes::{Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::Resource as DeltaResource;
 use envoy_types::pb::google::protobuf::Any;
+use prost::encoding::{self, WireType};
 use prost::{Message, Name};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -31,31 +34,115 @@ pub fn wildcard_by_default(type_url: &str) -> bool {
 }
 
 /// One generated resource, encoded once and shared by every stream that is sent it.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// It is kept in wire form, as an entry of `DeltaDiscoveryResponse.resources` (field 2: name,
+/// version and the resource as an `Any`). That entry ends with its `resource` field, which is
+/// also field 2, so its tail is byte for byte an entry of `DiscoveryResponse.resources`. A
+/// response of either variant is then a small head plus these shared bytes, never a copy per
+/// stream.
+#[derive(Clone, PartialEq)]
 pub struct Resource {
     pub name: Arc<str>,
     /// A hash of the encoded resource: equal versions mean equal content.
     pub version: u64,
-    pub body: Any,
+    pub type_url: String,
+    delta_entry: Bytes,
+    /// Where the `resource` field starts within `delta_entry`.
+    sotw_start: usize,
+    /// The encoded message (a slice of `delta_entry`).
+    value: Bytes,
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource")
+            .field("name", &self.name)
+            .field("version", &self.version_text())
+            .field("type_url", &self.type_url)
+            .field("bytes", &self.value.len())
+            .finish()
+    }
+}
+
+/// The field number of `resources` in both `DiscoveryResponse` and `DeltaDiscoveryResponse`,
+/// and of `resource` in the delta `Resource` message.
+const RESOURCES_FIELD: u32 = 2;
+
+fn put_length_delimited_key(buffer: &mut BytesMut, length: usize) {
+    encoding::encode_key(RESOURCES_FIELD, WireType::LengthDelimited, buffer);
+    encoding::encode_varint(length as u64, buffer);
 }
 
 impl Resource {
     pub fn new<M: Message + Name>(name: impl Into<Arc<str>>, message: &M) -> Arc<Resource> {
-        let body = Any {
-            type_url: M::type_url(),
-            value: message.encode_to_vec(),
-        };
+        let name: Arc<str> = name.into();
+        let type_url = M::type_url();
+        let value = message.encode_to_vec();
         let mut hasher = DefaultHasher::new();
-        body.value.hash(&mut hasher);
+        value.hash(&mut hasher);
+        let version = hasher.finish();
+        let any = Any {
+            type_url: type_url.clone(),
+            value,
+        };
+        let any_length = any.encoded_len();
+        // The delta entry's own fields: version (1) and name (3); `resource` (2) goes last.
+        let head = DeltaResource {
+            name: name.to_string(),
+            version: format!("{version:016x}"),
+            ..DeltaResource::default()
+        };
+        let any_field_length = encoding::key_len(RESOURCES_FIELD)
+            + encoding::encoded_len_varint(any_length as u64)
+            + any_length;
+        let entry_length = head.encoded_len() + any_field_length;
+        let mut entry = BytesMut::with_capacity(
+            encoding::key_len(RESOURCES_FIELD)
+                + encoding::encoded_len_varint(entry_length as u64)
+                + entry_length,
+        );
+        put_length_delimited_key(&mut entry, entry_length);
+        head.encode_raw(&mut entry);
+        let sotw_start = entry.len();
+        put_length_delimited_key(&mut entry, any_length);
+        any.encode_raw(&mut entry);
+        let entry = entry.freeze();
+        let value_start = entry.len() - any.value.len();
         Arc::new(Resource {
-            name: name.into(),
-            version: hasher.finish(),
-            body,
+            name,
+            version,
+            type_url,
+            value: entry.slice(value_start..),
+            delta_entry: entry,
+            sotw_start,
         })
     }
 
     pub fn version_text(&self) -> String {
         format!("{:016x}", self.version)
+    }
+
+    /// The encoded message.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// The resource as an `Any` (a copy; for debug output and tests).
+    pub fn any(&self) -> Any {
+        Any {
+            type_url: self.type_url.clone(),
+            value: self.value.to_vec(),
+        }
+    }
+
+    /// This resource as one entry of `DiscoveryResponse.resources`, key and length included.
+    pub fn sotw_entry(&self) -> Bytes {
+        self.delta_entry.slice(self.sotw_start..)
+    }
+
+    /// This resource as one entry of `DeltaDiscoveryResponse.resources`, key and length included.
+    pub fn delta_entry(&self) -> Bytes {
+        self.delta_entry.clone()
     }
 }
 
@@ -96,7 +183,7 @@ pub fn describe(type_url: &str, resource: &Resource) -> String {
         cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
         route::v3::RouteConfiguration,
     };
-    let bytes = resource.body.value.as_slice();
+    let bytes = resource.value();
     let decoded = match type_url {
         LISTENER => Listener::decode(bytes).map(|m| format!("{m:?}")),
         ROUTE => RouteConfiguration::decode(bytes).map(|m| format!("{m:?}")),
@@ -153,6 +240,30 @@ mod tests {
             Resource::new("x", &a).version,
             Resource::new("x", &b).version
         );
-        assert_eq!(Resource::new("x", &a).body.type_url, ENDPOINT);
+        assert_eq!(Resource::new("x", &a).type_url, ENDPOINT);
+    }
+
+    #[test]
+    fn wire_entries_decode_as_both_response_variants() {
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use envoy_types::pb::envoy::service::discovery::v3::{
+            DeltaDiscoveryResponse, DiscoveryResponse,
+        };
+        let assignment = ClusterLoadAssignment {
+            cluster_name: "outbound|80||a.b.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let resource = Resource::new("outbound|80||a.b.svc.cluster.local", &assignment);
+        let sotw = DiscoveryResponse::decode(resource.sotw_entry()).unwrap();
+        assert_eq!(sotw.resources, vec![resource.any()]);
+        assert_eq!(
+            ClusterLoadAssignment::decode(sotw.resources[0].value.as_slice()).unwrap(),
+            assignment
+        );
+        let delta = DeltaDiscoveryResponse::decode(resource.delta_entry()).unwrap();
+        assert_eq!(delta.resources.len(), 1);
+        assert_eq!(&*delta.resources[0].name, &*resource.name);
+        assert_eq!(delta.resources[0].version, resource.version_text());
+        assert_eq!(delta.resources[0].resource, Some(resource.any()));
     }
 }

@@ -2,25 +2,19 @@
 
 pub mod metrics;
 mod stream;
+mod wire;
 
 use crate::generate::Generator;
 use crate::proxy::ProxyInfo;
 use causeway_model::{MeshSnapshot, Push};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 pub use metrics::XdsMetrics;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::{broadcast, watch};
+pub use wire::AdsService;
 
 /// Responses a stream may have queued before its task waits for the client to read. Small, so
 /// that a slow client holds back its own stream rather than the server's memory.
@@ -121,10 +115,11 @@ impl XdsServer {
         XdsServer { shared }
     }
 
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(usize::MAX)
+    /// The ADS gRPC service, for a tonic server's `add_service`.
+    pub fn service(&self) -> AdsService {
+        AdsService {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Ends every stream (and refuses none: new ones end at once too), so that a graceful
@@ -162,43 +157,6 @@ impl XdsServer {
                 (*type_url, resources)
             })
             .collect()
-    }
-}
-
-type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = SotwStream;
-    type DeltaAggregatedResourcesStream = DeltaStream;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<SotwStream>, Status> {
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let requests = request.into_inner();
-        tokio::spawn(stream::serve(
-            self.shared.clone(),
-            stream::Requests::Sotw(requests),
-            stream::Responses::Sotw(sender),
-        ));
-        Ok(Response::new(ReceiverStream::new(receiver)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let requests = request.into_inner();
-        tokio::spawn(stream::serve(
-            self.shared.clone(),
-            stream::Requests::Delta(requests),
-            stream::Responses::Delta(sender),
-        ));
-        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 

@@ -8,6 +8,7 @@
 //!   only resources that changed or were newly asked for (as the protocol allows).
 //! - Delta: only changed resources, and the names of removed ones.
 
+use super::wire::{EncodedResponse, Outgoing};
 use super::{ConnectionStatus, Shared};
 use crate::generate::Wanted;
 use crate::proxy::ProxyInfo;
@@ -16,10 +17,7 @@ use crate::resources::{
 };
 use causeway_model::{MeshSnapshot, Push};
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,9 +32,10 @@ pub(crate) enum Requests {
     Delta(Streaming<DeltaDiscoveryRequest>),
 }
 
-pub(crate) enum Responses {
-    Sotw(mpsc::Sender<Result<DiscoveryResponse, Status>>),
-    Delta(mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>),
+/// Where a stream's responses go: the HTTP/2 response body (see `wire`).
+pub(crate) struct Responses {
+    sender: mpsc::Sender<Outgoing>,
+    delta: bool,
 }
 
 /// A request of either variant, reduced to what the stream logic needs.
@@ -92,15 +91,20 @@ impl Requests {
 struct Gone;
 
 impl Responses {
+    pub(crate) fn new(sender: mpsc::Sender<Outgoing>, delta: bool) -> Responses {
+        Responses { sender, delta }
+    }
+
     fn is_delta(&self) -> bool {
-        matches!(self, Responses::Delta(_))
+        self.delta
+    }
+
+    async fn send(&self, response: EncodedResponse) -> Result<(), Gone> {
+        self.sender.send(Ok(response)).await.map_err(|_| Gone)
     }
 
     async fn error(&self, status: Status) {
-        let _ = match self {
-            Responses::Sotw(sender) => sender.send(Err(status)).await.is_ok(),
-            Responses::Delta(sender) => sender.send(Err(status)).await.is_ok(),
-        };
+        let _ = self.sender.send(Err(status)).await;
     }
 }
 
@@ -275,14 +279,16 @@ impl Stream {
         let Some(subscription) = self.subscriptions.get(ENDPOINT) else {
             return Ok(());
         };
-        let touched: BTreeSet<String> = subscription
-            .names
-            .iter()
-            .filter(|name| {
-                parse_service_name(name).is_some_and(|(_, fqdn)| push.endpoints_changed(fqdn))
-            })
-            .cloned()
-            .collect();
+        let touched: BTreeSet<String> = if push.all_endpoints {
+            subscription.names.clone()
+        } else {
+            push.changed_endpoints
+                .iter()
+                .filter_map(|fqdn| subscription.names_by_service.get(fqdn))
+                .flatten()
+                .cloned()
+                .collect()
+        };
         if touched.is_empty() {
             return Ok(());
         }
@@ -442,44 +448,17 @@ impl Stream {
                 .get_mut(type_url)
                 .expect("checked above")
                 .nonce = Some(nonce.clone());
-            let sent = match &self.responses {
-                Responses::Sotw(sender) => {
-                    let response = DiscoveryResponse {
-                        version_info: version.clone(),
-                        resources: batch.iter().map(|r| r.body.clone()).collect(),
-                        type_url: type_url.to_owned(),
-                        nonce: nonce.clone(),
-                        ..DiscoveryResponse::default()
-                    };
-                    sender.send(Ok(response)).await.is_ok()
-                }
-                Responses::Delta(sender) => {
-                    let response = DeltaDiscoveryResponse {
-                        system_version_info: version.clone(),
-                        resources: batch
-                            .iter()
-                            .map(|r| DeltaResource {
-                                name: r.name.to_string(),
-                                version: r.version_text(),
-                                resource: Some(r.body.clone()),
-                                ..DeltaResource::default()
-                            })
-                            .collect(),
-                        removed_resources: if index == last_batch {
-                            removed.take().unwrap_or_default()
-                        } else {
-                            Vec::new()
-                        },
-                        type_url: type_url.to_owned(),
-                        nonce: nonce.clone(),
-                        ..DeltaDiscoveryResponse::default()
-                    };
-                    sender.send(Ok(response)).await.is_ok()
-                }
+            let response = if delta {
+                let removed = if index == last_batch {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                EncodedResponse::delta(version.clone(), type_url, nonce.clone(), batch, removed)
+            } else {
+                EncodedResponse::sotw(version.clone(), type_url, nonce.clone(), batch)
             };
-            if !sent {
-                return Err(Gone);
-            }
+            self.responses.send(response).await?;
             self.shared
                 .metrics
                 .pushes

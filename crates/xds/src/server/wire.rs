@@ -1,0 +1,312 @@
+//! The ADS gRPC service written against HTTP/2 directly, so that responses are sent from the
+//! shared, pre-encoded resources.
+//!
+//! tonic's generated service encodes every response into a per-stream buffer that keeps the
+//! capacity of the largest response it ever carried: a thousand state-of-the-world streams, each
+//! once sent a 3.6 MB EDS response, held gigabytes. Here a response is a few bytes of head (the
+//! gRPC length prefix, version, type and nonce) followed by the resources' own `Bytes`, which
+//! HTTP/2 writes out without copying. Requests are still decoded by tonic.
+
+use super::Shared;
+use super::stream::{self, Requests};
+use crate::resources::Resource;
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use http_body::{Body, Frame};
+use prost::Message;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::sync::mpsc;
+use tonic::Status;
+use tonic::codec::{Codec, Streaming};
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+use tonic_prost::ProstCodec;
+
+const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// Requests larger than this are refused (a SotW EDS request naming 100,000 clusters is ~7 MB).
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// The gRPC message prefix: a compression flag and a 32-bit big-endian length.
+const GRPC_PREFIX_BYTES: usize = 5;
+
+/// One response, ready for the wire: the gRPC-framed head, then shared resource entries.
+pub(crate) struct EncodedResponse {
+    chunks: Vec<Bytes>,
+}
+
+impl EncodedResponse {
+    pub(crate) fn sotw(
+        version_info: String,
+        type_url: &str,
+        nonce: String,
+        resources: &[&Arc<Resource>],
+    ) -> EncodedResponse {
+        let head = DiscoveryResponse {
+            version_info,
+            type_url: type_url.to_owned(),
+            nonce,
+            ..DiscoveryResponse::default()
+        };
+        Self::framed(&head, resources.iter().map(|r| r.sotw_entry()))
+    }
+
+    pub(crate) fn delta(
+        system_version_info: String,
+        type_url: &str,
+        nonce: String,
+        resources: &[&Arc<Resource>],
+        removed_resources: Vec<String>,
+    ) -> EncodedResponse {
+        let head = DeltaDiscoveryResponse {
+            system_version_info,
+            type_url: type_url.to_owned(),
+            nonce,
+            removed_resources,
+            ..DeltaDiscoveryResponse::default()
+        };
+        Self::framed(&head, resources.iter().map(|r| r.delta_entry()))
+    }
+
+    /// Protobuf lets repeated fields arrive after the others, so the head (encoded without
+    /// resources) followed by the entries is one valid message.
+    fn framed(head: &impl Message, entries: impl Iterator<Item = Bytes>) -> EncodedResponse {
+        let mut chunks = vec![Bytes::new()];
+        chunks.extend(entries);
+        let head_length = head.encoded_len();
+        let length = head_length + chunks.iter().map(Bytes::len).sum::<usize>();
+        let mut first = BytesMut::with_capacity(GRPC_PREFIX_BYTES + head_length);
+        first.put_u8(0);
+        // A gRPC message is at most 4 GiB; an xDS response anywhere near that is not sendable
+        // by any means, and saturating makes the client fail it rather than misread it.
+        first.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
+        head.encode_raw(&mut first);
+        chunks[0] = first.freeze();
+        EncodedResponse { chunks }
+    }
+
+    #[cfg(test)]
+    fn to_bytes(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+}
+
+/// What a stream task hands to its response body: a response, or the status that ends it.
+pub(crate) type Outgoing = Result<EncodedResponse, Status>;
+
+/// The HTTP/2 response body of one ADS stream: every chunk of every response in turn, then the
+/// gRPC status as trailers.
+struct ResponseBody {
+    responses: mpsc::Receiver<Outgoing>,
+    pending: std::vec::IntoIter<Bytes>,
+    finished: bool,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        loop {
+            if let Some(chunk) = self.pending.next() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            let status = match ready!(self.responses.poll_recv(cx)) {
+                Some(Ok(response)) => {
+                    self.pending = response.chunks.into_iter();
+                    continue;
+                }
+                Some(Err(status)) => status,
+                // The stream task ended without an error: the stream is done.
+                None => Status::ok(""),
+            };
+            self.finished = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
+        }
+    }
+}
+
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    if let Err(unrepresentable) = status.add_header(&mut headers) {
+        tracing::warn!(status = %unrepresentable, "an ADS stream's final status could not be written as trailers");
+        let _ = Status::internal("the stream ended with an error").add_header(&mut headers);
+    }
+    headers
+}
+
+/// The ADS service, added to a tonic server like a generated one.
+#[derive(Clone)]
+pub struct AdsService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl NamedService for AdsService {
+    const NAME: &'static str = SERVICE;
+}
+
+type Response = http::Response<tonic::body::Body>;
+
+impl Service<http::Request<tonic::body::Body>> for AdsService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        std::future::ready(Ok(self.open(request)))
+    }
+}
+
+impl AdsService {
+    fn open(&self, request: http::Request<tonic::body::Body>) -> Response {
+        let delta = match request.uri().path() {
+            SOTW_PATH => false,
+            DELTA_PATH => true,
+            other => {
+                return Status::unimplemented(format!(
+                    "{other} is not a method of {SERVICE}; use StreamAggregatedResources or DeltaAggregatedResources"
+                ))
+                .into_http();
+            }
+        };
+        if let Some(encoding) = request.headers().get("grpc-encoding")
+            && encoding.as_bytes() != b"identity"
+        {
+            return Status::unimplemented(format!(
+                "compressed ADS requests ({}) are not accepted; send them uncompressed",
+                String::from_utf8_lossy(encoding.as_bytes())
+            ))
+            .into_http();
+        }
+        let body = request.into_body();
+        let requests = if delta {
+            let mut codec = ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default();
+            Requests::Delta(Streaming::new_request(
+                codec.decoder(),
+                body,
+                None,
+                Some(MAX_REQUEST_BYTES),
+            ))
+        } else {
+            let mut codec = ProstCodec::<DiscoveryResponse, DiscoveryRequest>::default();
+            Requests::Sotw(Streaming::new_request(
+                codec.decoder(),
+                body,
+                None,
+                Some(MAX_REQUEST_BYTES),
+            ))
+        };
+        let (sender, receiver) = mpsc::channel(super::STREAM_BUFFER);
+        tokio::spawn(stream::serve(
+            self.shared.clone(),
+            requests,
+            stream::Responses::new(sender, delta),
+        ));
+        let body = ResponseBody {
+            responses: receiver,
+            pending: Vec::new().into_iter(),
+            finished: false,
+        };
+        let mut response = http::Response::new(tonic::body::Body::new(body));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn cluster(name: &str) -> Arc<Resource> {
+        Resource::new(
+            name,
+            &Cluster {
+                name: name.to_owned(),
+                ..Cluster::default()
+            },
+        )
+    }
+
+    fn message(response: &EncodedResponse) -> Vec<u8> {
+        let bytes = response.to_bytes();
+        assert_eq!(bytes[0], 0, "uncompressed");
+        let length = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+        assert_eq!(
+            length,
+            bytes.len() - GRPC_PREFIX_BYTES,
+            "the prefix counts the message"
+        );
+        bytes[GRPC_PREFIX_BYTES..].to_vec()
+    }
+
+    #[test]
+    fn sotw_responses_decode_with_every_resource_in_order() {
+        let resources = [cluster("a"), cluster("b"), cluster("c")];
+        let borrowed: Vec<&Arc<Resource>> = resources.iter().collect();
+        let response =
+            EncodedResponse::sotw("7".into(), crate::resources::CLUSTER, "3".into(), &borrowed);
+        let decoded = DiscoveryResponse::decode(message(&response).as_slice()).unwrap();
+        assert_eq!(decoded.version_info, "7");
+        assert_eq!(decoded.type_url, crate::resources::CLUSTER);
+        assert_eq!(decoded.nonce, "3");
+        let names: Vec<String> = decoded
+            .resources
+            .iter()
+            .map(|any| Cluster::decode(any.value.as_slice()).unwrap().name)
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn delta_responses_carry_names_versions_and_removals() {
+        let resources = [cluster("a"), cluster("b")];
+        let borrowed: Vec<&Arc<Resource>> = resources.iter().collect();
+        let response = EncodedResponse::delta(
+            "9".into(),
+            crate::resources::CLUSTER,
+            "4".into(),
+            &borrowed,
+            vec!["gone".into()],
+        );
+        let decoded = DeltaDiscoveryResponse::decode(message(&response).as_slice()).unwrap();
+        assert_eq!(decoded.system_version_info, "9");
+        assert_eq!(decoded.nonce, "4");
+        assert_eq!(decoded.removed_resources, ["gone"]);
+        assert_eq!(decoded.resources.len(), 2);
+        for (sent, resource) in decoded.resources.iter().zip(&resources) {
+            assert_eq!(sent.name, &*resource.name);
+            assert_eq!(sent.version, resource.version_text());
+            assert_eq!(sent.resource, Some(resource.any()));
+        }
+    }
+
+    #[test]
+    fn an_empty_response_is_just_its_head() {
+        let response =
+            EncodedResponse::sotw("1".into(), crate::resources::ENDPOINT, "1".into(), &[]);
+        let decoded = DiscoveryResponse::decode(message(&response).as_slice()).unwrap();
+        assert!(decoded.resources.is_empty());
+        assert_eq!(decoded.type_url, crate::resources::ENDPOINT);
+    }
+}
