@@ -103,19 +103,25 @@ fn slice_json(
 struct DiscoveryProcess {
     child: Child,
     xds: String,
+    monitoring: String,
 }
 
 impl DiscoveryProcess {
     fn start(kubeconfig: &std::path::Path, debounce: &str) -> DiscoveryProcess {
         let binary = env!("CARGO_BIN_EXE_causeway");
-        let mut command = match std::env::var("DISCOVERY_CPU") {
-            Ok(cpu) => {
-                let mut command = Command::new("taskset");
-                command.args(["-c", &cpu, binary]);
-                command
-            }
-            Err(_) => Command::new(binary),
-        };
+        // DISCOVERY_WRAPPER (for exploring): a command line to run discovery under, such as
+        // `heaptrack -o /tmp/discovery`; the memory figures are then the wrapper's.
+        let mut words: Vec<String> = std::env::var("DISCOVERY_WRAPPER")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if let Ok(cpu) = std::env::var("DISCOVERY_CPU") {
+            words.splice(0..0, ["taskset".to_owned(), "-c".to_owned(), cpu]);
+        }
+        words.push(binary.to_owned());
+        let mut command = Command::new(&words[0]);
+        command.args(&words[1..]);
         let mut child = command
             .args([
                 "discovery",
@@ -143,15 +149,39 @@ impl DiscoveryProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("causeway discovery starts");
+        // A wrapper may print lines of its own first.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
+        while !first.starts_with('{') {
+            first.clear();
+            if stdout.read_line(&mut first).unwrap() == 0 {
+                panic!("discovery exited before printing its addresses");
+            }
+        }
         let addresses: serde_json::Value =
             serde_json::from_str(&first).expect("discovery prints its addresses");
         DiscoveryProcess {
             child,
             xds: addresses["xds"].as_str().unwrap().to_owned(),
+            monitoring: addresses["monitoring"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Waits for `/ready`, as Envoy's retries would: discovery refuses streams until then.
+    async fn wait_ready(&self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(mut connection) = tokio::net::TcpStream::connect(&self.monitoring).await {
+                let _ = connection.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await;
+                let mut answer = String::new();
+                let _ = connection.read_to_string(&mut answer).await;
+                if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "discovery did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -348,6 +378,7 @@ async fn measure(
             .map(|i| outbound_cluster(8080, &fqdn(i)))
             .collect(),
     );
+    discovery.wait_ready().await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let connect_started = Instant::now();
     let mut tasks = Vec::new();
@@ -392,7 +423,17 @@ async fn measure(
         }
     }
     let connect_s = connect_started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Streams count as synced on their first complete set; whatever else is under way (ACKs,
+    // late responses) settles before the first change is timed.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(60) {
+        if tokio::time::timeout(Duration::from_secs(1), seen.recv())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
     while seen.try_recv().is_ok() {}
 
     // Readiness flips in cluster02, one service at a time.
@@ -421,6 +462,7 @@ async fn measure(
             .await
             .unwrap();
         let mut have = vec![false; size.streams];
+        let mut arrivals = vec![written; size.streams];
         let mut count = 0;
         let mut last = written;
         while count < size.streams {
@@ -430,13 +472,40 @@ async fn measure(
                 .unwrap();
             if !have[event.stream] && event.endpoint_clusters.contains(&target) {
                 have[event.stream] = true;
+                arrivals[event.stream] = event.at;
                 count += 1;
                 last = last.max(event.at);
             }
         }
-        samples.push(last.duration_since(written).as_secs_f64() * 1000.0);
+        let sample_ms = last.duration_since(written).as_secs_f64() * 1000.0;
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("sample {sample}: {sample_ms:.1} ms");
+        }
+        if sample_ms > 1000.0 {
+            let late: Vec<String> = arrivals
+                .iter()
+                .enumerate()
+                .filter(|(_, at)| at.duration_since(written) > Duration::from_secs(1))
+                .map(|(stream, at)| {
+                    let kind = if stream % 2 == 1 { "delta" } else { "sotw" };
+                    format!(
+                        "{stream} ({kind}, {:.1} s)",
+                        at.duration_since(written).as_secs_f64()
+                    )
+                })
+                .collect();
+            eprintln!(
+                "debounce {debounce}: a change took {sample_ms:.0} ms; {} streams later than 1 s: {}",
+                late.len(),
+                late.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        samples.push(sample_ms);
     }
     samples.sort_by(f64::total_cmp);
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("debounce {debounce}: samples (ms, sorted): {samples:.1?}");
+    }
 
     // One full push: a new Service in cluster01 changes every stream's clusters.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -501,6 +570,19 @@ fn main() {
             streams: 10,
             samples: 4,
         }
+    };
+    // For exploring: BENCH_SERVICES, BENCH_STREAMS and BENCH_SAMPLES override the size.
+    let from_env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default)
+    };
+    let size = Size {
+        services: from_env("BENCH_SERVICES", size.services),
+        endpoints: size.endpoints,
+        streams: from_env("BENCH_STREAMS", size.streams),
+        samples: from_env("BENCH_SAMPLES", size.samples),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -134,6 +134,7 @@ impl Discovery {
         let xds = XdsServer::new(
             registry.snapshots.clone(),
             registry.pushes.clone(),
+            registry.ready.clone(),
             xds_metrics,
             &config.cluster_id,
         );

@@ -124,6 +124,8 @@ pub struct Push {
     pub all_endpoints: bool,
     /// FQDNs of the services whose endpoints changed.
     pub changed_endpoints: BTreeSet<String>,
+    /// FQDNs of the services whose definitions changed (added, updated or removed).
+    pub changed_services: BTreeSet<String>,
     /// When the first change of this batch reached the registry (for convergence times).
     pub first_change: Instant,
 }

@@ -161,7 +161,7 @@ impl Aggregator {
             .min()
     }
 
-    fn update_ready(&self) {
+    fn update_ready(&mut self) {
         let now = Instant::now();
         let ready = self.clusters.values().all(|c| match &c.secret {
             None => c.sync == SyncState::Synced,
@@ -169,6 +169,11 @@ impl Aggregator {
                 c.sync == SyncState::Synced || now >= c.added + self.config.remote_cluster_timeout
             }
         }) && !self.clusters.is_empty();
+        if ready && !*self.ready.borrow() && self.first_change.is_some() {
+            // Nothing is served before readiness, so the first complete snapshot need not wait
+            // out the debounce window; and readiness must not be announced before it exists.
+            self.flush();
+        }
         self.ready
             .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
@@ -378,8 +383,10 @@ impl Aggregator {
         next.version += 1;
         next.domain_suffix = self.config.domain_suffix.clone();
 
+        let mut changed_services = BTreeSet::new();
         for key in &dirty.definitions {
             let fqdn = self.fqdn(key);
+            changed_services.insert(fqdn.clone());
             match self.build_service(key, &fqdn) {
                 Some(service) => {
                     next.services.insert(fqdn, Arc::new(service));
@@ -441,6 +448,7 @@ impl Aggregator {
                 full,
                 all_endpoints: dirty.all_endpoints,
                 changed_endpoints,
+                changed_services,
                 first_change: first_change.into_std(),
             };
             // No receivers (no proxies connected yet) is fine.

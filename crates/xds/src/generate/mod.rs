@@ -13,7 +13,7 @@ use causeway_model::split_horizon::View;
 use causeway_model::{Service, ServiceEndpoints};
 use endpoints::EndpointCache;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Which resources of a type a stream asked for.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +46,33 @@ impl Wanted<'_> {
 pub struct Generator {
     endpoints: EndpointCache,
     per_service: ServiceResourceCache,
+    sidecar_clusters: PerSnapshot,
+}
+
+/// One list computed once per snapshot. The `Weak` keeps the snapshot's allocation (not the
+/// snapshot) alive, so an equal pointer can only mean the same snapshot.
+#[derive(Default)]
+struct PerSnapshot(Mutex<Option<Memo>>);
+
+type SharedList = Arc<Vec<Arc<Resource>>>;
+type Memo = (Weak<MeshSnapshot>, SharedList);
+
+impl PerSnapshot {
+    fn get_or_build(
+        &self,
+        snapshot: &Arc<MeshSnapshot>,
+        build: impl FnOnce() -> Vec<Arc<Resource>>,
+    ) -> SharedList {
+        let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((of, resources)) = &*memo
+            && std::ptr::eq(of.as_ptr(), Arc::as_ptr(snapshot))
+        {
+            return resources.clone();
+        }
+        let resources = Arc::new(build());
+        *memo = Some((Arc::downgrade(snapshot), resources.clone()));
+        resources
+    }
 }
 
 /// What a cached resource was built from: while both are the same `Arc`s, it is still right.
@@ -114,13 +141,19 @@ impl Generator {
     pub fn generate(
         &self,
         type_url: &str,
-        snapshot: &MeshSnapshot,
+        snapshot: &Arc<MeshSnapshot>,
         proxy: &ProxyInfo,
         wanted: Wanted<'_>,
     ) -> Vec<Arc<Resource>> {
         match (type_url, proxy.kind) {
             (CLUSTER, ProxyKind::Sidecar) => {
-                wanted.keep(sidecar::clusters(snapshot, proxy, &self.per_service))
+                let shared = self.sidecar_clusters.get_or_build(snapshot, || {
+                    sidecar::shared_clusters(snapshot, &self.per_service)
+                });
+                let mut resources = Vec::with_capacity(shared.len() + 4);
+                resources.extend(shared.iter().cloned());
+                resources.extend(sidecar::workload_clusters(snapshot, proxy));
+                wanted.keep(resources)
             }
             (LISTENER, ProxyKind::Sidecar) => {
                 wanted.keep(sidecar::listeners(snapshot, proxy, &self.per_service))

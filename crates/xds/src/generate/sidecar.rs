@@ -196,15 +196,15 @@ fn original_destination_cluster(name: &str) -> Cluster {
     }
 }
 
-pub fn clusters(
+/// The clusters every sidecar gets: one per service port, plus the passthrough and blackhole
+/// clusters. The same for all sidecars of a snapshot (the generator shares one list).
+pub fn shared_clusters(
     snapshot: &MeshSnapshot,
-    proxy: &ProxyInfo,
     cache: &ServiceResourceCache,
 ) -> Vec<Arc<Resource>> {
     let mut resources = Vec::new();
     let mut cache = cache.lock();
     for service in snapshot.services.values() {
-        // The SAN list comes from the endpoints' identities: rebuilt when they change.
         let endpoints = snapshot.endpoints.get(&service.fqdn);
         for port in routable_ports(service) {
             let name = outbound_cluster(port.port, &service.fqdn);
@@ -214,11 +214,6 @@ pub fn clusters(
         }
     }
     drop(cache);
-    let workload = proxy.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    for port in inbound_ports(snapshot, proxy) {
-        let cluster = static_cluster(&inbound_cluster(port), Some((workload, port)));
-        resources.push(Resource::new(cluster.name.clone(), &cluster));
-    }
     for cluster in [
         original_destination_cluster(PASSTHROUGH_CLUSTER),
         original_destination_cluster(INBOUND_PASSTHROUGH_CLUSTER),
@@ -227,6 +222,18 @@ pub fn clusters(
         resources.push(Resource::new(cluster.name.clone(), &cluster));
     }
     resources
+}
+
+/// The proxy's own clusters: `inbound|<port>||` for each port its workload serves.
+pub fn workload_clusters(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>> {
+    let workload = proxy.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    inbound_ports(snapshot, proxy)
+        .into_iter()
+        .map(|port| {
+            let cluster = static_cluster(&inbound_cluster(port), Some((workload, port)));
+            Resource::new(cluster.name.clone(), &cluster)
+        })
+        .collect()
 }
 
 fn unspecified() -> IpAddr {

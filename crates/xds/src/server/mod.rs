@@ -10,7 +10,7 @@ use causeway_model::{MeshSnapshot, Push};
 pub use metrics::XdsMetrics;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::{broadcast, watch};
@@ -74,6 +74,10 @@ pub(crate) struct Shared {
     next_connection: AtomicU64,
     /// Turns true when the server drains: every stream ends, and its client reconnects elsewhere.
     closing: watch::Sender<bool>,
+    /// The registry's readiness. Streams are refused until it has been ready once, so that no
+    /// proxy is configured from a half-listed mesh (and then churned as the rest arrives).
+    ready: watch::Receiver<bool>,
+    serving: AtomicBool,
 }
 
 /// The ADS service. Cheap to clone: every clone serves the same mesh.
@@ -83,10 +87,12 @@ pub struct XdsServer {
 }
 
 impl XdsServer {
-    /// `default_cluster`: the cluster of proxies whose node metadata names none.
+    /// `default_cluster`: the cluster of proxies whose node metadata names none. `ready`: the
+    /// registry's readiness; streams are served once it has been true.
     pub fn new(
         snapshots: watch::Receiver<Arc<MeshSnapshot>>,
         pushes: broadcast::Sender<Arc<Push>>,
+        ready: watch::Receiver<bool>,
         metrics: XdsMetrics,
         default_cluster: &str,
     ) -> XdsServer {
@@ -99,6 +105,8 @@ impl XdsServer {
             default_cluster: default_cluster.to_owned(),
             next_connection: AtomicU64::new(1),
             closing: watch::Sender::new(false),
+            ready,
+            serving: AtomicBool::new(false),
         });
         // Cached endpoint assignments of deleted services are dropped as snapshots go by.
         let janitor = Arc::downgrade(&shared);
@@ -161,6 +169,19 @@ impl XdsServer {
 }
 
 impl Shared {
+    /// Whether the registry has been ready at least once. Later outages of a cluster do not
+    /// stop serving: its last known state is still the best answer.
+    fn serving(&self) -> bool {
+        if self.serving.load(Ordering::Relaxed) {
+            return true;
+        }
+        let ready = *self.ready.borrow();
+        if ready {
+            self.serving.store(true, Ordering::Relaxed);
+        }
+        ready
+    }
+
     fn register(&self, proxy: ProxyInfo, delta: bool) -> (u64, Arc<ConnectionStatus>) {
         let number = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let status = Arc::new(ConnectionStatus {

@@ -271,9 +271,7 @@ impl Stream {
 
     async fn on_push(&mut self, push: &Push) -> Result<(), Gone> {
         if push.full {
-            return self
-                .full_push(push.snapshot.clone(), Some(push.first_change))
-                .await;
+            return self.full_push(push.snapshot.clone(), Some(push)).await;
         }
         self.snapshot = push.snapshot.clone();
         let Some(subscription) = self.subscriptions.get(ENDPOINT) else {
@@ -302,14 +300,17 @@ impl Stream {
         Ok(())
     }
 
-    /// Everything may have changed. Clusters that did change are re-warmed by Envoy, which waits
-    /// for their endpoints: those are sent even when the endpoints themselves did not change.
+    /// Everything may have changed (`push` is `None` when this stream missed pushes). Clusters
+    /// that did change are re-warmed by Envoy, which waits for their endpoints: those are sent
+    /// even when the endpoints themselves did not change. Other endpoint assignments are only
+    /// looked at when the push says their service or endpoints changed.
     async fn full_push(
         &mut self,
         snapshot: Arc<MeshSnapshot>,
-        first_change: Option<Instant>,
+        push: Option<&Push>,
     ) -> Result<(), Gone> {
         self.snapshot = snapshot;
+        let first_change = push.map(|push| push.first_change);
         let mut changed_clusters = BTreeSet::new();
         for type_url in PUSH_ORDER {
             if !self.subscriptions.contains_key(type_url) {
@@ -321,12 +322,17 @@ impl Stream {
             } else {
                 HashMap::new()
             };
-            let force = if type_url == ENDPOINT {
-                Force::Names(&changed_clusters)
+            let sent = if type_url == ENDPOINT {
+                let candidates = self.endpoint_candidates(push, &changed_clusters);
+                self.respond(
+                    type_url,
+                    candidates.as_ref(),
+                    Force::Names(&changed_clusters),
+                )
+                .await?
             } else {
-                Force::Nothing
+                self.respond(type_url, None, Force::Nothing).await?
             };
-            let sent = self.respond(type_url, None, force).await?;
             if type_url == CLUSTER && sent {
                 changed_clusters = self.subscriptions[CLUSTER]
                     .sent
@@ -340,6 +346,27 @@ impl Stream {
             }
         }
         Ok(())
+    }
+
+    /// The subscribed endpoint assignments a full push must look at: those of re-sent clusters
+    /// and of services whose definition or endpoints changed. `None`: all of them.
+    fn endpoint_candidates(
+        &self,
+        push: Option<&Push>,
+        changed_clusters: &BTreeSet<String>,
+    ) -> Option<BTreeSet<String>> {
+        let push = push.filter(|push| !push.all_endpoints)?;
+        let subscription = self.subscriptions.get(ENDPOINT)?;
+        let by_service = push
+            .changed_services
+            .iter()
+            .chain(&push.changed_endpoints)
+            .filter_map(|fqdn| subscription.names_by_service.get(fqdn))
+            .flatten();
+        let re_sent = changed_clusters
+            .iter()
+            .filter(|name| subscription.names.contains(*name));
+        Some(by_service.chain(re_sent).cloned().collect())
     }
 
     fn observe(&self, type_url: &str, started: Instant, first_change: Option<Instant>) {

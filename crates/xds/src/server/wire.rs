@@ -186,6 +186,13 @@ impl AdsService {
                 .into_http();
             }
         };
+        if !self.shared.serving() {
+            // Istio's answer too: Envoy and gRPC clients retry with backoff.
+            return Status::unavailable(
+                "discovery has not finished listing its clusters yet (its /ready on the monitoring port says when); retry shortly",
+            )
+            .into_http();
+        }
         if let Some(encoding) = request.headers().get("grpc-encoding")
             && encoding.as_bytes() != b"identity"
         {
