@@ -63,11 +63,13 @@ fn api_listener(name: &str, route_name: String) -> Listener {
     }
 }
 
-fn all_names(snapshot: &MeshSnapshot) -> BTreeSet<String> {
+fn all_names(snapshot: &MeshSnapshot) -> BTreeSet<Arc<str>> {
     snapshot
         .services
         .values()
-        .flat_map(|service| routable_ports(service).map(|port| canonical(service, port.port)))
+        .flat_map(|service| {
+            routable_ports(service).map(|port| Arc::from(canonical(service, port.port)))
+        })
         .collect()
 }
 
@@ -76,8 +78,8 @@ fn all_names(snapshot: &MeshSnapshot) -> BTreeSet<String> {
 fn resolve_all<'a>(
     snapshot: &'a MeshSnapshot,
     proxy: &ProxyInfo,
-    names: Option<&BTreeSet<String>>,
-) -> Vec<(String, &'a Arc<Service>, u16)> {
+    names: Option<&BTreeSet<Arc<str>>>,
+) -> Vec<(Arc<str>, &'a Arc<Service>, u16)> {
     let wanted = names.cloned().unwrap_or_else(|| all_names(snapshot));
     wanted
         .into_iter()
@@ -92,7 +94,7 @@ fn resolve_all<'a>(
 pub fn listeners(
     snapshot: &MeshSnapshot,
     proxy: &ProxyInfo,
-    names: Option<&BTreeSet<String>>,
+    names: Option<&BTreeSet<Arc<str>>>,
 ) -> Vec<Arc<Resource>> {
     resolve_all(snapshot, proxy, names)
         .into_iter()
@@ -106,7 +108,7 @@ pub fn listeners(
 pub fn routes(
     snapshot: &MeshSnapshot,
     proxy: &ProxyInfo,
-    names: Option<&BTreeSet<String>>,
+    names: Option<&BTreeSet<Arc<str>>>,
 ) -> Vec<Arc<Resource>> {
     resolve_all(snapshot, proxy, names)
         .into_iter()
@@ -130,7 +132,7 @@ pub fn routes(
                 ..Route::default()
             };
             let config = RouteConfiguration {
-                name: name.clone(),
+                name: name.to_string(),
                 virtual_hosts: vec![VirtualHost {
                     name: canonical(service, port),
                     domains,

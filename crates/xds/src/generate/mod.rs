@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 #[derive(Clone, Copy, Debug)]
 pub enum Wanted<'a> {
     All,
-    Named(&'a BTreeSet<String>),
+    Named(&'a BTreeSet<Arc<str>>),
 }
 
 impl Wanted<'_> {
-    fn names(&self) -> Option<&BTreeSet<String>> {
+    fn names(&self) -> Option<&BTreeSet<Arc<str>>> {
         match self {
             Wanted::All => None,
             Wanted::Named(names) => Some(names),
@@ -169,13 +169,13 @@ impl Generator {
                     ProxyKind::Router => View::Router(&networks),
                     _ => View::Network(&proxy.network),
                 };
-                let names: Vec<String> = match wanted {
+                let names: Vec<Arc<str>> = match wanted {
                     Wanted::Named(names) => names.iter().cloned().collect(),
                     // EDS is never a wildcard in practice; answer with every cluster sent.
                     Wanted::All => self
                         .generate(CLUSTER, snapshot, proxy, Wanted::All)
                         .iter()
-                        .map(|c| c.name.to_string())
+                        .map(|c| c.name.clone())
                         .collect(),
                 };
                 names

@@ -2,6 +2,7 @@
 
 pub mod metrics;
 mod stream;
+mod subscription;
 mod wire;
 
 use crate::generate::Generator;
@@ -78,6 +79,7 @@ pub(crate) struct Shared {
     /// proxy is configured from a half-listed mesh (and then churned as the rest arrives).
     ready: watch::Receiver<bool>,
     serving: AtomicBool,
+    interner: subscription::Interner,
 }
 
 /// The ADS service. Cheap to clone: every clone serves the same mesh.
@@ -107,6 +109,7 @@ impl XdsServer {
             closing: watch::Sender::new(false),
             ready,
             serving: AtomicBool::new(false),
+            interner: subscription::Interner::default(),
         });
         // Cached endpoint assignments of deleted services are dropped as snapshots go by.
         let janitor = Arc::downgrade(&shared);

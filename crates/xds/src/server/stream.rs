@@ -8,17 +8,16 @@
 //!   only resources that changed or were newly asked for (as the protocol allows).
 //! - Delta: only changed resources, and the names of removed ones.
 
+use super::subscription::{Interner, Name, SentVersions, Subscription};
 use super::wire::{EncodedResponse, Outgoing};
 use super::{ConnectionStatus, Shared};
 use crate::generate::Wanted;
 use crate::proxy::ProxyInfo;
-use crate::resources::{
-    self, CLUSTER, ENDPOINT, PUSH_ORDER, Resource, parse_service_name, wildcard_by_default,
-};
+use crate::resources::{self, CLUSTER, ENDPOINT, PUSH_ORDER, Resource, wildcard_by_default};
 use causeway_model::{MeshSnapshot, Push};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
@@ -108,27 +107,11 @@ impl Responses {
     }
 }
 
-#[derive(Default)]
-struct Subscription {
-    wildcard: bool,
-    names: BTreeSet<String>,
-    /// Service FQDN to the subscribed names that belong to it (`outbound|..||fqdn`, SNI names),
-    /// so that a push touching one service looks at that service's names only.
-    names_by_service: HashMap<String, Vec<String>>,
-    /// A hash of the last SotW name list: Envoy repeats its whole list (a thousand EDS names) in
-    /// every ACK, and an unchanged list should cost one hash, not a rebuilt set.
-    last_names_hash: Option<u64>,
-    /// Name to the version last sent.
-    sent: HashMap<Arc<str>, u64>,
-    nonce: Option<String>,
-    answered: bool,
-}
-
 /// Which resources count as changed whatever their version.
 enum Force<'a> {
     Nothing,
     Everything,
-    Names(&'a BTreeSet<String>),
+    Names(&'a BTreeSet<Name>),
 }
 
 impl Force<'_> {
@@ -256,7 +239,12 @@ impl Stream {
                 status.rejected = None;
             });
         }
-        let added = apply_names(subscription, &type_url, request.names);
+        let added = apply_names(
+            subscription,
+            &self.shared.interner,
+            &type_url,
+            request.names,
+        );
         let first = !subscription.answered;
         let force = if first {
             Force::Everything
@@ -273,19 +261,14 @@ impl Stream {
         if push.full {
             return self.full_push(push.snapshot.clone(), Some(push)).await;
         }
-        self.snapshot = push.snapshot.clone();
+        let before = std::mem::replace(&mut self.snapshot, push.snapshot.clone());
         let Some(subscription) = self.subscriptions.get(ENDPOINT) else {
             return Ok(());
         };
-        let touched: BTreeSet<String> = if push.all_endpoints {
+        let touched = if push.all_endpoints {
             subscription.names.clone()
         } else {
-            push.changed_endpoints
-                .iter()
-                .filter_map(|fqdn| subscription.names_by_service.get(fqdn))
-                .flatten()
-                .cloned()
-                .collect()
+            subscription.names_of_services(&push.changed_endpoints, &before, &self.snapshot)
         };
         if touched.is_empty() {
             return Ok(());
@@ -309,7 +292,7 @@ impl Stream {
         snapshot: Arc<MeshSnapshot>,
         push: Option<&Push>,
     ) -> Result<(), Gone> {
-        self.snapshot = snapshot;
+        let before = std::mem::replace(&mut self.snapshot, snapshot);
         let first_change = push.map(|push| push.first_change);
         let mut changed_clusters = BTreeSet::new();
         for type_url in PUSH_ORDER {
@@ -317,13 +300,13 @@ impl Stream {
                 continue;
             }
             let started = Instant::now();
-            let before: HashMap<Arc<str>, u64> = if type_url == CLUSTER {
+            let sent_before = if type_url == CLUSTER {
                 self.subscriptions[CLUSTER].sent.clone()
             } else {
-                HashMap::new()
+                SentVersions::default()
             };
             let sent = if type_url == ENDPOINT {
-                let candidates = self.endpoint_candidates(push, &changed_clusters);
+                let candidates = self.endpoint_candidates(push, &changed_clusters, &before);
                 self.respond(
                     type_url,
                     candidates.as_ref(),
@@ -337,8 +320,8 @@ impl Stream {
                 changed_clusters = self.subscriptions[CLUSTER]
                     .sent
                     .iter()
-                    .filter(|(name, version)| before.get(*name) != Some(version))
-                    .map(|(name, _)| name.to_string())
+                    .filter(|(name, version)| sent_before.get(name) != Some(*version))
+                    .map(|(name, _)| name.clone())
                     .collect();
             }
             if sent {
@@ -353,20 +336,23 @@ impl Stream {
     fn endpoint_candidates(
         &self,
         push: Option<&Push>,
-        changed_clusters: &BTreeSet<String>,
-    ) -> Option<BTreeSet<String>> {
+        changed_clusters: &BTreeSet<Name>,
+        before: &MeshSnapshot,
+    ) -> Option<BTreeSet<Name>> {
         let push = push.filter(|push| !push.all_endpoints)?;
         let subscription = self.subscriptions.get(ENDPOINT)?;
-        let by_service = push
-            .changed_services
-            .iter()
-            .chain(&push.changed_endpoints)
-            .filter_map(|fqdn| subscription.names_by_service.get(fqdn))
-            .flatten();
-        let re_sent = changed_clusters
-            .iter()
-            .filter(|name| subscription.names.contains(*name));
-        Some(by_service.chain(re_sent).cloned().collect())
+        let mut candidates = subscription.names_of_services(
+            push.changed_services.iter().chain(&push.changed_endpoints),
+            before,
+            &self.snapshot,
+        );
+        candidates.extend(
+            changed_clusters
+                .iter()
+                .filter(|name| subscription.names.contains(*name))
+                .cloned(),
+        );
+        Some(candidates)
     }
 
     fn observe(&self, type_url: &str, started: Instant, first_change: Option<Instant>) {
@@ -387,7 +373,7 @@ impl Stream {
     async fn respond(
         &mut self,
         type_url: &str,
-        only: Option<&BTreeSet<String>>,
+        only: Option<&BTreeSet<Name>>,
         force: Force<'_>,
     ) -> Result<bool, Gone> {
         let Some(subscription) = self.subscriptions.get(type_url) else {
@@ -411,24 +397,21 @@ impl Stream {
         let subscription = self.subscriptions.get_mut(type_url).expect("checked above");
         let changed: Vec<&Arc<Resource>> = generated
             .iter()
-            .filter(|r| force.covers(&r.name) || subscription.sent.get(&r.name) != Some(&r.version))
+            .filter(|r| force.covers(&r.name) || subscription.sent.get(&r.name) != Some(r.version))
             .collect();
-        let present: BTreeSet<&str> = generated.iter().map(|r| &*r.name).collect();
+        let present: HashSet<&str> = generated.iter().map(|r| &*r.name).collect();
         // Names sent before that no longer exist (within what was asked for).
-        let removed: Vec<String> = match only {
+        let removed: Vec<Name> = match only {
             Some(only) => only
                 .iter()
-                .filter(|name| {
-                    !present.contains(name.as_str())
-                        && subscription.sent.contains_key(name.as_str())
-                })
+                .filter(|name| !present.contains(&***name) && subscription.sent.contains(name))
                 .cloned()
                 .collect(),
             None => subscription
                 .sent
-                .keys()
-                .filter(|name| !present.contains(&***name))
-                .map(|name| name.to_string())
+                .iter()
+                .filter(|(name, _)| !present.contains(&***name))
+                .map(|(name, _)| name.clone())
                 .collect(),
         };
         let full_state = !delta && wildcard_by_default(type_url);
@@ -446,13 +429,13 @@ impl Stream {
         } else {
             changed
         };
-        for resource in &to_send {
-            subscription
-                .sent
-                .insert(resource.name.clone(), resource.version);
-        }
+        subscription.sent.insert_all(
+            to_send
+                .iter()
+                .map(|resource| (resource.name.clone(), resource.version)),
+        );
         for name in &removed {
-            subscription.sent.remove(name.as_str());
+            subscription.sent.remove(name);
         }
         subscription.answered = true;
         let count = to_send.len();
@@ -481,7 +464,7 @@ impl Stream {
                 } else {
                     Vec::new()
                 };
-                EncodedResponse::delta(version.clone(), type_url, nonce.clone(), batch, removed)
+                EncodedResponse::delta(version.clone(), type_url, nonce.clone(), batch, &removed)
             } else {
                 EncodedResponse::sotw(version.clone(), type_url, nonce.clone(), batch)
             };
@@ -515,28 +498,40 @@ async fn until_closing(mut closing: tokio::sync::watch::Receiver<bool>) {
 /// Applies a request's names to the subscription; returns the names newly asked for.
 fn apply_names(
     subscription: &mut Subscription,
+    interner: &Interner,
     type_url: &str,
     change: NameChange,
-) -> BTreeSet<String> {
-    if let NameChange::Replace(names) = &change {
-        let mut hasher = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(names, &mut hasher);
-        let hash = std::hash::Hasher::finish(&hasher);
-        if subscription.answered && subscription.last_names_hash == Some(hash) {
-            return BTreeSet::new();
-        }
-        subscription.last_names_hash = Some(hash);
-    }
-    let before = subscription.names.clone();
+) -> BTreeSet<Name> {
+    let intern = |names: &BTreeSet<Name>, name: &str| {
+        names
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| interner.intern(name))
+    };
+    let mut added = BTreeSet::new();
     match change {
         NameChange::Replace(names) => {
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&names, &mut hasher);
+            let hash = std::hash::Hasher::finish(&hasher);
+            if subscription.answered && subscription.last_names_hash == Some(hash) {
+                return added;
+            }
+            subscription.last_names_hash = Some(hash);
             subscription.wildcard = (names.is_empty() && wildcard_by_default(type_url))
                 || names.iter().any(|n| n == "*");
-            subscription.names = names.into_iter().filter(|n| n != "*").collect();
-            let kept = &subscription.names;
-            subscription
-                .sent
-                .retain(|name, _| kept.contains(&**name) || subscription.wildcard);
+            let old = std::mem::take(&mut subscription.names);
+            for name in names.iter().filter(|n| *n != "*") {
+                let name = intern(&old, name);
+                if !old.contains(&name) {
+                    added.insert(name.clone());
+                }
+                subscription.names.insert(name);
+            }
+            if !subscription.wildcard {
+                let kept = &subscription.names;
+                subscription.sent.retain(|name| kept.contains(name));
+            }
         }
         NameChange::Update {
             subscribe,
@@ -550,36 +545,30 @@ fn apply_names(
                 if name == "*" {
                     subscription.wildcard = true;
                 } else {
-                    subscription.names.insert(name);
+                    let name = intern(&subscription.names, &name);
+                    if subscription.names.insert(name.clone()) {
+                        added.insert(name);
+                    }
                 }
             }
             for name in unsubscribe {
                 if name == "*" {
                     subscription.wildcard = false;
                 } else {
-                    subscription.names.remove(&name);
-                    subscription.sent.remove(name.as_str());
+                    subscription.names.remove(name.as_str());
+                    subscription.sent.remove(&name);
+                    added.remove(name.as_str());
                 }
             }
             // What a reconnecting client already holds need not be sent again.
-            for (name, version) in initial_versions {
-                if let Ok(version) = u64::from_str_radix(&version, 16) {
-                    subscription.sent.insert(name.into(), version);
-                }
-            }
+            subscription
+                .sent
+                .insert_all(initial_versions.into_iter().filter_map(|(name, version)| {
+                    let version = u64::from_str_radix(&version, 16).ok()?;
+                    Some((intern(&subscription.names, &name), version))
+                }));
         }
     }
-    if subscription.names != before {
-        subscription.names_by_service.clear();
-        for name in &subscription.names {
-            if let Some((_, fqdn)) = parse_service_name(name) {
-                subscription
-                    .names_by_service
-                    .entry(fqdn.to_owned())
-                    .or_default()
-                    .push(name.clone());
-            }
-        }
-    }
-    subscription.names.difference(&before).cloned().collect()
+    subscription.reindex();
+    added
 }

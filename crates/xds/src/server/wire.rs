@@ -9,6 +9,7 @@
 
 use super::Shared;
 use super::stream::{self, Requests};
+use super::subscription::Name;
 use crate::resources::Resource;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -63,13 +64,13 @@ impl EncodedResponse {
         type_url: &str,
         nonce: String,
         resources: &[&Arc<Resource>],
-        removed_resources: Vec<String>,
+        removed_resources: &[Name],
     ) -> EncodedResponse {
         let head = DeltaDiscoveryResponse {
             system_version_info,
             type_url: type_url.to_owned(),
             nonce,
-            removed_resources,
+            removed_resources: removed_resources.iter().map(|n| n.to_string()).collect(),
             ..DeltaDiscoveryResponse::default()
         };
         Self::framed(&head, resources.iter().map(|r| r.delta_entry()))
@@ -118,8 +119,8 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         loop {
-            if let Some(chunk) = self.pending.next() {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            if let Some(frame) = self.next_data() {
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
             if self.finished {
                 return Poll::Ready(None);
@@ -138,6 +139,35 @@ impl Body for ResponseBody {
         }
     }
 }
+
+impl ResponseBody {
+    /// The next DATA payload: a large entry as it is (shared, not copied), or a run of small ones
+    /// copied together. HTTP/2 queues every payload it is handed as one frame in a per-connection
+    /// slab that never shrinks; a thousand 3 KB entries per response made that slab the largest
+    /// thing a connection held.
+    fn next_data(&mut self) -> Option<Bytes> {
+        let first = self.pending.next()?;
+        if first.len() >= COALESCE_BELOW {
+            return Some(first);
+        }
+        let mut gathered = BytesMut::with_capacity(FRAME_TARGET);
+        gathered.extend_from_slice(&first);
+        while let Some(next) = self.pending.as_slice().first() {
+            if next.len() >= COALESCE_BELOW || gathered.len() + next.len() > FRAME_TARGET {
+                break;
+            }
+            gathered.extend_from_slice(next);
+            self.pending.next();
+        }
+        Some(gathered.freeze())
+    }
+}
+
+/// Entries this small are copied into shared frames rather than sent one frame each.
+const COALESCE_BELOW: usize = 16 * 1024;
+/// The size coalesced frames aim for: HTTP/2's default maximum frame size is 16 KiB, and h2
+/// splits larger payloads without copying.
+const FRAME_TARGET: usize = 64 * 1024;
 
 fn trailers(status: &Status) -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
@@ -294,7 +324,7 @@ mod tests {
             crate::resources::CLUSTER,
             "4".into(),
             &borrowed,
-            vec!["gone".into()],
+            &["gone".into()],
         );
         let decoded = DeltaDiscoveryResponse::decode(message(&response).as_slice()).unwrap();
         assert_eq!(decoded.system_version_info, "9");
@@ -306,6 +336,54 @@ mod tests {
             assert_eq!(sent.version, resource.version_text());
             assert_eq!(sent.resource, Some(resource.any()));
         }
+    }
+
+    #[test]
+    fn small_entries_leave_in_few_frames_and_large_ones_unsplit() {
+        let small: Vec<Arc<Resource>> = (0..500).map(|i| cluster(&format!("c{i}"))).collect();
+        let large = Resource::new(
+            "large",
+            &Cluster {
+                name: "x".repeat(40_000),
+                ..Cluster::default()
+            },
+        );
+        let mut borrowed: Vec<&Arc<Resource>> = small.iter().collect();
+        borrowed.push(&large);
+        let response =
+            EncodedResponse::sotw("1".into(), crate::resources::CLUSTER, "1".into(), &borrowed);
+        let expected = response.to_bytes();
+        let (sender, receiver) = mpsc::channel(1);
+        sender.try_send(Ok(response)).unwrap();
+        drop(sender);
+        let mut body = ResponseBody {
+            responses: receiver,
+            pending: Vec::new().into_iter(),
+            finished: false,
+        };
+        let waker = std::task::Waker::noop();
+        let mut context = Context::from_waker(waker);
+        let mut frames = Vec::new();
+        let mut trailers = None;
+        while let Poll::Ready(Some(frame)) = Pin::new(&mut body).poll_frame(&mut context) {
+            match frame.unwrap().into_data() {
+                Ok(data) => frames.push(data),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        assert_eq!(
+            frames.concat(),
+            expected,
+            "the bytes are unchanged, in order"
+        );
+        assert!(frames.len() <= 4, "{} frames for 501 entries", frames.len());
+        assert!(
+            frames
+                .iter()
+                .all(|f| f.len() <= FRAME_TARGET || f.len() == large.sotw_entry().len())
+        );
+        let trailers = trailers.expect("the body ends with trailers");
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! What one stream asked for of one type, and what it was sent: kept small, because a thousand
+//! streams each subscribed to a thousand names is the server's largest state.
+//!
+//! - Names are interned: every stream that names `outbound|8080||a.b.svc.cluster.local` shares
+//!   one allocation.
+//! - Versions sent are a sorted vector (24 bytes a name; a hash map takes about twice that).
+//! - There is no per-stream index from service to names: the names a service's change touches
+//!   are derived from its ports (see `names_of_services`).
+
+use crate::resources::{outbound_cluster, parse_service_name, sni_cluster};
+use causeway_model::MeshSnapshot;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+pub type Name = Arc<str>;
+
+/// Shares one allocation per distinct name across streams. Names no stream holds any more are
+/// dropped whenever the set has doubled since the last sweep.
+#[derive(Default)]
+pub struct Interner {
+    inner: Mutex<InternerState>,
+}
+
+#[derive(Default)]
+struct InternerState {
+    names: HashSet<Name>,
+    sweep_at: usize,
+}
+
+/// Entries below this are never swept.
+const SWEEP_FLOOR: usize = 1024;
+
+impl Interner {
+    pub fn intern(&self, name: &str) -> Name {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = state.names.get(name) {
+            return existing.clone();
+        }
+        if state.names.len() >= state.sweep_at.max(SWEEP_FLOOR) {
+            state.names.retain(|name| Arc::strong_count(name) > 1);
+            state.sweep_at = state.names.len() * 2;
+        }
+        let name: Name = name.into();
+        state.names.insert(name.clone());
+        name
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .names
+            .len()
+    }
+}
+
+/// Name to the version last sent, sorted by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SentVersions(Vec<(Name, u64)>);
+
+impl SentVersions {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(held, _)| (**held).cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.position(name).ok().map(|at| self.0[at].1)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    /// Many insertions at once: one sort instead of a shift per name.
+    pub fn insert_all(&mut self, entries: impl IntoIterator<Item = (Name, u64)>) {
+        self.0.extend(entries);
+        // Stable: for a repeated name, the newest entry comes last, and wins below.
+        self.0.sort_by(|a, b| a.0.cmp(&b.0));
+        self.0.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = later.1;
+            }
+            same
+        });
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(at) = self.position(name) {
+            self.0.remove(at);
+        }
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|(name, _)| keep(name));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Name, u64)> {
+        self.0.iter().map(|(name, version)| (name, *version))
+    }
+}
+
+#[derive(Default)]
+pub struct Subscription {
+    pub wildcard: bool,
+    pub names: BTreeSet<Name>,
+    /// Subscribed names of a service in a form `names_of_services` does not derive (a subset,
+    /// say): looked at on every change of their service.
+    pub irregular: Vec<Name>,
+    /// A hash of the last SotW name list: Envoy repeats its whole list (a thousand EDS names) in
+    /// every ACK, and an unchanged list should cost one hash, not a rebuilt set.
+    pub last_names_hash: Option<u64>,
+    pub sent: SentVersions,
+    pub nonce: Option<String>,
+    pub answered: bool,
+}
+
+impl Subscription {
+    /// Call after `names` changed.
+    pub fn reindex(&mut self) {
+        self.irregular = self
+            .names
+            .iter()
+            .filter(|name| {
+                let text: &str = name;
+                parse_service_name(text).is_some_and(|(port, fqdn)| {
+                    text != outbound_cluster(port, fqdn) && text != sni_cluster(port, fqdn)
+                })
+            })
+            .cloned()
+            .collect();
+    }
+
+    /// The subscribed names that belong to the services `fqdns`: their cluster names for every
+    /// port the service has in `before` or `after`, plus irregular names of those services.
+    pub fn names_of_services<'a>(
+        &self,
+        fqdns: impl IntoIterator<Item = &'a String>,
+        before: &MeshSnapshot,
+        after: &MeshSnapshot,
+    ) -> BTreeSet<Name> {
+        let mut found = BTreeSet::new();
+        for fqdn in fqdns {
+            let ports = [before, after]
+                .into_iter()
+                .filter_map(|snapshot| snapshot.services.get(fqdn))
+                .flat_map(|service| service.ports.iter().map(|port| port.port));
+            for port in ports {
+                for candidate in [outbound_cluster(port, fqdn), sni_cluster(port, fqdn)] {
+                    if let Some(name) = self.names.get(candidate.as_str()) {
+                        found.insert(name.clone());
+                    }
+                }
+            }
+            found.extend(
+                self.irregular
+                    .iter()
+                    .filter(|name| parse_service_name(name).is_some_and(|(_, of)| of == fqdn))
+                    .cloned(),
+            );
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> Name {
+        text.into()
+    }
+
+    #[test]
+    fn sent_versions_stay_sorted_and_the_newest_version_wins() {
+        let mut sent = SentVersions::default();
+        sent.insert_all([(name("b"), 1)]);
+        sent.insert_all([(name("a"), 2)]);
+        sent.insert_all([
+            (name("c"), 3),
+            (name("a"), 4),
+            (name("b"), 5),
+            (name("b"), 6),
+        ]);
+        let held: Vec<(&str, u64)> = sent.iter().map(|(n, v)| (&**n, v)).collect();
+        assert_eq!(held, [("a", 4), ("b", 6), ("c", 3)]);
+        assert_eq!(sent.get("b"), Some(6));
+        assert_eq!(sent.get("d"), None);
+        sent.remove("b");
+        sent.retain(|n| n != "c");
+        assert_eq!(sent.iter().count(), 1);
+        assert!(sent.contains("a") && !sent.contains("c"));
+    }
+
+    #[test]
+    fn the_interner_shares_names_and_sweeps_unheld_ones() {
+        let interner = Interner::default();
+        let a = interner.intern("outbound|80||a");
+        let again = interner.intern("outbound|80||a");
+        assert!(Arc::ptr_eq(&a, &again));
+        for i in 0..SWEEP_FLOOR * 3 {
+            interner.intern(&format!("transient-{i}"));
+        }
+        assert!(
+            interner.len() < SWEEP_FLOOR * 2,
+            "unheld names are swept: {} left",
+            interner.len()
+        );
+        assert!(
+            Arc::ptr_eq(&a, &interner.intern("outbound|80||a")),
+            "held names survive"
+        );
+    }
+}
