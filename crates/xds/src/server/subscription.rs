@@ -84,6 +84,10 @@ impl SentVersions {
             }
             same
         });
+        // A full-state response appends as many entries as are held; do not keep that room.
+        if self.0.capacity() > self.0.len() + self.0.len() / 4 + 16 {
+            self.0.shrink_to_fit();
+        }
     }
 
     pub fn remove(&mut self, name: &str) {

@@ -15,11 +15,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
 use prost::Message;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -108,6 +110,69 @@ struct ResponseBody {
     responses: mpsc::Receiver<Outgoing>,
     pending: std::vec::IntoIter<Bytes>,
     finished: bool,
+    in_flight: Arc<InFlight>,
+}
+
+/// Bytes handed to HTTP/2 and not yet written out. h2 takes whatever the client's window allows
+/// (Envoy's default stream window is 256 MiB), so without a bound of its own a thousand streams
+/// syncing at once would each hold a whole response of copied frames.
+#[derive(Default)]
+struct InFlight {
+    bytes: AtomicUsize,
+    waker: AtomicWaker,
+}
+
+/// Most bytes one stream keeps in flight.
+const MAX_IN_FLIGHT: usize = 128 * 1024;
+
+/// A frame's payload that gives its bytes back to the stream's budget when h2 drops it (once
+/// written, or when the stream is reset).
+struct Counted {
+    data: Bytes,
+    in_flight: Arc<InFlight>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.in_flight
+            .bytes
+            .fetch_sub(self.data.len(), Ordering::AcqRel);
+        self.in_flight.waker.wake();
+    }
+}
+
+impl ResponseBody {
+    fn new(responses: mpsc::Receiver<Outgoing>) -> ResponseBody {
+        ResponseBody {
+            responses,
+            pending: Vec::new().into_iter(),
+            finished: false,
+            in_flight: Arc::default(),
+        }
+    }
+
+    fn over_budget(&self, cx: &mut Context<'_>) -> bool {
+        if self.in_flight.bytes.load(Ordering::Acquire) < MAX_IN_FLIGHT {
+            return false;
+        }
+        self.in_flight.waker.register(cx.waker());
+        // Released between the check and the registration: go on.
+        self.in_flight.bytes.load(Ordering::Acquire) >= MAX_IN_FLIGHT
+    }
+
+    fn counted(&self, data: Bytes) -> Bytes {
+        self.in_flight.bytes.fetch_add(data.len(), Ordering::AcqRel);
+        Bytes::from_owner(Counted {
+            data,
+            in_flight: self.in_flight.clone(),
+        })
+    }
 }
 
 impl Body for ResponseBody {
@@ -119,8 +184,13 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         loop {
-            if let Some(frame) = self.next_data() {
-                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            if self.pending.as_slice().is_empty() || !self.over_budget(cx) {
+                if let Some(frame) = self.next_data() {
+                    let frame = self.counted(frame);
+                    return Poll::Ready(Some(Ok(Frame::data(frame))));
+                }
+            } else {
+                return Poll::Pending;
             }
             if self.finished {
                 return Poll::Ready(None);
@@ -256,11 +326,7 @@ impl AdsService {
             requests,
             stream::Responses::new(sender, delta),
         ));
-        let body = ResponseBody {
-            responses: receiver,
-            pending: Vec::new().into_iter(),
-            finished: false,
-        };
+        let body = ResponseBody::new(receiver);
         let mut response = http::Response::new(tonic::body::Body::new(body));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -356,11 +422,7 @@ mod tests {
         let (sender, receiver) = mpsc::channel(1);
         sender.try_send(Ok(response)).unwrap();
         drop(sender);
-        let mut body = ResponseBody {
-            responses: receiver,
-            pending: Vec::new().into_iter(),
-            finished: false,
-        };
+        let mut body = ResponseBody::new(receiver);
         let waker = std::task::Waker::noop();
         let mut context = Context::from_waker(waker);
         let mut frames = Vec::new();
@@ -384,6 +446,67 @@ mod tests {
         );
         let trailers = trailers.expect("the body ends with trailers");
         assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    }
+
+    #[test]
+    fn a_stream_keeps_a_bounded_number_of_bytes_in_flight() {
+        let resources: Vec<Arc<Resource>> = (0..40)
+            .map(|i| {
+                Resource::new(
+                    format!("c{i}"),
+                    &Cluster {
+                        name: format!("{i}-{}", "x".repeat(20_000)),
+                        ..Cluster::default()
+                    },
+                )
+            })
+            .collect();
+        let borrowed: Vec<&Arc<Resource>> = resources.iter().collect();
+        let response =
+            EncodedResponse::sotw("1".into(), crate::resources::CLUSTER, "1".into(), &borrowed);
+        let expected = response.to_bytes();
+        assert!(expected.len() > 4 * MAX_IN_FLIGHT);
+        let (sender, receiver) = mpsc::channel(1);
+        sender.try_send(Ok(response)).unwrap();
+        drop(sender);
+        let mut body = ResponseBody::new(receiver);
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        let mut written = Vec::new();
+        let mut held = Vec::new();
+        let mut stalls = 0;
+        for _ in 0..10_000 {
+            match Pin::new(&mut body).poll_frame(&mut context) {
+                Poll::Ready(Some(frame)) => match frame.unwrap().into_data() {
+                    Ok(data) => held.push(data),
+                    Err(_) => break,
+                },
+                Poll::Ready(None) => break,
+                Poll::Pending => {
+                    stalls += 1;
+                    let held_bytes: usize = held.iter().map(Bytes::len).sum();
+                    assert!(
+                        held_bytes >= MAX_IN_FLIGHT,
+                        "stalled with only {held_bytes} bytes out"
+                    );
+                    assert!(
+                        held_bytes < MAX_IN_FLIGHT + FRAME_TARGET,
+                        "{held_bytes} bytes out"
+                    );
+                    // h2 writes them out and drops them: the budget frees up.
+                    for data in held.drain(..) {
+                        written.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        for data in held.drain(..) {
+            written.extend_from_slice(&data);
+        }
+        assert!(
+            stalls >= 3,
+            "the budget held the body back ({stalls} times)"
+        );
+        assert_eq!(written, expected);
     }
 
     #[test]
