@@ -123,7 +123,7 @@ struct InFlight {
 }
 
 /// Most bytes one stream keeps in flight.
-const MAX_IN_FLIGHT: usize = 128 * 1024;
+const MAX_IN_FLIGHT: usize = 32 * 1024;
 
 /// A frame's payload that gives its bytes back to the stream's budget when h2 drops it (once
 /// written, or when the stream is reset).
@@ -234,10 +234,10 @@ impl ResponseBody {
 }
 
 /// Entries this small are copied into shared frames rather than sent one frame each.
-const COALESCE_BELOW: usize = 16 * 1024;
-/// The size coalesced frames aim for: HTTP/2's default maximum frame size is 16 KiB, and h2
-/// splits larger payloads without copying.
-const FRAME_TARGET: usize = 64 * 1024;
+const COALESCE_BELOW: usize = 8 * 1024;
+/// The size coalesced frames aim for: HTTP/2's default maximum frame size, so that one payload
+/// is one frame.
+const FRAME_TARGET: usize = 16 * 1024;
 
 fn trailers(status: &Status) -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
