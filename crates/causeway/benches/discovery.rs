@@ -354,6 +354,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 struct RunResult {
+    /// Discovery's CPU time per readiness change (its share of the convergence time: the rest is
+    /// the API server's watch, the clients, and waiting).
+    cpu_per_change_ms: f64,
     p50_ms: f64,
     p99_ms: f64,
     full_push_cpu_ms: f64,
@@ -439,6 +442,7 @@ async fn measure(
     // Readiness flips in cluster02, one service at a time.
     let slices: Api<EndpointSlice> = Api::namespaced(client02.clone(), NAMESPACE);
     let mut samples = Vec::new();
+    let samples_cpu_before = discovery.cpu_ms();
     for sample in 0..size.samples {
         let index = (sample * 37 + round * 11) % size.services;
         let target = outbound_cluster(8080, &fqdn(index));
@@ -502,6 +506,7 @@ async fn measure(
         }
         samples.push(sample_ms);
     }
+    let cpu_per_change_ms = (discovery.cpu_ms() - samples_cpu_before) / size.samples as f64;
     samples.sort_by(f64::total_cmp);
     if std::env::var_os("BENCH_VERBOSE").is_some() {
         eprintln!("debounce {debounce}: samples (ms, sorted): {samples:.1?}");
@@ -539,6 +544,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let full_push_cpu_ms = discovery.cpu_ms() - cpu_before;
     let result = RunResult {
+        cpu_per_change_ms,
         p50_ms: percentile(&samples, 50.0),
         p99_ms: percentile(&samples, 99.0),
         full_push_cpu_ms,
@@ -618,6 +624,7 @@ fn main() {
         println!("{:<58} {:>15.1} {:>15.1}", "readiness change -> all streams have new EDS, p50 (ms)", at_zero.p50_ms, at_default.p50_ms);
         println!("{:<58} {:>15.1} {:>15.1}", "readiness change -> all streams have new EDS, p99 (ms)", at_zero.p99_ms, at_default.p99_ms);
         println!("{:<58} {:>15.1} {:>15.1}", "  p99 beyond the debounce window (ms; target < 50)", at_zero.p99_ms, at_default.p99_ms - 100.0);
+        println!("{:<58} {:>15.1} {:>15.1}", "discovery CPU per readiness change (ms)", at_zero.cpu_per_change_ms, at_default.cpu_per_change_ms);
         println!("{:<58} {:>15.0} {:>15.0}", "full push to all streams: discovery CPU (ms)", at_zero.full_push_cpu_ms, at_default.full_push_cpu_ms);
         println!("{:<58} {:>15.0} {:>15.0}", "full push to all streams: wall time (ms)", at_zero.full_push_ms, at_default.full_push_ms);
         println!("{:<58} {:>15.1} {:>15.1}", "discovery RSS, all streams synced (MB; target < 200)", at_zero.rss_mb, at_default.rss_mb);
@@ -636,6 +643,7 @@ fn main() {
                 "eds_p99_ms_debounce_0": round1(at_zero.p99_ms),
                 "eds_p50_ms_debounce_100ms": round1(at_default.p50_ms),
                 "eds_p99_ms_debounce_100ms": round1(at_default.p99_ms),
+                "cpu_per_change_ms_debounce_0": round1(at_zero.cpu_per_change_ms),
                 "full_push_cpu_ms": round1(at_zero.full_push_cpu_ms.max(at_default.full_push_cpu_ms)),
                 "full_push_wall_ms": round1(at_zero.full_push_ms),
                 "rss_mb": round1(at_zero.rss_mb.max(at_default.rss_mb)),

@@ -1,6 +1,7 @@
 //! The ADS server: one task per stream, fed by the stream's requests and by the registry's pushes.
 
 pub mod metrics;
+mod request;
 mod stream;
 mod subscription;
 mod wire;

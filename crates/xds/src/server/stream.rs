@@ -8,6 +8,8 @@
 //!   only resources that changed or were newly asked for (as the protocol allows).
 //! - Delta: only changed resources, and the names of removed ones.
 
+pub(crate) use super::request::Requests;
+use super::request::{Incoming, NameChange};
 use super::subscription::{Interner, Name, SentVersions, Subscription};
 use super::wire::{EncodedResponse, Outgoing};
 use super::{ConnectionStatus, Shared};
@@ -15,75 +17,19 @@ use crate::generate::Wanted;
 use crate::proxy::ProxyInfo;
 use crate::resources::{self, CLUSTER, ENDPOINT, PUSH_ORDER, Resource, wildcard_by_default};
 use causeway_model::{MeshSnapshot, Push};
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 /// Most resources in one delta response.
 const MAX_RESOURCES_PER_RESPONSE: usize = 100;
-
-pub(crate) enum Requests {
-    Sotw(Streaming<DiscoveryRequest>),
-    Delta(Streaming<DeltaDiscoveryRequest>),
-}
 
 /// Where a stream's responses go: the HTTP/2 response body (see `wire`).
 pub(crate) struct Responses {
     sender: mpsc::Sender<Outgoing>,
     delta: bool,
-}
-
-/// A request of either variant, reduced to what the stream logic needs.
-struct Incoming {
-    type_url: String,
-    node: Option<Node>,
-    response_nonce: String,
-    error: Option<String>,
-    names: NameChange,
-}
-
-enum NameChange {
-    /// State of the world: the complete list.
-    Replace(Vec<String>),
-    /// Delta: additions, removals, and versions the client already holds.
-    Update {
-        subscribe: Vec<String>,
-        unsubscribe: Vec<String>,
-        initial_versions: HashMap<String, String>,
-    },
-}
-
-impl Requests {
-    async fn next(&mut self) -> Option<Result<Incoming, Status>> {
-        match self {
-            Requests::Sotw(stream) => stream.message().await.transpose().map(|r| {
-                r.map(|request| Incoming {
-                    type_url: request.type_url,
-                    node: request.node,
-                    response_nonce: request.response_nonce,
-                    error: request.error_detail.map(|e| e.message),
-                    names: NameChange::Replace(request.resource_names),
-                })
-            }),
-            Requests::Delta(stream) => stream.message().await.transpose().map(|r| {
-                r.map(|request| Incoming {
-                    type_url: request.type_url,
-                    node: request.node,
-                    response_nonce: request.response_nonce,
-                    error: request.error_detail.map(|e| e.message),
-                    names: NameChange::Update {
-                        subscribe: request.resource_names_subscribe,
-                        unsubscribe: request.resource_names_unsubscribe,
-                        initial_versions: request.initial_resource_versions,
-                    },
-                })
-            }),
-        }
-    }
 }
 
 /// The client went away: nothing more to do on this stream.
@@ -509,17 +455,15 @@ fn apply_names(
             .unwrap_or_else(|| interner.intern(name))
     };
     let mut added = BTreeSet::new();
+    let mut names_changed = false;
     match change {
         NameChange::Replace(names) => {
-            let mut hasher = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&names, &mut hasher);
-            let hash = std::hash::Hasher::finish(&hasher);
-            if subscription.answered && subscription.last_names_hash == Some(hash) {
+            if subscription.answered && subscription.last_names_hash == Some(names.hash) {
                 return added;
             }
-            subscription.last_names_hash = Some(hash);
-            subscription.wildcard = (names.is_empty() && wildcard_by_default(type_url))
-                || names.iter().any(|n| n == "*");
+            subscription.last_names_hash = Some(names.hash);
+            subscription.wildcard =
+                (names.count == 0 && wildcard_by_default(type_url)) || names.has_wildcard;
             let old = std::mem::take(&mut subscription.names);
             for name in names.iter().filter(|n| *n != "*") {
                 let name = intern(&old, name);
@@ -528,6 +472,7 @@ fn apply_names(
                 }
                 subscription.names.insert(name);
             }
+            names_changed = subscription.names != old;
             if !subscription.wildcard {
                 let kept = &subscription.names;
                 subscription.sent.retain(|name| kept.contains(name));
@@ -547,6 +492,7 @@ fn apply_names(
                 } else {
                     let name = intern(&subscription.names, &name);
                     if subscription.names.insert(name.clone()) {
+                        names_changed = true;
                         added.insert(name);
                     }
                 }
@@ -555,7 +501,7 @@ fn apply_names(
                 if name == "*" {
                     subscription.wildcard = false;
                 } else {
-                    subscription.names.remove(name.as_str());
+                    names_changed |= subscription.names.remove(name.as_str());
                     subscription.sent.remove(&name);
                     added.remove(name.as_str());
                 }
@@ -569,6 +515,8 @@ fn apply_names(
                 }));
         }
     }
-    subscription.reindex();
+    if names_changed {
+        subscription.reindex();
+    }
     added
 }

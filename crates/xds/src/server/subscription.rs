@@ -72,8 +72,18 @@ impl SentVersions {
         self.position(name).is_ok()
     }
 
-    /// Many insertions at once: one sort instead of a shift per name.
+    /// Many insertions at once: one sort instead of a shift per name (a few go in one by one).
     pub fn insert_all(&mut self, entries: impl IntoIterator<Item = (Name, u64)>) {
+        let entries = entries.into_iter();
+        if entries.size_hint().1.is_some_and(|most| most <= 8) {
+            for (name, version) in entries {
+                match self.position(&name) {
+                    Ok(at) => self.0[at].1 = version,
+                    Err(at) => self.0.insert(at, (name, version)),
+                }
+            }
+            return;
+        }
         self.0.extend(entries);
         // Stable: for a repeated name, the newest entry comes last, and wins below.
         self.0.sort_by(|a, b| a.0.cmp(&b.0));
@@ -126,12 +136,7 @@ impl Subscription {
         self.irregular = self
             .names
             .iter()
-            .filter(|name| {
-                let text: &str = name;
-                parse_service_name(text).is_some_and(|(port, fqdn)| {
-                    text != outbound_cluster(port, fqdn) && text != sni_cluster(port, fqdn)
-                })
-            })
+            .filter(|name| parse_service_name(name).is_some() && !is_canonical(name))
             .cloned()
             .collect();
     }
@@ -168,6 +173,28 @@ impl Subscription {
     }
 }
 
+/// Whether `name` is exactly `outbound|<port>||<fqdn>` or `outbound_.<port>_._.<fqdn>` with the
+/// port written plainly: the two forms `names_of_services` derives.
+fn is_canonical(name: &str) -> bool {
+    let plain_port = |port: &str| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (port == "0" || !port.starts_with('0'))
+            && port.parse::<u16>().is_ok()
+    };
+    if let Some(rest) = name.strip_prefix("outbound|") {
+        return rest
+            .split_once("||")
+            .is_some_and(|(port, fqdn)| plain_port(port) && !fqdn.contains('|'));
+    }
+    if let Some(rest) = name.strip_prefix("outbound_.") {
+        return rest
+            .split_once("_._.")
+            .is_some_and(|(port, _)| plain_port(port));
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +222,57 @@ mod tests {
         sent.retain(|n| n != "c");
         assert_eq!(sent.iter().count(), 1);
         assert!(sent.contains("a") && !sent.contains("c"));
+    }
+
+    #[test]
+    fn canonical_names_are_the_derived_forms() {
+        let fqdn = "a.b.svc.cluster.local";
+        assert!(is_canonical(&outbound_cluster(8080, fqdn)));
+        assert!(is_canonical(&sni_cluster(8080, fqdn)));
+        assert!(!is_canonical("outbound|8080|v1|a.b.svc.cluster.local"));
+        assert!(!is_canonical("outbound|08080||a.b.svc.cluster.local"));
+        assert!(!is_canonical("outbound_.8080_.v1_.a.b.svc.cluster.local"));
+    }
+
+    #[test]
+    fn a_change_finds_its_services_names_including_irregular_ones() {
+        use causeway_model::{Protocol, Service, ServicePort};
+        let fqdn = "a.b.svc.cluster.local";
+        let service = Service {
+            fqdn: fqdn.into(),
+            name: "a".into(),
+            namespace: "b".into(),
+            clusters: Default::default(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Http,
+            }],
+            auto_vip: std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        let mut snapshot = MeshSnapshot::default();
+        snapshot.services.insert(fqdn.into(), Arc::new(service));
+        let mut subscription = Subscription::default();
+        for text in [
+            "outbound|8080||a.b.svc.cluster.local",
+            "outbound|8080|v1|a.b.svc.cluster.local",
+            "outbound|9090||a.b.svc.cluster.local",
+            "outbound|8080||other.b.svc.cluster.local",
+        ] {
+            subscription.names.insert(name(text));
+        }
+        subscription.reindex();
+        let found =
+            subscription.names_of_services([&fqdn.to_owned()], &MeshSnapshot::default(), &snapshot);
+        let found: Vec<&str> = found.iter().map(|n| &**n).collect();
+        // 9090 is not a port of the service in either snapshot: its assignment cannot change.
+        assert_eq!(
+            found,
+            [
+                "outbound|8080|v1|a.b.svc.cluster.local",
+                "outbound|8080||a.b.svc.cluster.local"
+            ]
+        );
     }
 
     #[test]

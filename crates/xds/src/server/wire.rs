@@ -8,12 +8,13 @@
 //! HTTP/2 writes out without copying. Requests are still decoded by tonic.
 
 use super::Shared;
+use super::request::SotwDecoder;
 use super::stream::{self, Requests};
 use super::subscription::Name;
 use crate::resources::Resource;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
 use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
@@ -312,9 +313,8 @@ impl AdsService {
                 Some(MAX_REQUEST_BYTES),
             ))
         } else {
-            let mut codec = ProstCodec::<DiscoveryResponse, DiscoveryRequest>::default();
             Requests::Sotw(Streaming::new_request(
-                codec.decoder(),
+                SotwDecoder,
                 body,
                 None,
                 Some(MAX_REQUEST_BYTES),
