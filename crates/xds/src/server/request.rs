@@ -5,16 +5,16 @@
 //! was the largest cost of an endpoint push. Here the names stay in the received bytes, hashed
 //! once; they are only read out when the list changed.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use http_body_util::BodyExt;
 use prost::Message;
 use prost::encoding::{self, DecodeContext, WireType};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 use tonic::Status;
-use tonic::codec::{DecodeBuf, Decoder, Streaming};
 
 /// A request of either variant.
 pub(crate) struct Incoming {
@@ -158,30 +158,145 @@ fn decode_sotw(message: Bytes) -> Result<Incoming, Status> {
     Ok(request)
 }
 
-/// tonic's decoder for state-of-the-world requests.
-pub(crate) struct SotwDecoder;
+/// The gRPC messages of a request body, framed here rather than by tonic: tonic's decoder keeps
+/// a buffer as large as the largest request it has seen (a thousand-name ACK: 64 KiB) for the
+/// life of the stream; here a message owns exactly its bytes and is gone once handled.
+pub(crate) struct RequestFrames {
+    body: tonic::body::Body,
+    /// Received bytes not yet part of a returned message, oldest first.
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+    finished: bool,
+}
 
-impl Decoder for SotwDecoder {
-    type Item = Incoming;
-    type Error = Status;
+/// The gRPC message prefix: a compression flag and a 32-bit big-endian length.
+const PREFIX_BYTES: usize = 5;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
-        let message = src.copy_to_bytes(src.remaining());
-        decode_sotw(message).map(Some)
+impl RequestFrames {
+    pub fn new(body: tonic::body::Body) -> RequestFrames {
+        RequestFrames {
+            body,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            finished: false,
+        }
+    }
+
+    /// The next message, `None` at the end of the body.
+    pub async fn next_message(&mut self, max_bytes: usize) -> Option<Result<Bytes, Status>> {
+        loop {
+            if self.pending_bytes >= PREFIX_BYTES {
+                let prefix = self.peek_prefix();
+                if prefix[0] != 0 {
+                    return Some(Err(Status::unimplemented(
+                        "compressed ADS requests are not accepted; send them uncompressed",
+                    )));
+                }
+                let length =
+                    u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                if length > max_bytes {
+                    return Some(Err(Status::resource_exhausted(format!(
+                        "an ADS request of {length} bytes is over the limit of {max_bytes}"
+                    ))));
+                }
+                if self.pending_bytes >= PREFIX_BYTES + length {
+                    self.take(PREFIX_BYTES);
+                    return Some(Ok(self.take(length)));
+                }
+            }
+            if self.finished {
+                return (self.pending_bytes > 0).then(|| {
+                    Err(Status::invalid_argument(
+                        "the request stream ended in the middle of a message",
+                    ))
+                });
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        self.pending_bytes += data.len();
+                        self.pending.push_back(data);
+                    }
+                }
+                Some(Err(status)) => return Some(Err(status)),
+                None => self.finished = true,
+            }
+        }
+    }
+
+    fn peek_prefix(&self) -> [u8; PREFIX_BYTES] {
+        let mut prefix = [0; PREFIX_BYTES];
+        let mut filled = 0;
+        for chunk in &self.pending {
+            let n = chunk.len().min(PREFIX_BYTES - filled);
+            prefix[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == PREFIX_BYTES {
+                break;
+            }
+        }
+        prefix
+    }
+
+    /// The first `count` pending bytes: a slice when one chunk holds them, else a copy.
+    fn take(&mut self, count: usize) -> Bytes {
+        self.pending_bytes -= count;
+        if let Some(front) = self.pending.front_mut()
+            && front.len() >= count
+        {
+            let taken = front.split_to(count);
+            if front.is_empty() {
+                self.pending.pop_front();
+            }
+            return taken;
+        }
+        let mut gathered = BytesMut::with_capacity(count);
+        while gathered.len() < count {
+            let Some(front) = self.pending.front_mut() else {
+                break;
+            };
+            let n = front.len().min(count - gathered.len());
+            gathered.extend_from_slice(&front.split_to(n));
+            if front.is_empty() {
+                self.pending.pop_front();
+            }
+        }
+        gathered.freeze()
     }
 }
 
-pub(crate) enum Requests {
-    Sotw(Streaming<Incoming>),
-    Delta(Streaming<DeltaDiscoveryRequest>),
+/// Most bytes one request may have (a SotW EDS request naming 100,000 clusters is ~7 MB).
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+pub(crate) struct Requests {
+    frames: RequestFrames,
+    delta: bool,
 }
 
 impl Requests {
+    pub fn new(body: tonic::body::Body, delta: bool) -> Requests {
+        Requests {
+            frames: RequestFrames::new(body),
+            delta,
+        }
+    }
+
     pub async fn next(&mut self) -> Option<Result<Incoming, Status>> {
-        match self {
-            Requests::Sotw(stream) => stream.message().await.transpose(),
-            Requests::Delta(stream) => stream.message().await.transpose().map(|r| {
-                r.map(|request| Incoming {
+        let message = match self.frames.next_message(MAX_REQUEST_BYTES).await? {
+            Ok(message) => message,
+            Err(status) => return Some(Err(status)),
+        };
+        if !self.delta {
+            return Some(decode_sotw(message));
+        }
+        Some(
+            DeltaDiscoveryRequest::decode(message)
+                .map_err(|error| {
+                    Status::invalid_argument(format!("malformed DeltaDiscoveryRequest: {error}"))
+                })
+                .map(|request| Incoming {
                     type_url: request.type_url,
                     node: request.node,
                     response_nonce: request.response_nonce,
@@ -191,9 +306,8 @@ impl Requests {
                         unsubscribe: request.resource_names_unsubscribe,
                         initial_versions: request.initial_resource_versions,
                     },
-                })
-            }),
-        }
+                }),
+        )
     }
 }
 
@@ -258,6 +372,65 @@ mod tests {
         let wildcard = decoded(&request(&["*"]));
         assert!(names(&wildcard).has_wildcard);
         assert_eq!(names(&wildcard).count, 1);
+    }
+
+    fn framed(messages: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for message in messages {
+            bytes.push(0);
+            bytes.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(message);
+        }
+        bytes
+    }
+
+    /// A body that hands over `bytes` in chunks of `chunk` bytes.
+    fn body(bytes: Vec<u8>, chunk: usize) -> tonic::body::Body {
+        let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = bytes
+            .chunks(chunk)
+            .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            chunks,
+        )))
+    }
+
+    #[tokio::test]
+    async fn messages_are_framed_across_any_chunking() {
+        let messages: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| vec![i; 10 + usize::from(i) * 700])
+            .collect();
+        for chunk in [1, 3, 5, 64, 1000, 100_000] {
+            let mut frames = RequestFrames::new(body(framed(&messages), chunk));
+            for message in &messages {
+                let got = frames.next_message(1 << 20).await.unwrap().unwrap();
+                assert_eq!(&got[..], &message[..], "chunks of {chunk}");
+            }
+            assert!(frames.next_message(1 << 20).await.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_compressed_and_cut_messages_are_refused() {
+        let mut frames = RequestFrames::new(body(framed(&[vec![0; 100]]), 7));
+        let error = frames.next_message(50).await.unwrap().unwrap_err();
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+
+        let mut compressed = framed(&[vec![0; 4]]);
+        compressed[0] = 1;
+        let mut frames = RequestFrames::new(body(compressed, 64));
+        let error = frames.next_message(50).await.unwrap().unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unimplemented);
+
+        let mut cut = framed(&[vec![0; 40]]);
+        cut.truncate(20);
+        let mut frames = RequestFrames::new(body(cut, 8));
+        let error = frames.next_message(50).await.unwrap().unwrap_err();
+        assert!(
+            error.message().contains("middle of a message"),
+            "{}",
+            error.message()
+        );
     }
 
     #[test]

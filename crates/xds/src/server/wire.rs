@@ -8,14 +8,11 @@
 //! HTTP/2 writes out without copying. Requests are still decoded by tonic.
 
 use super::Shared;
-use super::request::SotwDecoder;
 use super::stream::{self, Requests};
 use super::subscription::Name;
 use crate::resources::Resource;
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
 use prost::Message;
@@ -26,18 +23,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::codec::{Codec, Streaming};
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
-use tonic_prost::ProstCodec;
 
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-/// Requests larger than this are refused (a SotW EDS request naming 100,000 clusters is ~7 MB).
-const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// The gRPC message prefix: a compression flag and a 32-bit big-endian length.
 const GRPC_PREFIX_BYTES: usize = 5;
 
@@ -217,6 +210,15 @@ impl ResponseBody {
     /// slab that never shrinks; a thousand 3 KB entries per response made that slab the largest
     /// thing a connection held.
     fn next_data(&mut self) -> Option<Bytes> {
+        let data = self.gather();
+        if self.pending.as_slice().is_empty() {
+            // An exhausted iterator still owns its vector (a thousand entries: 32 KB a stream).
+            self.pending = Vec::new().into_iter();
+        }
+        data
+    }
+
+    fn gather(&mut self) -> Option<Bytes> {
         let first = self.pending.next()?;
         if first.len() >= COALESCE_BELOW {
             return Some(first);
@@ -303,23 +305,7 @@ impl AdsService {
             ))
             .into_http();
         }
-        let body = request.into_body();
-        let requests = if delta {
-            let mut codec = ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default();
-            Requests::Delta(Streaming::new_request(
-                codec.decoder(),
-                body,
-                None,
-                Some(MAX_REQUEST_BYTES),
-            ))
-        } else {
-            Requests::Sotw(Streaming::new_request(
-                SotwDecoder,
-                body,
-                None,
-                Some(MAX_REQUEST_BYTES),
-            ))
-        };
+        let requests = Requests::new(request.into_body(), delta);
         let (sender, receiver) = mpsc::channel(super::STREAM_BUFFER);
         tokio::spawn(stream::serve(
             self.shared.clone(),
