@@ -9,11 +9,15 @@ use bytes::{Buf, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use foldhash::fast::FixedState;
 use http_body_util::BodyExt;
 use prost::Message;
 use prost::encoding::{self, DecodeContext, WireType};
 use std::collections::{HashMap, VecDeque};
-use std::hash::{DefaultHasher, Hasher};
+use std::hash::{BuildHasher, Hasher};
+
+/// Any fixed seed: the hash only compares one stream's successive name lists.
+const NAMES_HASH_SEED: u64 = 0x5eed;
 use tonic::Status;
 
 /// A request of either variant.
@@ -53,22 +57,29 @@ const RESPONSE_NONCE: u32 = 5;
 const ERROR_DETAIL: u32 = 6;
 
 impl SotwNames {
-    /// The names, in request order.
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
+    /// The names, in request order; a name that is not UTF-8 refuses the request.
+    pub fn read(&self) -> Result<Vec<&str>, Status> {
+        let mut names = Vec::with_capacity(self.count);
         let mut rest: &[u8] = &self.message;
-        std::iter::from_fn(move || {
-            while rest.has_remaining() {
-                let (tag, wire_type) = encoding::decode_key(&mut rest).ok()?;
-                let value = length_delimited(&mut rest, tag, wire_type).ok()?;
-                if tag == RESOURCE_NAMES
-                    && let Some(value) = value
-                {
-                    // Checked to be UTF-8 when the request was decoded.
-                    return std::str::from_utf8(value).ok();
-                }
+        while rest.has_remaining() {
+            // The message was walked once when it was decoded: these cannot fail.
+            let Ok((tag, wire_type)) = encoding::decode_key(&mut rest) else {
+                break;
+            };
+            let Ok(value) = length_delimited(&mut rest, tag, wire_type) else {
+                break;
+            };
+            if tag == RESOURCE_NAMES
+                && let Some(value) = value
+            {
+                names.push(std::str::from_utf8(value).map_err(|_| {
+                    Status::invalid_argument(
+                        "DiscoveryRequest.resource_names holds a name that is not UTF-8",
+                    )
+                })?);
             }
-            None
-        })
+        }
+        Ok(names)
     }
 }
 
@@ -115,7 +126,7 @@ fn decode_sotw(message: Bytes) -> Result<Incoming, Status> {
             has_wildcard: false,
         }),
     };
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = FixedState::with_seed(NAMES_HASH_SEED).build_hasher();
     let mut count = 0;
     let mut has_wildcard = false;
     let mut rest: &[u8] = &message;
@@ -128,11 +139,7 @@ fn decode_sotw(message: Bytes) -> Result<Incoming, Status> {
         match tag {
             NODE => request.node = Some(Node::decode(value).map_err(|e| malformed(&e))?),
             RESOURCE_NAMES => {
-                std::str::from_utf8(value).map_err(|_| {
-                    Status::invalid_argument(
-                        "DiscoveryRequest.resource_names holds a name that is not UTF-8",
-                    )
-                })?;
+                // Read out (and checked) only when the list changed; see `SotwNames::read`.
                 hasher.write_usize(value.len());
                 hasher.write(value);
                 count += 1;
@@ -356,11 +363,11 @@ mod tests {
             incoming.node.unwrap().id,
             "sidecar~10.0.0.1~a.b~b.svc.cluster.local"
         );
-        let names = names(&decoded(&request(&["outbound|80||a", "outbound|80||b"])))
-            .iter()
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
-        assert_eq!(names, ["outbound|80||a", "outbound|80||b"]);
+        let decoded = decoded(&request(&["outbound|80||a", "outbound|80||b"]));
+        assert_eq!(
+            names(&decoded).read().unwrap(),
+            ["outbound|80||a", "outbound|80||b"]
+        );
     }
 
     #[test]
@@ -445,10 +452,9 @@ mod tests {
             error.message()
         );
 
-        // resource_names (field 3) holding invalid UTF-8.
-        let error = decode_sotw(Bytes::from_static(&[0x1a, 0x02, 0xff, 0xfe]))
-            .err()
-            .expect("refused");
+        // resource_names (field 3) holding invalid UTF-8: refused once read.
+        let incoming = decode_sotw(Bytes::from_static(&[0x1a, 0x02, 0xff, 0xfe])).unwrap();
+        let error = names(&incoming).read().unwrap_err();
         assert!(error.message().contains("not UTF-8"), "{}", error.message());
     }
 }

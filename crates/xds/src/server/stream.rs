@@ -185,12 +185,18 @@ impl Stream {
                 status.rejected = None;
             });
         }
-        let added = apply_names(
+        let added = match apply_names(
             subscription,
             &self.shared.interner,
             &type_url,
             request.names,
-        );
+        ) {
+            Ok(added) => added,
+            Err(status) => {
+                self.responses.error(status).await;
+                return Err(Gone);
+            }
+        };
         let first = !subscription.answered;
         let force = if first {
             Force::Everything
@@ -447,7 +453,7 @@ fn apply_names(
     interner: &Interner,
     type_url: &str,
     change: NameChange,
-) -> BTreeSet<Name> {
+) -> Result<BTreeSet<Name>, Status> {
     let intern = |names: &BTreeSet<Name>, name: &str| {
         names
             .get(name)
@@ -459,13 +465,14 @@ fn apply_names(
     match change {
         NameChange::Replace(names) => {
             if subscription.answered && subscription.last_names_hash == Some(names.hash) {
-                return added;
+                return Ok(added);
             }
             subscription.last_names_hash = Some(names.hash);
             subscription.wildcard =
                 (names.count == 0 && wildcard_by_default(type_url)) || names.has_wildcard;
+            let listed = names.read()?;
             let old = std::mem::take(&mut subscription.names);
-            for name in names.iter().filter(|n| *n != "*") {
+            for name in listed.into_iter().filter(|n| *n != "*") {
                 let name = intern(&old, name);
                 if !old.contains(&name) {
                     added.insert(name.clone());
@@ -518,5 +525,5 @@ fn apply_names(
     if names_changed {
         subscription.reindex();
     }
-    added
+    Ok(added)
 }
