@@ -16,12 +16,15 @@ use causeway_xds::resources::{CLUSTER, ENDPOINT, outbound_cluster};
 use causeway_xds::testing::decode;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use prost::Message;
 use serde_json::json;
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
@@ -232,11 +235,47 @@ struct Seen {
     cluster_count: usize,
 }
 
+/// Sends requests that are already encoded; decodes responses as usual.
+#[derive(Default)]
+struct PreEncodedCodec(tonic_prost::ProstCodec<DiscoveryRequest, DiscoveryResponse>);
+
+struct PreEncoded;
+
+impl tonic::codec::Encoder for PreEncoded {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for PreEncodedCodec {
+    type Encode = bytes::Bytes;
+    type Decode = DiscoveryResponse;
+    type Encoder = PreEncoded;
+    type Decoder = <tonic_prost::ProstCodec<DiscoveryRequest, DiscoveryResponse> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut self.0)
+    }
+}
+
 async fn run_stream(
     channel: Channel,
     stream: usize,
     delta: bool,
     names: Arc<Vec<String>>,
+    names_field: Arc<Vec<u8>>,
     seen: mpsc::UnboundedSender<Seen>,
 ) {
     let node = causeway_xds::testing::node(
@@ -247,9 +286,9 @@ async fn run_stream(
         &[("CLUSTER_ID", "cluster01")],
         &[],
     );
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     if delta {
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
         let (requests, outgoing) = mpsc::unbounded_channel();
         let mut responses = client
             .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(
@@ -291,38 +330,55 @@ async fn run_stream(
             });
         }
     } else {
-        let (requests, outgoing) = mpsc::unbounded_channel();
-        let mut responses = client
-            .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(
-                outgoing,
-            ))
+        // Requests go out pre-encoded: like Envoy, every EDS ACK repeats all the names, but one
+        // driver core plays a thousand clients here, so the names are encoded once, not per ACK.
+        let (requests, outgoing) = mpsc::unbounded_channel::<bytes::Bytes>();
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
+        grpc.ready().await.unwrap();
+        let mut responses = grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(outgoing)),
+                http::uri::PathAndQuery::from_static(
+                    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                ),
+                PreEncodedCodec::default(),
+            )
             .await
             .unwrap()
             .into_inner();
-        let _ = requests.send(DiscoveryRequest {
-            node: Some(node),
-            type_url: CLUSTER.into(),
-            ..Default::default()
-        });
-        let _ = requests.send(DiscoveryRequest {
-            type_url: ENDPOINT.into(),
-            resource_names: names.to_vec(),
-            ..Default::default()
-        });
+        let encode = |request: DiscoveryRequest, with_names: bool| {
+            let mut bytes = request.encode_to_vec();
+            if with_names {
+                bytes.extend_from_slice(&names_field);
+            }
+            bytes::Bytes::from(bytes)
+        };
+        let _ = requests.send(encode(
+            DiscoveryRequest {
+                node: Some(node),
+                type_url: CLUSTER.into(),
+                ..Default::default()
+            },
+            false,
+        ));
+        let _ = requests.send(encode(
+            DiscoveryRequest {
+                type_url: ENDPOINT.into(),
+                ..Default::default()
+            },
+            true,
+        ));
         while let Some(Ok(response)) = responses.next().await {
             let at = Instant::now();
-            let names = if response.type_url == ENDPOINT {
-                names.to_vec()
-            } else {
-                Vec::new()
-            };
-            let _ = requests.send(DiscoveryRequest {
-                type_url: response.type_url.clone(),
-                version_info: response.version_info.clone(),
-                response_nonce: response.nonce.clone(),
-                resource_names: names,
-                ..Default::default()
-            });
+            let _ = requests.send(encode(
+                DiscoveryRequest {
+                    type_url: response.type_url.clone(),
+                    version_info: response.version_info.clone(),
+                    response_nonce: response.nonce.clone(),
+                    ..Default::default()
+                },
+                response.type_url == ENDPOINT,
+            ));
             let (endpoint_clusters, cluster_count) = if response.type_url == ENDPOINT {
                 (
                     response
@@ -382,6 +438,14 @@ async fn measure(
             .collect(),
     );
     discovery.wait_ready().await;
+    // `resource_names` (field 3) of a DiscoveryRequest, encoded once for every SotW ACK.
+    let names_field = Arc::new(
+        DiscoveryRequest {
+            resource_names: names.to_vec(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let connect_started = Instant::now();
     let mut tasks = Vec::new();
@@ -402,6 +466,7 @@ async fn measure(
             stream,
             stream % 2 == 1,
             names.clone(),
+            names_field.clone(),
             seen_tx.clone(),
         )));
     }
