@@ -526,3 +526,61 @@ async fn a_stream_without_a_node_is_refused_with_a_reason() {
     // The node is present but empty: accepted as a sidecar of the control plane's cluster.
     assert!(anonymous.recv_within(WAIT).await.is_some());
 }
+
+/// Like istiod, discovery serves no proxy from a half-listed mesh: while a remote cluster is
+/// still being waited for (within PILOT_REMOTE_CLUSTER_TIMEOUT), streams are refused with
+/// UNAVAILABLE and a reason, and they are served once the wait is over.
+#[tokio::test]
+async fn streams_are_refused_until_the_registry_is_ready() {
+    use causeway_lab::testing::{self as lab};
+    use k8s_openapi::api::core::v1::Secret;
+    let dir = tempfile::tempdir().unwrap();
+    let (one, client01) = fixtures::mesh_cluster("cluster01", "10.96.0.0/16", dir.path(), "").await;
+    // A remote cluster whose API server is gone: nothing listens on its address any more.
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut access = lab::access("cluster02", &one);
+    access.server = format!("https://{unreachable}");
+    Api::<Secret>::namespaced(client01.clone(), "istio-system")
+        .create(
+            &PostParams::default(),
+            &fixtures::remote_secret("cluster02", &access),
+        )
+        .await
+        .unwrap();
+    let mut config = causeway_discovery::testing::config("cluster01", "network1");
+    config.remote_cluster_timeout = Duration::from_secs(3);
+    let discovery = causeway_discovery::Discovery::start(config, client01.clone())
+        .await
+        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", discovery.xds_address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut client = envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::new(channel);
+    let refused = client
+        .stream_aggregated_resources(futures::stream::empty())
+        .await
+        .expect_err("not ready: refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(
+        refused.message().contains("/ready"),
+        "{}",
+        refused.message()
+    );
+
+    // After the remote cluster's timeout, discovery is ready and serves.
+    let mut ready = discovery.registry.ready.clone();
+    tokio::time::timeout(WAIT, ready.wait_for(|ready| *ready))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut sotw = SotwClient::connect(discovery.xds_address, sidecar_node("network1")).await;
+    sotw.request(CLUSTER, &[], "", "", None).await;
+    assert!(sotw.recv_within(WAIT).await.is_some(), "served once ready");
+    discovery.shutdown().await;
+}
