@@ -64,6 +64,12 @@ impl std::fmt::Debug for Resource {
     }
 }
 
+/// A version as clients see it (delta `Resource.version`; parsed back from their
+/// `initial_resource_versions`).
+fn version_text(version: u64) -> String {
+    format!("{version:016x}")
+}
+
 /// The field number of `resources` in both `DiscoveryResponse` and `DeltaDiscoveryResponse`,
 /// and of `resource` in the delta `Resource` message.
 const RESOURCES_FIELD: u32 = 2;
@@ -89,7 +95,7 @@ impl Resource {
         // The delta entry's own fields: version (1) and name (3); `resource` (2) goes last.
         let head = DeltaResource {
             name: name.to_string(),
-            version: format!("{version:016x}"),
+            version: version_text(version),
             ..DeltaResource::default()
         };
         let any_field_length = encoding::key_len(RESOURCES_FIELD)
@@ -119,7 +125,7 @@ impl Resource {
     }
 
     pub fn version_text(&self) -> String {
-        format!("{:016x}", self.version)
+        version_text(self.version)
     }
 
     /// The encoded message.

@@ -5,6 +5,7 @@
 //! was the largest cost of an endpoint push. Here the names stay in the received bytes, hashed
 //! once; they are only read out when the list changed.
 
+use super::wire::GRPC_PREFIX_BYTES;
 use bytes::{Buf, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -176,9 +177,6 @@ pub(crate) struct RequestFrames {
     finished: bool,
 }
 
-/// The gRPC message prefix: a compression flag and a 32-bit big-endian length.
-const PREFIX_BYTES: usize = 5;
-
 impl RequestFrames {
     pub fn new(body: tonic::body::Body) -> RequestFrames {
         RequestFrames {
@@ -192,7 +190,7 @@ impl RequestFrames {
     /// The next message, `None` at the end of the body.
     pub async fn next_message(&mut self, max_bytes: usize) -> Option<Result<Bytes, Status>> {
         loop {
-            if self.pending_bytes >= PREFIX_BYTES {
+            if self.pending_bytes >= GRPC_PREFIX_BYTES {
                 let prefix = self.peek_prefix();
                 if prefix[0] != 0 {
                     return Some(Err(Status::unimplemented(
@@ -206,8 +204,8 @@ impl RequestFrames {
                         "an ADS request of {length} bytes is over the limit of {max_bytes}"
                     ))));
                 }
-                if self.pending_bytes >= PREFIX_BYTES + length {
-                    self.take(PREFIX_BYTES);
+                if self.pending_bytes >= GRPC_PREFIX_BYTES + length {
+                    self.take(GRPC_PREFIX_BYTES);
                     return Some(Ok(self.take(length)));
                 }
             }
@@ -233,14 +231,14 @@ impl RequestFrames {
         }
     }
 
-    fn peek_prefix(&self) -> [u8; PREFIX_BYTES] {
-        let mut prefix = [0; PREFIX_BYTES];
+    fn peek_prefix(&self) -> [u8; GRPC_PREFIX_BYTES] {
+        let mut prefix = [0; GRPC_PREFIX_BYTES];
         let mut filled = 0;
         for chunk in &self.pending {
-            let n = chunk.len().min(PREFIX_BYTES - filled);
+            let n = chunk.len().min(GRPC_PREFIX_BYTES - filled);
             prefix[filled..filled + n].copy_from_slice(&chunk[..n]);
             filled += n;
-            if filled == PREFIX_BYTES {
+            if filled == GRPC_PREFIX_BYTES {
                 break;
             }
         }

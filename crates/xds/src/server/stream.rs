@@ -10,7 +10,7 @@
 
 pub(crate) use super::request::Requests;
 use super::request::{Incoming, NameChange};
-use super::subscription::{Interner, Name, SentVersions, Subscription};
+use super::subscription::{Interner, Name, Subscription};
 use super::wire::{EncodedResponse, Outgoing};
 use super::{ConnectionStatus, Shared};
 use crate::generate::Wanted;
@@ -229,6 +229,7 @@ impl Stream {
         if self
             .respond(ENDPOINT, Some(&touched), Force::Nothing)
             .await?
+            .is_some()
         {
             self.observe(ENDPOINT, started, Some(push.first_change));
         }
@@ -252,12 +253,7 @@ impl Stream {
                 continue;
             }
             let started = Instant::now();
-            let sent_before = if type_url == CLUSTER {
-                self.subscriptions[CLUSTER].sent.clone()
-            } else {
-                SentVersions::default()
-            };
-            let sent = if type_url == ENDPOINT {
+            let changed = if type_url == ENDPOINT {
                 let candidates = self.endpoint_candidates(push, &changed_clusters, &before);
                 self.respond(
                     type_url,
@@ -268,17 +264,13 @@ impl Stream {
             } else {
                 self.respond(type_url, None, Force::Nothing).await?
             };
-            if type_url == CLUSTER && sent {
-                changed_clusters = self.subscriptions[CLUSTER]
-                    .sent
-                    .iter()
-                    .filter(|(name, version)| sent_before.get(name) != Some(*version))
-                    .map(|(name, _)| name.clone())
-                    .collect();
+            let Some(changed) = changed else {
+                continue;
+            };
+            if type_url == CLUSTER {
+                changed_clusters = changed.into_iter().collect();
             }
-            if sent {
-                self.observe(type_url, started, first_change);
-            }
+            self.observe(type_url, started, first_change);
         }
         Ok(())
     }
@@ -320,16 +312,16 @@ impl Stream {
         }
     }
 
-    /// Generates `type_url` (only `only` when given) and sends what the client lacks. Returns
-    /// whether a response was sent.
+    /// Generates `type_url` (only `only` when given) and sends what the client lacks. Returns,
+    /// when a response was sent, the names of the resources that were new or changed in it.
     async fn respond(
         &mut self,
         type_url: &str,
         only: Option<&BTreeSet<Name>>,
         force: Force<'_>,
-    ) -> Result<bool, Gone> {
+    ) -> Result<Option<Vec<Name>>, Gone> {
         let Some(subscription) = self.subscriptions.get(type_url) else {
-            return Ok(false);
+            return Ok(None);
         };
         let wanted = match (only, subscription.wildcard) {
             (Some(names), _) => Wanted::Named(names),
@@ -339,7 +331,7 @@ impl Stream {
         if matches!(wanted, Wanted::Named(names) if names.is_empty())
             && !matches!(force, Force::Everything)
         {
-            return Ok(false);
+            return Ok(None);
         }
         let generated =
             self.shared
@@ -369,13 +361,14 @@ impl Stream {
         let full_state = !delta && wildcard_by_default(type_url);
         let must_answer = matches!(force, Force::Everything);
         if changed.is_empty() && removed.is_empty() && !must_answer {
-            return Ok(false);
+            return Ok(None);
         }
         if !delta && !full_state && changed.is_empty() && !must_answer {
             // SotW EDS/RDS: a removed resource is simply no longer named by the client.
-            return Ok(false);
+            return Ok(None);
         }
         let version = self.snapshot.version.to_string();
+        let changed_names: Vec<Name> = changed.iter().map(|r| r.name.clone()).collect();
         let to_send: Vec<&Arc<Resource>> = if full_state {
             generated.iter().collect()
         } else {
@@ -432,7 +425,7 @@ impl Stream {
             status.sent_version = Some(version);
             status.resources = count;
         });
-        Ok(true)
+        Ok(Some(changed_names))
     }
 }
 

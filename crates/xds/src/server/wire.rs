@@ -32,7 +32,7 @@ const SOTW_PATH: &str =
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// The gRPC message prefix: a compression flag and a 32-bit big-endian length.
-const GRPC_PREFIX_BYTES: usize = 5;
+pub(crate) const GRPC_PREFIX_BYTES: usize = 5;
 
 /// One response, ready for the wire: the gRPC-framed head, then shared resource entries.
 pub(crate) struct EncodedResponse {
