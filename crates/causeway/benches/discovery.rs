@@ -235,6 +235,29 @@ struct Seen {
     cluster_count: usize,
 }
 
+impl Seen {
+    /// `assignment_names` is called for EDS responses only.
+    fn of(
+        stream: usize,
+        at: Instant,
+        type_url: &str,
+        resources: usize,
+        assignment_names: impl FnOnce() -> Vec<String>,
+    ) -> Seen {
+        let (endpoint_clusters, cluster_count) = if type_url == ENDPOINT {
+            (assignment_names(), 0)
+        } else {
+            (Vec::new(), resources)
+        };
+        Seen {
+            stream,
+            at,
+            endpoint_clusters,
+            cluster_count,
+        }
+    }
+}
+
 /// Sends requests that are already encoded; decodes responses as usual.
 #[derive(Default)]
 struct PreEncodedCodec(tonic_prost::ProstCodec<DiscoveryRequest, DiscoveryResponse>);
@@ -314,20 +337,13 @@ async fn run_stream(
                 response_nonce: response.nonce.clone(),
                 ..Default::default()
             });
-            let (endpoint_clusters, cluster_count) = if response.type_url == ENDPOINT {
-                (
-                    response.resources.iter().map(|r| r.name.clone()).collect(),
-                    0,
-                )
-            } else {
-                (Vec::new(), response.resources.len())
-            };
-            let _ = seen.send(Seen {
+            let _ = seen.send(Seen::of(
                 stream,
                 at,
-                endpoint_clusters,
-                cluster_count,
-            });
+                &response.type_url,
+                response.resources.len(),
+                || response.resources.iter().map(|r| r.name.clone()).collect(),
+            ));
         }
     } else {
         // Requests go out pre-encoded: like Envoy, every EDS ACK repeats all the names, but one
@@ -379,24 +395,19 @@ async fn run_stream(
                 },
                 response.type_url == ENDPOINT,
             ));
-            let (endpoint_clusters, cluster_count) = if response.type_url == ENDPOINT {
-                (
+            let _ = seen.send(Seen::of(
+                stream,
+                at,
+                &response.type_url,
+                response.resources.len(),
+                || {
                     response
                         .resources
                         .iter()
                         .map(|r| decode::<ClusterLoadAssignment>(r).cluster_name)
-                        .collect(),
-                    0,
-                )
-            } else {
-                (Vec::new(), response.resources.len())
-            };
-            let _ = seen.send(Seen {
-                stream,
-                at,
-                endpoint_clusters,
-                cluster_count,
-            });
+                        .collect()
+                },
+            ));
         }
     }
 }
