@@ -33,6 +33,16 @@ pub struct XdsMetrics {
     pub convergence: Histogram,
     /// Time to generate and queue one stream's responses to one push (`pilot_xds_push_time`).
     pub push_time: Family<TypeLabel, Histogram>,
+    /// The series of the types pushed to every stream, looked up once: a push to a thousand
+    /// streams would otherwise build and hash a thousand labels per series.
+    known_types: std::sync::Arc<[KnownType]>,
+}
+
+#[derive(Clone)]
+struct KnownType {
+    type_url: &'static str,
+    pushes: Counter,
+    push_time: Histogram,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -41,17 +51,60 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 
 impl Default for XdsMetrics {
     fn default() -> Self {
+        let pushes: Family<TypeLabel, Counter> = Family::default();
+        let push_time: Family<TypeLabel, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let known_types = crate::resources::PUSH_ORDER
+            .iter()
+            .map(|type_url| KnownType {
+                type_url,
+                pushes: pushes.get_or_create(&TypeLabel::of(type_url)).clone(),
+                push_time: push_time.get_or_create(&TypeLabel::of(type_url)).clone(),
+            })
+            .collect();
         XdsMetrics {
-            pushes: Family::default(),
+            pushes,
             rejects: Family::default(),
             connected: Gauge::default(),
             convergence: Histogram::new(latency_buckets()),
-            push_time: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            push_time,
+            known_types,
         }
     }
 }
 
 impl XdsMetrics {
+    /// Counts one response of `type_url`.
+    pub fn count_push(&self, type_url: &str) {
+        match self
+            .known_types
+            .iter()
+            .find(|known| known.type_url == type_url)
+        {
+            Some(known) => {
+                known.pushes.inc();
+            }
+            None => {
+                self.pushes.get_or_create(&TypeLabel::of(type_url)).inc();
+            }
+        }
+    }
+
+    /// Records how long one stream's response of `type_url` to a push took.
+    pub fn observe_push_time(&self, type_url: &str, seconds: f64) {
+        match self
+            .known_types
+            .iter()
+            .find(|known| known.type_url == type_url)
+        {
+            Some(known) => known.push_time.observe(seconds),
+            None => self
+                .push_time
+                .get_or_create(&TypeLabel::of(type_url))
+                .observe(seconds),
+        }
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "pilot_xds_pushes",

@@ -62,7 +62,11 @@ impl ConnectionStatus {
 
     fn update(&self, type_url: &str, change: impl FnOnce(&mut TypeStatus)) {
         let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
-        change(types.entry(type_url.to_owned()).or_default());
+        // Looked up before inserting: an owned key for every ACK of every stream adds up.
+        match types.get_mut(type_url) {
+            Some(status) => change(status),
+            None => change(types.entry(type_url.to_owned()).or_default()),
+        }
     }
 }
 

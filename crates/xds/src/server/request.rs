@@ -56,6 +56,8 @@ const RESOURCE_NAMES: u32 = 3;
 const TYPE_URL: u32 = 4;
 const RESPONSE_NONCE: u32 = 5;
 const ERROR_DETAIL: u32 = 6;
+/// The key byte of a `resource_names` entry: field 3, length-delimited.
+const NAME_KEY: u8 = (RESOURCE_NAMES as u8) << 3 | 2;
 
 impl SotwNames {
     /// The names, in request order; a name that is not UTF-8 refuses the request.
@@ -85,6 +87,7 @@ impl SotwNames {
 }
 
 /// The next field's bytes when it is length-delimited; other fields are skipped.
+#[inline]
 fn length_delimited<'a>(
     buf: &mut &'a [u8],
     tag: u32,
@@ -110,6 +113,51 @@ fn text(value: &[u8], field: &str) -> Result<String, Status> {
         .map_err(|_| Status::invalid_argument(format!("DiscoveryRequest.{field} is not UTF-8")))
 }
 
+/// What `decode_sotw` learns of the names as it passes them.
+///
+/// The names are hashed in their encoded form (key, length, bytes: self-delimiting), one run of
+/// adjacent name fields at a time. Envoy writes them all in one run, so an ACK of a thousand
+/// names costs one hash call rather than a thousand.
+struct NamesSeen {
+    hasher: foldhash::fast::FoldHasher<'static>,
+    /// Name fields seen and not yet hashed: `message[run.start..run.end]`.
+    run: std::ops::Range<usize>,
+    count: usize,
+    has_wildcard: bool,
+}
+
+impl NamesSeen {
+    fn new() -> NamesSeen {
+        NamesSeen {
+            hasher: FixedState::with_seed(NAMES_HASH_SEED).build_hasher(),
+            run: 0..0,
+            count: 0,
+            has_wildcard: false,
+        }
+    }
+
+    /// A name field that spans `field` of `message` and holds `value`.
+    fn add(&mut self, message: &[u8], field: std::ops::Range<usize>, value: &[u8]) {
+        if self.run.end != field.start {
+            self.hasher.write(&message[self.run.clone()]);
+            self.run.start = field.start;
+        }
+        self.run.end = field.end;
+        self.count += 1;
+        self.has_wildcard |= value == b"*";
+    }
+
+    fn finish(mut self, message: Bytes) -> SotwNames {
+        self.hasher.write(&message[self.run.clone()]);
+        SotwNames {
+            hash: self.hasher.finish(),
+            count: self.count,
+            has_wildcard: self.has_wildcard,
+            message,
+        }
+    }
+}
+
 /// Decodes a `DiscoveryRequest` into an `Incoming` without copying its names out.
 fn decode_sotw(message: Bytes) -> Result<Incoming, Status> {
     let malformed = |error: &dyn std::fmt::Display| {
@@ -127,11 +175,26 @@ fn decode_sotw(message: Bytes) -> Result<Incoming, Status> {
             has_wildcard: false,
         }),
     };
-    let mut hasher = FixedState::with_seed(NAMES_HASH_SEED).build_hasher();
-    let mut count = 0;
-    let mut has_wildcard = false;
-    let mut rest: &[u8] = &message;
-    while rest.has_remaining() {
+    let mut names = NamesSeen::new();
+    let bytes: &[u8] = &message;
+    let mut rest = bytes;
+    while let Some(&first) = rest.first() {
+        let field_start = bytes.len() - rest.len();
+        // The common field, a name shorter than 128 bytes, without the general decoder.
+        if first == NAME_KEY
+            && let Some(&length) = rest.get(1)
+            && length < 0x80
+            && usize::from(length) + 2 <= rest.len()
+        {
+            let field_end = field_start + 2 + usize::from(length);
+            names.add(
+                bytes,
+                field_start..field_end,
+                &bytes[field_start + 2..field_end],
+            );
+            rest = &bytes[field_end..];
+            continue;
+        }
         let (tag, wire_type) = encoding::decode_key(&mut rest).map_err(|e| malformed(&e))?;
         let Some(value) = length_delimited(&mut rest, tag, wire_type).map_err(|e| malformed(&e))?
         else {
@@ -139,13 +202,8 @@ fn decode_sotw(message: Bytes) -> Result<Incoming, Status> {
         };
         match tag {
             NODE => request.node = Some(Node::decode(value).map_err(|e| malformed(&e))?),
-            RESOURCE_NAMES => {
-                // Read out (and checked) only when the list changed; see `SotwNames::read`.
-                hasher.write_usize(value.len());
-                hasher.write(value);
-                count += 1;
-                has_wildcard |= value == b"*";
-            }
+            // Read out (and checked) only when the list changed; see `SotwNames::read`.
+            RESOURCE_NAMES => names.add(bytes, field_start..bytes.len() - rest.len(), value),
             TYPE_URL => request.type_url = text(value, "type_url")?,
             RESPONSE_NONCE => request.response_nonce = text(value, "response_nonce")?,
             ERROR_DETAIL => {
@@ -157,12 +215,7 @@ fn decode_sotw(message: Bytes) -> Result<Incoming, Status> {
             _ => {}
         }
     }
-    request.names = NameChange::Replace(SotwNames {
-        message,
-        hash: hasher.finish(),
-        count,
-        has_wildcard,
-    });
+    request.names = NameChange::Replace(names.finish(message));
     Ok(request)
 }
 
@@ -377,6 +430,29 @@ mod tests {
         let wildcard = decoded(&request(&["*"]));
         assert!(names(&wildcard).has_wildcard);
         assert_eq!(names(&wildcard).count, 1);
+    }
+
+    #[test]
+    fn long_and_interleaved_names_are_all_counted_and_read() {
+        let long = "x".repeat(300);
+        // Names, then another field, then more names: two runs, one of them the long form.
+        let mut bytes = request(&["a", long.as_str()]).encode_to_vec();
+        bytes.extend(
+            DiscoveryRequest {
+                resource_names: vec!["b".into()],
+                ..DiscoveryRequest::default()
+            }
+            .encode_to_vec(),
+        );
+        let incoming = decode_sotw(Bytes::from(bytes)).unwrap();
+        let seen = names(&incoming);
+        assert_eq!(seen.count, 3);
+        assert_eq!(seen.read().unwrap(), ["a", long.as_str(), "b"]);
+        let other = decoded(&request(&["a", &"y".repeat(300)]));
+        assert_ne!(
+            names(&decoded(&request(&["a", long.as_str()]))).hash,
+            names(&other).hash
+        );
     }
 
     fn framed(messages: &[Vec<u8>]) -> Vec<u8> {

@@ -301,10 +301,7 @@ impl Stream {
 
     fn observe(&self, type_url: &str, started: Instant, first_change: Option<Instant>) {
         let metrics = &self.shared.metrics;
-        metrics
-            .push_time
-            .get_or_create(&super::metrics::TypeLabel::of(type_url))
-            .observe(started.elapsed().as_secs_f64());
+        metrics.observe_push_time(type_url, started.elapsed().as_secs_f64());
         if let Some(first_change) = first_change {
             metrics
                 .convergence
@@ -414,11 +411,7 @@ impl Stream {
                 EncodedResponse::sotw(version.clone(), type_url, nonce.clone(), batch)
             };
             self.responses.send(response).await?;
-            self.shared
-                .metrics
-                .pushes
-                .get_or_create(&super::metrics::TypeLabel::of(type_url))
-                .inc();
+            self.shared.metrics.count_push(type_url);
         }
         self.status.update(type_url, |status| {
             status.sent_nonce = Some(nonce);

@@ -151,10 +151,14 @@ impl Subscription {
     ) -> BTreeSet<Name> {
         let mut found = BTreeSet::new();
         for fqdn in fqdns {
-            let ports = [before, after]
+            // Usually the same ports before and after: look each up once.
+            let mut ports: Vec<u16> = [before, after]
                 .into_iter()
                 .filter_map(|snapshot| snapshot.services.get(fqdn))
-                .flat_map(|service| service.ports.iter().map(|port| port.port));
+                .flat_map(|service| service.ports.iter().map(|port| port.port))
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
             for port in ports {
                 for candidate in [outbound_cluster(port, fqdn), sni_cluster(port, fqdn)] {
                     if let Some(name) = self.names.get(candidate.as_str()) {
