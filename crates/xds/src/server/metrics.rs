@@ -76,11 +76,7 @@ impl Default for XdsMetrics {
 impl XdsMetrics {
     /// Counts one response of `type_url`.
     pub fn count_push(&self, type_url: &str) {
-        match self
-            .known_types
-            .iter()
-            .find(|known| known.type_url == type_url)
-        {
+        match self.known(type_url) {
             Some(known) => {
                 known.pushes.inc();
             }
@@ -92,17 +88,19 @@ impl XdsMetrics {
 
     /// Records how long one stream's response of `type_url` to a push took.
     pub fn observe_push_time(&self, type_url: &str, seconds: f64) {
-        match self
-            .known_types
-            .iter()
-            .find(|known| known.type_url == type_url)
-        {
+        match self.known(type_url) {
             Some(known) => known.push_time.observe(seconds),
             None => self
                 .push_time
                 .get_or_create(&TypeLabel::of(type_url))
                 .observe(seconds),
         }
+    }
+
+    fn known(&self, type_url: &str) -> Option<&KnownType> {
+        self.known_types
+            .iter()
+            .find(|known| known.type_url == type_url)
     }
 
     pub fn register(&self, registry: &mut Registry) {
