@@ -3,17 +3,20 @@
 //! cluster and endpoint assignment, and `causeway discovery` as its own process.
 //!
 //! Measured: the time from a readiness change written to the remote cluster's API until every
-//! stream has the new assignment (with the debounce window at 0 and at Istio's 100 ms default),
-//! the CPU time of one full push to every stream, and discovery's resident memory.
+//! stream has the new assignment (with the debounce window at 0 and at Istio's 100 ms default;
+//! 100 changes each, 100 ms apart), the CPU time of one full push to every stream, and
+//! discovery's resident memory.
 //!
 //! `cargo bench --bench discovery` runs the full size (1,000 services x 10 endpoints x 2 clusters,
 //! 1,000 streams); without `--bench` (as `cargo test --benches` runs it) a small smoke size.
 //! `scripts/bench-discovery` pins discovery to core 0 and this driver to core 1.
 //!
 //! The driver plays a thousand proxies and two API servers on one core, so it is built to be
-//! cheap: one thread (no wake-ups between threads), jemalloc, and SotW ACKs that share one
-//! encoding of the thousand names. Its CPU time per change is reported beside discovery's: it is
-//! the other half of what a convergence sample measures.
+//! cheap: one thread (no wake-ups between threads), jemalloc, SotW ACKs built from one encoding
+//! of the thousand names, and ACKs of a timed change sent once every stream has it (see
+//! `AckRelease`). Its CPU time per change is reported beside discovery's. The lab API servers
+//! keep their state in memory (`/dev/shm`), so that the VM disk's occasional slow sync is not
+//! counted as convergence.
 
 use causeway_lab::kubeconfig::{for_clusters, render};
 use causeway_lab::testing::{self as lab, fixtures};
@@ -35,7 +38,7 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 struct Size {
@@ -282,6 +285,41 @@ impl Seen {
     }
 }
 
+/// The pause before each timed change, in which the previous change's ACKs go out and are read.
+const BETWEEN_CHANGES: Duration = Duration::from_millis(100);
+
+/// When the driver's clients send their ACKs. A real fleet's proxies ACK in parallel, each on
+/// its own CPU; here one core plays a thousand, and ACKs sent as each response arrives (half of
+/// them 50 KB, as Envoy's SotW EDS ACKs are) delay every later proxy's receipt of the change,
+/// so that the sample would time the driver. So during a timed change the ACKs wait until every
+/// stream has the change. Discovery still reads and checks every one of them (their cost is in
+/// its CPU per change), and it holds back reading ACKs that arrive during a fan-out anyway
+/// (`causeway_xds::server::GatedIo`). Outside timed changes they go out at once, and with
+/// `BENCH_ACKS_AT_ONCE` set they always do (the driver then sets the pace; see the README).
+#[derive(Clone)]
+struct AckRelease {
+    at_once: bool,
+    /// The timed change under way (0 before the first).
+    change: watch::Receiver<u64>,
+    /// The last timed change every stream has.
+    completed: watch::Receiver<u64>,
+}
+
+impl AckRelease {
+    async fn wait_for_release(&mut self) {
+        if self.at_once {
+            return;
+        }
+        let change = *self.change.borrow();
+        if *self.completed.borrow() < change {
+            let _ = self
+                .completed
+                .wait_for(|completed| *completed >= change)
+                .await;
+        }
+    }
+}
+
 async fn run_stream(
     channel: Channel,
     stream: usize,
@@ -289,6 +327,7 @@ async fn run_stream(
     names: Arc<Vec<String>>,
     names_field: bytes::Bytes,
     seen: mpsc::UnboundedSender<Seen>,
+    mut acks: AckRelease,
 ) {
     let node = causeway_xds::testing::node(
         "sidecar",
@@ -321,11 +360,6 @@ async fn run_stream(
         });
         while let Some(Ok(response)) = responses.next().await {
             let at = Instant::now();
-            let _ = requests.send(DeltaDiscoveryRequest {
-                type_url: response.type_url.clone(),
-                response_nonce: response.nonce.clone(),
-                ..Default::default()
-            });
             let _ = seen.send(Seen::of(
                 stream,
                 at,
@@ -333,11 +367,17 @@ async fn run_stream(
                 response.resources.len(),
                 || response.resources.iter().map(|r| r.name.clone()).collect(),
             ));
+            acks.wait_for_release().await;
+            let _ = requests.send(DeltaDiscoveryRequest {
+                type_url: response.type_url.clone(),
+                response_nonce: response.nonce.clone(),
+                ..Default::default()
+            });
         }
     } else {
         // Like Envoy, every EDS ACK repeats all the names. One driver core plays a thousand
-        // clients here, so requests are framed by hand: the names are encoded once and the
-        // same bytes go out in every ACK, without the copy per request an encoder would make.
+        // clients here, so requests are framed by hand: the names are encoded once and each
+        // ACK copies those bytes, instead of encoding a thousand strings per request.
         let (requests, outgoing) = mpsc::unbounded_channel::<bytes::Bytes>();
         let body = tonic::body::Body::new(http_body_util::StreamBody::new(
             tokio_stream::wrappers::UnboundedReceiverStream::new(outgoing)
@@ -375,7 +415,9 @@ async fn run_stream(
             } else {
                 bytes::Bytes::new()
             };
-            let mut framed = Vec::with_capacity(5 + head.len());
+            // One contiguous message, as Envoy's codec sends it: with discovery's 1 MiB frame
+            // limit it arrives in one DATA frame and is read without a copy.
+            let mut framed = Vec::with_capacity(5 + head.len() + names.len());
             framed.push(0);
             framed.extend_from_slice(
                 &u32::try_from(head.len() + names.len())
@@ -383,10 +425,8 @@ async fn run_stream(
                     .to_be_bytes(),
             );
             framed.extend_from_slice(&head);
+            framed.extend_from_slice(&names);
             let _ = requests.send(bytes::Bytes::from(framed));
-            if !names.is_empty() {
-                let _ = requests.send(names);
-            }
         };
         send(
             DiscoveryRequest {
@@ -405,15 +445,6 @@ async fn run_stream(
         );
         while let Some(Ok(response)) = responses.next().await {
             let at = Instant::now();
-            send(
-                DiscoveryRequest {
-                    type_url: response.type_url.clone(),
-                    version_info: response.version_info.clone(),
-                    response_nonce: response.nonce.clone(),
-                    ..Default::default()
-                },
-                response.type_url == ENDPOINT,
-            );
             let _ = seen.send(Seen::of(
                 stream,
                 at,
@@ -427,6 +458,16 @@ async fn run_stream(
                         .collect()
                 },
             ));
+            acks.wait_for_release().await;
+            send(
+                DiscoveryRequest {
+                    type_url: response.type_url.clone(),
+                    version_info: response.version_info.clone(),
+                    response_nonce: response.nonce.clone(),
+                    ..Default::default()
+                },
+                response.type_url == ENDPOINT,
+            );
         }
     }
 }
@@ -480,6 +521,13 @@ async fn measure(
         .encode_to_vec(),
     );
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let (timed_change, change) = watch::channel(0u64);
+    let (completed_change, completed) = watch::channel(0u64);
+    let acks = AckRelease {
+        at_once: std::env::var_os("BENCH_ACKS_AT_ONCE").is_some(),
+        change,
+        completed,
+    };
     let connect_started = Instant::now();
     let mut tasks = Vec::new();
     let mut channel = None;
@@ -501,6 +549,7 @@ async fn measure(
             names.clone(),
             names_field.clone(),
             seen_tx.clone(),
+            acks.clone(),
         )));
     }
     // Every stream has its clusters and every assignment.
@@ -539,9 +588,8 @@ async fn measure(
 
     // Readiness flips in cluster02, one service at a time.
     let slices: Api<EndpointSlice> = Api::namespaced(client02.clone(), NAMESPACE);
-    // One untimed write first. The lab API server's first write after discovery restarted has
-    // taken 100-150 ms at times (the API server's own delay, before any watch event is sent),
-    // which would otherwise be counted as one sample's convergence.
+    // One untimed write first, so that the first sample does not time the first write since
+    // discovery restarted.
     let warm_up = Instant::now();
     slices
         .patch(
@@ -565,6 +613,9 @@ async fn measure(
     let samples_cpu_before = discovery.cpu_ms();
     let driver_cpu_before = driver_cpu_ms();
     for sample in 0..size.samples {
+        // Each sample times one change: the previous change's ACKs are sent and read first.
+        tokio::time::sleep(BETWEEN_CHANGES).await;
+        while seen.try_recv().is_ok() {}
         let index = (sample * 37 + round * 11) % size.services;
         let target = outbound_cluster(8080, &fqdn(index));
         // Toggle: every write changes what the service's assignment holds.
@@ -577,6 +628,7 @@ async fn measure(
         let unready = now_unready.then_some(0);
         let patch =
             json!({"endpoints": slice_json(2, index, size.endpoints, unready)["endpoints"]});
+        timed_change.send_replace(sample as u64 + 1);
         let written = Instant::now();
         slices
             .patch(
@@ -602,6 +654,7 @@ async fn measure(
                 last = last.max(event.at);
             }
         }
+        completed_change.send_replace(sample as u64 + 1);
         let sample_ms = last.duration_since(written).as_secs_f64() * 1000.0;
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!("sample {sample}: {sample_ms:.1} ms");
@@ -693,7 +746,7 @@ fn main() {
             services: 1000,
             endpoints: 10,
             streams: 1000,
-            samples: 40,
+            samples: 100,
         }
     } else {
         Size {
@@ -721,7 +774,11 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
+        // The lab API servers sync every write to disk, as etcd does. On this kind of VM disk one
+        // fdatasync in a few hundred has taken 100-260 ms, which would be counted as discovery's
+        // convergence. In memory (tmpfs) the sync is free and the samples time discovery.
+        let memory = std::path::Path::new("/dev/shm");
+        let dir = if memory.is_dir() { tempfile::tempdir_in(memory) } else { tempfile::tempdir() }.unwrap();
         let (one, client01) = fixtures::mesh_cluster("cluster01", "10.96.0.0/16", dir.path(), "").await;
         let (two, client02) = fixtures::mesh_cluster("cluster02", "10.97.0.0/16", dir.path(), "").await;
         let started = Instant::now();

@@ -35,6 +35,7 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
 /// raises them too.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 4 << 20;
+const MAX_FRAME: u32 = 1 << 20;
 
 fn grpc_server() -> Server {
     Server::builder()
@@ -42,6 +43,7 @@ fn grpc_server() -> Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
 }
 
 pub async fn grpc_plaintext(
@@ -52,9 +54,11 @@ pub async fn grpc_plaintext(
 ) -> anyhow::Result<SocketAddr> {
     let listener = bind(address, "plaintext xDS").await?;
     let bound = listener.local_addr()?;
-    let incoming = TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream: &TcpStream| {
+    let gate = xds.clone();
+    let incoming = TcpListenerStream::new(listener).map(move |accepted| {
+        accepted.map(|stream: TcpStream| {
             let _ = stream.set_nodelay(true);
+            gate.gate_reads(stream)
         })
     });
     tasks.spawn(async move {
@@ -82,6 +86,7 @@ pub async fn grpc_tls(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let (handshaken, incoming) = mpsc::channel(64);
     let mut accept_stop = stopped.clone();
+    let gated = xds.clone();
     tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -99,10 +104,13 @@ pub async fn grpc_tls(
             let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let handshaken = handshaken.clone();
+            let gate = gated.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let _ = handshaken.send(Ok::<_, std::io::Error>(tls)).await;
+                        let _ = handshaken
+                            .send(Ok::<_, std::io::Error>(gate.gate_reads(tls)))
+                            .await;
                     }
                     Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake on 15012 failed")

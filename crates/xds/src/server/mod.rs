@@ -1,6 +1,7 @@
 //! The ADS server: one task per stream, fed by the stream's requests and by the registry's pushes.
 
 pub mod metrics;
+mod read_gate;
 mod request;
 mod stream;
 mod subscription;
@@ -10,6 +11,8 @@ use crate::generate::Generator;
 use crate::proxy::ProxyInfo;
 use causeway_model::{MeshSnapshot, Push};
 pub use metrics::XdsMetrics;
+pub use read_gate::GatedIo;
+use read_gate::ReadGate;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,6 +88,8 @@ pub(crate) struct Shared {
     ready: watch::Receiver<bool>,
     serving: AtomicBool,
     interner: subscription::Interner,
+    /// Holds back reading from connections while a push is fanned out (see `read_gate`).
+    read_gate: Arc<ReadGate>,
 }
 
 /// The ADS service. Cheap to clone: every clone serves the same mesh.
@@ -115,6 +120,7 @@ impl XdsServer {
             ready,
             serving: AtomicBool::new(false),
             interner: subscription::Interner::default(),
+            read_gate: ReadGate::start(),
         });
         // Cached endpoint assignments of deleted services are dropped as snapshots go by.
         let janitor = Arc::downgrade(&shared);
@@ -136,6 +142,12 @@ impl XdsServer {
         AdsService {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Wraps an accepted connection so that its reads wait while a push is being fanned out:
+    /// proxies get their config first, and their ACKs are read after.
+    pub fn gate_reads<T>(&self, connection: T) -> GatedIo<T> {
+        GatedIo::new(connection, self.shared.read_gate.clone())
     }
 
     /// Ends every stream (and refuses none: new ones end at once too), so that a graceful
@@ -205,6 +217,12 @@ impl Shared {
             .insert(number, status.clone());
         self.metrics.connected.inc();
         (number, status)
+    }
+
+    /// After a stream received a push or left: reads are held back while any stream has a push
+    /// still to receive.
+    fn after_receive(&self) {
+        self.read_gate.after_receive(|| !self.pushes.is_empty());
     }
 
     fn unregister(&self, number: u64) {

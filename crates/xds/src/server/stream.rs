@@ -114,6 +114,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut requests: Requests, responses
     };
     let _ = stream.run(first, requests, pushes).await;
     shared.unregister(number);
+    // Its receiver is gone: the pushes it had not received no longer hold reads back.
+    shared.after_receive();
     tracing::info!(proxy = %stream.proxy.id, "xDS stream closed");
 }
 
@@ -139,8 +141,12 @@ impl Stream {
                     None => return Ok(()),
                 },
                 push = pushes.recv() => match push {
-                    Ok(push) => self.on_push(&push).await?,
+                    Ok(push) => {
+                        self.shared.after_receive();
+                        self.on_push(&push).await?
+                    }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        self.shared.after_receive();
                         tracing::warn!(proxy = %self.proxy.id, missed, "stream fell behind the pushes; sending a full push");
                         let snapshot = self.shared.snapshots.borrow().clone();
                         self.full_push(snapshot, None).await?;

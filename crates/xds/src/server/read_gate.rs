@@ -1,0 +1,335 @@
+//! Holds back reading from xDS connections while a push is being fanned out.
+//!
+//! After a change every stream builds and queues its response, and meanwhile the proxies served
+//! first ACK theirs. A state-of-the-world EDS ACK repeats every name the proxy watches (50 KB
+//! for a thousand), and reading and decoding those ACKs was about half of discovery's CPU per
+//! change, interleaved with the fan-out: the last proxy got its config about twice as late as
+//! the work for it needed. So the gate closes when a stream receives a push that other streams
+//! have yet to receive, and opens when every stream has it; the ACKs are read then. Writes are
+//! never held back.
+//!
+//! A stream can be stuck behind a slow client, and the client's WINDOW_UPDATE that would free it
+//! is itself a read. A gate closed for longer than `MAX_CLOSED` is therefore overridden, and
+//! stays open until every stream has caught up with every push.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tonic::transport::server::Connected;
+
+/// Longest a fan-out holds reads back. A thousand streams take tens of milliseconds.
+const MAX_CLOSED: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    Open,
+    Closed {
+        since: Instant,
+        generation: u64,
+    },
+    /// Closed for too long: open until no push is left unreceived.
+    Overridden,
+}
+
+struct State {
+    phase: Phase,
+    generation: u64,
+    /// Connections that found the gate closed, to wake when it opens.
+    waiting: Vec<Waker>,
+}
+
+pub(crate) struct ReadGate {
+    /// Mirrors `phase == Closed`, so that reads on an open gate take no lock.
+    closed: AtomicBool,
+    state: Mutex<State>,
+    /// Tells the watchdog that the gate closed (or that the gate is gone).
+    closing: Arc<Notify>,
+}
+
+impl ReadGate {
+    /// A gate, and the watchdog that overrides long closures (on the current tokio runtime).
+    pub(crate) fn start() -> Arc<ReadGate> {
+        Self::with_watchdog().0
+    }
+
+    fn with_watchdog() -> (Arc<ReadGate>, tokio::task::JoinHandle<()>) {
+        let closing = Arc::new(Notify::new());
+        let gate = Arc::new(ReadGate {
+            closed: AtomicBool::new(false),
+            state: Mutex::new(State {
+                phase: Phase::Open,
+                generation: 0,
+                waiting: Vec::new(),
+            }),
+            closing: closing.clone(),
+        });
+        let watchdog = tokio::spawn(watchdog(Arc::downgrade(&gate), closing));
+        (gate, watchdog)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by a stream after it received a push, or left: `unreceived` tells whether any
+    /// stream has a push still to receive. It is evaluated under the gate's lock, so that two
+    /// streams deciding at once cannot leave the gate closed with no stream left to open it.
+    pub(crate) fn after_receive(&self, unreceived: impl FnOnce() -> bool) {
+        let woken = {
+            let mut state = self.state();
+            match (state.phase, unreceived()) {
+                (Phase::Open, true) => {
+                    state.generation += 1;
+                    state.phase = Phase::Closed {
+                        since: Instant::now(),
+                        generation: state.generation,
+                    };
+                    self.closed.store(true, Ordering::Release);
+                    self.closing.notify_one();
+                    Vec::new()
+                }
+                (Phase::Closed { .. } | Phase::Overridden, false) => {
+                    state.phase = Phase::Open;
+                    self.closed.store(false, Ordering::Release);
+                    std::mem::take(&mut state.waiting)
+                }
+                _ => Vec::new(),
+            }
+        };
+        woken.into_iter().for_each(Waker::wake);
+    }
+
+    /// Ready when reads may go ahead. `registered` is the caller's record of the closure it last
+    /// left a waker for, so that a connection polled again while closed does not queue another.
+    fn poll_open(&self, cx: &mut Context<'_>, registered: &mut Option<(u64, Waker)>) -> Poll<()> {
+        if !self.closed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let mut state = self.state();
+        let Phase::Closed { generation, .. } = state.phase else {
+            return Poll::Ready(());
+        };
+        let already = matches!(registered, Some((at, waker)) if *at == generation && waker.will_wake(cx.waker()));
+        if !already {
+            state.waiting.push(cx.waker().clone());
+            *registered = Some((generation, cx.waker().clone()));
+        }
+        Poll::Pending
+    }
+
+    /// Opens a closure that outlived `MAX_CLOSED`, unless a newer one replaced it.
+    fn override_if_still(&self, closed_generation: u64) {
+        let woken = {
+            let mut state = self.state();
+            match state.phase {
+                Phase::Closed { generation, .. } if generation == closed_generation => {
+                    state.phase = Phase::Overridden;
+                    self.closed.store(false, Ordering::Release);
+                    std::mem::take(&mut state.waiting)
+                }
+                _ => Vec::new(),
+            }
+        };
+        if !woken.is_empty() {
+            tracing::debug!(
+                connections = woken.len(),
+                "a push fan-out held reads back for {MAX_CLOSED:?}; reading again"
+            );
+        }
+        woken.into_iter().for_each(Waker::wake);
+    }
+
+    fn closed_since(&self) -> Option<(Instant, u64)> {
+        match self.state().phase {
+            Phase::Closed { since, generation } => Some((since, generation)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for ReadGate {
+    fn drop(&mut self) {
+        // Lets the watchdog see that the gate is gone and end.
+        self.closing.notify_one();
+    }
+}
+
+async fn watchdog(gate: Weak<ReadGate>, closing: Arc<Notify>) {
+    loop {
+        closing.notified().await;
+        let Some(closed) = gate.upgrade().and_then(|gate| gate.closed_since()) else {
+            if gate.strong_count() == 0 {
+                return;
+            }
+            continue;
+        };
+        let (since, generation) = closed;
+        tokio::time::sleep_until(since + MAX_CLOSED).await;
+        match gate.upgrade() {
+            Some(gate) => gate.override_if_still(generation),
+            None => return,
+        }
+    }
+}
+
+/// A connection whose reads wait while the gate is closed.
+pub struct GatedIo<T> {
+    inner: T,
+    gate: Arc<ReadGate>,
+    registered: Option<(u64, Waker)>,
+}
+
+impl<T> GatedIo<T> {
+    pub(crate) fn new(inner: T, gate: Arc<ReadGate>) -> GatedIo<T> {
+        GatedIo {
+            inner,
+            gate,
+            registered: None,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GatedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.gate.poll_open(cx, &mut this.registered));
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GatedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: Connected> Connected for GatedIo<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair(gate: &Arc<ReadGate>) -> (GatedIo<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        (GatedIo::new(ours, gate.clone()), theirs)
+    }
+
+    #[tokio::test]
+    async fn reads_wait_while_a_push_is_unreceived_and_writes_do_not() {
+        let gate = ReadGate::start();
+        let (mut gated, mut peer) = pair(&gate);
+        peer.write_all(b"ack").await.unwrap();
+        gate.after_receive(|| true);
+
+        gated.write_all(b"push").await.unwrap();
+        let mut pushed = [0; 4];
+        peer.read_exact(&mut pushed).await.unwrap();
+        assert_eq!(&pushed, b"push");
+
+        let mut read = [0; 3];
+        let held =
+            tokio::time::timeout(Duration::from_millis(30), gated.read_exact(&mut read)).await;
+        assert!(held.is_err(), "a read went ahead while the gate was closed");
+
+        let reader = tokio::spawn(async move {
+            let mut read = [0; 3];
+            gated.read_exact(&mut read).await.unwrap();
+            read
+        });
+        tokio::task::yield_now().await;
+        gate.after_receive(|| false);
+        let read = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the read resumes when every stream has the push")
+            .unwrap();
+        assert_eq!(&read, b"ack");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closure_that_lasts_too_long_is_overridden_until_the_backlog_clears() {
+        let gate = ReadGate::start();
+        let (mut gated, mut peer) = pair(&gate);
+        peer.write_all(b"a").await.unwrap();
+        gate.after_receive(|| true);
+        let started = Instant::now();
+        let mut read = [0; 1];
+        tokio::time::timeout(Duration::from_secs(5), gated.read_exact(&mut read))
+            .await
+            .expect("the watchdog opens the gate")
+            .unwrap();
+        assert!(started.elapsed() >= MAX_CLOSED);
+
+        // Overridden: further pushes with a laggard left behind do not close it again...
+        gate.after_receive(|| true);
+        peer.write_all(b"b").await.unwrap();
+        tokio::time::timeout(Duration::from_millis(1), gated.read_exact(&mut read))
+            .await
+            .expect("an overridden gate stays open")
+            .unwrap();
+        assert_eq!(&read, b"b");
+
+        // ...until every stream has caught up; then the next fan-out closes it.
+        gate.after_receive(|| false);
+        gate.after_receive(|| true);
+        peer.write_all(b"c").await.unwrap();
+        let held =
+            tokio::time::timeout(Duration::from_millis(10), gated.read_exact(&mut read)).await;
+        assert!(held.is_err(), "the gate did not close for the next fan-out");
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_ends_with_the_gate() {
+        for closed in [false, true] {
+            let (gate, watchdog) = ReadGate::with_watchdog();
+            if closed {
+                gate.after_receive(|| true);
+            }
+            drop(gate);
+            tokio::time::timeout(MAX_CLOSED * 10, watchdog)
+                .await
+                .expect("the watchdog ends once its gate is dropped")
+                .unwrap();
+        }
+    }
+}
