@@ -584,3 +584,91 @@ async fn streams_are_refused_until_the_registry_is_ready() {
     assert!(sotw.recv_within(WAIT).await.is_some(), "served once ready");
     discovery.shutdown().await;
 }
+
+/// Reads from xDS connections wait while a push is fanned out, until every stream has received
+/// it. A proxy that stops reading leaves its stream stuck before a push, so the wait must end on
+/// its own (counted in `/metrics`) and the other proxies' requests still be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_stops_reading_does_not_hold_back_other_proxies_requests() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let mesh = two_cluster_mesh(true).await;
+    let address = mesh.discovery.xds_address;
+
+    // The stuck proxy: a 1 KiB HTTP/2 stream window that it never reopens, because it never
+    // reads. Its responses pile up until its stream's task waits to queue one.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let (stuck_requests, outgoing) = tokio::sync::mpsc::channel(4);
+    stuck_requests
+        .send(DiscoveryRequest {
+            node: Some(sidecar_node("network1")),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let _unread = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap();
+
+    let mut healthy = SotwClient::connect(address, sidecar_node("network1")).await;
+    healthy.request(CLUSTER, &[], "", "", None).await;
+    let clusters = healthy.recv_type(CLUSTER).await;
+    healthy.ack(&clusters, &[]).await;
+
+    let overrides = || async {
+        let (_, metrics) = get(mesh.discovery.monitoring_address, "/metrics").await;
+        let text = metrics["text"].as_str().unwrap().to_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix("causeway_xds_read_gate_overrides_total "))
+            .map(|count| count.parse::<u64>().unwrap())
+            .unwrap_or_else(|| panic!("no read gate counter in {text}"))
+    };
+    assert_eq!(overrides().await, 0);
+    // Each new Service pushes every cluster to both proxies, until the stuck one stops taking
+    // pushes and the wait for it is cut short.
+    let mut services = 0;
+    while overrides().await == 0 {
+        assert!(
+            services < 100,
+            "no push was ever held up by the stuck proxy"
+        );
+        let name = format!("filler-{services}");
+        fixtures::service(&mesh.client01, "sample", &name, &name, &[("http", 8080)]).await;
+        let wanted = format!("outbound|8080||{name}.sample.svc.cluster.local");
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let response = healthy.recv_type(CLUSTER).await;
+                healthy.ack(&response, &[]).await;
+                if response
+                    .resources
+                    .iter()
+                    .any(|r| decode::<Cluster>(r).name == wanted)
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the healthy proxy gets every new cluster");
+        services += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
+    // The healthy proxy's new request is read and answered, with the stuck one still stuck.
+    healthy.request(ENDPOINT, &[OUTBOUND], "", "", None).await;
+    let response = tokio::time::timeout(WAIT, healthy.recv_type(ENDPOINT))
+        .await
+        .expect("a request is answered while another proxy is stuck");
+    assert_eq!(
+        decode::<ClusterLoadAssignment>(&response.resources[0]).cluster_name,
+        OUTBOUND
+    );
+    drop(stuck_requests);
+}

@@ -33,6 +33,9 @@ pub struct XdsMetrics {
     pub convergence: Histogram,
     /// Time to generate and queue one stream's responses to one push (`pilot_xds_push_time`).
     pub push_time: Family<TypeLabel, Histogram>,
+    /// Push fan-outs that held reads back for too long, so that reading resumed before every
+    /// stream had the push: a sign of a stream stuck behind a client that does not read.
+    pub read_gate_overrides: Counter,
     /// The series of the types pushed to every stream, looked up once: a push to a thousand
     /// streams would otherwise build and hash a thousand labels per series.
     known_types: std::sync::Arc<[KnownType]>,
@@ -68,6 +71,7 @@ impl Default for XdsMetrics {
             connected: Gauge::default(),
             convergence: Histogram::new(latency_buckets()),
             push_time,
+            read_gate_overrides: Counter::default(),
             known_types,
         }
     }
@@ -124,6 +128,13 @@ impl XdsMetrics {
             "pilot_xds_push_time",
             "Seconds to generate and queue one stream's responses, by type",
             self.push_time.clone(),
+        );
+        registry.register(
+            "causeway_xds_read_gate_overrides",
+            "Push fan-outs that held reads from xDS connections back for over 100 ms, so that \
+             reading resumed before every stream had the push (a stream is stuck behind a \
+             client that does not read)",
+            self.read_gate_overrides.clone(),
         );
     }
 }

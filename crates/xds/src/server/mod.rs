@@ -108,6 +108,7 @@ impl XdsServer {
         metrics: XdsMetrics,
         default_cluster: &str,
     ) -> XdsServer {
+        let overrides = metrics.read_gate_overrides.clone();
         let shared = Arc::new(Shared {
             generator: Generator::default(),
             snapshots,
@@ -120,7 +121,7 @@ impl XdsServer {
             ready,
             serving: AtomicBool::new(false),
             interner: subscription::Interner::default(),
-            read_gate: ReadGate::start(),
+            read_gate: ReadGate::start(overrides),
         });
         // Cached endpoint assignments of deleted services are dropped as snapshots go by.
         let janitor = Arc::downgrade(&shared);

@@ -12,6 +12,7 @@
 //! is itself a read. A gate closed for longer than `MAX_CLOSED` is therefore overridden, and
 //! stays open until every stream has caught up with every push.
 
+use prometheus_client::metrics::counter::Counter;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,15 +51,17 @@ pub(crate) struct ReadGate {
     state: Mutex<State>,
     /// Tells the watchdog that the gate closed (or that the gate is gone).
     closing: Arc<Notify>,
+    overrides: Counter,
 }
 
 impl ReadGate {
     /// A gate, and the watchdog that overrides long closures (on the current tokio runtime).
-    pub(crate) fn start() -> Arc<ReadGate> {
-        Self::with_watchdog().0
+    /// `overrides` counts the closures the watchdog ended.
+    pub(crate) fn start(overrides: Counter) -> Arc<ReadGate> {
+        Self::with_watchdog(overrides).0
     }
 
-    fn with_watchdog() -> (Arc<ReadGate>, tokio::task::JoinHandle<()>) {
+    fn with_watchdog(overrides: Counter) -> (Arc<ReadGate>, tokio::task::JoinHandle<()>) {
         let closing = Arc::new(Notify::new());
         let gate = Arc::new(ReadGate {
             closed: AtomicBool::new(false),
@@ -68,6 +71,7 @@ impl ReadGate {
                 waiting: Vec::new(),
             }),
             closing: closing.clone(),
+            overrides,
         });
         let watchdog = tokio::spawn(watchdog(Arc::downgrade(&gate), closing));
         (gate, watchdog)
@@ -129,6 +133,7 @@ impl ReadGate {
             let mut state = self.state();
             match state.phase {
                 Phase::Closed { generation, .. } if generation == closed_generation => {
+                    self.overrides.inc();
                     state.phase = Phase::Overridden;
                     self.closed.store(false, Ordering::Release);
                     std::mem::take(&mut state.waiting)
@@ -137,7 +142,7 @@ impl ReadGate {
             }
         };
         if !woken.is_empty() {
-            tracing::debug!(
+            tracing::info!(
                 connections = woken.len(),
                 "a push fan-out held reads back for {MAX_CLOSED:?}; reading again"
             );
@@ -257,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_wait_while_a_push_is_unreceived_and_writes_do_not() {
-        let gate = ReadGate::start();
+        let gate = ReadGate::start(Counter::default());
         let (mut gated, mut peer) = pair(&gate);
         peer.write_all(b"ack").await.unwrap();
         gate.after_receive(|| true);
@@ -288,7 +293,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_closure_that_lasts_too_long_is_overridden_until_the_backlog_clears() {
-        let gate = ReadGate::start();
+        let overrides = Counter::default();
+        let gate = ReadGate::start(overrides.clone());
         let (mut gated, mut peer) = pair(&gate);
         peer.write_all(b"a").await.unwrap();
         gate.after_receive(|| true);
@@ -299,6 +305,7 @@ mod tests {
             .expect("the watchdog opens the gate")
             .unwrap();
         assert!(started.elapsed() >= MAX_CLOSED);
+        assert_eq!(overrides.get(), 1);
 
         // Overridden: further pushes with a laggard left behind do not close it again...
         gate.after_receive(|| true);
@@ -321,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn the_watchdog_ends_with_the_gate() {
         for closed in [false, true] {
-            let (gate, watchdog) = ReadGate::with_watchdog();
+            let (gate, watchdog) = ReadGate::with_watchdog(Counter::default());
             if closed {
                 gate.after_receive(|| true);
             }
