@@ -33,8 +33,9 @@ pub struct XdsMetrics {
     pub convergence: Histogram,
     /// Time to generate and queue one stream's responses to one push (`pilot_xds_push_time`).
     pub push_time: Family<TypeLabel, Histogram>,
-    /// Push fan-outs that held reads back for too long, so that reading resumed before every
-    /// stream had the push: a sign of a stream stuck behind a client that does not read.
+    /// Push fan-outs that held reads back for over 100 ms, after which reading resumed before
+    /// every stream had the push: a large push (a full push to many streams), or a stream stuck
+    /// behind a proxy that does not read.
     pub read_gate_overrides: Counter,
     /// The series of the types pushed to every stream, looked up once: a push to a thousand
     /// streams would otherwise build and hash a thousand labels per series.
@@ -131,9 +132,9 @@ impl XdsMetrics {
         );
         registry.register(
             "causeway_xds_read_gate_overrides",
-            "Push fan-outs that held reads from xDS connections back for over 100 ms, so that \
-             reading resumed before every stream had the push (a stream is stuck behind a \
-             client that does not read)",
+            "Push fan-outs that held reads from xDS connections back for over 100 ms, after \
+             which reading resumed before every stream had the push (a large push, or a stream \
+             stuck behind a proxy that does not read)",
             self.read_gate_overrides.clone(),
         );
     }

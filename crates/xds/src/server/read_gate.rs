@@ -8,9 +8,11 @@
 //! have yet to receive, and opens when every stream has it; the ACKs are read then. Writes are
 //! never held back.
 //!
-//! A stream can be stuck behind a slow client, and the client's WINDOW_UPDATE that would free it
-//! is itself a read. A gate closed for longer than `MAX_CLOSED` is therefore overridden, and
-//! stays open until every stream has caught up with every push.
+//! A gate closed for longer than `MAX_CLOSED` is overridden, and stays open until every stream
+//! has caught up with every push. A full push to a thousand streams takes longer than that, and
+//! reads then interleave with the rest of it as they would without the gate. And a stream can be
+//! stuck behind a proxy that does not read, whose WINDOW_UPDATE that would free it is itself a
+//! read: without the override it would hold every connection's reads.
 
 use prometheus_client::metrics::counter::Counter;
 use std::io;
@@ -142,7 +144,7 @@ impl ReadGate {
             }
         };
         if !woken.is_empty() {
-            tracing::info!(
+            tracing::debug!(
                 connections = woken.len(),
                 "a push fan-out held reads back for {MAX_CLOSED:?}; reading again"
             );
