@@ -6,5 +6,6 @@ pub mod apiserver;
 pub mod clusters;
 pub mod kind_config;
 pub mod kubeconfig;
+pub mod netns;
 #[cfg(feature = "testing")]
 pub mod testing;

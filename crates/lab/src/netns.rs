@@ -1,0 +1,248 @@
+//! Network namespaces for pods, nodes and test networks: create one with its loopback up, link
+//! two with a veth pair, route, run processes inside, and remove it all again.
+//!
+//! The work is done by iproute2's `ip` (Debian's `iproute2`), so that this module needs no
+//! `unsafe`: `ip netns add` pins a namespace under `/run/netns/<name>` where `ip netns exec` and
+//! every later command find it. Both ends of every link live in namespaces made here, so the
+//! host's own network is never touched, and deleting a namespace deletes its links.
+//!
+//! Names are `cw-<pid>-<sequence>-<label>`. A [`Namespace`] kills the processes inside it and
+//! deletes itself when dropped (also when a test panics); [`sweep_stale`] removes what a process
+//! that was killed outright left behind, by checking that the pid in the name is gone.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const PREFIX: &str = "cw-";
+/// Longest label kept in a namespace's name, so that names stay readable in `ip netns list`.
+const MAX_LABEL: usize = 24;
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error(
+        "cannot run `{command}`: {source}; network namespaces need iproute2's `ip` (Debian package `iproute2`) on the PATH"
+    )]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "`{command}` failed ({status}): {stderr}; network namespaces need root (CAP_NET_ADMIN and CAP_SYS_ADMIN)"
+    )]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+/// Runs `ip` with `args`; its standard output on success.
+fn ip(args: &[&str]) -> Result<String, NetnsError> {
+    run(Command::new("ip").args(args))
+}
+
+fn run(command: &mut Command) -> Result<String, NetnsError> {
+    let described = describe(command);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            command: described.clone(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(NetnsError::Failed {
+            command: described,
+            status,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A network namespace made here, deleted (with every process inside) when dropped.
+#[derive(Debug)]
+pub struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    /// A new namespace with its loopback up. `label` says what it is for (`pod-sleep`, say).
+    pub fn create(label: &str) -> Result<Namespace, NetnsError> {
+        let label: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(MAX_LABEL)
+            .collect();
+        let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        Self::create_named(format!("{PREFIX}{}-{sequence}-{label}", std::process::id()))
+    }
+
+    fn create_named(name: String) -> Result<Namespace, NetnsError> {
+        ip(&["netns", "add", &name])?;
+        // From here on, dropping the value deletes the namespace again.
+        let namespace = Namespace { name };
+        namespace.ip(&["link", "set", "lo", "up"])?;
+        Ok(namespace)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<String, NetnsError> {
+        let mut full = vec!["-netns", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs `program` inside the namespace (through `ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs `program args...` inside the namespace to completion; its standard output.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String, NetnsError> {
+        run(self.command(program).args(args))
+    }
+
+    /// A veth pair between this namespace and `peer`, with `address` (CIDR) here and
+    /// `peer_address` there, both up. The interfaces are named `<name>` here and `<peer_name>`
+    /// there (at most 15 characters each, the kernel's limit).
+    pub fn link(
+        &self,
+        name: &str,
+        address: &str,
+        peer: &Namespace,
+        peer_name: &str,
+        peer_address: &str,
+    ) -> Result<(), NetnsError> {
+        self.ip(&[
+            "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", &peer.name,
+        ])?;
+        self.ip(&["addr", "add", address, "dev", name])?;
+        peer.ip(&["addr", "add", peer_address, "dev", peer_name])?;
+        self.ip(&["link", "set", name, "up"])?;
+        peer.ip(&["link", "set", peer_name, "up"])?;
+        Ok(())
+    }
+
+    /// A route to `destination` (CIDR, or `default`) through the neighbour `via`.
+    pub fn route(&self, destination: &str, via: &str) -> Result<(), NetnsError> {
+        self.ip(&["route", "replace", destination, "via", via])
+            .map(drop)
+    }
+
+    /// Lets the namespace forward IPv4 packets between its interfaces, as a node or a router
+    /// between networks does. The setting is the namespace's own.
+    pub fn enable_forwarding(&self) -> Result<(), NetnsError> {
+        self.run("sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
+            .map(drop)
+    }
+
+    /// The processes inside the namespace.
+    pub fn pids(&self) -> Result<Vec<i32>, NetnsError> {
+        Ok(parse_pids(&ip(&["netns", "pids", &self.name])?))
+    }
+
+    fn delete(&self) -> Result<(), NetnsError> {
+        kill_all(&self.name);
+        ip(&["netns", "del", &self.name]).map(drop)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Err(error) = self.delete() {
+            tracing::warn!(namespace = %self.name, %error, "could not delete a network namespace; `causeway lab down` or the next sweep removes it");
+        }
+    }
+}
+
+fn parse_pids(listing: &str) -> Vec<i32> {
+    listing
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// Kills every process inside the namespace `name`, and waits (briefly) for them to go, so that
+/// the namespace is not kept alive by them once deleted.
+fn kill_all(name: &str) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for _ in 0..50 {
+        let pids = ip(&["netns", "pids", name])
+            .map(|listing| parse_pids(&listing))
+            .unwrap_or_default();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Namespaces made here by processes that no longer run (killed before they could clean up):
+/// the processes inside are killed and the namespaces deleted. Returns their names.
+pub fn sweep_stale() -> Result<Vec<String>, NetnsError> {
+    let mut swept = Vec::new();
+    for name in ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+    {
+        let Some(owner) = owner_pid(name) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        kill_all(name);
+        ip(&["netns", "del", name])?;
+        swept.push(name.to_owned());
+    }
+    Ok(swept)
+}
+
+/// The pid in a name made by [`Namespace::create`].
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_read_from_our_names_only() {
+        assert_eq!(owner_pid("cw-4242-7-pod-sleep"), Some(4242));
+        assert_eq!(owner_pid("cw-x-7"), None);
+        assert_eq!(owner_pid("cni-1234"), None);
+        assert_eq!(owner_pid("cw-"), None);
+    }
+
+    #[test]
+    fn pid_listings_are_parsed() {
+        assert_eq!(parse_pids("12\n345\n"), [12, 345]);
+        assert!(parse_pids("").is_empty());
+    }
+}
