@@ -14,6 +14,7 @@ mod certs;
 mod discovery;
 mod lab;
 mod mesh_status;
+mod proxy;
 mod remote_secret;
 
 #[derive(Parser)]
@@ -47,6 +48,9 @@ enum Command {
     RemoteClusters(mesh_status::StatusArgs),
     /// Each proxy connected to discovery and whether it has its latest config (istioctl proxy-status)
     ProxyStatus(mesh_status::StatusArgs),
+    /// The data plane: traffic capture for sidecars (istio-init)
+    #[command(subcommand)]
+    Proxy(proxy::ProxyCommand),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Discovery(args) => discovery::run(*args),
         Command::RemoteClusters(args) => mesh_status::remote_clusters(args),
         Command::ProxyStatus(args) => mesh_status::proxy_status(args),
+        Command::Proxy(command) => proxy::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
