@@ -29,6 +29,13 @@ pub enum NetnsError {
         source: std::io::Error,
     },
     #[error(
+        "cannot enter the network namespace {namespace}: {source}; entering one needs root (CAP_SYS_ADMIN)"
+    )]
+    Enter {
+        namespace: String,
+        source: std::io::Error,
+    },
+    #[error(
         "`{command}` failed ({status}): {stderr}; network namespaces need root (CAP_NET_ADMIN and CAP_SYS_ADMIN)"
     )]
     Failed {
@@ -155,6 +162,27 @@ impl Namespace {
     pub fn enable_forwarding(&self) -> Result<(), NetnsError> {
         self.run("sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
             .map(drop)
+    }
+
+    /// Runs `work` on a new thread inside the namespace: sockets it creates (a tokio runtime
+    /// built there, say) live in the namespace, while the rest of the process stays where it is.
+    pub fn spawn_inside<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T, NetnsError>> {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let entered = std::fs::File::open(format!("/run/netns/{name}")).and_then(|handle| {
+                // Only this thread moves: setns(2) with CLONE_NEWNET changes the caller's thread.
+                nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+            entered.map_err(|source| NetnsError::Enter {
+                namespace: name,
+                source,
+            })?;
+            Ok(work())
+        })
     }
 
     /// The processes inside the namespace.

@@ -146,3 +146,38 @@ fn namespaces_left_by_a_dead_process_are_swept() {
         "a namespace of a live process was swept"
     );
 }
+
+#[test]
+fn a_thread_inside_a_namespace_binds_its_addresses_and_the_process_stays_outside() {
+    let inside = Namespace::create("thread").unwrap();
+    let other = Namespace::create("other").unwrap();
+    inside
+        .link("eth0", "10.253.9.1/30", &other, "eth0", "10.253.9.2/30")
+        .unwrap();
+    let bound = inside
+        .spawn_inside(|| std::net::TcpListener::bind("10.253.9.1:0").map(|l| l.local_addr()))
+        .join()
+        .unwrap()
+        .expect("the thread entered the namespace");
+    assert!(
+        bound.is_ok(),
+        "the namespace's address was not there: {bound:?}"
+    );
+    // The test's own thread is still on the host, where that address does not exist.
+    assert!(std::net::TcpListener::bind("10.253.9.1:0").is_err());
+
+    // A namespace deleted behind the guard's back cannot be entered, and the error names it.
+    let vanished = Namespace::create("vanished").unwrap();
+    let deleted = std::process::Command::new("ip")
+        .args(["netns", "del", vanished.name()])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    let error = vanished
+        .spawn_inside(|| ())
+        .join()
+        .unwrap()
+        .expect_err("a deleted namespace was entered")
+        .to_string();
+    assert!(error.contains(vanished.name()), "{error}");
+}

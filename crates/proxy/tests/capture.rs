@@ -182,3 +182,49 @@ fn applying_twice_gives_the_same_table() {
         "{first}"
     );
 }
+
+/// The sidecar's passthrough, in-process inside the pod's namespace: a captured connection to a
+/// destination reaches it (the peer's listener sees no redirect), and the answer comes back.
+/// Without the upstream's socket mark, its connection would be captured again and loop.
+#[test]
+fn captured_connections_pass_through_to_their_original_destination() {
+    let (pod, peer) = pod_and_peer(&CaptureConfig::default());
+    let _upstream = listeners(&peer, &[5000]);
+    let (bound, bound_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let proxy = pod.spawn_inside(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("0.0.0.0:15001")
+                .await
+                .unwrap();
+            bound.send(()).unwrap();
+            tokio::select! {
+                served = causeway_proxy::passthrough::serve(listener, 1337) => served.unwrap(),
+                _ = stopped => {}
+            }
+        })
+    });
+    bound_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the passthrough listens inside the pod");
+
+    for _ in 0..3 {
+        assert_eq!(
+            fetch(&pod, "10.254.0.1", 5000, None),
+            "5000 10.254.0.1:5000"
+        );
+    }
+    // Nothing listens there: the application sees the failure as it would without a sidecar
+    // (its connection is accepted by the proxy, then closed without data).
+    assert_eq!(fetch(&pod, "10.254.0.1", 5999, None), "");
+
+    stop.send(()).unwrap();
+    proxy
+        .join()
+        .unwrap()
+        .expect("the thread entered the pod's namespace");
+}
