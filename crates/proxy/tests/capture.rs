@@ -87,19 +87,24 @@ fn pod_and_peer(config: &CaptureConfig) -> (Namespace, Namespace) {
     pod.link("eth0", "10.254.0.2/24", &peer, "eth0", "10.254.0.1/24")
         .unwrap();
     pod.route("default", "10.254.0.1").unwrap();
+    restore(&pod, config);
+    (pod, peer)
+}
+
+/// Replaces `namespace`'s nat table with `config`'s rules, as `causeway proxy init` does there.
+fn restore(namespace: &Namespace, config: &CaptureConfig) {
+    use std::io::Write;
     let rules = config.rules().unwrap();
-    let applied = pod
+    let applied = namespace
         .command("iptables-restore")
         .stdin(Stdio::piped())
         .spawn()
         .and_then(|mut child| {
-            use std::io::Write;
             child.stdin.take().unwrap().write_all(rules.as_bytes())?;
             child.wait()
         })
         .unwrap();
     assert!(applied.success(), "iptables-restore refused:\n{rules}");
-    (pod, peer)
 }
 
 #[test]
@@ -151,21 +156,7 @@ fn applying_twice_gives_the_same_table() {
     };
     let (pod, _peer) = pod_and_peer(&config);
     let first = pod.run("iptables-save", &["-t", "nat"]).unwrap();
-    let again = pod
-        .command("iptables-restore")
-        .stdin(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(config.rules().unwrap().as_bytes())?;
-            child.wait()
-        })
-        .unwrap();
-    assert!(again.success());
+    restore(&pod, &config);
     let second = pod.run("iptables-save", &["-t", "nat"]).unwrap();
     let rules_only = |saved: &str| -> Vec<String> {
         saved
