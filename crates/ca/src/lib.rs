@@ -8,6 +8,7 @@
 //! - [`authority`]: signing workload CSRs for authenticated identities; the self-signed default root.
 //! - [`csr`]: making CSRs (workloads) and verifying them (the CA).
 //! - [`spiffe`], identities: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+//! - `service` (feature `grpc`): Istio's `IstioCertificateService`, generated from its proto.
 
 pub mod authority;
 pub mod bundle;
@@ -19,6 +20,11 @@ pub mod issue;
 pub mod pem;
 pub mod signer;
 pub mod spiffe;
+#[cfg(feature = "grpc")]
+pub mod service {
+    //! Istio's `istio.v1.auth.IstioCertificateService`, generated from `proto/istio/v1/auth/ca.proto`.
+    tonic::include_proto!("istio.v1.auth");
+}
 #[cfg(feature = "testing")]
 pub mod testing;
 

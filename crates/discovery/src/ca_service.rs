@@ -11,9 +11,7 @@ use prost_types::value::Kind;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub mod proto {
-    tonic::include_proto!("istio.v1.auth");
-}
+pub use causeway_ca::service as proto;
 
 use proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,

@@ -1,7 +1,8 @@
-//! Causeway's data plane. Today: [`capture`], the iptables rules that send a pod's traffic
-//! through its sidecar (istio-init's job, `causeway proxy init`), and [`passthrough`], how the
-//! sidecar forwards a captured connection to where it was going.
+//! Causeway's data plane: [`capture`], the iptables rules that send a pod's traffic through its
+//! sidecar (istio-init's job, `causeway proxy init`); [`config`], the routing tables built from
+//! discovery's xDS; [`passthrough`], how a captured connection reaches where it was going.
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod config;
 pub mod passthrough;
