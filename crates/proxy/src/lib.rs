@@ -5,4 +5,6 @@
 
 pub mod capture;
 pub mod config;
+pub mod identity;
 pub mod passthrough;
+mod retry;
