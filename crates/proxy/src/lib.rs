@@ -3,6 +3,9 @@
 //! discovery's xDS; [`passthrough`], how a captured connection reaches where it was going.
 #![forbid(unsafe_code)]
 
+pub mod ads;
+pub mod balancer;
+pub mod bootstrap;
 pub mod capture;
 pub mod config;
 pub mod identity;

@@ -8,6 +8,7 @@ mod credentials;
 mod tls;
 
 pub use ca_client::CaSettings;
+pub(crate) use ca_client::describe as describe_error;
 pub use credentials::{Credentials, spiffe_ids};
 pub use tls::{MeshTls, peer_identity};
 
