@@ -3,11 +3,20 @@
 //! discovery's xDS; [`passthrough`], how a captured connection reaches where it was going.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
+pub mod admin;
 pub mod ads;
 pub mod balancer;
 pub mod bootstrap;
 pub mod capture;
 pub mod config;
+pub mod dataplane;
+pub mod dns;
 pub mod identity;
+pub mod inbound;
+pub mod outbound;
 pub mod passthrough;
+pub mod relay;
+pub mod sidecar;
+pub mod telemetry;
 mod retry;

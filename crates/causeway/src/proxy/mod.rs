@@ -1,5 +1,8 @@
-//! `causeway proxy ...`: the data plane. Today `init`, istio-init's job: run inside a pod's
-//! network namespace before the application, it sends the pod's traffic through the sidecar.
+//! `causeway proxy ...`: the data plane. `init` is istio-init's job: run inside a pod's network
+//! namespace before the application, it sends the pod's traffic through the sidecar. `sidecar`
+//! is the proxy itself (pilot-agent and Envoy in one process).
+
+mod sidecar;
 
 use anyhow::Context;
 use causeway_proxy::capture::{CaptureConfig, DEFAULT_EXCLUDED_INBOUND_PORTS, InboundPorts};
@@ -11,6 +14,9 @@ pub enum ProxyCommand {
     /// Capture the pod's traffic for its sidecar with iptables (istio-init): run it inside the
     /// pod's network namespace, as root
     Init(InitArgs),
+    /// Run the sidecar proxy of one pod (what Istio's injector adds as `istio-proxy`): xDS from
+    /// discovery, a certificate from its CA, captured traffic on 15001/15006, DNS on 15053
+    Sidecar(Box<sidecar::SidecarArgs>),
 }
 
 #[derive(Args)]
@@ -67,6 +73,7 @@ fn inbound_ports(text: &str) -> anyhow::Result<InboundPorts> {
 pub fn run(command: ProxyCommand) -> anyhow::Result<()> {
     match command {
         ProxyCommand::Init(args) => init(args),
+        ProxyCommand::Sidecar(args) => sidecar::run(*args),
     }
 }
 

@@ -1,0 +1,314 @@
+//! `causeway proxy sidecar`: flags named after, and environment variables as set by, Istio's
+//! sidecar injector, so that an injected pod spec runs it unchanged.
+
+use anyhow::Context;
+use causeway_proxy::ads::{AdsSettings, Protocol};
+use causeway_proxy::bootstrap::{Role, Workload, parse_labels_file};
+use causeway_proxy::identity::CaSettings;
+use causeway_proxy::sidecar::{Listen, SidecarSettings};
+use clap::{Args, ValueEnum};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum XdsProtocol {
+    Delta,
+    Sotw,
+}
+
+#[derive(Args, Debug)]
+pub struct SidecarArgs {
+    /// Discovery's xDS address; port 15010 means plaintext, anything else TLS verified with the
+    /// mesh root (Istio's `discoveryAddress`)
+    #[arg(long, env = "DISCOVERY_ADDRESS", default_value = "istiod.istio-system.svc:15012")]
+    discovery_address: String,
+    /// The name discovery's certificate must carry (default: the host of the address)
+    #[arg(long)]
+    discovery_server_name: Option<String>,
+    /// The CA's address (Istio's `CA_ADDR`); default: discovery's address, or its port 15012
+    /// when xDS is plaintext
+    #[arg(long, env = "CA_ADDR")]
+    ca_address: Option<String>,
+    /// This pod's cluster
+    #[arg(long, env = "ISTIO_META_CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// This pod's network
+    #[arg(long, env = "ISTIO_META_NETWORK", default_value = "")]
+    network: String,
+    #[arg(long, env = "ISTIO_META_MESH_ID", default_value = "")]
+    mesh_id: String,
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, default_value = "cluster.local")]
+    domain_suffix: String,
+    #[arg(long, env = "POD_NAME")]
+    pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: String,
+    #[arg(long, env = "INSTANCE_IP")]
+    pod_ip: IpAddr,
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// The owning workload's name, for metrics (default: from the pod name)
+    #[arg(long, env = "ISTIO_META_WORKLOAD_NAME", default_value = "")]
+    workload_name: String,
+    /// Pod labels as the downward API writes them (`key="value"` lines)
+    #[arg(long, default_value = "/etc/istio/pod/labels")]
+    labels_file: PathBuf,
+    /// Pod labels as JSON (Istio's `ISTIO_METAJSON_LABELS`)
+    #[arg(long, env = "ISTIO_METAJSON_LABELS")]
+    labels_json: Option<String>,
+    /// A pod label, `key=value` (repeatable)
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// The pod's service-account token for the CA (the `istio-token` projected volume)
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    token_path: PathBuf,
+    /// The mesh root certificates (the `istio-ca-root-cert` ConfigMap)
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    root_cert: PathBuf,
+    #[arg(long, value_enum, default_value = "delta")]
+    xds_protocol: XdsProtocol,
+    /// Requested workload certificate lifetime (Istio's `SECRET_TTL`), e.g. `24h`, `90m`, `30s`
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// The socket mark on the proxy's own connections (capture lets them pass)
+    #[arg(long, default_value_t = 1337)]
+    proxy_mark: u32,
+    /// Answer DNS on the DNS port (Istio's `ISTIO_META_DNS_CAPTURE`)
+    #[arg(long, env = "ISTIO_META_DNS_CAPTURE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    capture_dns: bool,
+    /// Resolvers for names outside the mesh (default: `nameserver` lines of /etc/resolv.conf)
+    #[arg(long, value_delimiter = ',')]
+    upstream_dns: Vec<SocketAddr>,
+    /// `meshConfig.accessLogFile` (`/dev/stdout` for the container log); no access log if unset
+    #[arg(long, env = "ACCESS_LOG_FILE")]
+    access_log_file: Option<String>,
+    /// `meshConfig.accessLogFormat`; Istio's default text format if unset
+    #[arg(long, env = "ACCESS_LOG_FORMAT")]
+    access_log_format: Option<String>,
+    /// How long inbound waits for a client's first bytes on a PERMISSIVE port before taking the
+    /// connection as plaintext
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    protocol_detection_timeout: Duration,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    #[arg(long, default_value_t = 15053)]
+    dns_port: u16,
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    #[arg(long, default_value_t = 15090)]
+    stats_port: u16,
+    #[arg(long, default_value_t = 15020)]
+    status_port: u16,
+    #[arg(long, default_value_t = 15021)]
+    health_port: u16,
+    /// Worker threads (Istio's `concurrency`)
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write e.g. 24h, 90m, 30s or 500ms"))?;
+    let unit_seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        other => {
+            return Err(format!(
+                "`{other}` is not a duration unit; use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(number * unit_seconds))
+}
+
+fn host_of(address: &str) -> &str {
+    match address.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => address,
+    }
+}
+
+fn port_of(address: &str) -> Option<u16> {
+    address.rsplit_once(':')?.1.parse().ok()
+}
+
+fn labels(args: &SidecarArgs) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    if args.labels_file.exists() {
+        let text = std::fs::read_to_string(&args.labels_file)
+            .with_context(|| format!("cannot read {}", args.labels_file.display()))?;
+        labels.extend(
+            parse_labels_file(&text)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", args.labels_file.display()))?,
+        );
+    }
+    if let Some(json) = &args.labels_json {
+        let parsed: BTreeMap<String, String> = serde_json::from_str(json)
+            .context("ISTIO_METAJSON_LABELS / --labels-json must be a JSON object of strings")?;
+        labels.extend(parsed);
+    }
+    for label in &args.labels {
+        let (key, value) = label
+            .split_once('=')
+            .with_context(|| format!("--label `{label}` is not key=value"))?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(labels)
+}
+
+fn resolv_conf_servers(path: &Path) -> Vec<SocketAddr> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+fn settings(args: SidecarArgs) -> anyhow::Result<(SidecarSettings, usize)> {
+    let plaintext = port_of(&args.discovery_address) == Some(15010);
+    let discovery_host = host_of(&args.discovery_address).to_owned();
+    let ca_address = args.ca_address.clone().unwrap_or_else(|| {
+        if plaintext {
+            format!("{discovery_host}:15012")
+        } else {
+            args.discovery_address.clone()
+        }
+    });
+    let server_name = args
+        .discovery_server_name
+        .clone()
+        .unwrap_or_else(|| discovery_host.clone());
+    let labels = labels(&args)?;
+    let workload = Workload {
+        role: Role::Sidecar,
+        pod_name: args.pod_name.clone(),
+        namespace: args.pod_namespace.clone(),
+        ip: args.pod_ip,
+        service_account: args.service_account.clone(),
+        cluster_id: args.cluster_id.clone(),
+        network: args.network.clone(),
+        mesh_id: args.mesh_id.clone(),
+        trust_domain: args.trust_domain.clone(),
+        domain_suffix: args.domain_suffix.clone(),
+        labels,
+        workload_name: args.workload_name.clone(),
+        requested_network_view: Vec::new(),
+    };
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let upstream_dns = if args.upstream_dns.is_empty() {
+        resolv_conf_servers(Path::new("/etc/resolv.conf"))
+    } else {
+        args.upstream_dns.clone()
+    };
+    let settings = SidecarSettings {
+        ads: AdsSettings {
+            address: args.discovery_address.clone(),
+            tls_server_name: (!plaintext).then(|| server_name.clone()),
+            root_cert: args.root_cert.clone(),
+            node: workload.node(),
+            protocol: match args.xds_protocol {
+                XdsProtocol::Delta => Protocol::Delta,
+                XdsProtocol::Sotw => Protocol::StateOfTheWorld,
+            },
+        },
+        ca: CaSettings {
+            server_name: args
+                .discovery_server_name
+                .clone()
+                .unwrap_or_else(|| host_of(&ca_address).to_owned()),
+            address: ca_address,
+            root_cert: args.root_cert.clone(),
+            token_path: args.token_path.clone(),
+            cluster_id: args.cluster_id.clone(),
+            ttl: args.cert_ttl,
+        },
+        workload,
+        listen: Listen {
+            outbound: any(args.outbound_port),
+            inbound: any(args.inbound_port),
+            dns: args.capture_dns.then(|| local(args.dns_port)),
+            admin: local(args.admin_port),
+            prometheus: any(args.stats_port),
+            merged: any(args.status_port),
+            health: any(args.health_port),
+        },
+        mark: args.proxy_mark,
+        access_log: args
+            .access_log_file
+            .clone()
+            .filter(|path| !path.is_empty())
+            .map(|path| (path, args.access_log_format.clone())),
+        permissive_sniff_timeout: args.protocol_detection_timeout,
+        upstream_dns,
+    };
+    Ok((settings, args.concurrency.max(1)))
+}
+
+pub fn run(args: SidecarArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let (settings, workers) = settings(args)?;
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut sidecar = causeway_proxy::sidecar::start(settings).await?;
+        tokio::select! {
+            _ = sidecar.wait() => anyhow::bail!("a sidecar task stopped unexpectedly"),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_istios() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("1d").unwrap_err().contains("`d`"));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(host_of("istiod.istio-system.svc:15012"), "istiod.istio-system.svc");
+        assert_eq!(port_of("10.0.0.1:15010"), Some(15010));
+        assert_eq!(host_of("[::1]:15012"), "::1");
+    }
+}

@@ -1,0 +1,154 @@
+//! What every connection handler shares: the workload, the current configuration and
+//! certificates, the load balancer, telemetry, and the socket mark that lets the proxy's own
+//! connections past capture.
+
+use crate::access_log::AccessLog;
+use crate::balancer::{Balancer, Pick};
+use crate::bootstrap::Workload;
+use crate::config::{ProxyConfig, UpstreamCluster};
+use crate::identity::{MeshTls, TlsWatch};
+use crate::passthrough::connect_marked;
+use crate::telemetry::{Telemetry, TrafficLabels, UNKNOWN};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Connect attempts per connection, each to another endpoint (Envoy's TCP proxy retries
+/// connect failures the same way with `max_connect_attempts`).
+const CONNECT_ATTEMPTS: usize = 3;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct DataPlane {
+    pub workload: Arc<Workload>,
+    pub config: watch::Receiver<Arc<ProxyConfig>>,
+    pub tls: TlsWatch,
+    pub balancer: Balancer,
+    pub telemetry: Arc<Telemetry>,
+    pub mark: u32,
+    pub access_log: Option<AccessLog>,
+    /// How long inbound waits for a client's first bytes on a PERMISSIVE port before taking
+    /// the connection as plaintext (server-first protocols send nothing).
+    pub permissive_sniff_timeout: Duration,
+}
+
+/// Why no upstream connection was made, as Envoy's response flags say it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cluster `{cluster}` has no endpoints (UH)")]
+    NoHealthyUpstream { cluster: String },
+    #[error("cannot connect to any endpoint of `{cluster}`: {last} (UF)")]
+    ConnectFailed { cluster: String, last: String },
+}
+
+impl UpstreamError {
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            UpstreamError::NoHealthyUpstream { .. } => "UH",
+            UpstreamError::ConnectFailed { .. } => "UF",
+        }
+    }
+}
+
+impl DataPlane {
+    pub fn current_config(&self) -> Arc<ProxyConfig> {
+        self.config.borrow().clone()
+    }
+
+    pub fn current_tls(&self) -> Option<Arc<MeshTls>> {
+        self.tls.borrow().clone()
+    }
+
+    /// An endpoint of `cluster` and a connection to it, trying others when one fails.
+    pub async fn connect_upstream(
+        &self,
+        cluster: &UpstreamCluster,
+    ) -> Result<(Pick, TcpStream), UpstreamError> {
+        let mut failed = Vec::new();
+        let mut last = None;
+        for _ in 0..CONNECT_ATTEMPTS {
+            let Some(pick) = self.balancer.pick(cluster, &failed) else {
+                break;
+            };
+            let address = pick.endpoint.address;
+            match tokio::time::timeout(
+                cluster.connect_timeout,
+                connect_marked(address, self.mark),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok((pick, stream));
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(cluster = %cluster.name, %address, %error, "upstream connect failed");
+                    last = Some(format!("{address}: {error}"));
+                }
+                Err(_) => {
+                    tracing::debug!(cluster = %cluster.name, %address, "upstream connect timed out");
+                    last = Some(format!(
+                        "{address}: no answer within {:?}",
+                        cluster.connect_timeout
+                    ));
+                }
+            }
+            failed.push(address);
+        }
+        match last {
+            None => Err(UpstreamError::NoHealthyUpstream {
+                cluster: cluster.name.to_string(),
+            }),
+            Some(last) => Err(UpstreamError::ConnectFailed {
+                cluster: cluster.name.to_string(),
+                last,
+            }),
+        }
+    }
+
+    /// Labels with this workload filled in on the `side` it plays.
+    pub fn labels(&self, reporter: &'static str) -> TrafficLabels {
+        let mut labels = TrafficLabels::unknown(reporter);
+        let workload = &self.workload;
+        let app = workload
+            .labels
+            .get("app")
+            .or_else(|| workload.labels.get("app.kubernetes.io/name"))
+            .cloned()
+            .unwrap_or_else(|| UNKNOWN.to_owned());
+        let version = workload
+            .labels
+            .get("version")
+            .or_else(|| workload.labels.get("app.kubernetes.io/version"))
+            .cloned()
+            .unwrap_or_else(|| UNKNOWN.to_owned());
+        let principal = format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            workload.trust_domain, workload.namespace, workload.service_account
+        );
+        if reporter == "source" {
+            labels.source_workload = workload.canonical_workload();
+            labels.source_workload_namespace = workload.namespace.clone();
+            labels.source_principal = principal;
+            labels.source_app = app;
+            labels.source_version = version;
+            labels.source_cluster = workload.cluster_id.clone();
+        } else {
+            labels.destination_workload = workload.canonical_workload();
+            labels.destination_workload_namespace = workload.namespace.clone();
+            labels.destination_principal = principal;
+            labels.destination_app = app;
+            labels.destination_version = version;
+            labels.destination_cluster = workload.cluster_id.clone();
+        }
+        labels
+    }
+}
+
+/// The remote end of an accepted connection, or a placeholder when the socket is gone.
+pub fn peer_of(stream: &TcpStream) -> SocketAddr {
+    stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}

@@ -1,0 +1,195 @@
+//! 15001: connections the application made, captured by iptables. A service VIP and port go
+//! to an endpoint of the service (mTLS when it has a sidecar, through its network's gateway
+//! when it is on another network); anything else goes where it was going, untouched.
+
+use crate::access_log::Entry;
+use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, peer_of};
+use crate::identity::MeshTls;
+use crate::passthrough::{connect_marked, original_destination};
+use crate::relay::relay_tcp;
+use crate::telemetry::TrafficLabels;
+use rustls_pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::net::{TcpListener, TcpStream};
+
+pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting an outbound connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let dataplane = dataplane.clone();
+        tokio::spawn(async move { handle(stream, &dataplane).await });
+    }
+}
+
+/// What a connection's log line and metrics need, filled in as it goes.
+struct Outcome {
+    labels: TrafficLabels,
+    upstream_host: Option<SocketAddr>,
+    upstream_local: Option<SocketAddr>,
+    upstream_cluster: Option<String>,
+    response_flags: &'static str,
+    failure: Option<String>,
+    bytes: (u64, u64),
+}
+
+async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
+    let started = Instant::now();
+    let start_time = SystemTime::now();
+    let peer = peer_of(&downstream);
+    let destination = match original_destination(&downstream) {
+        Ok(destination) => SocketAddr::V4(destination),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "outbound connection without an original destination");
+            dataplane.telemetry.refuse("outbound", "not_redirected");
+            return;
+        }
+    };
+    let mut outcome = Outcome {
+        labels: dataplane.labels("source"),
+        upstream_host: None,
+        upstream_local: None,
+        upstream_cluster: None,
+        response_flags: "-",
+        failure: None,
+        bytes: (0, 0),
+    };
+    let config = dataplane.current_config();
+    match config.outbound_route(destination) {
+        None => {
+            outcome.labels.destination_service = destination.ip().to_string();
+            outcome.upstream_cluster = config.outbound_fallback.as_deref().map(str::to_owned);
+            outcome.upstream_host = Some(destination);
+            match connect_marked(destination, dataplane.mark).await {
+                Ok(upstream) => {
+                    let _ = upstream.set_nodelay(true);
+                    outcome.upstream_local = upstream.local_addr().ok();
+                    match relay_tcp(downstream, upstream, &dataplane.telemetry, &outcome.labels)
+                        .await
+                    {
+                        Ok(bytes) => outcome.bytes = bytes,
+                        Err(error) => tracing::debug!(%destination, %error, "passthrough ended"),
+                    }
+                }
+                Err(error) => {
+                    outcome.response_flags = "UF";
+                    outcome.failure = Some(error.to_string());
+                }
+            }
+        }
+        Some(route) => {
+            outcome.labels.set_destination_service(&route.hostname);
+            outcome.upstream_cluster = Some(route.cluster.to_string());
+            match config.cluster(&route.cluster) {
+                None => {
+                    outcome.response_flags = "NC";
+                    tracing::warn!(cluster = %route.cluster, %destination, "the route names a cluster discovery has not sent");
+                }
+                Some(cluster) => {
+                    to_cluster(downstream, dataplane, cluster, &mut outcome).await;
+                }
+            }
+        }
+    }
+    if outcome.response_flags != "-" {
+        tracing::info!(%peer, %destination, flags = outcome.response_flags, reason = outcome.failure.as_deref().unwrap_or("-"), "outbound connection failed");
+    }
+    if let Some(log) = &dataplane.access_log {
+        log.write(&Entry {
+            start_time: Some(start_time),
+            duration: started.elapsed(),
+            response_flags: outcome.response_flags,
+            bytes_received: outcome.bytes.0,
+            bytes_sent: outcome.bytes.1,
+            downstream_local: Some(destination),
+            downstream_remote: Some(peer),
+            upstream_host: outcome.upstream_host,
+            upstream_local: outcome.upstream_local,
+            upstream_cluster: outcome.upstream_cluster.as_deref(),
+            upstream_failure: outcome.failure.as_deref(),
+            ..Entry::default()
+        });
+    }
+}
+
+async fn to_cluster(
+    downstream: TcpStream,
+    dataplane: &DataPlane,
+    cluster: &crate::config::UpstreamCluster,
+    outcome: &mut Outcome,
+) {
+    let (pick, upstream) = match dataplane.connect_upstream(cluster).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            outcome.response_flags = error.response_flag();
+            outcome.failure = Some(error.to_string());
+            return;
+        }
+    };
+    let endpoint = &pick.endpoint;
+    outcome.upstream_host = Some(endpoint.address);
+    outcome.upstream_local = upstream.local_addr().ok();
+    if !endpoint.cluster.is_empty() {
+        outcome.labels.destination_cluster = endpoint.cluster.clone();
+    }
+    if let Some(identity) = &endpoint.identity {
+        outcome.labels.destination_principal = identity.clone();
+        if let Ok(id) = identity.parse::<causeway_ca::SpiffeId>() {
+            outcome.labels.destination_workload_namespace = id.namespace().to_owned();
+        }
+    }
+    let result = match (&cluster.tls, endpoint.mtls) {
+        (Some(tls), true) => {
+            let Some(mesh) = dataplane.current_tls() else {
+                outcome.response_flags = "UF";
+                outcome.failure = Some("no workload certificate yet".into());
+                return;
+            };
+            outcome.labels.connection_security_policy = "mutual_tls";
+            let secured = handshake(&mesh, upstream, &tls.sni, &tls.identities).await;
+            match secured {
+                Ok((stream, identity)) => {
+                    outcome.labels.destination_principal = identity;
+                    relay_tcp(downstream, stream, &dataplane.telemetry, &outcome.labels).await
+                }
+                Err(reason) => {
+                    outcome.response_flags = "UF";
+                    outcome.failure = Some(reason);
+                    return;
+                }
+            }
+        }
+        _ => relay_tcp(downstream, upstream, &dataplane.telemetry, &outcome.labels).await,
+    };
+    match result {
+        Ok(bytes) => outcome.bytes = bytes,
+        Err(error) => tracing::debug!(cluster = %cluster.name, %error, "outbound connection ended"),
+    }
+}
+
+/// Mutual TLS to an endpoint (or its gateway, which routes by the SNI), then the identity
+/// check. The error says why, for the log and `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+async fn handshake(
+    mesh: &MeshTls,
+    upstream: TcpStream,
+    sni: &str,
+    identities: &[String],
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
+    let name = ServerName::try_from(sni.to_owned())
+        .map_err(|_| format!("`{sni}` cannot be sent as an SNI"))?;
+    let connector = tokio_rustls::TlsConnector::from(mesh.client.clone());
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, upstream))
+        .await
+        .map_err(|_| format!("TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}"))?
+        .map_err(|error| format!("TLS error: {error}"))?;
+    let identity = MeshTls::check_server(stream.get_ref().1.peer_certificates(), identities)?;
+    Ok((stream, identity.to_string()))
+}

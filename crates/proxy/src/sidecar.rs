@@ -1,0 +1,225 @@
+//! A running sidecar: the ADS client, the identity, and the listeners (15001 outbound, 15006
+//! inbound, 15053 DNS, 15000 admin, 15090/15020 metrics, 15021 health), all on one runtime.
+
+use crate::access_log::AccessLog;
+use crate::admin::{self, AdminState};
+use crate::ads::{self, AdsSettings, AdsStatus};
+use crate::balancer::Balancer;
+use crate::bootstrap::Workload;
+use crate::dataplane::DataPlane;
+use crate::dns::{self, DnsSettings};
+use crate::identity::{self, CaSettings};
+use crate::telemetry::Telemetry;
+use crate::{inbound, outbound};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
+
+#[derive(Clone, Debug)]
+pub struct Listen {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    /// `None`: no DNS proxy.
+    pub dns: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub prometheus: SocketAddr,
+    pub merged: SocketAddr,
+    pub health: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Listen {
+            outbound: any(15001),
+            inbound: any(15006),
+            dns: Some(SocketAddr::from(([127, 0, 0, 1], 15053))),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            prometheus: any(15090),
+            merged: any(15020),
+            health: any(15021),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SidecarSettings {
+    pub workload: Workload,
+    pub ads: AdsSettings,
+    pub ca: CaSettings,
+    pub listen: Listen,
+    pub mark: u32,
+    /// `meshConfig.accessLogFile` and `accessLogFormat`.
+    pub access_log: Option<(String, Option<String>)>,
+    pub permissive_sniff_timeout: Duration,
+    /// Where names the mesh does not know are resolved (`resolv.conf`'s servers).
+    pub upstream_dns: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address} for {what}: {source}; stop what holds the port or pick another")]
+    Listen {
+        address: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    AccessLog(String),
+    #[error("the workload's identity is not a valid SPIFFE ID: {0}")]
+    Identity(#[from] causeway_ca::SpiffeIdError),
+}
+
+/// The addresses actually bound (tests ask for port 0).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub dns: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub prometheus: SocketAddr,
+    pub merged: SocketAddr,
+    pub health: SocketAddr,
+}
+
+pub struct RunningSidecar {
+    pub bound: Bound,
+    pub dataplane: Arc<DataPlane>,
+    pub ads: Arc<AdsStatus>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningSidecar {
+    /// Runs until a task ends (none does unless it fails).
+    pub async fn wait(&mut self) {
+        let _ = self.tasks.join_next().await;
+    }
+}
+
+async fn bind(address: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen {
+            address,
+            what,
+            source,
+        })
+}
+
+fn local(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+pub async fn start(settings: SidecarSettings) -> Result<RunningSidecar, StartError> {
+    let workload = Arc::new(settings.workload.clone());
+    let identity = causeway_ca::SpiffeId::new(
+        &workload.trust_domain,
+        &workload.namespace,
+        &workload.service_account,
+    )?;
+    let access_log = settings
+        .access_log
+        .as_ref()
+        .map(|(path, format)| AccessLog::open(path, format.as_deref()))
+        .transpose()
+        .map_err(StartError::AccessLog)?;
+    let listen = &settings.listen;
+    let outbound_listener = bind(listen.outbound, "captured outbound traffic").await?;
+    let inbound_listener = bind(listen.inbound, "captured inbound traffic").await?;
+    let admin_listener = bind(listen.admin, "the admin port").await?;
+    let prometheus_listener = bind(listen.prometheus, "Prometheus metrics").await?;
+    let merged_listener = bind(listen.merged, "merged metrics").await?;
+    let health_listener = bind(listen.health, "the health check").await?;
+    let dns_sockets = match listen.dns {
+        Some(address) => Some((
+            UdpSocket::bind(address)
+                .await
+                .map_err(|source| StartError::Listen {
+                    address,
+                    what: "the DNS proxy (UDP)",
+                    source,
+                })?,
+            bind(address, "the DNS proxy (TCP)").await?,
+        )),
+        None => None,
+    };
+
+    let mut tasks = JoinSet::new();
+    let mut ads_settings = settings.ads.clone();
+    ads_settings.node = workload.node();
+    let (config, ads_status, ads_task) = ads::start(ads_settings);
+    let (tls, identity_task) = identity::start(settings.ca.clone(), identity);
+    tasks.spawn(async move {
+        let _ = ads_task.await;
+    });
+    tasks.spawn(async move {
+        let _ = identity_task.await;
+    });
+    let dataplane = Arc::new(DataPlane {
+        workload: workload.clone(),
+        config: config.clone(),
+        tls,
+        balancer: Balancer::default(),
+        telemetry: Arc::new(Telemetry::default()),
+        mark: settings.mark,
+        access_log,
+        permissive_sniff_timeout: settings.permissive_sniff_timeout,
+    });
+    let bound = Bound {
+        outbound: local(&outbound_listener),
+        inbound: local(&inbound_listener),
+        dns: dns_sockets
+            .as_ref()
+            .and_then(|(udp, _)| udp.local_addr().ok()),
+        admin: local(&admin_listener),
+        prometheus: local(&prometheus_listener),
+        merged: local(&merged_listener),
+        health: local(&health_listener),
+    };
+    tasks.spawn(outbound::serve(outbound_listener, dataplane.clone()));
+    tasks.spawn(inbound::serve(inbound_listener, dataplane.clone()));
+    if let Some((udp, tcp)) = dns_sockets {
+        let dns_settings = DnsSettings {
+            search_domains: workload.search_domains(),
+            upstream: settings.upstream_dns.clone(),
+            mark: settings.mark,
+        };
+        tasks.spawn(dns::serve(udp, tcp, config.clone(), dns_settings));
+    }
+    let state = AdminState {
+        dataplane: dataplane.clone(),
+        ads: ads_status.clone(),
+        needs_certificate: true,
+    };
+    for (listener, port) in [
+        (admin_listener, admin::Port::Admin),
+        (prometheus_listener, admin::Port::Prometheus),
+        (merged_listener, admin::Port::Merged),
+        (health_listener, admin::Port::Health),
+    ] {
+        tasks.spawn(admin::serve(listener, port, state.clone()));
+    }
+    // Forget load-balancer state of clusters that are gone.
+    let balancer_owner = dataplane.clone();
+    let mut changes = config;
+    tasks.spawn(async move {
+        while changes.changed().await.is_ok() {
+            let current = changes.borrow_and_update().clone();
+            balancer_owner
+                .balancer
+                .retain(|name| current.clusters.contains_key(name));
+        }
+    });
+    tracing::info!(node = %workload.node_id(), outbound = %bound.outbound, inbound = %bound.inbound, "sidecar started");
+    Ok(RunningSidecar {
+        bound,
+        dataplane,
+        ads: ads_status,
+        tasks,
+    })
+}
