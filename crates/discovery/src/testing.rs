@@ -80,6 +80,11 @@ pub mod mesh {
         pub network2: &'static str,
         pub v1_ip: &'static str,
         pub v2_ip: &'static str,
+        /// Where discovery listens (loopback; an address of a network namespace for proxies
+        /// running in other namespaces).
+        pub discovery_ip: std::net::IpAddr,
+        /// The gateway's LoadBalancer address, when `gateway` is set.
+        pub gateway_ip: &'static str,
     }
 
     impl Default for MeshOptions {
@@ -89,6 +94,8 @@ pub mod mesh {
                 network2: "network2",
                 v1_ip: "10.10.0.5",
                 v2_ip: "10.20.0.5",
+                discovery_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                gateway_ip: "172.18.255.2",
             }
         }
     }
@@ -122,17 +129,24 @@ pub mod mesh {
         )
         .await;
         if gateway {
-            fixtures::network_gateway(&client02, options.network2, "172.18.255.2").await;
+            fixtures::network_gateway(&client02, options.network2, options.gateway_ip).await;
         }
         let secret = fixtures::remote_secret("cluster02", &lab::access("cluster02", &two));
         Api::<Secret>::namespaced(client01.clone(), "istio-system")
             .create(&PostParams::default(), &secret)
             .await
             .unwrap();
-        let discovery =
-            Discovery::start(testing::config("cluster01", "network1"), client01.clone())
-                .await
-                .expect("discovery starts");
+        let mut config = testing::config("cluster01", "network1");
+        for address in [
+            &mut config.xds_address,
+            &mut config.secure_xds_address,
+            &mut config.monitoring_address,
+        ] {
+            address.set_ip(options.discovery_ip);
+        }
+        let discovery = Discovery::start(config, client01.clone())
+            .await
+            .expect("discovery starts");
         let mut ready = discovery.registry.ready.clone();
         tokio::time::timeout(WAIT, ready.wait_for(|ready| *ready))
             .await

@@ -43,6 +43,11 @@ pub enum NetnsError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    #[error("cannot write {path}: {source}; per-namespace files under /etc/netns need root")]
+    Files {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs `ip` with `args`; its standard output on success.
@@ -185,6 +190,18 @@ impl Namespace {
         })
     }
 
+    /// The namespace's own `/etc/resolv.conf`, which `ip netns exec` mounts over the host's for
+    /// every process started through [`Namespace::command`] (a pod's DNS settings).
+    pub fn set_resolv_conf(&self, text: &str) -> Result<(), NetnsError> {
+        let dir = etc_dir(&self.name);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join("resolv.conf"), text))
+            .map_err(|source| NetnsError::Files {
+                path: dir.display().to_string(),
+                source,
+            })
+    }
+
     /// The processes inside the namespace.
     pub fn pids(&self) -> Result<Vec<i32>, NetnsError> {
         Ok(parse_pids(&ip(&["netns", "pids", &self.name])?))
@@ -192,6 +209,7 @@ impl Namespace {
 
     fn delete(&self) -> Result<(), NetnsError> {
         kill_all(&self.name);
+        let _ = std::fs::remove_dir_all(etc_dir(&self.name));
         ip(&["netns", "del", &self.name]).map(drop)
     }
 }
@@ -202,6 +220,11 @@ impl Drop for Namespace {
             tracing::warn!(namespace = %self.name, %error, "could not delete a network namespace; `causeway lab down` or the next sweep removes it");
         }
     }
+}
+
+/// Where `ip netns exec` finds files to mount over `/etc` for namespace `name`.
+fn etc_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(name)
 }
 
 fn parse_pids(listing: &str) -> Vec<i32> {
@@ -245,6 +268,7 @@ pub fn sweep_stale() -> Result<Vec<String>, NetnsError> {
             continue;
         }
         kill_all(name);
+        let _ = std::fs::remove_dir_all(etc_dir(name));
         ip(&["netns", "del", name])?;
         swept.push(name.to_owned());
     }

@@ -232,7 +232,11 @@ fn timestamp(time: SystemTime) -> String {
 impl Format {
     pub fn render(&self, entry: &Entry<'_>) -> String {
         let mut out = String::with_capacity(512);
-        let dash = |value: Option<String>| value.filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
+        let dash = |value: Option<String>| {
+            value
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "-".into())
+        };
         let address = |value: Option<SocketAddr>| dash(value.map(|a| a.to_string()));
         for piece in &self.pieces {
             let value = match piece {
@@ -295,8 +299,12 @@ pub struct AccessLog {
 
 impl AccessLog {
     pub fn open(path: &str, format: Option<&str>) -> Result<AccessLog, String> {
-        let format = Format::parse(format.filter(|f| !f.trim().is_empty()).unwrap_or(ISTIO_DEFAULT_FORMAT))
-            .map_err(|error| error.to_string())?;
+        let format = Format::parse(
+            format
+                .filter(|f| !f.trim().is_empty())
+                .unwrap_or(ISTIO_DEFAULT_FORMAT),
+        )
+        .map_err(|error| error.to_string())?;
         let sink: Box<dyn Write + Send> = if path == "/dev/stdout" || path == "-" {
             Box::new(std::io::stdout())
         } else {
@@ -334,7 +342,10 @@ mod tests {
         let format = Format::parse(SEED_FORMAT).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("user-agent", "curl/8.5.0 \"quoted\"".parse().unwrap());
-        headers.insert("x-request-id", "2f0e6c2d-0d0a-4f43-9a57-5b1c8a0f2f31".parse().unwrap());
+        headers.insert(
+            "x-request-id",
+            "2f0e6c2d-0d0a-4f43-9a57-5b1c8a0f2f31".parse().unwrap(),
+        );
         let request = RequestView {
             method: "GET",
             path: "/hello",
@@ -385,7 +396,14 @@ mod tests {
             ..Entry::default()
         });
         let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-        for field in ["authority", "method", "path", "protocol", "request_id", "route_name"] {
+        for field in [
+            "authority",
+            "method",
+            "path",
+            "protocol",
+            "request_id",
+            "route_name",
+        ] {
             assert_eq!(json[field], "-", "{field}");
         }
         assert_eq!(json["response_code"], "0");
@@ -397,7 +415,8 @@ mod tests {
 
     #[test]
     fn header_fallbacks_limits_and_bad_formats() {
-        let format = Format::parse("%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):3% 100%% %RESP(server)%").unwrap();
+        let format =
+            Format::parse("%REQ(X-ENVOY-ORIGINAL-PATH?:PATH):3% 100%% %RESP(server)%").unwrap();
         let headers = HeaderMap::new();
         let request = RequestView {
             method: "GET",
@@ -419,7 +438,12 @@ mod tests {
                 rest: "%START_TIME".into()
             }
         );
-        assert!(Format::parse("%NOPE%").unwrap_err().to_string().contains("`%NOPE%`"));
+        assert!(
+            Format::parse("%NOPE%")
+                .unwrap_err()
+                .to_string()
+                .contains("`%NOPE%`")
+        );
         Format::parse(ISTIO_DEFAULT_FORMAT).unwrap();
     }
 }

@@ -42,6 +42,8 @@ pub struct AdsSettings {
     pub root_cert: PathBuf,
     pub node: Node,
     pub protocol: Protocol,
+    /// The socket mark of the proxy's own connections.
+    pub mark: u32,
 }
 
 /// What the admin port shows about the stream.
@@ -163,8 +165,7 @@ async fn connect(settings: &AdsSettings) -> Result<Channel, StreamError> {
             .tls_config(tls)
             .map_err(|e| failed(e.to_string()))?;
     }
-    endpoint
-        .connect()
+    crate::control_channel::marked_channel(&endpoint, settings.mark)
         .await
         .map_err(|e| failed(crate::identity::describe_error(&e)))
 }

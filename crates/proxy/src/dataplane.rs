@@ -72,11 +72,8 @@ impl DataPlane {
                 break;
             };
             let address = pick.endpoint.address;
-            match tokio::time::timeout(
-                cluster.connect_timeout,
-                connect_marked(address, self.mark),
-            )
-            .await
+            match tokio::time::timeout(cluster.connect_timeout, connect_marked(address, self.mark))
+                .await
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);

@@ -55,7 +55,11 @@ pub fn lookup<'a>(config: &'a ProxyConfig, search_domains: &[String], name: &str
 }
 
 /// The reply for a query, or `None` when it must go upstream.
-pub fn answer(config: &ProxyConfig, search_domains: &[String], request: &Message) -> Option<Message> {
+pub fn answer(
+    config: &ProxyConfig,
+    search_domains: &[String],
+    request: &Message,
+) -> Option<Message> {
     let [query] = request.queries.as_slice() else {
         return None;
     };
@@ -216,7 +220,9 @@ async fn serve_tcp(
     settings: Arc<DnsSettings>,
 ) {
     // A client may send several queries on one connection; idle ones are closed.
-    while let Ok(Ok(length)) = tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await {
+    while let Ok(Ok(length)) =
+        tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await
+    {
         let mut query = vec![0u8; usize::from(length)];
         if stream.read_exact(&mut query).await.is_err() {
             return;
@@ -257,9 +263,13 @@ mod tests {
     }
 
     fn search() -> Vec<String> {
-        ["sample.svc.cluster.local", "svc.cluster.local", "cluster.local"]
-            .map(str::to_owned)
-            .to_vec()
+        [
+            "sample.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local",
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     fn query(name: &str, kind: RecordType) -> Message {
@@ -272,9 +282,17 @@ mod tests {
     #[test]
     fn every_alias_resolves_to_the_vip_and_expansions_are_nxdomain() {
         let config = config();
-        for name in ["helloworld.", "HelloWorld.sample.", "helloworld.sample.svc.cluster.local."] {
+        for name in [
+            "helloworld.",
+            "HelloWorld.sample.",
+            "helloworld.sample.svc.cluster.local.",
+        ] {
             let response = answer(&config, &search(), &query(name, RecordType::A)).unwrap();
-            assert_eq!(response.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
             assert_eq!(response.metadata.id, 7);
             let addresses: Vec<String> = response
                 .answers
@@ -290,7 +308,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(expanded.metadata.response_code, ResponseCode::NXDomain);
-        let aaaa = answer(&config, &search(), &query("helloworld.sample.", RecordType::AAAA)).unwrap();
+        let aaaa = answer(
+            &config,
+            &search(),
+            &query("helloworld.sample.", RecordType::AAAA),
+        )
+        .unwrap();
         assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
         assert!(aaaa.answers.is_empty());
     }
@@ -299,7 +322,21 @@ mod tests {
     fn other_names_and_types_go_upstream() {
         let config = config();
         assert!(answer(&config, &search(), &query("example.com.", RecordType::A)).is_none());
-        assert!(answer(&config, &search(), &query("helloworld.sample.", RecordType::MX)).is_none());
-        assert!(answer(&config, &search(), &query("other.sample.svc.cluster.local.", RecordType::A)).is_none());
+        assert!(
+            answer(
+                &config,
+                &search(),
+                &query("helloworld.sample.", RecordType::MX)
+            )
+            .is_none()
+        );
+        assert!(
+            answer(
+                &config,
+                &search(),
+                &query("other.sample.svc.cluster.local.", RecordType::A)
+            )
+            .is_none()
+        );
     }
 }

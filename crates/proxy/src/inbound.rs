@@ -94,18 +94,19 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(mesh.server.clone());
-        let accepted = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(downstream)).await {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(error)) => {
-                tracing::info!(%peer, %destination, %error, "inbound mTLS handshake refused");
-                dataplane.telemetry.refuse("inbound", "handshake_failed");
-                return;
-            }
-            Err(_) => {
-                dataplane.telemetry.refuse("inbound", "handshake_timeout");
-                return;
-            }
-        };
+        let accepted =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(downstream)).await {
+                Ok(Ok(accepted)) => accepted,
+                Ok(Err(error)) => {
+                    tracing::info!(%peer, %destination, %error, "inbound mTLS handshake refused");
+                    dataplane.telemetry.refuse("inbound", "handshake_failed");
+                    return;
+                }
+                Err(_) => {
+                    dataplane.telemetry.refuse("inbound", "handshake_timeout");
+                    return;
+                }
+            };
         let session = accepted.get_ref().1;
         requested_server_name = session.server_name().map(str::to_owned);
         if let Some(identity) = peer_identity(session.peer_certificates()) {

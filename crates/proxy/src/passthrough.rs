@@ -24,18 +24,21 @@ pub fn original_destination(connection: &TcpStream) -> io::Result<SocketAddrV4> 
     ))
 }
 
-/// A TCP connection to `destination` whose packets carry `mark`, so that capture passes them.
+/// A TCP connection to `destination` whose packets carry `mark`, so that capture passes them
+/// (0: no mark, for proxies outside a captured pod).
 pub async fn connect_marked(destination: SocketAddr, mark: u32) -> io::Result<TcpStream> {
     let socket = match destination {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    setsockopt(&socket, sockopt::Mark, &mark).map_err(|errno| {
-        io::Error::new(
-            io::Error::from(errno).kind(),
-            format!("cannot set socket mark {mark} ({errno}): the proxy needs CAP_NET_ADMIN"),
-        )
-    })?;
+    if mark != 0 {
+        setsockopt(&socket, sockopt::Mark, &mark).map_err(|errno| {
+            io::Error::new(
+                io::Error::from(errno).kind(),
+                format!("cannot set socket mark {mark} ({errno}): the proxy needs CAP_NET_ADMIN"),
+            )
+        })?;
+    }
     socket.connect(destination).await
 }
 

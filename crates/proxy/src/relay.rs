@@ -102,7 +102,10 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let _open = OpenConnection::new(telemetry, labels);
-    let mut downstream = Counted::new(downstream, telemetry.tcp_received.get_or_create_owned(labels));
+    let mut downstream = Counted::new(
+        downstream,
+        telemetry.tcp_received.get_or_create_owned(labels),
+    );
     let mut upstream = Counted::new(upstream, telemetry.tcp_sent.get_or_create_owned(labels));
     tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, BUFFER, BUFFER).await
 }

@@ -60,7 +60,9 @@ pub struct SidecarSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {address} for {what}: {source}; stop what holds the port or pick another")]
+    #[error(
+        "cannot listen on {address} for {what}: {source}; stop what holds the port or pick another"
+    )]
     Listen {
         address: SocketAddr,
         what: &'static str,

@@ -29,6 +29,8 @@ async fn settings(mesh: &Mesh, dir: &Path, account: &str, ttl: Duration) -> CaSe
         token_path,
         cluster_id: "cluster01".into(),
         ttl,
+        // Not in a captured pod: no socket mark.
+        mark: 0,
     }
 }
 

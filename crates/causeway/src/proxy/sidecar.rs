@@ -22,7 +22,11 @@ pub enum XdsProtocol {
 pub struct SidecarArgs {
     /// Discovery's xDS address; port 15010 means plaintext, anything else TLS verified with the
     /// mesh root (Istio's `discoveryAddress`)
-    #[arg(long, env = "DISCOVERY_ADDRESS", default_value = "istiod.istio-system.svc:15012")]
+    #[arg(
+        long,
+        env = "DISCOVERY_ADDRESS",
+        default_value = "istiod.istio-system.svc:15012"
+    )]
     discovery_address: String,
     /// The name discovery's certificate must carry (default: the host of the address)
     #[arg(long)]
@@ -228,6 +232,7 @@ fn settings(args: SidecarArgs) -> anyhow::Result<(SidecarSettings, usize)> {
                 XdsProtocol::Delta => Protocol::Delta,
                 XdsProtocol::Sotw => Protocol::StateOfTheWorld,
             },
+            mark: args.proxy_mark,
         },
         ca: CaSettings {
             server_name: args
@@ -239,6 +244,7 @@ fn settings(args: SidecarArgs) -> anyhow::Result<(SidecarSettings, usize)> {
             token_path: args.token_path.clone(),
             cluster_id: args.cluster_id.clone(),
             ttl: args.cert_ttl,
+            mark: args.proxy_mark,
         },
         workload,
         listen: Listen {
@@ -302,12 +308,19 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert!(parse_duration("1d").unwrap_err().contains("`d`"));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
     }
 
     #[test]
     fn addresses_split_into_host_and_port() {
-        assert_eq!(host_of("istiod.istio-system.svc:15012"), "istiod.istio-system.svc");
+        assert_eq!(
+            host_of("istiod.istio-system.svc:15012"),
+            "istiod.istio-system.svc"
+        );
         assert_eq!(port_of("10.0.0.1:15010"), Some(15010));
         assert_eq!(host_of("[::1]:15012"), "::1");
     }

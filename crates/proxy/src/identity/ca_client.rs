@@ -24,6 +24,8 @@ pub struct CaSettings {
     pub cluster_id: String,
     /// Requested certificate lifetime.
     pub ttl: Duration,
+    /// The socket mark of the proxy's own connections.
+    pub mark: u32,
 }
 
 impl CaSettings {
@@ -74,8 +76,8 @@ impl CaSettings {
             .tls_config(tls)
             .map_err(|e| self.connect_error(e))?
             .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect()
+            .timeout(CALL_TIMEOUT);
+        let channel = crate::control_channel::marked_channel(&channel, self.mark)
             .await
             .map_err(|e| self.connect_error(describe(&e)))?;
         let mut request = tonic::Request::new(IstioCertificateRequest {

@@ -1,0 +1,365 @@
+//! The seeds' promise, end to end, in network namespaces built here: a plain
+//! `curl http://helloworld.sample:5000/hello` in a pod with a sidecar (DNS and capture, no proxy
+//! settings in curl) gets helloworld's answer over mutual TLS. Discovery and the lab API servers
+//! run in a control-plane namespace; every proxy is a real `causeway proxy sidecar` process.
+//! Needs root (CI is root).
+
+use causeway_discovery::testing::mesh::{MeshOptions, two_cluster_mesh_with};
+use causeway_lab::netns::Namespace;
+use causeway_lab::testing::fixtures;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CAUSEWAY: &str = env!("CARGO_BIN_EXE_causeway");
+const CONTROL_IP: &str = "10.0.1.1";
+const WAIT: Duration = Duration::from_secs(40);
+
+/// What the control plane hands the pods.
+struct ControlPlane {
+    secure_xds: SocketAddr,
+    roots_pem: String,
+    tokens: Vec<(String, String)>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<(), causeway_lab::netns::NetnsError>>,
+}
+
+impl ControlPlane {
+    fn token(&self, account: &str) -> &str {
+        &self
+            .tokens
+            .iter()
+            .find(|(name, _)| name == account)
+            .expect("a token was made for the account")
+            .1
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs both lab API servers and discovery inside `namespace`, listening on `CONTROL_IP`.
+fn start_control_plane(namespace: &Namespace, options: MeshOptions) -> ControlPlane {
+    let (ready, started) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = namespace.spawn_inside(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let mesh = two_cluster_mesh_with(options).await;
+            let mut tokens = Vec::new();
+            for account in ["sleep", "helloworld"] {
+                let token = fixtures::service_account_token(
+                    &mesh.client01,
+                    "sample",
+                    account,
+                    &["istio-ca"],
+                )
+                .await;
+                tokens.push((account.to_owned(), token));
+            }
+            ready
+                .send((
+                    mesh.discovery.secure_xds_address,
+                    mesh.discovery.roots_pem(),
+                    tokens,
+                ))
+                .expect("the test waits");
+            let _ = stopped.await;
+            mesh.discovery.shutdown().await;
+        });
+    });
+    let (secure_xds, roots_pem, tokens) = started
+        .recv_timeout(WAIT)
+        .expect("the control plane starts in its namespace");
+    ControlPlane {
+        secure_xds,
+        roots_pem,
+        tokens,
+        stop,
+        thread,
+    }
+}
+
+/// A pod: its namespace (linked to `router` with `<ip>/24`, the router on `.1`), its files,
+/// and the processes started in it, killed when the namespace goes.
+struct Pod {
+    name: &'static str,
+    ip: String,
+    namespace: Namespace,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn gateway_of(ip: &str) -> String {
+    let mut octets: Vec<&str> = ip.split('.').collect();
+    octets[3] = "1";
+    octets.join(".")
+}
+
+impl Pod {
+    fn create(name: &'static str, ip: &str, router: &Namespace, dir: &Path, index: usize) -> Pod {
+        let namespace = Namespace::create(&format!("pod-{name}")).expect("a pod namespace");
+        let gateway = gateway_of(ip);
+        namespace
+            .link(
+                "eth0",
+                &format!("{ip}/24"),
+                router,
+                &format!("veth{index}"),
+                &format!("{gateway}/24"),
+            )
+            .expect("the pod is linked to its network");
+        namespace
+            .route("default", &gateway)
+            .expect("a default route");
+        namespace
+            .set_resolv_conf(
+                "nameserver 10.96.0.10\nsearch sample.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+            )
+            .expect("the pod's resolv.conf");
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Pod {
+            name,
+            ip: ip.to_owned(),
+            namespace,
+            dir,
+            children: Vec::new(),
+        }
+    }
+
+    /// istio-init, then the sidecar, with the injector's environment.
+    fn inject(&mut self, control: &ControlPlane, account: &str, labels: &str) {
+        let init = self
+            .namespace
+            .command(CAUSEWAY)
+            .args(["proxy", "init", "--capture-dns"])
+            .output()
+            .expect("causeway proxy init runs");
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        std::fs::write(self.dir.join("root-cert.pem"), &control.roots_pem).unwrap();
+        std::fs::write(self.dir.join("istio-token"), control.token(account)).unwrap();
+        let stdout = std::fs::File::create(self.dir.join("sidecar.stdout")).unwrap();
+        let stderr = std::fs::File::create(self.dir.join("sidecar.stderr")).unwrap();
+        let sidecar = self
+            .namespace
+            .command(CAUSEWAY)
+            .args(["proxy", "sidecar", "--concurrency", "1"])
+            .arg("--discovery-address")
+            .arg(control.secure_xds.to_string())
+            .args(["--discovery-server-name", "istiod.istio-system.svc"])
+            .arg("--root-cert")
+            .arg(self.dir.join("root-cert.pem"))
+            .arg("--token-path")
+            .arg(self.dir.join("istio-token"))
+            .args(["--labels-file", "/nonexistent"])
+            .env("POD_NAME", self.name)
+            .env("POD_NAMESPACE", "sample")
+            .env("INSTANCE_IP", &self.ip)
+            .env("SERVICE_ACCOUNT", account)
+            .env("ISTIO_META_CLUSTER_ID", "cluster01")
+            .env("ISTIO_META_NETWORK", "network1")
+            .env("ISTIO_META_DNS_CAPTURE", "true")
+            .env("ISTIO_METAJSON_LABELS", labels)
+            .env("ACCESS_LOG_FILE", "/dev/stdout")
+            .env("RUST_LOG", "info")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("the sidecar starts");
+        self.children.push(sidecar);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let code = self
+                .namespace
+                .run(
+                    "curl",
+                    &[
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "http://127.0.0.1:15021/healthz/ready",
+                    ],
+                )
+                .unwrap_or_default();
+            if code == "200" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sidecar of {} is not ready ({code}); its log:\n{}",
+                self.name,
+                self.log("sidecar.stderr")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+
+    /// helloworld's answer on 5000, as the sample's image gives it.
+    fn run_helloworld(&mut self, version: &str) {
+        let program = format!(
+            "import http.server\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   protocol_version = 'HTTP/1.1'\n\
+             \x20   def do_GET(self):\n\
+             \x20       body = b'Hello version: {version}, instance: {}\\n'\n\
+             \x20       self.send_response(200)\n\
+             \x20       self.send_header('Content-Length', str(len(body)))\n\
+             \x20       self.end_headers()\n\
+             \x20       self.wfile.write(body)\n\
+             \x20   def log_message(self, *args):\n\
+             \x20       pass\n\
+             http.server.ThreadingHTTPServer(('0.0.0.0', 5000), H).serve_forever()\n",
+            self.name
+        );
+        let child = self
+            .namespace
+            .command("python3")
+            .args(["-c", &program])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 runs helloworld");
+        self.children.push(child);
+    }
+
+    /// `curl` inside the pod: the body, or the error.
+    fn curl(&self, url: &str) -> Result<String, String> {
+        let output = self
+            .namespace
+            .command("curl")
+            .args(["-sS", "--max-time", "5", url])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+}
+
+fn eventually_curl(pod: &Pod, url: &str, wanted: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let result = pod.curl(url);
+        if let Ok(body) = &result
+            && body.contains(wanted)
+        {
+            return body.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} from {} never answered `{wanted}`: {result:?}\nsidecar log:\n{}",
+            pod.name,
+            pod.log("sidecar.stderr")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
+    let _ = Command::new("true").status();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Namespace::create("control").unwrap();
+    let network1 = Namespace::create("network1").unwrap();
+    network1.enable_forwarding().unwrap();
+    control
+        .link(
+            "eth0",
+            &format!("{CONTROL_IP}/24"),
+            &network1,
+            "veth0",
+            "10.0.1.2/24",
+        )
+        .unwrap();
+    control.route("10.10.0.0/16", "10.0.1.2").unwrap();
+
+    let plane = start_control_plane(
+        &control,
+        MeshOptions {
+            discovery_ip: CONTROL_IP.parse().unwrap(),
+            v1_ip: "10.10.5.2",
+            ..MeshOptions::default()
+        },
+    );
+    let mut helloworld = Pod::create("helloworld-v1", "10.10.5.2", &network1, dir.path(), 1);
+    helloworld.run_helloworld("v1");
+    helloworld.inject(
+        &plane,
+        "helloworld",
+        r#"{"app":"helloworld","version":"v1"}"#,
+    );
+    let mut sleep = Pod::create("sleep", "10.10.9.2", &network1, dir.path(), 2);
+    sleep.inject(&plane, "sleep", r#"{"app":"sleep"}"#);
+
+    let body = eventually_curl(
+        &sleep,
+        "http://helloworld.sample:5000/hello",
+        "Hello version: v1",
+    );
+    assert_eq!(body, "Hello version: v1, instance: helloworld-v1\n");
+
+    // The client's sidecar sent it to the service's cluster; the server's received it over mTLS
+    // with the SNI the client set.
+    let client_log = sleep.log("sidecar.stdout");
+    assert!(
+        client_log.contains("outbound|5000||helloworld.sample.svc.cluster.local"),
+        "{client_log}"
+    );
+    let server_log = helloworld.log("sidecar.stdout");
+    assert!(
+        server_log.contains("outbound_.5000_._.helloworld.sample.svc.cluster.local"),
+        "{server_log}"
+    );
+    let metrics = sleep
+        .namespace
+        .run("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"])
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |line| line.starts_with("istio_tcp_connections_opened_total{")
+                && line.contains("connection_security_policy=\"mutual_tls\"")
+                && line.contains("destination_service=\"helloworld.sample.svc.cluster.local\"")
+        ),
+        "{metrics}"
+    );
+
+    assert!(
+        !client_log.contains(CONTROL_IP),
+        "the sidecar's own connections to discovery carry its mark and are not captured:\n{client_log}"
+    );
+    drop(sleep);
+    drop(helloworld);
+    plane.stop();
+}
