@@ -7,9 +7,8 @@
 use causeway_discovery::testing::mesh::{MeshOptions, two_cluster_mesh_with};
 use causeway_lab::netns::Namespace;
 use causeway_lab::testing::fixtures;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const CAUSEWAY: &str = env!("CARGO_BIN_EXE_causeway");
@@ -18,7 +17,8 @@ const WAIT: Duration = Duration::from_secs(40);
 
 /// What the control plane hands the pods.
 struct ControlPlane {
-    secure_xds: SocketAddr,
+    /// Discovery's TLS port (it listens on every address of its namespace).
+    secure_port: u16,
     roots_pem: String,
     tokens: Vec<(String, String)>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -26,11 +26,13 @@ struct ControlPlane {
 }
 
 impl ControlPlane {
-    fn token(&self, account: &str) -> &str {
+    /// A token of `account` in `sample`, signed by `cluster`'s API server.
+    fn token(&self, cluster: &str, account: &str) -> &str {
+        let key = format!("{cluster}/{account}");
         &self
             .tokens
             .iter()
-            .find(|(name, _)| name == account)
+            .find(|(name, _)| *name == key)
             .expect("a token was made for the account")
             .1
     }
@@ -41,8 +43,14 @@ impl ControlPlane {
     }
 }
 
-/// Runs both lab API servers and discovery inside `namespace`, listening on `CONTROL_IP`.
-fn start_control_plane(namespace: &Namespace, options: MeshOptions) -> ControlPlane {
+/// Runs both lab API servers and discovery inside `namespace` (discovery on every address of
+/// it), and applies `manifest` (the seeds' `expose-services.yaml`, say) to cluster01's
+/// `istio-system`.
+fn start_control_plane(
+    namespace: &Namespace,
+    options: MeshOptions,
+    manifest: Option<&'static str>,
+) -> ControlPlane {
     let (ready, started) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = namespace.spawn_inside(move || {
@@ -53,20 +61,22 @@ fn start_control_plane(namespace: &Namespace, options: MeshOptions) -> ControlPl
             .expect("a runtime");
         runtime.block_on(async move {
             let mesh = two_cluster_mesh_with(options).await;
+            if let Some(manifest) = manifest {
+                apply(&mesh.client01, manifest).await;
+            }
             let mut tokens = Vec::new();
-            for account in ["sleep", "helloworld"] {
-                let token = fixtures::service_account_token(
-                    &mesh.client01,
-                    "sample",
-                    account,
-                    &["istio-ca"],
-                )
-                .await;
-                tokens.push((account.to_owned(), token));
+            for (cluster, client, account) in [
+                ("cluster01", &mesh.client01, "sleep"),
+                ("cluster01", &mesh.client01, "helloworld"),
+                ("cluster02", &mesh.client02, "helloworld"),
+            ] {
+                let token =
+                    fixtures::service_account_token(client, "sample", account, &["istio-ca"]).await;
+                tokens.push((format!("{cluster}/{account}"), token));
             }
             ready
                 .send((
-                    mesh.discovery.secure_xds_address,
+                    mesh.discovery.secure_xds_address.port(),
                     mesh.discovery.roots_pem(),
                     tokens,
                 ))
@@ -75,15 +85,33 @@ fn start_control_plane(namespace: &Namespace, options: MeshOptions) -> ControlPl
             mesh.discovery.shutdown().await;
         });
     });
-    let (secure_xds, roots_pem, tokens) = started
+    let (secure_port, roots_pem, tokens) = started
         .recv_timeout(WAIT)
         .expect("the control plane starts in its namespace");
     ControlPlane {
-        secure_xds,
+        secure_port,
         roots_pem,
         tokens,
         stop,
         thread,
+    }
+}
+
+async fn apply(client: &kube::Client, manifest: &str) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/samples")
+        .join(manifest);
+    let text = std::fs::read_to_string(&path).expect("the sample exists");
+    for document in text.split("\n---") {
+        let object: DynamicObject = serde_saphyr::from_str(document).expect("a Kubernetes object");
+        let types = object.types.clone().expect("apiVersion and kind");
+        let (group, version) = types.api_version.split_once('/').expect("a group");
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+        kube::Api::<DynamicObject>::namespaced_with(client.clone(), "istio-system", &resource)
+            .create(&PostParams::default(), &object)
+            .await
+            .expect("the object is created");
     }
 }
 
@@ -105,6 +133,21 @@ impl Drop for Pod {
         }
     }
 }
+
+#[derive(Clone, Copy)]
+struct Site {
+    cluster: &'static str,
+    network: &'static str,
+}
+
+const CLUSTER01: Site = Site {
+    cluster: "cluster01",
+    network: "network1",
+};
+const CLUSTER02: Site = Site {
+    cluster: "cluster02",
+    network: "network2",
+};
 
 fn gateway_of(ip: &str) -> String {
     let mut octets: Vec<&str> = ip.split('.').collect();
@@ -144,8 +187,16 @@ impl Pod {
         }
     }
 
-    /// istio-init, then the sidecar, with the injector's environment.
-    fn inject(&mut self, control: &ControlPlane, account: &str, labels: &str) {
+    /// istio-init, then the sidecar, with the injector's environment. `control_ip`: the
+    /// control plane's address as this pod reaches it.
+    fn inject(
+        &mut self,
+        control: &ControlPlane,
+        control_ip: &str,
+        site: Site,
+        account: &str,
+        labels: &str,
+    ) {
         let init = self
             .namespace
             .command(CAUSEWAY)
@@ -158,7 +209,11 @@ impl Pod {
             String::from_utf8_lossy(&init.stderr)
         );
         std::fs::write(self.dir.join("root-cert.pem"), &control.roots_pem).unwrap();
-        std::fs::write(self.dir.join("istio-token"), control.token(account)).unwrap();
+        std::fs::write(
+            self.dir.join("istio-token"),
+            control.token(site.cluster, account),
+        )
+        .unwrap();
         let stdout = std::fs::File::create(self.dir.join("sidecar.stdout")).unwrap();
         let stderr = std::fs::File::create(self.dir.join("sidecar.stderr")).unwrap();
         let sidecar = self
@@ -166,7 +221,7 @@ impl Pod {
             .command(CAUSEWAY)
             .args(["proxy", "sidecar", "--concurrency", "1"])
             .arg("--discovery-address")
-            .arg(control.secure_xds.to_string())
+            .arg(format!("{control_ip}:{}", control.secure_port))
             .args(["--discovery-server-name", "istiod.istio-system.svc"])
             .arg("--root-cert")
             .arg(self.dir.join("root-cert.pem"))
@@ -177,8 +232,8 @@ impl Pod {
             .env("POD_NAMESPACE", "sample")
             .env("INSTANCE_IP", &self.ip)
             .env("SERVICE_ACCOUNT", account)
-            .env("ISTIO_META_CLUSTER_ID", "cluster01")
-            .env("ISTIO_META_NETWORK", "network1")
+            .env("ISTIO_META_CLUSTER_ID", site.cluster)
+            .env("ISTIO_META_NETWORK", site.network)
             .env("ISTIO_META_DNS_CAPTURE", "true")
             .env("ISTIO_METAJSON_LABELS", labels)
             .env("ACCESS_LOG_FILE", "/dev/stdout")
@@ -289,7 +344,6 @@ fn eventually_curl(pod: &Pod, url: &str, wanted: &str) -> String {
 
 #[test]
 fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
-    let _ = Command::new("true").status();
     let dir = tempfile::tempdir().unwrap();
     let control = Namespace::create("control").unwrap();
     let network1 = Namespace::create("network1").unwrap();
@@ -308,20 +362,23 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
     let plane = start_control_plane(
         &control,
         MeshOptions {
-            discovery_ip: CONTROL_IP.parse().unwrap(),
+            discovery_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             v1_ip: "10.10.5.2",
             ..MeshOptions::default()
         },
+        None,
     );
     let mut helloworld = Pod::create("helloworld-v1", "10.10.5.2", &network1, dir.path(), 1);
     helloworld.run_helloworld("v1");
     helloworld.inject(
         &plane,
+        CONTROL_IP,
+        CLUSTER01,
         "helloworld",
         r#"{"app":"helloworld","version":"v1"}"#,
     );
     let mut sleep = Pod::create("sleep", "10.10.9.2", &network1, dir.path(), 2);
-    sleep.inject(&plane, "sleep", r#"{"app":"sleep"}"#);
+    sleep.inject(&plane, CONTROL_IP, CLUSTER01, "sleep", r#"{"app":"sleep"}"#);
 
     let body = eventually_curl(
         &sleep,
@@ -361,5 +418,200 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
     );
     drop(sleep);
     drop(helloworld);
+    plane.stop();
+}
+
+/// The east-west gateway of network2, as `causeway proxy router` in its own namespace: outside
+/// on network1's side (`172.18.255.2`, the LoadBalancer address), inside on network2's.
+fn start_gateway(
+    network1: &Namespace,
+    network2: &Namespace,
+    plane: &ControlPlane,
+    dir: &Path,
+) -> (Namespace, Child) {
+    let gateway = Namespace::create("eastwest").unwrap();
+    gateway
+        .link(
+            "ext0",
+            "172.18.255.2/24",
+            network1,
+            "vethgw",
+            "172.18.255.1/24",
+        )
+        .unwrap();
+    gateway
+        .link(
+            "int0",
+            "10.20.250.2/24",
+            network2,
+            "vethgw",
+            "10.20.250.1/24",
+        )
+        .unwrap();
+    gateway.route("10.20.0.0/16", "10.20.250.1").unwrap();
+    gateway.route("10.0.2.0/24", "10.20.250.1").unwrap();
+    gateway.route("10.10.0.0/16", "172.18.255.1").unwrap();
+    std::fs::write(dir.join("gateway-root-cert.pem"), &plane.roots_pem).unwrap();
+    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+    let router = gateway
+        .command(CAUSEWAY)
+        .args([
+            "proxy",
+            "router",
+            "--concurrency",
+            "1",
+            "--labels-file",
+            "/nonexistent",
+        ])
+        .arg("--discovery-address")
+        .arg(format!("10.0.2.1:{}", plane.secure_port))
+        .args(["--discovery-server-name", "istiod.istio-system.svc"])
+        .arg("--root-cert")
+        .arg(dir.join("gateway-root-cert.pem"))
+        .env("POD_NAME", "istio-eastwestgateway-7f9c8b6d5-k2x4p")
+        .env("POD_NAMESPACE", "istio-system")
+        .env("INSTANCE_IP", "10.20.250.2")
+        .env("SERVICE_ACCOUNT", "istio-eastwestgateway-service-account")
+        .env("ISTIO_META_CLUSTER_ID", "cluster02")
+        .env("ISTIO_META_NETWORK", "network2")
+        .env("ISTIO_META_ROUTER_MODE", "sni-dnat")
+        .env("ISTIO_META_REQUESTED_NETWORK_VIEW", "network2")
+        .env(
+            "ISTIO_METAJSON_LABELS",
+            r#"{"istio":"eastwestgateway","topology.istio.io/network":"network2"}"#,
+        )
+        .env("ACCESS_LOG_FILE", "/dev/stdout")
+        .stdout(log("router.stdout"))
+        .stderr(log("router.stderr"))
+        .spawn()
+        .expect("the router starts");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listening = gateway
+            .run("sh", &["-c", "ss -ltn | grep -c ':15443 ' || true"])
+            .unwrap_or_default();
+        if listening.trim() == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router never listened on 15443:\n{}",
+            std::fs::read_to_string(dir.join("router.stderr")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (gateway, router)
+}
+
+#[test]
+fn another_network_is_reached_only_through_its_east_west_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = Namespace::create("control").unwrap();
+    let network1 = Namespace::create("network1").unwrap();
+    let network2 = Namespace::create("network2").unwrap();
+    network1.enable_forwarding().unwrap();
+    network2.enable_forwarding().unwrap();
+    control
+        .link(
+            "eth0",
+            &format!("{CONTROL_IP}/24"),
+            &network1,
+            "veth0",
+            "10.0.1.2/24",
+        )
+        .unwrap();
+    control
+        .link("eth1", "10.0.2.1/24", &network2, "veth0", "10.0.2.2/24")
+        .unwrap();
+    control.route("10.10.0.0/16", "10.0.1.2").unwrap();
+    control.route("10.20.0.0/16", "10.0.2.2").unwrap();
+
+    let plane = start_control_plane(
+        &control,
+        MeshOptions {
+            gateway: true,
+            discovery_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            v1_ip: "10.10.5.2",
+            v2_ip: "10.20.5.2",
+            gateway_ip: "172.18.255.2",
+            ..MeshOptions::default()
+        },
+        Some("expose-services.yaml"),
+    );
+    let (gateway, mut router) = start_gateway(&network1, &network2, &plane, dir.path());
+    let mut v1 = Pod::create("helloworld-v1", "10.10.5.2", &network1, dir.path(), 1);
+    v1.run_helloworld("v1");
+    v1.inject(
+        &plane,
+        CONTROL_IP,
+        CLUSTER01,
+        "helloworld",
+        r#"{"app":"helloworld","version":"v1"}"#,
+    );
+    let mut v2 = Pod::create("helloworld-v2", "10.20.5.2", &network2, dir.path(), 1);
+    v2.run_helloworld("v2");
+    v2.inject(
+        &plane,
+        "10.0.2.1",
+        CLUSTER02,
+        "helloworld",
+        r#"{"app":"helloworld","version":"v2"}"#,
+    );
+    let mut sleep = Pod::create("sleep", "10.10.9.2", &network1, dir.path(), 2);
+    sleep.inject(&plane, CONTROL_IP, CLUSTER01, "sleep", r#"{"app":"sleep"}"#);
+
+    // The networks are isolated: network1 has no route to network2's pods.
+    let direct = network1
+        .command("curl")
+        .args(["-sS", "--max-time", "2", "http://10.20.5.2:5000/hello"])
+        .output()
+        .unwrap();
+    assert!(
+        !direct.status.success(),
+        "network1 must not reach 10.20.5.2 directly"
+    );
+
+    eventually_curl(
+        &sleep,
+        "http://helloworld.sample:5000/hello",
+        "Hello version: v2",
+    );
+    let mut versions = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let body = sleep
+            .curl("http://helloworld.sample:5000/hello")
+            .expect("an answer");
+        let version = body.split(',').next().unwrap_or_default().to_owned();
+        *versions.entry(version).or_insert(0) += 1;
+    }
+    assert_eq!(
+        versions.keys().cloned().collect::<Vec<_>>(),
+        ["Hello version: v1", "Hello version: v2"],
+        "round robin over both clusters: {versions:?}"
+    );
+
+    // v2 was reached through the gateway, with the service's SNI, and only through it.
+    let router_log = std::fs::read_to_string(dir.path().join("router.stdout")).unwrap();
+    assert!(
+        router_log.contains("outbound_.5000_._.helloworld.sample.svc.cluster.local")
+            && router_log.contains("10.20.5.2:5000"),
+        "{router_log}"
+    );
+    let v2_log = v2.log("sidecar.stdout");
+    let inbound: Vec<&str> = v2_log
+        .lines()
+        .filter(|line| line.contains("inbound|5000||"))
+        .collect();
+    assert!(!inbound.is_empty(), "{v2_log}");
+    for line in &inbound {
+        assert!(
+            line.contains(" 10.20.250.2:"),
+            "v2 is reached from the gateway only: {line}"
+        );
+    }
+
+    let _ = router.kill();
+    let _ = router.wait();
+    drop((sleep, v1, v2, gateway));
     plane.stop();
 }

@@ -17,6 +17,9 @@ pub enum ProxyCommand {
     /// Run the sidecar proxy of one pod (what Istio's injector adds as `istio-proxy`): xDS from
     /// discovery, a certificate from its CA, captured traffic on 15001/15006, DNS on 15053
     Sidecar(Box<sidecar::SidecarArgs>),
+    /// Run the east-west gateway (`ISTIO_META_ROUTER_MODE=sni-dnat`): routes mTLS by SNI to
+    /// this network's endpoints without terminating it
+    Router(Box<sidecar::RouterArgs>),
 }
 
 #[derive(Args)]
@@ -73,7 +76,8 @@ fn inbound_ports(text: &str) -> anyhow::Result<InboundPorts> {
 pub fn run(command: ProxyCommand) -> anyhow::Result<()> {
     match command {
         ProxyCommand::Init(args) => init(args),
-        ProxyCommand::Sidecar(args) => sidecar::run(*args),
+        ProxyCommand::Sidecar(args) => sidecar::run_sidecar(*args),
+        ProxyCommand::Router(args) => sidecar::run_router(*args),
     }
 }
 

@@ -1,11 +1,12 @@
-//! `causeway proxy sidecar`: flags named after, and environment variables as set by, Istio's
-//! sidecar injector, so that an injected pod spec runs it unchanged.
+//! `causeway proxy sidecar` and `causeway proxy router`: flags named after, and environment
+//! variables as set by, Istio's sidecar injector and gateway charts, so that an injected pod
+//! spec or the east-west gateway's Deployment runs them unchanged.
 
 use anyhow::Context;
 use causeway_proxy::ads::{AdsSettings, Protocol};
 use causeway_proxy::bootstrap::{Role, Workload, parse_labels_file};
 use causeway_proxy::identity::CaSettings;
-use causeway_proxy::sidecar::{Listen, SidecarSettings};
+use causeway_proxy::launch::{Listen, ProxySettings};
 use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,8 +19,9 @@ pub enum XdsProtocol {
     Sotw,
 }
 
+/// What sidecars and routers share.
 #[derive(Args, Debug)]
-pub struct SidecarArgs {
+pub struct CommonArgs {
     /// Discovery's xDS address; port 15010 means plaintext, anything else TLS verified with the
     /// mesh root (Istio's `discoveryAddress`)
     #[arg(
@@ -67,42 +69,20 @@ pub struct SidecarArgs {
     /// A pod label, `key=value` (repeatable)
     #[arg(long = "label")]
     labels: Vec<String>,
-    /// The pod's service-account token for the CA (the `istio-token` projected volume)
-    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
-    token_path: PathBuf,
     /// The mesh root certificates (the `istio-ca-root-cert` ConfigMap)
     #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
     root_cert: PathBuf,
     #[arg(long, value_enum, default_value = "delta")]
     xds_protocol: XdsProtocol,
-    /// Requested workload certificate lifetime (Istio's `SECRET_TTL`), e.g. `24h`, `90m`, `30s`
-    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
-    cert_ttl: Duration,
     /// The socket mark on the proxy's own connections (capture lets them pass)
     #[arg(long, default_value_t = 1337)]
     proxy_mark: u32,
-    /// Answer DNS on the DNS port (Istio's `ISTIO_META_DNS_CAPTURE`)
-    #[arg(long, env = "ISTIO_META_DNS_CAPTURE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
-    capture_dns: bool,
-    /// Resolvers for names outside the mesh (default: `nameserver` lines of /etc/resolv.conf)
-    #[arg(long, value_delimiter = ',')]
-    upstream_dns: Vec<SocketAddr>,
     /// `meshConfig.accessLogFile` (`/dev/stdout` for the container log); no access log if unset
     #[arg(long, env = "ACCESS_LOG_FILE")]
     access_log_file: Option<String>,
     /// `meshConfig.accessLogFormat`; Istio's default text format if unset
     #[arg(long, env = "ACCESS_LOG_FORMAT")]
     access_log_format: Option<String>,
-    /// How long inbound waits for a client's first bytes on a PERMISSIVE port before taking the
-    /// connection as plaintext
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    protocol_detection_timeout: Duration,
-    #[arg(long, default_value_t = 15001)]
-    outbound_port: u16,
-    #[arg(long, default_value_t = 15006)]
-    inbound_port: u16,
-    #[arg(long, default_value_t = 15053)]
-    dns_port: u16,
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
     #[arg(long, default_value_t = 15090)]
@@ -114,6 +94,50 @@ pub struct SidecarArgs {
     /// Worker threads (Istio's `concurrency`)
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SidecarArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The pod's service-account token for the CA (the `istio-token` projected volume)
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    token_path: PathBuf,
+    /// Requested workload certificate lifetime (Istio's `SECRET_TTL`), e.g. `24h`, `90m`, `30s`
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// Answer DNS on the DNS port (Istio's `ISTIO_META_DNS_CAPTURE`)
+    #[arg(long, env = "ISTIO_META_DNS_CAPTURE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    capture_dns: bool,
+    /// Resolvers for names outside the mesh (default: `nameserver` lines of /etc/resolv.conf)
+    #[arg(long, value_delimiter = ',')]
+    upstream_dns: Vec<SocketAddr>,
+    /// How long inbound waits for a client's first bytes on a PERMISSIVE port before taking the
+    /// connection as plaintext
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    protocol_detection_timeout: Duration,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    #[arg(long, default_value_t = 15053)]
+    dns_port: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct RouterArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Must be `sni-dnat`, the east-west gateway's mode (Istio's `ISTIO_META_ROUTER_MODE`)
+    #[arg(long, env = "ISTIO_META_ROUTER_MODE", default_value = "sni-dnat")]
+    router_mode: String,
+    /// Networks whose endpoints this gateway serves, comma-separated (Istio's
+    /// `ISTIO_META_REQUESTED_NETWORK_VIEW`; default: its own network)
+    #[arg(long, env = "ISTIO_META_REQUESTED_NETWORK_VIEW", value_delimiter = ',')]
+    requested_network_view: Vec<String>,
+    /// Where the router ports (15443, ...) are bound
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -150,7 +174,7 @@ fn port_of(address: &str) -> Option<u16> {
     address.rsplit_once(':')?.1.parse().ok()
 }
 
-fn labels(args: &SidecarArgs) -> anyhow::Result<BTreeMap<String, String>> {
+fn labels(args: &CommonArgs) -> anyhow::Result<BTreeMap<String, String>> {
     let mut labels = BTreeMap::new();
     if args.labels_file.exists() {
         let text = std::fs::read_to_string(&args.labels_file)
@@ -185,23 +209,18 @@ fn resolv_conf_servers(path: &Path) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn settings(args: SidecarArgs) -> anyhow::Result<(SidecarSettings, usize)> {
-    let plaintext = port_of(&args.discovery_address) == Some(15010);
-    let discovery_host = host_of(&args.discovery_address).to_owned();
-    let ca_address = args.ca_address.clone().unwrap_or_else(|| {
-        if plaintext {
-            format!("{discovery_host}:15012")
-        } else {
-            args.discovery_address.clone()
-        }
-    });
+fn plaintext(args: &CommonArgs) -> bool {
+    port_of(&args.discovery_address) == Some(15010)
+}
+
+/// The settings both roles share; the caller fills in the role's own.
+fn common_settings(args: &CommonArgs, role: Role) -> anyhow::Result<ProxySettings> {
     let server_name = args
         .discovery_server_name
         .clone()
-        .unwrap_or_else(|| discovery_host.clone());
-    let labels = labels(&args)?;
+        .unwrap_or_else(|| host_of(&args.discovery_address).to_owned());
     let workload = Workload {
-        role: Role::Sidecar,
+        role,
         pod_name: args.pod_name.clone(),
         namespace: args.pod_namespace.clone(),
         ip: args.pod_ip,
@@ -211,21 +230,16 @@ fn settings(args: SidecarArgs) -> anyhow::Result<(SidecarSettings, usize)> {
         mesh_id: args.mesh_id.clone(),
         trust_domain: args.trust_domain.clone(),
         domain_suffix: args.domain_suffix.clone(),
-        labels,
+        labels: labels(args)?,
         workload_name: args.workload_name.clone(),
         requested_network_view: Vec::new(),
     };
     let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
     let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let upstream_dns = if args.upstream_dns.is_empty() {
-        resolv_conf_servers(Path::new("/etc/resolv.conf"))
-    } else {
-        args.upstream_dns.clone()
-    };
-    let settings = SidecarSettings {
+    Ok(ProxySettings {
         ads: AdsSettings {
             address: args.discovery_address.clone(),
-            tls_server_name: (!plaintext).then(|| server_name.clone()),
+            tls_server_name: (!plaintext(args)).then_some(server_name),
             root_cert: args.root_cert.clone(),
             node: workload.node(),
             protocol: match args.xds_protocol {
@@ -234,27 +248,14 @@ fn settings(args: SidecarArgs) -> anyhow::Result<(SidecarSettings, usize)> {
             },
             mark: args.proxy_mark,
         },
-        ca: CaSettings {
-            server_name: args
-                .discovery_server_name
-                .clone()
-                .unwrap_or_else(|| host_of(&ca_address).to_owned()),
-            address: ca_address,
-            root_cert: args.root_cert.clone(),
-            token_path: args.token_path.clone(),
-            cluster_id: args.cluster_id.clone(),
-            ttl: args.cert_ttl,
-            mark: args.proxy_mark,
-        },
+        ca: None,
         workload,
         listen: Listen {
-            outbound: any(args.outbound_port),
-            inbound: any(args.inbound_port),
-            dns: args.capture_dns.then(|| local(args.dns_port)),
             admin: local(args.admin_port),
             prometheus: any(args.stats_port),
             merged: any(args.status_port),
             health: any(args.health_port),
+            ..Listen::default()
         },
         mark: args.proxy_mark,
         access_log: args
@@ -262,13 +263,68 @@ fn settings(args: SidecarArgs) -> anyhow::Result<(SidecarSettings, usize)> {
             .clone()
             .filter(|path| !path.is_empty())
             .map(|path| (path, args.access_log_format.clone())),
-        permissive_sniff_timeout: args.protocol_detection_timeout,
-        upstream_dns,
-    };
-    Ok((settings, args.concurrency.max(1)))
+        permissive_sniff_timeout: Duration::from_secs(1),
+        upstream_dns: Vec::new(),
+    })
 }
 
-pub fn run(args: SidecarArgs) -> anyhow::Result<()> {
+fn sidecar_settings(args: &SidecarArgs) -> anyhow::Result<ProxySettings> {
+    let common = &args.common;
+    let mut settings = common_settings(common, Role::Sidecar)?;
+    let ca_address = common.ca_address.clone().unwrap_or_else(|| {
+        if plaintext(common) {
+            format!("{}:15012", host_of(&common.discovery_address))
+        } else {
+            common.discovery_address.clone()
+        }
+    });
+    settings.ca = Some(CaSettings {
+        server_name: common
+            .discovery_server_name
+            .clone()
+            .unwrap_or_else(|| host_of(&ca_address).to_owned()),
+        address: ca_address,
+        root_cert: common.root_cert.clone(),
+        token_path: args.token_path.clone(),
+        cluster_id: common.cluster_id.clone(),
+        ttl: args.cert_ttl,
+        mark: common.proxy_mark,
+    });
+    settings.listen.outbound = SocketAddr::from(([0, 0, 0, 0], args.outbound_port));
+    settings.listen.inbound = SocketAddr::from(([0, 0, 0, 0], args.inbound_port));
+    settings.listen.dns = args
+        .capture_dns
+        .then(|| SocketAddr::from(([127, 0, 0, 1], args.dns_port)));
+    settings.permissive_sniff_timeout = args.protocol_detection_timeout;
+    settings.upstream_dns = if args.upstream_dns.is_empty() {
+        resolv_conf_servers(Path::new("/etc/resolv.conf"))
+    } else {
+        args.upstream_dns.clone()
+    };
+    Ok(settings)
+}
+
+fn router_settings(args: &RouterArgs) -> anyhow::Result<ProxySettings> {
+    if args.router_mode != "sni-dnat" {
+        anyhow::bail!(
+            "router mode `{}` is not supported: the east-west gateway runs `sni-dnat`",
+            args.router_mode
+        );
+    }
+    let mut settings = common_settings(&args.common, Role::Router)?;
+    settings.workload.requested_network_view = args
+        .requested_network_view
+        .iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    settings.ads.node = settings.workload.node();
+    settings.listen.outbound = SocketAddr::new(args.bind, 0);
+    settings.listen.dns = None;
+    Ok(settings)
+}
+
+fn serve(settings: ProxySettings, workers: usize) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -276,8 +332,7 @@ pub fn run(args: SidecarArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let (settings, workers) = settings(args)?;
-    let runtime = if workers == 1 {
+    let runtime = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -289,12 +344,26 @@ pub fn run(args: SidecarArgs) -> anyhow::Result<()> {
     }
     .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let mut sidecar = causeway_proxy::sidecar::start(settings).await?;
+        let mut proxy = causeway_proxy::launch::start(settings).await?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot watch for SIGTERM")?;
         tokio::select! {
-            _ = sidecar.wait() => anyhow::bail!("a sidecar task stopped unexpectedly"),
+            _ = proxy.wait() => anyhow::bail!("a proxy task stopped unexpectedly"),
             _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = terminate.recv() => Ok(()),
         }
     })
+}
+
+pub fn run_sidecar(args: SidecarArgs) -> anyhow::Result<()> {
+    let settings = sidecar_settings(&args)?;
+    serve(settings, args.common.concurrency)
+}
+
+pub fn run_router(args: RouterArgs) -> anyhow::Result<()> {
+    let settings = router_settings(&args)?;
+    serve(settings, args.common.concurrency)
 }
 
 #[cfg(test)]

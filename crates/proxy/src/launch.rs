@@ -1,16 +1,17 @@
-//! A running sidecar: the ADS client, the identity, and the listeners (15001 outbound, 15006
-//! inbound, 15053 DNS, 15000 admin, 15090/15020 metrics, 15021 health), all on one runtime.
+//! A running proxy. A sidecar: the ADS client, the identity, and the listeners (15001 outbound,
+//! 15006 inbound, 15053 DNS). A router: the ADS client and the router ports its configuration
+//! names. Both: 15000 admin, 15090/15020 metrics, 15021 health.
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::ads::{self, AdsSettings, AdsStatus};
 use crate::balancer::Balancer;
-use crate::bootstrap::Workload;
+use crate::bootstrap::{Role, Workload};
 use crate::dataplane::DataPlane;
 use crate::dns::{self, DnsSettings};
 use crate::identity::{self, CaSettings};
 use crate::telemetry::Telemetry;
-use crate::{inbound, outbound};
+use crate::{inbound, outbound, router};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 
 #[derive(Clone, Debug)]
 pub struct Listen {
+    /// For routers, only its IP counts: where the configured router ports are bound.
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
     /// `None`: no DNS proxy.
@@ -45,10 +47,11 @@ impl Default for Listen {
 }
 
 #[derive(Clone, Debug)]
-pub struct SidecarSettings {
+pub struct ProxySettings {
     pub workload: Workload,
     pub ads: AdsSettings,
-    pub ca: CaSettings,
+    /// Sidecars get a certificate; routers splice TLS without one.
+    pub ca: Option<CaSettings>,
     pub listen: Listen,
     pub mark: u32,
     /// `meshConfig.accessLogFile` and `accessLogFormat`.
@@ -78,8 +81,9 @@ pub enum StartError {
 /// The addresses actually bound (tests ask for port 0).
 #[derive(Clone, Debug)]
 pub struct Bound {
-    pub outbound: SocketAddr,
-    pub inbound: SocketAddr,
+    /// Sidecars only.
+    pub outbound: Option<SocketAddr>,
+    pub inbound: Option<SocketAddr>,
     pub dns: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub prometheus: SocketAddr,
@@ -87,14 +91,14 @@ pub struct Bound {
     pub health: SocketAddr,
 }
 
-pub struct RunningSidecar {
+pub struct RunningProxy {
     pub bound: Bound,
     pub dataplane: Arc<DataPlane>,
     pub ads: Arc<AdsStatus>,
     tasks: JoinSet<()>,
 }
 
-impl RunningSidecar {
+impl RunningProxy {
     /// Runs until a task ends (none does unless it fails).
     pub async fn wait(&mut self) {
         let _ = self.tasks.join_next().await;
@@ -117,7 +121,7 @@ fn local(listener: &TcpListener) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-pub async fn start(settings: SidecarSettings) -> Result<RunningSidecar, StartError> {
+pub async fn start(settings: ProxySettings) -> Result<RunningProxy, StartError> {
     let workload = Arc::new(settings.workload.clone());
     let identity = causeway_ca::SpiffeId::new(
         &workload.trust_domain,
@@ -131,13 +135,20 @@ pub async fn start(settings: SidecarSettings) -> Result<RunningSidecar, StartErr
         .transpose()
         .map_err(StartError::AccessLog)?;
     let listen = &settings.listen;
-    let outbound_listener = bind(listen.outbound, "captured outbound traffic").await?;
-    let inbound_listener = bind(listen.inbound, "captured inbound traffic").await?;
+    let sidecar = workload.role == Role::Sidecar;
+    let (outbound_listener, inbound_listener) = if sidecar {
+        (
+            Some(bind(listen.outbound, "captured outbound traffic").await?),
+            Some(bind(listen.inbound, "captured inbound traffic").await?),
+        )
+    } else {
+        (None, None)
+    };
     let admin_listener = bind(listen.admin, "the admin port").await?;
     let prometheus_listener = bind(listen.prometheus, "Prometheus metrics").await?;
     let merged_listener = bind(listen.merged, "merged metrics").await?;
     let health_listener = bind(listen.health, "the health check").await?;
-    let dns_sockets = match listen.dns {
+    let dns_sockets = match listen.dns.filter(|_| sidecar) {
         Some(address) => Some((
             UdpSocket::bind(address)
                 .await
@@ -155,13 +166,19 @@ pub async fn start(settings: SidecarSettings) -> Result<RunningSidecar, StartErr
     let mut ads_settings = settings.ads.clone();
     ads_settings.node = workload.node();
     let (config, ads_status, ads_task) = ads::start(ads_settings);
-    let (tls, identity_task) = identity::start(settings.ca.clone(), identity);
     tasks.spawn(async move {
         let _ = ads_task.await;
     });
-    tasks.spawn(async move {
-        let _ = identity_task.await;
-    });
+    let tls = match &settings.ca {
+        Some(ca) => {
+            let (tls, identity_task) = identity::start(ca.clone(), identity);
+            tasks.spawn(async move {
+                let _ = identity_task.await;
+            });
+            tls
+        }
+        None => tokio::sync::watch::channel(None).1,
+    };
     let dataplane = Arc::new(DataPlane {
         workload: workload.clone(),
         config: config.clone(),
@@ -173,8 +190,8 @@ pub async fn start(settings: SidecarSettings) -> Result<RunningSidecar, StartErr
         permissive_sniff_timeout: settings.permissive_sniff_timeout,
     });
     let bound = Bound {
-        outbound: local(&outbound_listener),
-        inbound: local(&inbound_listener),
+        outbound: outbound_listener.as_ref().map(local),
+        inbound: inbound_listener.as_ref().map(local),
         dns: dns_sockets
             .as_ref()
             .and_then(|(udp, _)| udp.local_addr().ok()),
@@ -183,8 +200,17 @@ pub async fn start(settings: SidecarSettings) -> Result<RunningSidecar, StartErr
         merged: local(&merged_listener),
         health: local(&health_listener),
     };
-    tasks.spawn(outbound::serve(outbound_listener, dataplane.clone()));
-    tasks.spawn(inbound::serve(inbound_listener, dataplane.clone()));
+    if let (Some(outbound_listener), Some(inbound_listener)) = (outbound_listener, inbound_listener)
+    {
+        tasks.spawn(outbound::serve(outbound_listener, dataplane.clone()));
+        tasks.spawn(inbound::serve(inbound_listener, dataplane.clone()));
+    } else {
+        // The gateway's ports come from its configuration (15443, 15012, 15017, ...).
+        tasks.spawn(router::manage_listeners(
+            dataplane.clone(),
+            listen.outbound.ip(),
+        ));
+    }
     if let Some((udp, tcp)) = dns_sockets {
         let dns_settings = DnsSettings {
             search_domains: workload.search_domains(),
@@ -196,7 +222,7 @@ pub async fn start(settings: SidecarSettings) -> Result<RunningSidecar, StartErr
     let state = AdminState {
         dataplane: dataplane.clone(),
         ads: ads_status.clone(),
-        needs_certificate: true,
+        needs_certificate: settings.ca.is_some(),
     };
     for (listener, port) in [
         (admin_listener, admin::Port::Admin),
@@ -217,8 +243,8 @@ pub async fn start(settings: SidecarSettings) -> Result<RunningSidecar, StartErr
                 .retain(|name| current.clusters.contains_key(name));
         }
     });
-    tracing::info!(node = %workload.node_id(), outbound = %bound.outbound, inbound = %bound.inbound, "sidecar started");
-    Ok(RunningSidecar {
+    tracing::info!(node = %workload.node_id(), "proxy started");
+    Ok(RunningProxy {
         bound,
         dataplane,
         ads: ads_status,
