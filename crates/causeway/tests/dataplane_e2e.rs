@@ -97,6 +97,25 @@ fn start_control_plane(
     }
 }
 
+/// The seeds' `meshConfig.accessLogFormat` (JSON), from their IstioOperator file.
+fn seed_access_log_format() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/samples/topologies/multi-primary-multi-network/cluster01.yaml");
+    let operator: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    operator["spec"]["meshConfig"]["accessLogFormat"]
+        .as_str()
+        .expect("the seed sets accessLogFormat")
+        .to_owned()
+}
+
+/// The JSON access log lines of a proxy's stdout.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
 async fn apply(client: &kube::Client, manifest: &str) {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -237,6 +256,7 @@ impl Pod {
             .env("ISTIO_META_DNS_CAPTURE", "true")
             .env("ISTIO_METAJSON_LABELS", labels)
             .env("ACCESS_LOG_FILE", "/dev/stdout")
+            .env("ACCESS_LOG_FORMAT", seed_access_log_format())
             .env("RUST_LOG", "info")
             .stdout(stdout)
             .stderr(stderr)
@@ -388,29 +408,70 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
     assert_eq!(body, "Hello version: v1, instance: helloworld-v1\n");
 
     // The client's sidecar sent it to the service's cluster; the server's received it over mTLS
-    // with the SNI the client set.
+    // with the SNI the client set. Both logged the request in the seeds' JSON format, with the
+    // request ID the client's sidecar made.
     let client_log = sleep.log("sidecar.stdout");
-    assert!(
-        client_log.contains("outbound|5000||helloworld.sample.svc.cluster.local"),
-        "{client_log}"
-    );
     let server_log = helloworld.log("sidecar.stdout");
-    assert!(
-        server_log.contains("outbound_.5000_._.helloworld.sample.svc.cluster.local"),
-        "{server_log}"
+    let client_lines = json_lines(&client_log);
+    let request = client_lines
+        .iter()
+        .find(|line| line["response_code"] == "200")
+        .unwrap_or_else(|| panic!("{client_log}"));
+    assert_eq!(request["method"], "GET");
+    assert_eq!(request["path"], "/hello");
+    assert_eq!(request["authority"], "helloworld.sample:5000");
+    assert_eq!(request["protocol"], "HTTP/1.1");
+    assert_eq!(
+        request["upstream_cluster"],
+        "outbound|5000||helloworld.sample.svc.cluster.local"
+    );
+    assert_eq!(request["upstream_host"], "10.10.5.2:5000");
+    assert_eq!(request["bytes_sent"], "43");
+    assert!(request["user_agent"].as_str().unwrap().starts_with("curl/"));
+    let request_id = request["request_id"].as_str().unwrap();
+    assert_eq!(request_id.len(), 36, "a UUID: {request_id}");
+    let served = json_lines(&server_log)
+        .into_iter()
+        .find(|line| line["request_id"] == request_id)
+        .unwrap_or_else(|| panic!("the server's sidecar logged {request_id}: {server_log}"));
+    assert_eq!(
+        served["requested_server_name"],
+        "outbound_.5000_._.helloworld.sample.svc.cluster.local"
+    );
+    assert_eq!(served["upstream_cluster"], "inbound|5000||");
+    assert_eq!(
+        served["downstream_remote_address"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next(),
+        Some("10.10.9.2")
     );
     let metrics = sleep
         .namespace
         .run("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"])
         .unwrap();
-    assert!(
-        metrics.lines().any(
-            |line| line.starts_with("istio_tcp_connections_opened_total{")
-                && line.contains("connection_security_policy=\"mutual_tls\"")
-                && line.contains("destination_service=\"helloworld.sample.svc.cluster.local\"")
-        ),
-        "{metrics}"
-    );
+    let request_series = metrics
+        .lines()
+        .find(|line| line.starts_with("istio_requests_total{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    for label in [
+        "reporter=\"source\"",
+        "source_workload=\"sleep\"",
+        "source_cluster=\"cluster01\"",
+        "destination_workload=\"helloworld-v1\"",
+        "destination_workload_namespace=\"sample\"",
+        "destination_cluster=\"cluster01\"",
+        "destination_service=\"helloworld.sample.svc.cluster.local\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "response_code=\"200\"",
+    ] {
+        assert!(
+            request_series.contains(label),
+            "{label} in {request_series}"
+        );
+    }
+    assert!(request_series.ends_with(" 1"), "{request_series}");
 
     assert!(
         !client_log.contains(CONTROL_IP),
@@ -598,14 +659,15 @@ fn another_network_is_reached_only_through_its_east_west_gateway() {
         "{router_log}"
     );
     let v2_log = v2.log("sidecar.stdout");
-    let inbound: Vec<&str> = v2_log
-        .lines()
-        .filter(|line| line.contains("inbound|5000||"))
+    let inbound: Vec<serde_json::Value> = json_lines(&v2_log)
+        .into_iter()
+        .filter(|line| line["upstream_cluster"] == "inbound|5000||")
         .collect();
     assert!(!inbound.is_empty(), "{v2_log}");
     for line in &inbound {
+        let client = line["downstream_remote_address"].as_str().unwrap();
         assert!(
-            line.contains(" 10.20.250.2:"),
+            client.starts_with("10.20.250.2:"),
             "v2 is reached from the gateway only: {line}"
         );
     }

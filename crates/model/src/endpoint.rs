@@ -71,7 +71,47 @@ pub struct Endpoint {
     pub pod: Option<String>,
 }
 
+/// A pod's workload (its Deployment's name, as Istio's telemetry names it): the pod name without
+/// the ReplicaSet hash and pod suffix (`helloworld-v1-5d8f9c7b6-x2k4p` → `helloworld-v1`).
+/// Pods of other owners keep their name.
+pub fn workload_of_pod(pod: &str) -> &str {
+    let mut parts = pod.rsplitn(3, '-');
+    let (Some(suffix), Some(hash), Some(owner)) = (parts.next(), parts.next(), parts.next()) else {
+        return pod;
+    };
+    let alphanumeric = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    if suffix.len() == 5
+        && (8..=10).contains(&hash.len())
+        && alphanumeric(suffix)
+        && alphanumeric(hash)
+    {
+        owner
+    } else {
+        pod
+    }
+}
+
 impl Endpoint {
+    /// Istio's `workload` endpoint metadata: `<workload>;<namespace>;<app>;<version>;<cluster>`.
+    pub fn workload_metadata(&self) -> Option<String> {
+        let (namespace, pod) = self.pod.as_deref()?.split_once('/')?;
+        let label = |keys: [&str; 2]| {
+            keys.iter()
+                .find_map(|key| self.labels.get(*key))
+                .map_or("", String::as_str)
+        };
+        Some(format!(
+            "{};{namespace};{};{};{}",
+            workload_of_pod(pod),
+            label(["service.istio.io/canonical-name", "app"]),
+            label(["service.istio.io/canonical-revision", "version"]),
+            self.cluster
+        ))
+    }
+
     /// The endpoint's port for the service port named `service_port_name`. A slice with a single
     /// unnamed port serves a service with a single unnamed port.
     pub fn port_for(&self, service_port_name: &str) -> Option<u16> {
@@ -85,6 +125,17 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workloads_are_named_after_their_deployment() {
+        assert_eq!(
+            workload_of_pod("helloworld-v1-5d8f9c7b6-x2k4p"),
+            "helloworld-v1"
+        );
+        assert_eq!(workload_of_pod("helloworld-v1"), "helloworld-v1");
+        assert_eq!(workload_of_pod("web-0"), "web-0");
+        assert_eq!(workload_of_pod("a-b-c"), "a-b-c");
+    }
 
     #[test]
     fn locality_parses_istio_and_slash_forms() {

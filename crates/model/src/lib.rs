@@ -17,7 +17,7 @@ pub mod service;
 pub mod split_horizon;
 pub mod vip;
 
-pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode};
+pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode, workload_of_pod};
 pub use gateway::{GatewayServer, IstioGateway, NetworkGateway, TlsRoute};
 pub use mesh::{ClusterStatus, MeshSnapshot, Push, ServiceEndpoints, SyncState};
 pub use service::{ClusterService, Protocol, Service, ServicePort};

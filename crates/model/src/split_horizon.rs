@@ -35,6 +35,8 @@ pub struct VisibleEndpoint<'a> {
     pub identity: Option<&'a str>,
     /// Stands for the endpoints of another network behind this gateway address.
     pub via_gateway: bool,
+    /// The endpoint itself (not for gateway stand-ins).
+    pub source: Option<&'a Endpoint>,
 }
 
 static NO_LOCALITY: Locality = Locality {
@@ -77,6 +79,7 @@ pub fn visible_endpoints<'a>(
                 tls_mode: endpoint.tls_mode,
                 identity: endpoint.identity.as_deref(),
                 via_gateway: false,
+                source: Some(endpoint),
             });
         } else if matches!(view, View::Network(_)) {
             *behind_gateways
@@ -111,6 +114,7 @@ pub fn visible_endpoints<'a>(
                 tls_mode: TlsMode::Istio,
                 identity: None,
                 via_gateway: true,
+                source: None,
             });
         }
     }

@@ -135,6 +135,7 @@ mod tests {
                 cluster: "c".into(),
                 network: "n".into(),
                 identity: None,
+                workload: None,
             })
             .collect();
         UpstreamCluster {

@@ -110,17 +110,10 @@ impl Workload {
     /// The workload name for metrics: the owner's name, else the pod name without the
     /// ReplicaSet and pod suffixes (`helloworld-v1-5d8f9c7b6-x2k4p` → `helloworld-v1`).
     pub fn canonical_workload(&self) -> String {
-        if !self.workload_name.is_empty() {
-            return self.workload_name.clone();
-        }
-        let parts: Vec<&str> = self.pod_name.rsplitn(3, '-').collect();
-        match parts.as_slice() {
-            [pod, replica_set, owner]
-                if pod.len() == 5 && (9..=10).contains(&replica_set.len()) =>
-            {
-                (*owner).to_owned()
-            }
-            _ => self.pod_name.clone(),
+        if self.workload_name.is_empty() {
+            causeway_model::workload_of_pod(&self.pod_name).to_owned()
+        } else {
+            self.workload_name.clone()
         }
     }
 

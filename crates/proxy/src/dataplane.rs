@@ -30,7 +30,7 @@ pub struct DataPlane {
     pub access_log: Option<AccessLog>,
     /// How long inbound waits for a client's first bytes on a PERMISSIVE port before taking
     /// the connection as plaintext (server-first protocols send nothing).
-    pub permissive_sniff_timeout: Duration,
+    pub protocol_detection_timeout: Duration,
 }
 
 /// Why no upstream connection was made, as Envoy's response flags say it.

@@ -5,9 +5,12 @@
 use crate::access_log::Entry;
 use crate::config::ClusterKind;
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, peer_of};
+use crate::http_proxy::{self, Exchange};
 use crate::identity::peer_identity;
 use crate::passthrough::{connect_marked, original_destination};
 use crate::relay::relay_tcp;
+use crate::sniff::{Detected, detect};
+use crate::telemetry::TrafficLabels;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,7 +31,7 @@ pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
         };
         let _ = stream.set_nodelay(true);
         let dataplane = dataplane.clone();
-        tokio::spawn(async move { handle(stream, &dataplane).await });
+        tokio::spawn(async move { handle(stream, dataplane).await });
     }
 }
 
@@ -41,7 +44,7 @@ async fn starts_with_tls(stream: &TcpStream, wait: Duration) -> Option<bool> {
     }
 }
 
-async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
+async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
     let started = Instant::now();
     let start_time = SystemTime::now();
     let peer = peer_of(&downstream);
@@ -72,7 +75,7 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
                 return;
             }
         },
-        (true, true) => starts_with_tls(&downstream, dataplane.permissive_sniff_timeout)
+        (true, true) => starts_with_tls(&downstream, dataplane.protocol_detection_timeout)
             .await
             .unwrap_or(false),
         (false, _) => false,
@@ -84,10 +87,8 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
         .and_then(|cluster| cluster.endpoints.first())
         .map_or(destination, |endpoint| endpoint.address);
     let mut labels = dataplane.labels("destination");
-    let response_flags;
-    let bytes;
-    let upstream_local;
     let mut requested_server_name = None;
+    let carried;
     if tls {
         let Some(mesh) = dataplane.current_tls() else {
             dataplane.telemetry.refuse("inbound", "no_certificate_yet");
@@ -114,12 +115,30 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
             labels.source_workload_namespace = identity.namespace().to_owned();
         }
         labels.connection_security_policy = "mutual_tls";
-        (response_flags, bytes, upstream_local) =
-            to_application(accepted, target, dataplane, &labels).await;
+        let peer_side = Peer {
+            address: peer,
+            destination,
+            requested_server_name: requested_server_name.clone(),
+            cluster: port.cluster.clone(),
+        };
+        carried = to_application(accepted, target, &dataplane, labels, peer_side).await;
     } else {
-        (response_flags, bytes, upstream_local) =
-            to_application(downstream, target, dataplane, &labels).await;
+        let peer_side = Peer {
+            address: peer,
+            destination,
+            requested_server_name: None,
+            cluster: port.cluster.clone(),
+        };
+        carried = to_application(downstream, target, &dataplane, labels, peer_side).await;
     }
+    let Carried::Connection {
+        response_flags,
+        bytes,
+        upstream_local,
+    } = carried
+    else {
+        return;
+    };
     if let Some(log) = &dataplane.access_log {
         log.write(&Entry {
             start_time: Some(start_time),
@@ -138,30 +157,77 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
     }
 }
 
-/// Connects to the application and relays; the response flag, byte counts and local address.
+/// The client side of an inbound connection, for HTTP request logs.
+struct Peer {
+    address: SocketAddr,
+    destination: SocketAddr,
+    requested_server_name: Option<String>,
+    cluster: Arc<str>,
+}
+
+enum Carried {
+    /// Relayed as TCP: the connection's log line.
+    Connection {
+        response_flags: &'static str,
+        bytes: (u64, u64),
+        upstream_local: Option<SocketAddr>,
+    },
+    /// Proxied as HTTP: each request was logged.
+    Requests,
+}
+
+/// Connects to the application and relays, request by request when the client speaks HTTP.
 async fn to_application<S>(
     downstream: S,
     target: SocketAddr,
-    dataplane: &DataPlane,
-    labels: &crate::telemetry::TrafficLabels,
-) -> (&'static str, (u64, u64), Option<SocketAddr>)
+    dataplane: &Arc<DataPlane>,
+    labels: TrafficLabels,
+    peer: Peer,
+) -> Carried
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (detected, downstream) = detect(downstream, dataplane.protocol_detection_timeout).await;
     let upstream = match connect_marked(target, dataplane.mark).await {
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::info!(%target, %error, "the application refused the connection");
-            return ("UF", (0, 0), None);
+            return Carried::Connection {
+                response_flags: "UF",
+                bytes: (0, 0),
+                upstream_local: None,
+            };
         }
     };
     let _ = upstream.set_nodelay(true);
     let local = upstream.local_addr().ok();
-    match relay_tcp(downstream, upstream, &dataplane.telemetry, labels).await {
-        Ok(bytes) => ("-", bytes, local),
+    if detected != Detected::Tcp {
+        let exchange = Arc::new(Exchange {
+            dataplane: dataplane.clone(),
+            labels,
+            downstream_local: peer.destination,
+            downstream_remote: peer.address,
+            upstream_host: Some(target),
+            upstream_local: local,
+            upstream_cluster: Some(peer.cluster.to_string()),
+            requested_server_name: peer.requested_server_name,
+            route_name: Some("default"),
+        });
+        if let Err(error) = http_proxy::proxy(downstream, upstream, detected, exchange).await {
+            tracing::debug!(%target, %error, "inbound HTTP connection ended");
+        }
+        return Carried::Requests;
+    }
+    let bytes = match relay_tcp(downstream, upstream, &dataplane.telemetry, &labels).await {
+        Ok(bytes) => bytes,
         Err(error) => {
             tracing::debug!(%target, %error, "inbound connection ended");
-            ("-", (0, 0), local)
+            (0, 0)
         }
+    };
+    Carried::Connection {
+        response_flags: "-",
+        bytes,
+        upstream_local: local,
     }
 }

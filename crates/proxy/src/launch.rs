@@ -56,7 +56,7 @@ pub struct ProxySettings {
     pub mark: u32,
     /// `meshConfig.accessLogFile` and `accessLogFormat`.
     pub access_log: Option<(String, Option<String>)>,
-    pub permissive_sniff_timeout: Duration,
+    pub protocol_detection_timeout: Duration,
     /// Where names the mesh does not know are resolved (`resolv.conf`'s servers).
     pub upstream_dns: Vec<SocketAddr>,
 }
@@ -187,7 +187,7 @@ pub async fn start(settings: ProxySettings) -> Result<RunningProxy, StartError> 
         telemetry: Arc::new(Telemetry::default()),
         mark: settings.mark,
         access_log,
-        permissive_sniff_timeout: settings.permissive_sniff_timeout,
+        protocol_detection_timeout: settings.protocol_detection_timeout,
     });
     let bound = Bound {
         outbound: outbound_listener.as_ref().map(local),

@@ -3,15 +3,22 @@
 //! when it is on another network); anything else goes where it was going, untouched.
 
 use crate::access_log::Entry;
+use crate::config::PortProtocol;
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, peer_of};
+use crate::http_proxy::{self, Exchange};
 use crate::identity::MeshTls;
 use crate::passthrough::{connect_marked, original_destination};
 use crate::relay::relay_tcp;
+use crate::sniff::{Detected, Rewind, detect};
 use crate::telemetry::TrafficLabels;
 use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a client on a port declared HTTP may stay silent before its connection is taken as
+/// opaque TCP.
+const DECLARED_HTTP_WAIT: Duration = Duration::from_secs(30);
 use tokio::net::{TcpListener, TcpStream};
 
 pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
@@ -20,13 +27,13 @@ pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accepting an outbound connection failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let dataplane = dataplane.clone();
-        tokio::spawn(async move { handle(stream, &dataplane).await });
+        tokio::spawn(async move { handle(stream, dataplane).await });
     }
 }
 
@@ -39,9 +46,11 @@ struct Outcome {
     response_flags: &'static str,
     failure: Option<String>,
     bytes: (u64, u64),
+    /// Requests were logged one by one (HTTP); no connection line.
+    logged_per_request: bool,
 }
 
-async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
+async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
     let started = Instant::now();
     let start_time = SystemTime::now();
     let peer = peer_of(&downstream);
@@ -61,6 +70,7 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
         response_flags: "-",
         failure: None,
         bytes: (0, 0),
+        logged_per_request: false,
     };
     let config = dataplane.current_config();
     match config.outbound_route(destination) {
@@ -94,7 +104,23 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
                     tracing::warn!(cluster = %route.cluster, %destination, "the route names a cluster discovery has not sent");
                 }
                 Some(cluster) => {
-                    to_cluster(downstream, dataplane, cluster, &mut outcome).await;
+                    let wait = if route.protocol == PortProtocol::Unknown {
+                        dataplane.protocol_detection_timeout
+                    } else {
+                        DECLARED_HTTP_WAIT
+                    };
+                    let (detected, downstream) = if route.protocol.sniffed() {
+                        detect(downstream, wait).await
+                    } else {
+                        (Detected::Tcp, Rewind::new(Vec::new(), downstream))
+                    };
+                    let connection = Connection {
+                        downstream,
+                        detected,
+                        peer,
+                        destination,
+                    };
+                    to_cluster(connection, &dataplane, cluster, &mut outcome).await;
                 }
             }
         }
@@ -102,7 +128,11 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
     if outcome.response_flags != "-" {
         tracing::info!(%peer, %destination, flags = outcome.response_flags, reason = outcome.failure.as_deref().unwrap_or("-"), "outbound connection failed");
     }
-    if let Some(log) = &dataplane.access_log {
+    if let Some(log) = dataplane
+        .access_log
+        .as_ref()
+        .filter(|_| !outcome.logged_per_request)
+    {
         log.write(&Entry {
             start_time: Some(start_time),
             duration: started.elapsed(),
@@ -120,9 +150,17 @@ async fn handle(downstream: TcpStream, dataplane: &DataPlane) {
     }
 }
 
+/// A captured connection whose protocol is known (its first bytes are kept for replay).
+struct Connection {
+    downstream: Rewind<TcpStream>,
+    detected: Detected,
+    peer: SocketAddr,
+    destination: SocketAddr,
+}
+
 async fn to_cluster(
-    downstream: TcpStream,
-    dataplane: &DataPlane,
+    connection: Connection,
+    dataplane: &Arc<DataPlane>,
     cluster: &crate::config::UpstreamCluster,
     outcome: &mut Outcome,
 ) {
@@ -139,6 +177,19 @@ async fn to_cluster(
     outcome.upstream_local = upstream.local_addr().ok();
     if !endpoint.cluster.is_empty() {
         outcome.labels.destination_cluster = endpoint.cluster.clone();
+    }
+    if let Some(workload) = &endpoint.workload {
+        let or_unknown = |value: &str| {
+            if value.is_empty() {
+                crate::telemetry::UNKNOWN.to_owned()
+            } else {
+                value.to_owned()
+            }
+        };
+        outcome.labels.destination_workload = workload.name.clone();
+        outcome.labels.destination_workload_namespace = or_unknown(&workload.namespace);
+        outcome.labels.destination_app = or_unknown(&workload.app);
+        outcome.labels.destination_version = or_unknown(&workload.version);
     }
     if let Some(identity) = &endpoint.identity {
         outcome.labels.destination_principal = identity.clone();
@@ -158,7 +209,7 @@ async fn to_cluster(
             match secured {
                 Ok((stream, identity)) => {
                     outcome.labels.destination_principal = identity;
-                    relay_tcp(downstream, stream, &dataplane.telemetry, &outcome.labels).await
+                    carry(connection, stream, dataplane, outcome).await
                 }
                 Err(reason) => {
                     outcome.response_flags = "UF";
@@ -167,12 +218,55 @@ async fn to_cluster(
                 }
             }
         }
-        _ => relay_tcp(downstream, upstream, &dataplane.telemetry, &outcome.labels).await,
+        _ => carry(connection, upstream, dataplane, outcome).await,
     };
-    match result {
-        Ok(bytes) => outcome.bytes = bytes,
-        Err(error) => tracing::debug!(cluster = %cluster.name, %error, "outbound connection ended"),
+    if let Err(error) = result {
+        tracing::debug!(cluster = %cluster.name, %error, "outbound connection ended");
     }
+}
+
+/// Relays the connection: request by request for HTTP, as bytes otherwise.
+async fn carry<U>(
+    connection: Connection,
+    upstream: U,
+    dataplane: &Arc<DataPlane>,
+    outcome: &mut Outcome,
+) -> Result<(), String>
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if connection.detected == Detected::Tcp {
+        let bytes = relay_tcp(
+            connection.downstream,
+            upstream,
+            &dataplane.telemetry,
+            &outcome.labels,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        outcome.bytes = bytes;
+        return Ok(());
+    }
+    outcome.logged_per_request = true;
+    let exchange = Arc::new(Exchange {
+        dataplane: dataplane.clone(),
+        labels: outcome.labels.clone(),
+        downstream_local: connection.destination,
+        downstream_remote: connection.peer,
+        upstream_host: outcome.upstream_host,
+        upstream_local: outcome.upstream_local,
+        upstream_cluster: outcome.upstream_cluster.clone(),
+        requested_server_name: None,
+        route_name: Some("default"),
+    });
+    http_proxy::proxy(
+        connection.downstream,
+        upstream,
+        connection.detected,
+        exchange,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Mutual TLS to an endpoint (or its gateway, which routes by the SNI), then the identity

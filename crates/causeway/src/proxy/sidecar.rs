@@ -263,7 +263,7 @@ fn common_settings(args: &CommonArgs, role: Role) -> anyhow::Result<ProxySetting
             .clone()
             .filter(|path| !path.is_empty())
             .map(|path| (path, args.access_log_format.clone())),
-        permissive_sniff_timeout: Duration::from_secs(1),
+        protocol_detection_timeout: Duration::from_secs(1),
         upstream_dns: Vec::new(),
     })
 }
@@ -295,7 +295,7 @@ fn sidecar_settings(args: &SidecarArgs) -> anyhow::Result<ProxySettings> {
     settings.listen.dns = args
         .capture_dns
         .then(|| SocketAddr::from(([127, 0, 0, 1], args.dns_port)));
-    settings.permissive_sniff_timeout = args.protocol_detection_timeout;
+    settings.protocol_detection_timeout = args.protocol_detection_timeout;
     settings.upstream_dns = if args.upstream_dns.is_empty() {
         resolv_conf_servers(Path::new("/etc/resolv.conf"))
     } else {

@@ -87,6 +87,33 @@ pub struct UpstreamEndpoint {
     pub cluster: String,
     pub network: String,
     pub identity: Option<String>,
+    /// Istio's `workload` metadata: who serves there, for metrics.
+    pub workload: Option<EndpointWorkload>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointWorkload {
+    pub name: String,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+}
+
+impl EndpointWorkload {
+    /// Parses `<workload>;<namespace>;<canonical name>;<canonical revision>;<cluster>`.
+    pub fn parse(text: &str) -> Option<EndpointWorkload> {
+        let mut parts = text.split(';');
+        let name = parts.next().filter(|n| !n.is_empty())?.to_owned();
+        let namespace = parts.next().unwrap_or_default().to_owned();
+        let app = parts.next().unwrap_or_default().to_owned();
+        let version = parts.next().unwrap_or_default().to_owned();
+        Some(EndpointWorkload {
+            name,
+            namespace,
+            app,
+            version,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -726,6 +726,8 @@ fn assignment_endpoints(
                 cluster: text("cluster"),
                 network: text("network"),
                 identity: text_field(metadata, "istio", "identity").map(str::to_owned),
+                workload: text_field(metadata, "istio", "workload")
+                    .and_then(super::EndpointWorkload::parse),
             });
         }
     }

@@ -70,6 +70,9 @@ fn lb_endpoint(endpoint: &VisibleEndpoint<'_>) -> LbEndpoint {
     if let Some(identity) = endpoint.identity {
         istio.push(("identity", string_value(identity)));
     }
+    if let Some(workload) = endpoint.source.and_then(|e| e.workload_metadata()) {
+        istio.push(("workload", string_value(&workload)));
+    }
     if endpoint.via_gateway {
         istio.push(("gateway", crate::envoy::bool_value(true)));
     }

@@ -1,0 +1,356 @@
+//! HTTP/1.1 and HTTP/2 connections, proxied request by request (hyper on both sides) so that
+//! each request is logged and counted: method, path, authority, status, bytes, duration, and an
+//! `x-request-id` made when the request has none. Upgrades (WebSocket) continue as raw bytes.
+
+use crate::access_log::{Entry, RequestView};
+use crate::dataplane::DataPlane;
+use crate::sniff::Detected;
+use crate::telemetry::{RequestLabels, TrafficLabels};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::server::conn::{http1 as server1, http2 as server2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Who the requests of one connection go between, for logs and metrics.
+pub struct Exchange {
+    pub dataplane: Arc<DataPlane>,
+    pub labels: TrafficLabels,
+    pub downstream_local: SocketAddr,
+    pub downstream_remote: SocketAddr,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_local: Option<SocketAddr>,
+    pub upstream_cluster: Option<String>,
+    pub requested_server_name: Option<String>,
+    pub route_name: Option<&'static str>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body that counts its bytes and reports once when it ends (or is dropped).
+pub struct ObservedBody<B> {
+    inner: B,
+    bytes: Arc<AtomicU64>,
+    on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl<B> ObservedBody<B> {
+    fn new(
+        inner: B,
+        bytes: Arc<AtomicU64>,
+        on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
+    ) -> Self {
+        ObservedBody {
+            inner,
+            bytes,
+            on_end,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end();
+        }
+    }
+}
+
+impl<B> Drop for ObservedBody<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B> Body for ObservedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.finish();
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type UpstreamBody = ObservedBody<Incoming>;
+type DownstreamBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
+
+enum Upstream {
+    Http1(tokio::sync::Mutex<client1::SendRequest<UpstreamBody>>),
+    Http2(client2::SendRequest<UpstreamBody>),
+}
+
+impl Upstream {
+    async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Upstream::Http1(sender) => {
+                let mut sender = sender.lock().await;
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+            Upstream::Http2(sender) => {
+                let mut sender = sender.clone();
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+        }
+    }
+}
+
+/// What the log line of one request needs once its response has ended.
+struct Finished {
+    exchange: Arc<Exchange>,
+    protocol: &'static str,
+    start: Instant,
+    start_time: SystemTime,
+    method: String,
+    path: String,
+    authority: String,
+    request_headers: HeaderMap,
+    status: StatusCode,
+    response_headers: HeaderMap,
+    response_flags: &'static str,
+    request_bytes: Arc<AtomicU64>,
+    response_bytes: Arc<AtomicU64>,
+}
+
+impl Finished {
+    fn report(self) {
+        let exchange = &self.exchange;
+        let dataplane = &exchange.dataplane;
+        let grpc = self
+            .request_headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let mut traffic = exchange.labels.clone();
+        traffic.request_protocol = if grpc { "grpc" } else { "http" };
+        traffic.response_flags = self.response_flags.to_owned();
+        let labels = RequestLabels {
+            traffic,
+            response_code: self.status.as_u16(),
+            grpc_response_status: self
+                .response_headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let elapsed = self.start.elapsed();
+        dataplane.telemetry.requests.get_or_create(&labels).inc();
+        dataplane
+            .telemetry
+            .request_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64() * 1000.0);
+        if let Some(log) = &dataplane.access_log {
+            log.write(&Entry {
+                start_time: Some(self.start_time),
+                duration: elapsed,
+                protocol: Some(self.protocol),
+                request: Some(RequestView {
+                    method: &self.method,
+                    path: &self.path,
+                    authority: &self.authority,
+                    headers: &self.request_headers,
+                }),
+                response_headers: Some(&self.response_headers),
+                response_code: self.status.as_u16(),
+                response_flags: self.response_flags,
+                bytes_received: self.request_bytes.load(Ordering::Relaxed),
+                bytes_sent: self.response_bytes.load(Ordering::Relaxed),
+                downstream_local: Some(exchange.downstream_local),
+                downstream_remote: Some(exchange.downstream_remote),
+                upstream_host: exchange.upstream_host,
+                upstream_local: exchange.upstream_local,
+                upstream_cluster: exchange.upstream_cluster.as_deref(),
+                requested_server_name: exchange.requested_server_name.as_deref(),
+                route_name: exchange.route_name,
+                ..Entry::default()
+            });
+        }
+    }
+}
+
+async fn forward(
+    mut request: Request<Incoming>,
+    upstream: Arc<Upstream>,
+    exchange: Arc<Exchange>,
+    protocol: &'static str,
+) -> Result<Response<DownstreamBody>, std::convert::Infallible> {
+    let start = Instant::now();
+    let start_time = SystemTime::now();
+    if !request.headers().contains_key(REQUEST_ID) {
+        let id = uuid::Uuid::new_v4().to_string();
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            request.headers_mut().insert(REQUEST_ID, value);
+        }
+    }
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let method = request.method().to_string();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path().to_owned(), |p| p.to_string());
+    let request_headers = request.headers().clone();
+    let downstream_upgrade = request
+        .headers()
+        .contains_key(http::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut request));
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let request = request.map(|body| ObservedBody::new(body, request_bytes.clone(), None));
+    let response_bytes = Arc::new(AtomicU64::new(0));
+    let mut finished = Finished {
+        exchange,
+        protocol,
+        start,
+        start_time,
+        method,
+        path,
+        authority,
+        request_headers,
+        status: StatusCode::OK,
+        response_headers: HeaderMap::new(),
+        response_flags: "-",
+        request_bytes,
+        response_bytes: response_bytes.clone(),
+    };
+    match upstream.send(request).await {
+        Ok(mut response) => {
+            finished.status = response.status();
+            finished.response_headers = response.headers().clone();
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(downstream_upgrade) = downstream_upgrade
+            {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    if let (Ok(down), Ok(up)) = (downstream_upgrade.await, upstream_upgrade.await) {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(down),
+                            &mut TokioIo::new(up),
+                        )
+                        .await;
+                    }
+                });
+            }
+            let on_end: Box<dyn FnOnce() + Send + Sync> = Box::new(move || finished.report());
+            Ok(response
+                .map(|body| Either::Left(ObservedBody::new(body, response_bytes, Some(on_end)))))
+        }
+        Err(error) => {
+            tracing::info!(%error, "upstream request failed");
+            finished.status = StatusCode::SERVICE_UNAVAILABLE;
+            finished.response_flags = "UC";
+            let body = format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: {error}"
+            );
+            finished
+                .response_bytes
+                .store(body.len() as u64, Ordering::Relaxed);
+            finished.report();
+            let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Ok(response)
+        }
+    }
+}
+
+/// Serves `downstream` as HTTP (the detected version) and sends each request on `upstream`
+/// with the same version.
+pub async fn proxy<D, U>(
+    downstream: D,
+    upstream: U,
+    detected: Detected,
+    exchange: Arc<Exchange>,
+) -> Result<(), BoxError>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let protocol = detected.log_name().unwrap_or("HTTP/1.1");
+    let upstream = match detected {
+        Detected::Http2 => {
+            let (sender, connection) =
+                client2::handshake(TokioExecutor::new(), TokioIo::new(upstream)).await?;
+            tokio::spawn(connection);
+            Upstream::Http2(sender)
+        }
+        _ => {
+            let (sender, connection) = client1::handshake(TokioIo::new(upstream)).await?;
+            tokio::spawn(connection.with_upgrades());
+            Upstream::Http1(tokio::sync::Mutex::new(sender))
+        }
+    };
+    let upstream = Arc::new(upstream);
+    let service =
+        service_fn(move |request| forward(request, upstream.clone(), exchange.clone(), protocol));
+    match detected {
+        Detected::Http2 => {
+            server2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(downstream), service)
+                .await?;
+        }
+        _ => {
+            server1::Builder::new()
+                .serve_connection(TokioIo::new(downstream), service)
+                .with_upgrades()
+                .await?;
+        }
+    }
+    Ok(())
+}
