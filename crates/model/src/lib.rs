@@ -13,11 +13,13 @@
 pub mod endpoint;
 pub mod gateway;
 pub mod mesh;
+pub mod policy;
 pub mod service;
 pub mod split_horizon;
 pub mod vip;
 
 pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode, workload_of_pod};
 pub use gateway::{GatewayServer, IstioGateway, NetworkGateway, TlsRoute};
+pub use policy::{MtlsMode, PeerAuthentication, WorkloadMtls, workload_mtls};
 pub use mesh::{ClusterStatus, MeshSnapshot, Push, ServiceEndpoints, SyncState};
 pub use service::{ClusterService, Protocol, Service, ServicePort};

@@ -3,6 +3,7 @@
 
 use crate::endpoint::Endpoint;
 use crate::gateway::{IstioGateway, NetworkGateway, TlsRoute};
+use crate::policy::PeerAuthentication;
 use crate::service::Service;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,6 +60,10 @@ pub struct MeshSnapshot {
     pub istio_gateways: Arc<Vec<IstioGateway>>,
     /// The `tls` routes of VirtualServices, for routers' PASSTHROUGH servers.
     pub tls_routes: Arc<Vec<TlsRoute>>,
+    /// PeerAuthentication policies of the config cluster.
+    pub peer_authentications: Arc<Vec<PeerAuthentication>>,
+    /// Where mesh-wide policies live (Istio's root namespace: the control plane's).
+    pub root_namespace: String,
     pub clusters: Arc<Vec<ClusterStatus>>,
 }
 

@@ -382,6 +382,7 @@ impl Aggregator {
         let mut next = (**self.snapshots.borrow()).clone();
         next.version += 1;
         next.domain_suffix = self.config.domain_suffix.clone();
+        next.root_namespace = self.config.system_namespace.clone();
 
         let mut changed_services = BTreeSet::new();
         for key in &dirty.definitions {
@@ -435,6 +436,12 @@ impl Aggregator {
                 self.clusters
                     .get(&self.config.cluster_id)
                     .map(|entry| entry.state.tls_routes.values().flatten().cloned().collect())
+                    .unwrap_or_default(),
+            );
+            next.peer_authentications = Arc::new(
+                self.clusters
+                    .get(&self.config.cluster_id)
+                    .map(|entry| entry.state.peer_authentications.values().cloned().collect())
                     .unwrap_or_default(),
             );
         }

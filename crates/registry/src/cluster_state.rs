@@ -5,7 +5,7 @@ use crate::records::{
     Kind, LOCALITY_LABEL, NETWORK_LABEL, NamespaceRecord, ObjectKey, PodRecord, REGION_LABEL,
     Record, ServiceRecord, SliceRecord, TLS_MODE_LABEL,
 };
-use causeway_model::{Endpoint, IstioGateway, Locality, TlsMode, TlsRoute};
+use causeway_model::{Endpoint, IstioGateway, Locality, PeerAuthentication, TlsMode, TlsRoute};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What a batch of changes touched, so that only that is rebuilt and pushed.
@@ -17,7 +17,7 @@ pub struct Dirty {
     pub endpoints: BTreeSet<ObjectKey>,
     /// Every service's endpoints (a network or a network gateway changed).
     pub all_endpoints: bool,
-    /// Istio Gateway objects changed: routers get a full push.
+    /// Istio configuration (Gateway, VirtualService, PeerAuthentication) changed: a full push.
     pub gateways: bool,
 }
 
@@ -54,6 +54,7 @@ pub struct ClusterState {
     system_namespace_labels: BTreeMap<String, String>,
     pub gateways: BTreeMap<ObjectKey, IstioGateway>,
     pub tls_routes: BTreeMap<ObjectKey, Vec<TlsRoute>>,
+    pub peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
 }
 
 impl ClusterState {
@@ -129,6 +130,13 @@ impl ClusterState {
                     self.gateways.insert(key, gateway);
                 }
             }
+            Record::PeerAuthentication(policy) => {
+                let key = (policy.namespace.clone(), policy.name.clone());
+                if self.peer_authentications.get(&key) != Some(&policy) {
+                    dirty.gateways = true;
+                    self.peer_authentications.insert(key, policy);
+                }
+            }
             Record::VirtualService(service) => {
                 let key = (service.namespace, service.name);
                 if self.tls_routes.get(&key) != Some(&service.tls_routes) {
@@ -167,6 +175,9 @@ impl ClusterState {
             }
             Kind::Gateway => dirty.gateways |= self.gateways.remove(key).is_some(),
             Kind::VirtualService => dirty.gateways |= self.tls_routes.remove(key).is_some(),
+            Kind::PeerAuthentication => {
+                dirty.gateways |= self.peer_authentications.remove(key).is_some();
+            }
         }
         dirty
     }
@@ -181,6 +192,7 @@ impl ClusterState {
             Kind::Namespace => vec![(String::new(), self.system_namespace.clone())],
             Kind::Gateway => self.gateways.keys().cloned().collect(),
             Kind::VirtualService => self.tls_routes.keys().cloned().collect(),
+            Kind::PeerAuthentication => self.peer_authentications.keys().cloned().collect(),
         };
         let mut dirty = Dirty::default();
         for key in stale.iter().filter(|key| !listed.contains(*key)) {
@@ -201,7 +213,9 @@ impl ClusterState {
                 .services
                 .values()
                 .any(|s| s.gateway_of_network.is_some()),
-            gateways: !self.gateways.is_empty() || !self.tls_routes.is_empty(),
+            gateways: !self.gateways.is_empty()
+                || !self.tls_routes.is_empty()
+                || !self.peer_authentications.is_empty(),
         };
         dirty.endpoints.extend(dirty.definitions.iter().cloned());
         *self = ClusterState::new(

@@ -91,6 +91,17 @@ impl ClusterWatch {
                 Kind::VirtualService,
                 |v| Some(Record::VirtualService(records::virtual_service_record(v))),
             ));
+            let peer_authentication = ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "security.istio.io",
+                "v1beta1",
+                "PeerAuthentication",
+            ));
+            streams.push(kind_stream(
+                Api::<DynamicObject>::all_with(client.clone(), &peer_authentication),
+                watcher::Config::default(),
+                Kind::PeerAuthentication,
+                |p| Some(Record::PeerAuthentication(records::peer_authentication_record(p))),
+            ));
         }
         streams
     }
@@ -136,7 +147,7 @@ impl ClusterWatch {
                             }),
                         }
                     }
-                    Some((kind, Err(error))) if matches!(kind, Kind::Gateway | Kind::VirtualService) && is_not_found(&error) => {
+                    Some((kind, Err(error))) if matches!(kind, Kind::Gateway | Kind::VirtualService | Kind::PeerAuthentication) && is_not_found(&error) => {
                         // Istio's CRDs are not installed in this cluster: no Gateways, not a failure.
                         if listed.insert(kind) {
                             Some(Message::Reset { cluster: self.cluster.clone(), generation: self.generation, kind, records: Vec::new() })

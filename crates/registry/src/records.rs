@@ -2,7 +2,8 @@
 //! when the watch delivers the object.
 
 use causeway_model::{
-    ClusterService, EndpointPort, GatewayServer, IstioGateway, Protocol, ServicePort, TlsRoute,
+    ClusterService, EndpointPort, GatewayServer, IstioGateway, MtlsMode, PeerAuthentication,
+    Protocol, ServicePort, TlsRoute,
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -30,6 +31,7 @@ pub enum Kind {
     Namespace,
     Gateway,
     VirtualService,
+    PeerAuthentication,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Gateway => "Gateway",
             Kind::VirtualService => "VirtualService",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 }
@@ -53,6 +56,7 @@ pub enum Record {
     Namespace(NamespaceRecord),
     Gateway(IstioGateway),
     VirtualService(VirtualServiceRecord),
+    PeerAuthentication(PeerAuthentication),
 }
 
 impl Record {
@@ -63,6 +67,7 @@ impl Record {
             Record::Pod(p) => (p.namespace.clone(), p.name.clone()),
             Record::Namespace(n) => (String::new(), n.name.clone()),
             Record::Gateway(g) => (g.namespace.clone(), g.name.clone()),
+            Record::PeerAuthentication(p) => (p.namespace.clone(), p.name.clone()),
             Record::VirtualService(v) => (v.namespace.clone(), v.name.clone()),
         }
     }
@@ -289,6 +294,45 @@ pub fn gateway_record(object: &DynamicObject) -> IstioGateway {
         name,
         selector,
         servers,
+    }
+}
+
+/// A PeerAuthentication. An unknown mode is taken as UNSET (inherit) with a warning, as
+/// Istio's validation would have refused it.
+pub fn peer_authentication_record(object: &DynamicObject) -> PeerAuthentication {
+    let (namespace, name) = name_of(&object.metadata);
+    let spec = object.data.get("spec");
+    let mode_of = |value: Option<&serde_json::Value>, what: &str| {
+        let text = value
+            .and_then(|mtls| mtls.get("mode"))
+            .and_then(|mode| mode.as_str())
+            .unwrap_or("UNSET");
+        MtlsMode::parse(text).unwrap_or_else(|| {
+            tracing::warn!(policy = %format!("{namespace}/{name}"), mode = text, what, "unknown mTLS mode (STRICT, PERMISSIVE, DISABLE, UNSET); taken as UNSET");
+            MtlsMode::Unset
+        })
+    };
+    let selector = spec
+        .and_then(|spec| spec.get("selector"))
+        .and_then(|selector| selector.get("matchLabels"))
+        .and_then(|labels| serde_json::from_value(labels.clone()).ok());
+    let mode = mode_of(spec.and_then(|spec| spec.get("mtls")), "mtls");
+    let port_modes = spec
+        .and_then(|spec| spec.get("portLevelMtls"))
+        .and_then(|ports| ports.as_object())
+        .into_iter()
+        .flatten()
+        .filter_map(|(port, mtls)| {
+            let port = port.parse::<u16>().ok()?;
+            Some((port, mode_of(Some(mtls), "portLevelMtls")))
+        })
+        .collect();
+    PeerAuthentication {
+        namespace,
+        name,
+        selector,
+        mode,
+        port_modes,
     }
 }
 

@@ -7,7 +7,7 @@ use super::common::{eds_cluster, tcp_proxy_filter};
 use crate::envoy::{any, fields, list_value, metadata, seconds, socket_address, string_value};
 use crate::proxy::ProxyInfo;
 use crate::resources::{Resource, inbound_cluster, outbound_cluster, sni_cluster};
-use causeway_model::{MeshSnapshot, Protocol, Service, ServicePort};
+use causeway_model::{MeshSnapshot, MtlsMode, Protocol, Service, ServicePort, WorkloadMtls};
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy, TransportSocketMatch},
@@ -250,42 +250,60 @@ fn tls_inspector() -> ListenerFilter {
     }
 }
 
-fn inbound_listener(ports: &BTreeSet<u16>) -> Listener {
+/// The filter chains of one port (or, with `port` `None`, of every other port) for its
+/// PeerAuthentication mode: a TLS chain terminating mesh mTLS unless DISABLE, a plaintext chain
+/// unless STRICT.
+fn inbound_chains(port: Option<u16>, cluster: &str, mode: MtlsMode) -> Vec<FilterChain> {
     let downstream = DownstreamTlsContext {
         common_tls_context: Some(istio_tls_context(&BTreeSet::new())),
         require_client_certificate: Some(BoolValue { value: true }),
         ..DownstreamTlsContext::default()
     };
+    let chain_match = |transport: &str| FilterChainMatch {
+        destination_port: port.map(|port| UInt32Value {
+            value: u32::from(port),
+        }),
+        transport_protocol: transport.to_owned(),
+        ..FilterChainMatch::default()
+    };
+    let name = port.map_or_else(|| "virtualInbound-catchall".to_owned(), |_| cluster.to_owned());
     let mut chains = Vec::new();
-    for port in ports {
-        let cluster = inbound_cluster(*port);
-        let port_match = |transport: &str| FilterChainMatch {
-            destination_port: Some(UInt32Value {
-                value: u32::from(*port),
-            }),
-            transport_protocol: transport.to_owned(),
-            ..FilterChainMatch::default()
-        };
+    if mode != MtlsMode::Disable {
         chains.push(FilterChain {
-            name: format!("{cluster}-mtls"),
-            filter_chain_match: Some(port_match("tls")),
-            filters: vec![tcp_proxy_filter(&cluster)],
+            name: format!("{name}-mtls"),
+            filter_chain_match: Some(chain_match("tls")),
+            filters: vec![tcp_proxy_filter(cluster)],
             transport_socket: Some(transport_socket("envoy.transport_sockets.tls", &downstream)),
             ..FilterChain::default()
         });
-        // PERMISSIVE, Istio's default: plaintext is accepted beside mTLS.
+    }
+    if mode != MtlsMode::Strict {
         chains.push(FilterChain {
-            name: format!("{cluster}-plaintext"),
-            filter_chain_match: Some(port_match("")),
-            filters: vec![tcp_proxy_filter(&cluster)],
+            name: format!("{name}-plaintext"),
+            filter_chain_match: Some(chain_match("")),
+            filters: vec![tcp_proxy_filter(cluster)],
             ..FilterChain::default()
         });
     }
-    chains.push(FilterChain {
-        name: "virtualInbound-catchall-tcp".into(),
-        filters: vec![tcp_proxy_filter(INBOUND_PASSTHROUGH_CLUSTER)],
-        ..FilterChain::default()
-    });
+    chains
+}
+
+fn inbound_listener(ports: &BTreeSet<u16>, mtls: &WorkloadMtls) -> Listener {
+    let mut chains = Vec::new();
+    for port in ports {
+        chains.extend(inbound_chains(
+            Some(*port),
+            &inbound_cluster(*port),
+            mtls.for_port(*port),
+        ));
+    }
+    // Ports with a port-level mode but no service still get their own chains.
+    for (port, mode) in &mtls.ports {
+        if !ports.contains(port) {
+            chains.extend(inbound_chains(Some(*port), INBOUND_PASSTHROUGH_CLUSTER, *mode));
+        }
+    }
+    chains.extend(inbound_chains(None, INBOUND_PASSTHROUGH_CLUSTER, mtls.default));
     Listener {
         name: "virtualInbound".into(),
         address: Some(socket_address(unspecified(), INBOUND_PORT)),
@@ -295,6 +313,16 @@ fn inbound_listener(ports: &BTreeSet<u16>) -> Listener {
         use_original_dst: Some(BoolValue { value: true }),
         ..Listener::default()
     }
+}
+
+/// The PeerAuthentication modes of the proxy's workload.
+fn proxy_mtls(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> WorkloadMtls {
+    causeway_model::workload_mtls(
+        &snapshot.peer_authentications,
+        &snapshot.root_namespace,
+        proxy.namespace.as_deref().unwrap_or_default(),
+        &proxy.labels,
+    )
 }
 
 fn outbound_service_listener(
@@ -350,7 +378,7 @@ pub fn listeners(
         Resource::new(outbound.name.clone(), &outbound),
         Resource::new(
             "virtualInbound",
-            &inbound_listener(&inbound_ports(snapshot, proxy)),
+            &inbound_listener(&inbound_ports(snapshot, proxy), &proxy_mtls(snapshot, proxy)),
         ),
     ];
     let mut cache = cache.lock();
