@@ -15,19 +15,40 @@ const CAUSEWAY: &str = env!("CARGO_BIN_EXE_causeway");
 const CONTROL_IP: &str = "10.0.1.1";
 const WAIT: Duration = Duration::from_secs(40);
 
-/// What the control plane hands the pods.
-struct ControlPlane {
+/// A workload certificate and key (PEM) signed by the mesh CA, for clients like openssl.
+pub struct IssuedPair {
+    pub cert: String,
+    pub key: String,
+}
+
+enum Command {
+    /// Apply a manifest (YAML text) to cluster01 in `namespace`.
+    Apply {
+        yaml: String,
+        namespace: String,
+        done: std::sync::mpsc::Sender<()>,
+    },
+}
+
+/// What the control plane hands the pods, and a line to it.
+pub struct ControlPlane {
     /// Discovery's TLS port (it listens on every address of its namespace).
-    secure_port: u16,
-    roots_pem: String,
+    pub secure_port: u16,
+    pub roots_pem: String,
     tokens: Vec<(String, String)>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<Result<(), causeway_lab::netns::NetnsError>>,
+    /// `sleep`'s identity, valid for an hour.
+    pub valid: IssuedPair,
+    /// `sleep`'s identity, valid for one second from the start.
+    pub expiring: IssuedPair,
+    /// When `expiring` has expired.
+    pub expired_after: Instant,
+    commands: Option<tokio::sync::mpsc::UnboundedSender<Command>>,
+    thread: Option<std::thread::JoinHandle<Result<(), causeway_lab::netns::NetnsError>>>,
 }
 
 impl ControlPlane {
     /// A token of `account` in `sample`, signed by `cluster`'s API server.
-    fn token(&self, cluster: &str, account: &str) -> &str {
+    pub fn token(&self, cluster: &str, account: &str) -> &str {
         let key = format!("{cluster}/{account}");
         &self
             .tokens
@@ -37,22 +58,57 @@ impl ControlPlane {
             .1
     }
 
-    fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
+    /// `kubectl --context cluster01 apply -n <namespace> -f -`, waiting until it is stored.
+    pub fn apply(&self, namespace: &str, yaml: &str) {
+        let (done, applied) = std::sync::mpsc::channel();
+        self.commands
+            .as_ref()
+            .expect("running")
+            .send(Command::Apply {
+                yaml: yaml.to_owned(),
+                namespace: namespace.to_owned(),
+                done,
+            })
+            .expect("the control plane runs");
+        applied.recv_timeout(WAIT).expect("the manifest is applied");
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.commands.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn issue(mesh: &causeway_discovery::testing::mesh::Mesh, ttl: time::Duration) -> IssuedPair {
+    let identity = causeway_ca::SpiffeId::new("cluster.local", "sample", "sleep").unwrap();
+    let key = causeway_ca::WorkloadKey::generate().unwrap();
+    let csr = key.csr_pem(&identity).unwrap();
+    let signed = mesh
+        .discovery
+        .authority
+        .sign_csr(csr.as_bytes(), &identity, Some(ttl))
+        .unwrap();
+    IssuedPair {
+        cert: signed.cert_chain.concat(),
+        key: key.private_key_pem(),
     }
 }
 
 /// Runs both lab API servers and discovery inside `namespace` (discovery on every address of
-/// it), and applies `manifest` (the seeds' `expose-services.yaml`, say) to cluster01's
+/// it), and applies `manifests` (the seeds' `expose-services.yaml`, say) to cluster01's
 /// `istio-system`.
 fn start_control_plane(
     namespace: &Namespace,
     options: MeshOptions,
-    manifest: Option<&'static str>,
+    manifests: &[&'static str],
 ) -> ControlPlane {
+    let manifests: Vec<&'static str> = manifests.to_vec();
     let (ready, started) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (commands, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Command>();
     let thread = namespace.spawn_inside(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -61,8 +117,12 @@ fn start_control_plane(
             .expect("a runtime");
         runtime.block_on(async move {
             let mesh = two_cluster_mesh_with(options).await;
-            if let Some(manifest) = manifest {
-                apply(&mesh.client01, manifest).await;
+            for manifest in manifests {
+                let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../testdata/samples")
+                    .join(manifest);
+                let text = std::fs::read_to_string(&path).expect("the sample exists");
+                apply(&mesh.client01, "istio-system", &text).await;
             }
             let mut tokens = Vec::new();
             for (cluster, client, account) in [
@@ -74,26 +134,46 @@ fn start_control_plane(
                     fixtures::service_account_token(client, "sample", account, &["istio-ca"]).await;
                 tokens.push((format!("{cluster}/{account}"), token));
             }
+            let valid = issue(&mesh, time::Duration::hours(1));
+            let expiring = issue(&mesh, time::Duration::seconds(1));
             ready
                 .send((
                     mesh.discovery.secure_xds_address.port(),
                     mesh.discovery.roots_pem(),
                     tokens,
+                    valid,
+                    expiring,
                 ))
                 .expect("the test waits");
-            let _ = stopped.await;
+            while let Some(command) = incoming.recv().await {
+                match command {
+                    Command::Apply {
+                        yaml,
+                        namespace,
+                        done,
+                    } => {
+                        apply(&mesh.client01, &namespace, &yaml).await;
+                        let _ = done.send(());
+                    }
+                }
+            }
             mesh.discovery.shutdown().await;
         });
     });
-    let (secure_port, roots_pem, tokens) = started
+    let (secure_port, roots_pem, tokens, valid, expiring) = started
         .recv_timeout(WAIT)
         .expect("the control plane starts in its namespace");
+    // X.509 times have whole seconds: two more make sure.
+    let expired_after = Instant::now() + Duration::from_secs(2);
     ControlPlane {
         secure_port,
         roots_pem,
         tokens,
-        stop,
-        thread,
+        valid,
+        expiring,
+        expired_after,
+        commands: Some(commands),
+        thread: Some(thread),
     }
 }
 
@@ -116,18 +196,14 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn apply(client: &kube::Client, manifest: &str) {
+async fn apply(client: &kube::Client, namespace: &str, text: &str) {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/samples")
-        .join(manifest);
-    let text = std::fs::read_to_string(&path).expect("the sample exists");
     for document in text.split("\n---") {
         let object: DynamicObject = serde_saphyr::from_str(document).expect("a Kubernetes object");
         let types = object.types.clone().expect("apiVersion and kind");
         let (group, version) = types.api_version.split_once('/').expect("a group");
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
-        kube::Api::<DynamicObject>::namespaced_with(client.clone(), "istio-system", &resource)
+        kube::Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
             .create(&PostParams::default(), &object)
             .await
             .expect("the object is created");
@@ -386,7 +462,7 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
             v1_ip: "10.10.5.2",
             ..MeshOptions::default()
         },
-        None,
+        &[],
     );
     let mut helloworld = Pod::create("helloworld-v1", "10.10.5.2", &network1, dir.path(), 1);
     helloworld.run_helloworld("v1");
@@ -477,9 +553,8 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
         !client_log.contains(CONTROL_IP),
         "the sidecar's own connections to discovery carry its mark and are not captured:\n{client_log}"
     );
-    drop(sleep);
-    drop(helloworld);
-    plane.stop();
+    drop((sleep, helloworld));
+    drop(plane);
 }
 
 /// The east-west gateway of network2, as `causeway proxy router` in its own namespace: outside
@@ -564,65 +639,151 @@ fn start_gateway(
     (gateway, router)
 }
 
+/// Two networks with no route between their pod subnets: helloworld v1 and sleep on network1
+/// (cluster01), helloworld v2 on network2 (cluster02) behind its east-west gateway, whose
+/// address (172.18.255.2) network1 reaches. Discovery is in its own namespace, linked to both.
+struct TwoNetworks {
+    // Dropped in this order: processes first, then namespaces, then the control plane.
+    router: Child,
+    sleep: Pod,
+    v1: Pod,
+    v2: Pod,
+    gateway: Namespace,
+    network1: Namespace,
+    _network2: Namespace,
+    _control: Namespace,
+    plane: ControlPlane,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for TwoNetworks {
+    fn drop(&mut self) {
+        let _ = self.router.kill();
+        let _ = self.router.wait();
+    }
+}
+
+impl TwoNetworks {
+    fn start() -> TwoNetworks {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Namespace::create("control").unwrap();
+        let network1 = Namespace::create("network1").unwrap();
+        let network2 = Namespace::create("network2").unwrap();
+        network1.enable_forwarding().unwrap();
+        network2.enable_forwarding().unwrap();
+        control
+            .link(
+                "eth0",
+                &format!("{CONTROL_IP}/24"),
+                &network1,
+                "veth0",
+                "10.0.1.2/24",
+            )
+            .unwrap();
+        control
+            .link("eth1", "10.0.2.1/24", &network2, "veth0", "10.0.2.2/24")
+            .unwrap();
+        control.route("10.10.0.0/16", "10.0.1.2").unwrap();
+        control.route("10.20.0.0/16", "10.0.2.2").unwrap();
+        let plane = start_control_plane(
+            &control,
+            MeshOptions {
+                gateway: true,
+                discovery_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                v1_ip: "10.10.5.2",
+                v2_ip: "10.20.5.2",
+                gateway_ip: "172.18.255.2",
+                ..MeshOptions::default()
+            },
+            &["expose-services.yaml"],
+        );
+        let (gateway, router) = start_gateway(&network1, &network2, &plane, dir.path());
+        let mut v1 = Pod::create("helloworld-v1", "10.10.5.2", &network1, dir.path(), 1);
+        v1.run_helloworld("v1");
+        v1.inject(
+            &plane,
+            CONTROL_IP,
+            CLUSTER01,
+            "helloworld",
+            r#"{"app":"helloworld","version":"v1"}"#,
+        );
+        let mut v2 = Pod::create("helloworld-v2", "10.20.5.2", &network2, dir.path(), 1);
+        v2.run_helloworld("v2");
+        v2.inject(
+            &plane,
+            "10.0.2.1",
+            CLUSTER02,
+            "helloworld",
+            r#"{"app":"helloworld","version":"v2"}"#,
+        );
+        let mut sleep = Pod::create("sleep", "10.10.9.2", &network1, dir.path(), 2);
+        sleep.inject(&plane, CONTROL_IP, CLUSTER01, "sleep", r#"{"app":"sleep"}"#);
+        TwoNetworks {
+            router,
+            sleep,
+            v1,
+            v2,
+            gateway,
+            network1,
+            _network2: network2,
+            _control: control,
+            plane,
+            dir,
+        }
+    }
+
+    fn router_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("router.stdout")).unwrap_or_default()
+    }
+
+    /// A file in the test's directory, written with `text`; its path.
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    /// `openssl s_client` from network1 (outside the mesh, no capture): its whole output. With
+    /// `request`, it sends `GET /hello` once connected.
+    fn s_client(
+        &self,
+        connect: &str,
+        server_name: &str,
+        pair: Option<(&str, &str)>,
+        request: bool,
+    ) -> String {
+        let roots = self.file("roots.pem", &self.plane.roots_pem);
+        let mut command = format!(
+            "timeout 10 openssl s_client -connect {connect} -servername {server_name} -CAfile {roots}"
+        );
+        if let Some((cert, key)) = pair {
+            command.push_str(&format!(" -cert {cert} -key {key}"));
+        }
+        if request {
+            command = format!(
+                "(printf 'GET /hello HTTP/1.1\\r\\nHost: helloworld\\r\\nConnection: close\\r\\n\\r\\n') | {command} -ign_eof 2>&1"
+            );
+        } else {
+            command.push_str(" </dev/null 2>&1");
+        }
+        let output = self
+            .network1
+            .command("sh")
+            .args(["-c", &command])
+            .output()
+            .expect("openssl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
 #[test]
 fn another_network_is_reached_only_through_its_east_west_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let control = Namespace::create("control").unwrap();
-    let network1 = Namespace::create("network1").unwrap();
-    let network2 = Namespace::create("network2").unwrap();
-    network1.enable_forwarding().unwrap();
-    network2.enable_forwarding().unwrap();
-    control
-        .link(
-            "eth0",
-            &format!("{CONTROL_IP}/24"),
-            &network1,
-            "veth0",
-            "10.0.1.2/24",
-        )
-        .unwrap();
-    control
-        .link("eth1", "10.0.2.1/24", &network2, "veth0", "10.0.2.2/24")
-        .unwrap();
-    control.route("10.10.0.0/16", "10.0.1.2").unwrap();
-    control.route("10.20.0.0/16", "10.0.2.2").unwrap();
-
-    let plane = start_control_plane(
-        &control,
-        MeshOptions {
-            gateway: true,
-            discovery_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            v1_ip: "10.10.5.2",
-            v2_ip: "10.20.5.2",
-            gateway_ip: "172.18.255.2",
-            ..MeshOptions::default()
-        },
-        Some("expose-services.yaml"),
-    );
-    let (gateway, mut router) = start_gateway(&network1, &network2, &plane, dir.path());
-    let mut v1 = Pod::create("helloworld-v1", "10.10.5.2", &network1, dir.path(), 1);
-    v1.run_helloworld("v1");
-    v1.inject(
-        &plane,
-        CONTROL_IP,
-        CLUSTER01,
-        "helloworld",
-        r#"{"app":"helloworld","version":"v1"}"#,
-    );
-    let mut v2 = Pod::create("helloworld-v2", "10.20.5.2", &network2, dir.path(), 1);
-    v2.run_helloworld("v2");
-    v2.inject(
-        &plane,
-        "10.0.2.1",
-        CLUSTER02,
-        "helloworld",
-        r#"{"app":"helloworld","version":"v2"}"#,
-    );
-    let mut sleep = Pod::create("sleep", "10.10.9.2", &network1, dir.path(), 2);
-    sleep.inject(&plane, CONTROL_IP, CLUSTER01, "sleep", r#"{"app":"sleep"}"#);
+    let mesh = TwoNetworks::start();
+    let (sleep, v2) = (&mesh.sleep, &mesh.v2);
 
     // The networks are isolated: network1 has no route to network2's pods.
-    let direct = network1
+    let direct = mesh
+        .network1
         .command("curl")
         .args(["-sS", "--max-time", "2", "http://10.20.5.2:5000/hello"])
         .output()
@@ -633,7 +794,7 @@ fn another_network_is_reached_only_through_its_east_west_gateway() {
     );
 
     eventually_curl(
-        &sleep,
+        sleep,
         "http://helloworld.sample:5000/hello",
         "Hello version: v2",
     );
@@ -652,7 +813,7 @@ fn another_network_is_reached_only_through_its_east_west_gateway() {
     );
 
     // v2 was reached through the gateway, with the service's SNI, and only through it.
-    let router_log = std::fs::read_to_string(dir.path().join("router.stdout")).unwrap();
+    let router_log = mesh.router_log();
     assert!(
         router_log.contains("outbound_.5000_._.helloworld.sample.svc.cluster.local")
             && router_log.contains("10.20.5.2:5000"),
@@ -671,9 +832,166 @@ fn another_network_is_reached_only_through_its_east_west_gateway() {
             "v2 is reached from the gateway only: {line}"
         );
     }
+}
 
-    let _ = router.kill();
-    let _ = router.wait();
-    drop((sleep, v1, v2, gateway));
-    plane.stop();
+const SNI: &str = "outbound_.5000_._.helloworld.sample.svc.cluster.local";
+
+/// The SPIFFE IDs in the subjectAltName of the server certificate `s_client` printed.
+fn server_identity(s_client_output: &str) -> String {
+    let start = s_client_output.find("-----BEGIN CERTIFICATE-----");
+    let end = s_client_output.find("-----END CERTIFICATE-----");
+    let (Some(start), Some(end)) = (start, end) else {
+        return String::new();
+    };
+    let pem = &s_client_output[start..end + "-----END CERTIFICATE-----".len()];
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pem.as_bytes())
+        .unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+}
+
+#[test]
+fn the_gateway_and_strict_workloads_let_in_only_what_the_mesh_trusts() {
+    let mesh = TwoNetworks::start();
+    let cert = mesh.file("sleep.pem", &mesh.plane.valid.cert);
+    let key = mesh.file("sleep-key.pem", &mesh.plane.valid.key);
+
+    // openssl with a workload certificate, through the gateway, to helloworld v2's sidecar.
+    let output = mesh.s_client("172.18.255.2:15443", SNI, Some((&cert, &key)), false);
+    assert!(output.contains("Verify return code: 0 (ok)"), "{output}");
+    let identity = server_identity(&output);
+    assert!(
+        identity.contains("URI:spiffe://cluster.local/ns/sample/sa/helloworld"),
+        "{identity}\n{output}"
+    );
+    assert!(mesh.router_log().contains(SNI));
+
+    // An SNI the gateway does not expose: closed before any handshake, and counted.
+    let output = mesh.s_client(
+        "172.18.255.2:15443",
+        "outbound_.9999_._.nothing.sample.svc.cluster.local",
+        Some((&cert, &key)),
+        false,
+    );
+    assert!(!output.contains("BEGIN CERTIFICATE"), "{output}");
+    let metrics = mesh
+        .gateway
+        .run("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"])
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "causeway_proxy_refused_connections_total{listener=\"router\",reason=\"unknown_sni\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    // A certificate from another root, and an expired one: v1's sidecar refuses both.
+    let foreign = tempfile::tempdir().unwrap();
+    let profile = causeway_ca::authority::self_signed_root_profile("cluster.local");
+    let (other_ca, _) = causeway_ca::CertificateAuthority::load_or_create_self_signed(
+        foreign.path(),
+        &profile,
+        causeway_ca::SigningPolicy::default(),
+    )
+    .unwrap();
+    let identity = causeway_ca::SpiffeId::new("cluster.local", "sample", "sleep").unwrap();
+    let other_key = causeway_ca::WorkloadKey::generate().unwrap();
+    let signed = other_ca
+        .sign_csr(
+            other_key.csr_pem(&identity).unwrap().as_bytes(),
+            &identity,
+            None,
+        )
+        .unwrap();
+    let other_cert = mesh.file("other.pem", &signed.cert_chain.concat());
+    let other_key = mesh.file("other-key.pem", &other_key.private_key_pem());
+    // The mesh's own certificate gets through, straight to v1's sidecar.
+    let output = mesh.s_client("10.10.5.2:5000", SNI, Some((&cert, &key)), true);
+    assert!(output.contains("Hello version: v1"), "{output}");
+    let output = mesh.s_client("10.10.5.2:5000", SNI, Some((&other_cert, &other_key)), true);
+    assert!(!output.contains("Hello version"), "{output}");
+    let expired_cert = mesh.file("expired.pem", &mesh.plane.expiring.cert);
+    let expired_key = mesh.file("expired-key.pem", &mesh.plane.expiring.key);
+    if let Some(wait) = mesh
+        .plane
+        .expired_after
+        .checked_duration_since(Instant::now())
+    {
+        std::thread::sleep(wait);
+    }
+    let output = mesh.s_client(
+        "10.10.5.2:5000",
+        SNI,
+        Some((&expired_cert, &expired_key)),
+        true,
+    );
+    assert!(!output.contains("Hello version"), "{output}");
+    // With TLS 1.3 the client finishes first; the server's verdict follows within moments.
+    let refused = "causeway_proxy_refused_connections_total{listener=\"inbound\",reason=\"handshake_failed\"} 2";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v1_metrics = mesh
+            .v1
+            .namespace
+            .run("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"])
+            .unwrap();
+        if v1_metrics.contains(refused) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{v1_metrics}\n{}",
+            mesh.v1.log("sidecar.stderr")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v1_log = mesh.v1.log("sidecar.stderr");
+    assert!(v1_log.contains("certificate expired"), "{v1_log}");
+
+    // PERMISSIVE (Istio's default) lets a client without a sidecar in; STRICT does not, while
+    // mesh clients keep working.
+    let plain = || {
+        mesh.network1
+            .command("curl")
+            .args(["-sS", "--max-time", "3", "http://10.10.5.2:5000/hello"])
+            .output()
+            .unwrap()
+    };
+    assert!(plain().status.success(), "PERMISSIVE accepts plaintext");
+    mesh.plane.apply(
+        "sample",
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: default\nspec:\n  mtls:\n    mode: STRICT\n",
+    );
+    let deadline = Instant::now() + WAIT;
+    while plain().status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "STRICT never reached v1's sidecar"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eventually_curl(
+        &mesh.sleep,
+        "http://helloworld.sample:5000/hello",
+        "Hello version: v1",
+    );
+    let v1_metrics = mesh
+        .v1
+        .namespace
+        .run("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"])
+        .unwrap();
+    assert!(
+        v1_metrics.contains("reason=\"plaintext_on_strict\""),
+        "{v1_metrics}"
+    );
 }

@@ -20,6 +20,6 @@ pub mod vip;
 
 pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode, workload_of_pod};
 pub use gateway::{GatewayServer, IstioGateway, NetworkGateway, TlsRoute};
-pub use policy::{MtlsMode, PeerAuthentication, WorkloadMtls, workload_mtls};
 pub use mesh::{ClusterStatus, MeshSnapshot, Push, ServiceEndpoints, SyncState};
+pub use policy::{MtlsMode, PeerAuthentication, WorkloadMtls, workload_mtls};
 pub use service::{ClusterService, Protocol, Service, ServicePort};

@@ -106,7 +106,12 @@ pub fn workload_mtls(
 mod tests {
     use super::*;
 
-    fn policy(namespace: &str, name: &str, selector: Option<&[(&str, &str)]>, mode: MtlsMode) -> PeerAuthentication {
+    fn policy(
+        namespace: &str,
+        name: &str,
+        selector: Option<&[(&str, &str)]>,
+        mode: MtlsMode,
+    ) -> PeerAuthentication {
         PeerAuthentication {
             namespace: namespace.into(),
             name: name.into(),
@@ -128,23 +133,55 @@ mod tests {
     #[test]
     fn workload_beats_namespace_beats_mesh_beats_permissive() {
         let none: Vec<PeerAuthentication> = vec![];
-        assert_eq!(workload_mtls(&none, "istio-system", "sample", &labels("a")).default, MtlsMode::Permissive);
+        assert_eq!(
+            workload_mtls(&none, "istio-system", "sample", &labels("a")).default,
+            MtlsMode::Permissive
+        );
         let mut policies = vec![policy("istio-system", "default", None, MtlsMode::Strict)];
-        assert_eq!(workload_mtls(&policies, "istio-system", "sample", &labels("a")).default, MtlsMode::Strict);
+        assert_eq!(
+            workload_mtls(&policies, "istio-system", "sample", &labels("a")).default,
+            MtlsMode::Strict
+        );
         policies.push(policy("sample", "default", None, MtlsMode::Permissive));
-        assert_eq!(workload_mtls(&policies, "istio-system", "sample", &labels("a")).default, MtlsMode::Permissive);
-        policies.push(policy("sample", "hw", Some(&[("app", "helloworld")]), MtlsMode::Strict));
-        assert_eq!(workload_mtls(&policies, "istio-system", "sample", &labels("helloworld")).default, MtlsMode::Strict);
-        assert_eq!(workload_mtls(&policies, "istio-system", "sample", &labels("sleep")).default, MtlsMode::Permissive);
-        assert_eq!(workload_mtls(&policies, "istio-system", "other", &labels("helloworld")).default, MtlsMode::Strict, "mesh-wide");
+        assert_eq!(
+            workload_mtls(&policies, "istio-system", "sample", &labels("a")).default,
+            MtlsMode::Permissive
+        );
+        policies.push(policy(
+            "sample",
+            "hw",
+            Some(&[("app", "helloworld")]),
+            MtlsMode::Strict,
+        ));
+        assert_eq!(
+            workload_mtls(&policies, "istio-system", "sample", &labels("helloworld")).default,
+            MtlsMode::Strict
+        );
+        assert_eq!(
+            workload_mtls(&policies, "istio-system", "sample", &labels("sleep")).default,
+            MtlsMode::Permissive
+        );
+        assert_eq!(
+            workload_mtls(&policies, "istio-system", "other", &labels("helloworld")).default,
+            MtlsMode::Strict,
+            "mesh-wide"
+        );
     }
 
     #[test]
     fn unset_inherits_and_port_levels_override() {
-        let mut workload = policy("sample", "hw", Some(&[("app", "helloworld")]), MtlsMode::Unset);
+        let mut workload = policy(
+            "sample",
+            "hw",
+            Some(&[("app", "helloworld")]),
+            MtlsMode::Unset,
+        );
         workload.port_modes.insert(8080, MtlsMode::Disable);
         workload.port_modes.insert(9090, MtlsMode::Unset);
-        let policies = vec![policy("sample", "default", None, MtlsMode::Strict), workload];
+        let policies = vec![
+            policy("sample", "default", None, MtlsMode::Strict),
+            workload,
+        ];
         let mtls = workload_mtls(&policies, "istio-system", "sample", &labels("helloworld"));
         assert_eq!(mtls.default, MtlsMode::Strict);
         assert_eq!(mtls.for_port(8080), MtlsMode::Disable);

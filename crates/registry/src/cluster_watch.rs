@@ -100,7 +100,11 @@ impl ClusterWatch {
                 Api::<DynamicObject>::all_with(client.clone(), &peer_authentication),
                 watcher::Config::default(),
                 Kind::PeerAuthentication,
-                |p| Some(Record::PeerAuthentication(records::peer_authentication_record(p))),
+                |p| {
+                    Some(Record::PeerAuthentication(
+                        records::peer_authentication_record(p),
+                    ))
+                },
             ));
         }
         streams

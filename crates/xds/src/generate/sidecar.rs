@@ -266,7 +266,10 @@ fn inbound_chains(port: Option<u16>, cluster: &str, mode: MtlsMode) -> Vec<Filte
         transport_protocol: transport.to_owned(),
         ..FilterChainMatch::default()
     };
-    let name = port.map_or_else(|| "virtualInbound-catchall".to_owned(), |_| cluster.to_owned());
+    let name = port.map_or_else(
+        || "virtualInbound-catchall".to_owned(),
+        |_| cluster.to_owned(),
+    );
     let mut chains = Vec::new();
     if mode != MtlsMode::Disable {
         chains.push(FilterChain {
@@ -300,10 +303,18 @@ fn inbound_listener(ports: &BTreeSet<u16>, mtls: &WorkloadMtls) -> Listener {
     // Ports with a port-level mode but no service still get their own chains.
     for (port, mode) in &mtls.ports {
         if !ports.contains(port) {
-            chains.extend(inbound_chains(Some(*port), INBOUND_PASSTHROUGH_CLUSTER, *mode));
+            chains.extend(inbound_chains(
+                Some(*port),
+                INBOUND_PASSTHROUGH_CLUSTER,
+                *mode,
+            ));
         }
     }
-    chains.extend(inbound_chains(None, INBOUND_PASSTHROUGH_CLUSTER, mtls.default));
+    chains.extend(inbound_chains(
+        None,
+        INBOUND_PASSTHROUGH_CLUSTER,
+        mtls.default,
+    ));
     Listener {
         name: "virtualInbound".into(),
         address: Some(socket_address(unspecified(), INBOUND_PORT)),
@@ -378,7 +389,10 @@ pub fn listeners(
         Resource::new(outbound.name.clone(), &outbound),
         Resource::new(
             "virtualInbound",
-            &inbound_listener(&inbound_ports(snapshot, proxy), &proxy_mtls(snapshot, proxy)),
+            &inbound_listener(
+                &inbound_ports(snapshot, proxy),
+                &proxy_mtls(snapshot, proxy),
+            ),
         ),
     ];
     let mut cache = cache.lock();
