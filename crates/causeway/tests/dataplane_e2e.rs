@@ -28,6 +28,10 @@ enum Command {
         namespace: String,
         done: std::sync::mpsc::Sender<()>,
     },
+    /// Stop discovery (the API servers stay).
+    StopDiscovery { done: std::sync::mpsc::Sender<()> },
+    /// Start discovery again, on the same ports.
+    StartDiscovery { done: std::sync::mpsc::Sender<()> },
 }
 
 /// What the control plane hands the pods, and a line to it.
@@ -71,6 +75,26 @@ impl ControlPlane {
             })
             .expect("the control plane runs");
         applied.recv_timeout(WAIT).expect("the manifest is applied");
+    }
+
+    fn command(&self, make: impl FnOnce(std::sync::mpsc::Sender<()>) -> Command) {
+        let (done, finished) = std::sync::mpsc::channel();
+        self.commands
+            .as_ref()
+            .expect("running")
+            .send(make(done))
+            .expect("the control plane runs");
+        finished
+            .recv_timeout(WAIT)
+            .expect("the control plane did it");
+    }
+
+    pub fn stop_discovery(&self) {
+        self.command(|done| Command::StopDiscovery { done });
+    }
+
+    pub fn start_discovery(&self) {
+        self.command(|done| Command::StartDiscovery { done });
     }
 }
 
@@ -145,6 +169,22 @@ fn start_control_plane(
                     expiring,
                 ))
                 .expect("the test waits");
+            let causeway_discovery::testing::mesh::Mesh {
+                one: _one,
+                two: _two,
+                client01,
+                client02: _client02,
+                discovery,
+                dir: _dir,
+            } = mesh;
+            let restart_config = {
+                let mut config = causeway_discovery::testing::config("cluster01", "network1");
+                config.xds_address = discovery.xds_address;
+                config.secure_xds_address = discovery.secure_xds_address;
+                config.monitoring_address = discovery.monitoring_address;
+                config
+            };
+            let mut discovery = Some(discovery);
             while let Some(command) = incoming.recv().await {
                 match command {
                     Command::Apply {
@@ -152,12 +192,30 @@ fn start_control_plane(
                         namespace,
                         done,
                     } => {
-                        apply(&mesh.client01, &namespace, &yaml).await;
+                        apply(&client01, &namespace, &yaml).await;
+                        let _ = done.send(());
+                    }
+                    Command::StopDiscovery { done } => {
+                        if let Some(running) = discovery.take() {
+                            running.shutdown().await;
+                        }
+                        let _ = done.send(());
+                    }
+                    Command::StartDiscovery { done } => {
+                        let started = causeway_discovery::Discovery::start(
+                            restart_config.clone(),
+                            client01.clone(),
+                        )
+                        .await
+                        .expect("discovery starts again on its ports");
+                        discovery = Some(started);
                         let _ = done.send(());
                     }
                 }
             }
-            mesh.discovery.shutdown().await;
+            if let Some(running) = discovery {
+                running.shutdown().await;
+            }
         });
     });
     let (secure_port, roots_pem, tokens, valid, expiring) = started
@@ -201,7 +259,10 @@ async fn apply(client: &kube::Client, namespace: &str, text: &str) {
     for document in text.split("\n---") {
         let object: DynamicObject = serde_saphyr::from_str(document).expect("a Kubernetes object");
         let types = object.types.clone().expect("apiVersion and kind");
-        let (group, version) = types.api_version.split_once('/').expect("a group");
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", types.api_version.as_str()));
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
         kube::Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
             .create(&PostParams::default(), &object)
@@ -292,6 +353,19 @@ impl Pod {
         account: &str,
         labels: &str,
     ) {
+        self.inject_with(control, control_ip, site, account, labels, &[]);
+    }
+
+    /// [`Pod::inject`] with more sidecar flags.
+    fn inject_with(
+        &mut self,
+        control: &ControlPlane,
+        control_ip: &str,
+        site: Site,
+        account: &str,
+        labels: &str,
+        extra: &[&str],
+    ) {
         let init = self
             .namespace
             .command(CAUSEWAY)
@@ -323,6 +397,7 @@ impl Pod {
             .arg("--token-path")
             .arg(self.dir.join("istio-token"))
             .args(["--labels-file", "/nonexistent"])
+            .args(extra)
             .env("POD_NAME", self.name)
             .env("POD_NAMESPACE", "sample")
             .env("INSTANCE_IP", &self.ip)
@@ -993,5 +1068,204 @@ fn the_gateway_and_strict_workloads_let_in_only_what_the_mesh_trusts() {
     assert!(
         v1_metrics.contains("reason=\"plaintext_on_strict\""),
         "{v1_metrics}"
+    );
+}
+
+/// One network: discovery, helloworld v1 and sleep, each sidecar with `extra` flags.
+struct OneNetwork {
+    sleep: Pod,
+    v1: Pod,
+    _network1: Namespace,
+    _control: Namespace,
+    plane: ControlPlane,
+    _dir: tempfile::TempDir,
+}
+
+impl OneNetwork {
+    fn start(extra: &[&str]) -> OneNetwork {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Namespace::create("control").unwrap();
+        let network1 = Namespace::create("network1").unwrap();
+        network1.enable_forwarding().unwrap();
+        control
+            .link(
+                "eth0",
+                &format!("{CONTROL_IP}/24"),
+                &network1,
+                "veth0",
+                "10.0.1.2/24",
+            )
+            .unwrap();
+        control.route("10.10.0.0/16", "10.0.1.2").unwrap();
+        let plane = start_control_plane(
+            &control,
+            MeshOptions {
+                discovery_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                v1_ip: "10.10.5.2",
+                ..MeshOptions::default()
+            },
+            &[],
+        );
+        let mut v1 = Pod::create("helloworld-v1", "10.10.5.2", &network1, dir.path(), 1);
+        v1.run_helloworld("v1");
+        v1.inject_with(
+            &plane,
+            CONTROL_IP,
+            CLUSTER01,
+            "helloworld",
+            r#"{"app":"helloworld","version":"v1"}"#,
+            extra,
+        );
+        let mut sleep = Pod::create("sleep", "10.10.9.2", &network1, dir.path(), 2);
+        sleep.inject_with(
+            &plane,
+            CONTROL_IP,
+            CLUSTER01,
+            "sleep",
+            r#"{"app":"sleep"}"#,
+            extra,
+        );
+        OneNetwork {
+            sleep,
+            v1,
+            _network1: network1,
+            _control: control,
+            plane,
+            _dir: dir,
+        }
+    }
+}
+
+fn config_dump(pod: &Pod) -> serde_json::Value {
+    let text = pod
+        .namespace
+        .run("curl", &["-s", "http://127.0.0.1:15000/config_dump"])
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn sidecars_keep_routing_while_discovery_is_away_and_catch_up_when_it_returns() {
+    // State of the world this time: both protocols must survive an outage.
+    let mesh = OneNetwork::start(&["--xds-protocol", "sotw"]);
+    eventually_curl(
+        &mesh.sleep,
+        "http://helloworld.sample:5000/hello",
+        "Hello version: v1",
+    );
+    mesh.plane.stop_discovery();
+    let deadline = Instant::now() + WAIT;
+    while config_dump(&mesh.sleep)["xds"]["connected"] == true {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never noticed discovery left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // While it is away a Service appears; no proxy can know it yet.
+    mesh.plane.apply(
+        "sample",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: hello2\nspec:\n  selector:\n    app: helloworld\n  ports:\n  - name: http\n    port: 5000\n",
+    );
+    let away = Instant::now();
+    let mut served = 0;
+    while away.elapsed() < Duration::from_secs(60) {
+        let body = mesh
+            .sleep
+            .curl("http://helloworld.sample:5000/hello")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "request {served} failed after {:?} without discovery: {e}",
+                    away.elapsed()
+                )
+            });
+        assert!(body.starts_with("Hello version: v1"), "{body}");
+        served += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(served >= 25, "{served} requests in 60 s");
+    assert!(mesh.sleep.curl("http://hello2.sample:5000/hello").is_err());
+    mesh.plane.start_discovery();
+    eventually_curl(
+        &mesh.sleep,
+        "http://hello2.sample:5000/hello",
+        "Hello version: v1",
+    );
+    assert_eq!(config_dump(&mesh.sleep)["xds"]["connected"], true);
+}
+
+#[test]
+fn certificates_rotate_under_continuous_traffic_without_losing_a_request() {
+    // Four-second certificates: renewed every two seconds on both sides.
+    let mesh = OneNetwork::start(&["--cert-ttl", "4s"]);
+    eventually_curl(
+        &mesh.sleep,
+        "http://helloworld.sample:5000/hello",
+        "Hello version: v1",
+    );
+    let serial = |pod: &Pod| {
+        config_dump(pod)["certificates"]["certificates"][0]["serial_number"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = (serial(&mesh.sleep), serial(&mesh.v1));
+    // One connection kept open across every rotation, and a new connection per request beside it.
+    let keep_alive = mesh
+        .sleep
+        .namespace
+        .command("python3")
+        .args([
+            "-c",
+            "import http.client,time\n\
+             c=http.client.HTTPConnection('helloworld.sample',5000,timeout=5)\n\
+             n=0\n\
+             end=time.time()+10\n\
+             while time.time()<end:\n\
+             \x20   c.request('GET','/hello'); r=r=c.getresponse(); b=r.read()\n\
+             \x20   assert r.status==200 and b.startswith(b'Hello version: v1'), (r.status,b)\n\
+             \x20   n+=1; time.sleep(0.05)\n\
+             print(n)\n",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut requests = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        let body = mesh
+            .sleep
+            .curl("http://helloworld.sample:5000/hello")
+            .unwrap_or_else(|e| panic!("request {requests} failed during rotation: {e}"));
+        assert!(body.starts_with("Hello version: v1"), "{body}");
+        requests += 1;
+    }
+    let kept = keep_alive.wait_with_output().unwrap();
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    let kept_requests: u32 = String::from_utf8_lossy(&kept.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        kept_requests > 50,
+        "{kept_requests} requests on the long-lived connection"
+    );
+    assert!(requests > 20, "{requests} new-connection requests");
+    let rotated = (serial(&mesh.sleep), serial(&mesh.v1));
+    assert_ne!(first.0, rotated.0, "sleep's certificate was renewed");
+    assert_ne!(first.1, rotated.1, "helloworld's certificate was renewed");
+    let renewals = mesh
+        .sleep
+        .log("sidecar.stderr")
+        .matches("workload certificate obtained")
+        .count();
+    assert!(
+        renewals >= 4,
+        "{renewals} certificates in 10 s with a 4 s lifetime"
     );
 }
