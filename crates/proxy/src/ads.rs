@@ -412,14 +412,14 @@ impl Session<'_> {
         let type_url = response.type_url.as_str();
         let mut errors = Vec::new();
         let mut names = BTreeSet::new();
-        for resource in &response.resources {
+        for (index, resource) in response.resources.iter().enumerate() {
             // The name lives inside the resource; decode just enough to read it.
             let name = resource_name(type_url, &resource.value);
             let Some(name) = name else {
                 errors.push(ResourceError {
                     kind: causeway_xds::resources::short_name(type_url),
-                    name: String::new(),
-                    reason: "cannot be decoded to read its name".into(),
+                    name: format!("resource {} of the response", index + 1),
+                    reason: "cannot be decoded, so its name is unknown".into(),
                 });
                 continue;
             };
