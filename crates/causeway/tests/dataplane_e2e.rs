@@ -128,6 +128,9 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
 
 /// The east-west gateway of network2, as `causeway proxy router` in its own namespace: outside
 /// on network1's side (`172.18.255.2`, the LoadBalancer address), inside on network2's.
+/// Two networks with no route between their pod subnets: helloworld v1 and sleep on network1
+/// (cluster01), helloworld v2 on network2 (cluster02) behind its east-west gateway, whose
+/// address (172.18.255.2) network1 reaches. Discovery is in its own namespace, linked to both.
 struct TwoNetworks {
     // Dropped in this order: processes first, then namespaces, then the control plane.
     router: Child,
