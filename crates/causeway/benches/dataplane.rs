@@ -1,0 +1,721 @@
+//! The data plane benchmark (issue 5), in network namespaces as the end-to-end tests build them
+//! (root). One echo server program everywhere; four paths to it:
+//!
+//! - direct: a pod without a sidecar to a pod without a sidecar;
+//! - sidecar: a pod with `causeway proxy sidecar` to the echo Service's VIP, mTLS to the echo
+//!   pod's sidecar;
+//! - gateway: the same client to a Service that exists only on the other network: mTLS through
+//!   `causeway proxy router` to that pod's sidecar;
+//! - haproxy: Debian's HAProxy in TCP mode, a client-side instance and a server-side one, mTLS
+//!   between them with ECDSA P-256 certificates of the mesh CA.
+//!
+//! Latency: 64-byte ping-pong on one connection, every process and thread on core 0. Throughput:
+//! bulk one way, unpinned. Then the sidecar's RSS idle and under 1,000 HTTP/1.1 requests/s, and
+//! its CPU per 1,000 requests. Prints a table, then one line of JSON.
+//!
+//! `cargo bench --bench dataplane` measures; `cargo test --benches` runs it once, briefly.
+
+#[path = "../tests/fixtures/mod.rs"]
+mod fixtures;
+
+use fixtures::dataplane::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+struct Plan {
+    runs: usize,
+    pings: usize,
+    warmup: usize,
+    bulk_bytes: u64,
+    load_seconds: u64,
+}
+
+const FULL: Plan = Plan {
+    runs: 5,
+    pings: 20_000,
+    warmup: 2_000,
+    bulk_bytes: 512 << 20,
+    load_seconds: 10,
+};
+const SMOKE: Plan = Plan {
+    runs: 1,
+    pings: 200,
+    warmup: 20,
+    bulk_bytes: 4 << 20,
+    load_seconds: 1,
+};
+
+const ECHO_PORT: u16 = 7000;
+const HTTP_PORT: u16 = 8080;
+const HAPROXY_CLIENT_PORT: u16 = 7100;
+const HAPROXY_SERVER_PORT: u16 = 7443;
+const MESSAGE: usize = 64;
+
+fn pin_thread(cores: &[usize]) {
+    let mut set = nix::sched::CpuSet::new();
+    for core in cores {
+        let _ = set.set(*core);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+}
+
+/// Pins every thread of every process in `namespaces` to `cores` (a `taskset` list).
+fn pin_processes(namespaces: &[&Namespace], cores: &str) {
+    for namespace in namespaces {
+        for pid in namespace.pids().unwrap_or_default() {
+            let _ = std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", cores, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// One connection of the echo server: the first byte picks the mode. `G`: HTTP/1.1 keep-alive
+/// (a fixed 200 per request); `D`: discard, then the byte count; anything else: echo.
+fn serve_connection(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buffer = vec![0u8; 64 * 1024];
+    let Ok(first) = stream.read(&mut buffer) else {
+        return;
+    };
+    if first == 0 {
+        return;
+    }
+    match buffer[0] {
+        b'G' => {
+            let mut pending = buffer[..first].to_vec();
+            let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            loop {
+                while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    pending.drain(..end + 4);
+                    if stream.write_all(response).is_err() {
+                        return;
+                    }
+                }
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buffer[..n]),
+                }
+            }
+        }
+        b'D' => {
+            let mut total = first as u64;
+            loop {
+                match stream.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(_) => return,
+                }
+            }
+            let _ = stream.write_all(&total.to_be_bytes());
+        }
+        _ => {
+            if stream.write_all(&buffer[..first]).is_err() {
+                return;
+            }
+            loop {
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if stream.write_all(&buffer[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The echo server inside `namespace`, on every address, ports 7000 and 8080.
+fn start_echo(namespace: &Namespace, pinned: Arc<AtomicBool>) {
+    for port in [ECHO_PORT, HTTP_PORT] {
+        let pinned = pinned.clone();
+        let _detached = namespace.spawn_inside(move || {
+            let listener = TcpListener::bind(("0.0.0.0", port)).expect("the echo port is free");
+            for stream in listener.incoming().flatten() {
+                let pinned = pinned.clone();
+                std::thread::spawn(move || {
+                    pin_thread(if pinned.load(Ordering::Relaxed) {
+                        &[0]
+                    } else {
+                        &[0, 1]
+                    });
+                    serve_connection(stream);
+                });
+            }
+        });
+    }
+}
+
+/// Runs `work` on a thread inside `namespace` and waits for its result.
+fn inside<T: Send + 'static>(
+    namespace: &Namespace,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    namespace
+        .spawn_inside(work)
+        .join()
+        .expect("the measuring thread finishes")
+        .expect("the namespace can be entered")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(&values, 0.5)
+}
+
+/// p50 and p99 round trips (µs) of 64-byte messages on one connection.
+fn ping_pong(target: SocketAddr, plan: &Plan) -> (f64, f64) {
+    pin_thread(&[0]);
+    let mut stream = connect_retrying(target);
+    let _ = stream.set_nodelay(true);
+    let message = [b'p'; MESSAGE];
+    let mut reply = [0u8; MESSAGE];
+    let mut samples = Vec::with_capacity(plan.pings);
+    for i in 0..plan.warmup + plan.pings {
+        let start = Instant::now();
+        stream
+            .write_all(&message)
+            .expect("the echo path takes the message");
+        stream
+            .read_exact(&mut reply)
+            .expect("the echo path answers");
+        if i >= plan.warmup {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+fn connect_retrying(target: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+            Ok(stream) => return stream,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot reach {target}: {error}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Gbit/s of `bytes` sent one way, counted by the server once all arrived.
+fn bulk(target: SocketAddr, bytes: u64) -> f64 {
+    let mut stream = connect_retrying(target);
+    let mut chunk = vec![b'x'; 256 * 1024];
+    chunk[0] = b'D';
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = chunk.len().min((bytes - sent) as usize);
+        stream
+            .write_all(&chunk[..n])
+            .expect("the bulk path takes the bytes");
+        chunk[0] = b'x';
+        sent += n as u64;
+    }
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut count = [0u8; 8];
+    stream
+        .read_exact(&mut count)
+        .expect("the sink reports its count");
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(u64::from_be_bytes(count), bytes, "every byte arrived");
+    bytes as f64 * 8.0 / elapsed / 1e9
+}
+
+/// HTTP/1.1 at `rate` requests/s over four keep-alive connections for `seconds`; the count.
+fn http_load(target: SocketAddr, rate: u64, seconds: u64) -> u64 {
+    let connections = 4u64;
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = connect_retrying(target);
+                let _ = stream.set_nodelay(true);
+                let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
+                let request =
+                    b"GET /load HTTP/1.1\r\nhost: echo.sample:8080\r\nuser-agent: bench\r\n\r\n";
+                let mut response = [0u8; 4096];
+                let start = Instant::now();
+                let mut done = 0u64;
+                while start.elapsed() < Duration::from_secs(seconds) {
+                    stream.write_all(request).expect("the request is sent");
+                    let mut got = Vec::new();
+                    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"ok")) {
+                        let n = stream.read(&mut response).expect("a response");
+                        assert!(n > 0, "the connection closed");
+                        got.extend_from_slice(&response[..n]);
+                    }
+                    assert!(
+                        got.starts_with(b"HTTP/1.1 200"),
+                        "{}",
+                        String::from_utf8_lossy(&got)
+                    );
+                    done += 1;
+                    let next = start + interval * done as u32;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+struct ProcessStats {
+    rss_kb: u64,
+    cpu_ticks: u64,
+}
+
+fn process_stats(pid: i32) -> ProcessStats {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    ProcessStats {
+        rss_kb,
+        cpu_ticks: ticks(11) + ticks(12),
+    }
+}
+
+/// The sidecar process of a pod (the only `causeway` in its namespace).
+fn sidecar_pid(pod: &Pod) -> i32 {
+    pod.namespace
+        .pids()
+        .unwrap()
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.contains("sidecar"))
+        })
+        .expect("the pod's sidecar runs")
+}
+
+/// The VIP of `service` as the pod's sidecar routes it (its `<vip>_<port>` listener).
+fn vip(pod: &Pod, service: &str, port: u16) -> SocketAddr {
+    let cluster = format!("outbound|{port}||{service}.sample.svc.cluster.local");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = pod
+            .namespace
+            .run("curl", &["-s", "http://127.0.0.1:15000/config_dump"])
+            .unwrap_or_default();
+        let dump: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if let Some(listeners) = dump["resources"]["listeners"].as_object() {
+            for (name, listener) in listeners {
+                if listener["cluster"] == cluster.as_str()
+                    && let Ok(address) = name.replacen('_', ":", 1).parse()
+                {
+                    return address;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no listener for {cluster}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn haproxy(namespace: &Namespace, dir: &Path, name: &str, config: &str) -> Child {
+    let path = dir.join(format!("{name}.cfg"));
+    std::fs::write(&path, config).unwrap();
+    let check = namespace
+        .command("haproxy")
+        .args(["-c", "-f"])
+        .arg(&path)
+        .output()
+        .expect("haproxy (Debian's package) is installed; scripts/bench-dataplane installs it");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    namespace
+        .command("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .expect("haproxy starts")
+}
+
+struct Row {
+    name: &'static str,
+    key: &'static str,
+    p50: f64,
+    p99: f64,
+    gbit: f64,
+}
+
+fn main() {
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    if String::from_utf8_lossy(&uid).trim() != "0" {
+        eprintln!("the data plane benchmark builds network namespaces and needs root");
+        std::process::exit(1);
+    }
+    let plan = if std::env::args().any(|a| a == "--bench") {
+        FULL
+    } else {
+        SMOKE
+    };
+    let _ = causeway_lab::netns::sweep_stale();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Namespace::create("control").unwrap();
+    let network1 = Namespace::create("network1").unwrap();
+    let network2 = Namespace::create("network2").unwrap();
+    network1.enable_forwarding().unwrap();
+    network2.enable_forwarding().unwrap();
+    control
+        .link(
+            "eth0",
+            &format!("{CONTROL_IP}/24"),
+            &network1,
+            "veth0",
+            "10.0.1.2/24",
+        )
+        .unwrap();
+    control
+        .link("eth1", "10.0.2.1/24", &network2, "veth0", "10.0.2.2/24")
+        .unwrap();
+    control.route("10.10.0.0/16", "10.0.1.2").unwrap();
+    control.route("10.20.0.0/16", "10.0.2.2").unwrap();
+    // The control plane is not on the measured path: core 1.
+    let plane = {
+        pin_thread(&[1]);
+        let plane = start_control_plane(
+            &control,
+            MeshOptions {
+                gateway: true,
+                discovery_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                v1_ip: "10.10.99.9",
+                v2_ip: "10.20.99.9",
+                gateway_ip: "172.18.255.2",
+                ..MeshOptions::default()
+            },
+            &["expose-services.yaml"],
+        );
+        pin_thread(&[0, 1]);
+        plane
+    };
+    let ports = [("tcp-echo", ECHO_PORT), ("http", HTTP_PORT)];
+    plane.workload("cluster01", "echo", "10.10.5.2", &ports);
+    plane.workload("cluster02", "echo-remote", "10.20.5.2", &ports);
+    let (gateway, router) = start_gateway(&network1, &network2, &plane, dir.path());
+
+    let pinned = Arc::new(AtomicBool::new(true));
+    let mut echo1 = Pod::create("echo", "10.10.5.2", &network1, dir.path(), 1);
+    start_echo(&echo1.namespace, pinned.clone());
+    echo1.inject(
+        &plane,
+        CONTROL_IP,
+        CLUSTER01,
+        "helloworld",
+        r#"{"app":"echo"}"#,
+    );
+    let mut echo2 = Pod::create("echo-remote", "10.20.5.2", &network2, dir.path(), 1);
+    start_echo(&echo2.namespace, pinned.clone());
+    echo2.inject(
+        &plane,
+        "10.0.2.1",
+        CLUSTER02,
+        "helloworld",
+        r#"{"app":"echo-remote"}"#,
+    );
+    let mut client = Pod::create("client", "10.10.9.2", &network1, dir.path(), 2);
+    client.inject(
+        &plane,
+        CONTROL_IP,
+        CLUSTER01,
+        "sleep",
+        r#"{"app":"client"}"#,
+    );
+    let plain_echo = Pod::create("plain-echo", "10.10.6.2", &network1, dir.path(), 3);
+    start_echo(&plain_echo.namespace, pinned.clone());
+    let plain_client = Pod::create("plain-client", "10.10.8.2", &network1, dir.path(), 4);
+
+    // HAProxy: the same mesh certificates (ECDSA P-256), mutual TLS, TCP mode, one thread each.
+    let pem = format!("{}{}", plane.valid.cert, plane.valid.key);
+    std::fs::write(dir.path().join("haproxy.pem"), pem).unwrap();
+    std::fs::write(dir.path().join("roots.pem"), &plane.roots_pem).unwrap();
+    let certs = dir.path().display().to_string();
+    let defaults = "global\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n";
+    let mut server_haproxy = haproxy(
+        &plain_echo.namespace,
+        dir.path(),
+        "haproxy-server",
+        &format!(
+            "{defaults}frontend tls\n  bind :{HAPROXY_SERVER_PORT} ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required\n  default_backend echo\nbackend echo\n  server local 127.0.0.1:{ECHO_PORT}\n"
+        ),
+    );
+    let mut client_haproxy = haproxy(
+        &plain_client.namespace,
+        dir.path(),
+        "haproxy-client",
+        &format!(
+            "{defaults}frontend plain\n  bind 127.0.0.1:{HAPROXY_CLIENT_PORT}\n  default_backend tls\nbackend tls\n  server echo 10.10.6.2:{HAPROXY_SERVER_PORT} ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required\n"
+        ),
+    );
+
+    let echo_vip = vip(&client, "echo", ECHO_PORT);
+    let remote_vip = vip(&client, "echo-remote", ECHO_PORT);
+    let http_vip = vip(&client, "echo", HTTP_PORT);
+    let direct: SocketAddr = SocketAddr::from(([10, 10, 6, 2], ECHO_PORT));
+    let through_haproxy = SocketAddr::from(([127, 0, 0, 1], HAPROXY_CLIENT_PORT));
+    let client_sidecar = sidecar_pid(&client);
+    let server_sidecar = sidecar_pid(&echo1);
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss_kb = process_stats(client_sidecar).rss_kb;
+
+    let everything = [
+        &network1,
+        &network2,
+        &gateway,
+        &client.namespace,
+        &echo1.namespace,
+        &echo2.namespace,
+        &plain_echo.namespace,
+        &plain_client.namespace,
+    ];
+    pin_processes(&everything, "0");
+    let paths: [(&'static str, &'static str, &Namespace, SocketAddr); 4] = [
+        ("direct TCP", "direct", &plain_client.namespace, direct),
+        (
+            "Causeway sidecar pair, mTLS",
+            "sidecar",
+            &client.namespace,
+            echo_vip,
+        ),
+        (
+            "sidecar -> router -> sidecar",
+            "gateway",
+            &client.namespace,
+            remote_vip,
+        ),
+        (
+            "HAProxy pair, mTLS",
+            "haproxy",
+            &plain_client.namespace,
+            through_haproxy,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, key, namespace, target) in paths {
+        let mut p50s = Vec::new();
+        let mut p99s = Vec::new();
+        for _ in 0..plan.runs {
+            let (warmup, pings) = (plan.warmup, plan.pings);
+            let (p50, p99) = inside(namespace, move || {
+                ping_pong(
+                    target,
+                    &Plan {
+                        runs: 1,
+                        pings,
+                        warmup,
+                        bulk_bytes: 0,
+                        load_seconds: 0,
+                    },
+                )
+            });
+            p50s.push(p50);
+            p99s.push(p99);
+        }
+        rows.push(Row {
+            name,
+            key,
+            p50: median(p50s),
+            p99: median(p99s),
+            gbit: 0.0,
+        });
+    }
+    // Throughput: unpinned, as the issue's reference figures were taken.
+    pinned.store(false, Ordering::Relaxed);
+    pin_processes(&everything, "0,1");
+    for row in &mut rows {
+        let (_, _, namespace, target) = paths.iter().find(|p| p.1 == row.key).copied().unwrap();
+        let bytes = plan.bulk_bytes;
+        let runs: Vec<f64> = (0..plan.runs.min(3))
+            .map(|_| inside(namespace, move || bulk(target, bytes)))
+            .collect();
+        row.gbit = median(runs);
+    }
+
+    // The sidecar under 1,000 HTTP/1.1 requests/s.
+    let ticks_per_second: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let before = (process_stats(client_sidecar), process_stats(server_sidecar));
+    let started = Instant::now();
+    let seconds = plan.load_seconds;
+    let requests = inside(&client.namespace, move || {
+        http_load(http_vip, 1000, seconds)
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = (process_stats(client_sidecar), process_stats(server_sidecar));
+    let cpu =
+        |b: &ProcessStats, a: &ProcessStats| (a.cpu_ticks - b.cpu_ticks) as f64 / ticks_per_second;
+    let client_cpu = cpu(&before.0, &after.0);
+    let server_cpu = cpu(&before.1, &after.1);
+    let rate = requests as f64 / elapsed;
+    let per_thousand = |cpu_seconds: f64| cpu_seconds / (requests as f64 / 1000.0);
+    let vcpu_per_thousand_rps = |cpu_seconds: f64| cpu_seconds / elapsed / (rate / 1000.0);
+    let loaded_rss_kb = after.0.rss_kb;
+
+    let direct_row = rows
+        .iter()
+        .find(|r| r.key == "direct")
+        .map(|r| (r.p50, r.p99))
+        .unwrap();
+    println!();
+    println!(
+        "Data plane: 64-byte ping-pong on one connection, all on core 0 ({} runs x {} round trips, medians); bulk unpinned",
+        plan.runs, plan.pings
+    );
+    println!(
+        "{:<32} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "path", "p50 us", "p99 us", "+p50 us", "+p99 us", "Gbit/s"
+    );
+    for row in &rows {
+        println!(
+            "{:<32} {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>10.2}",
+            row.name,
+            row.p50,
+            row.p99,
+            row.p50 - direct_row.0,
+            row.p99 - direct_row.1,
+            row.gbit
+        );
+    }
+    let added = |key: &str| {
+        let row = rows.iter().find(|r| r.key == key).unwrap();
+        (row.p50 - direct_row.0, row.p99 - direct_row.1)
+    };
+    let (sidecar_added, haproxy_added) = (added("sidecar"), added("haproxy"));
+    let gbit = |key: &str| rows.iter().find(|r| r.key == key).unwrap().gbit;
+    println!();
+    println!(
+        "added latency, sidecar pair / HAProxy pair: p50 {:.2}x, p99 {:.2}x (target <= 0.8x)",
+        sidecar_added.0 / haproxy_added.0,
+        sidecar_added.1 / haproxy_added.1
+    );
+    println!(
+        "throughput, sidecar pair / HAProxy pair: {:.2}x (target >= 1.25x)",
+        gbit("sidecar") / gbit("haproxy")
+    );
+    println!(
+        "client sidecar RSS: idle {:.1} MB (target < 10), under {rate:.0} HTTP/1.1 req/s {:.1} MB (target < 15)",
+        idle_rss_kb as f64 / 1024.0,
+        loaded_rss_kb as f64 / 1024.0
+    );
+    println!(
+        "CPU per 1,000 requests: client sidecar {:.3} s, server sidecar {:.3} s; vCPU per 1,000 req/s: {:.3} / {:.3} (target < 0.06)",
+        per_thousand(client_cpu),
+        per_thousand(server_cpu),
+        vcpu_per_thousand_rps(client_cpu),
+        vcpu_per_thousand_rps(server_cpu)
+    );
+    let mut json = serde_json::Map::new();
+    for row in &rows {
+        json.insert(
+            format!("{}_p50_us", row.key),
+            serde_json::json!((row.p50 * 10.0).round() / 10.0),
+        );
+        json.insert(
+            format!("{}_p99_us", row.key),
+            serde_json::json!((row.p99 * 10.0).round() / 10.0),
+        );
+        json.insert(
+            format!("{}_gbit_s", row.key),
+            serde_json::json!((row.gbit * 100.0).round() / 100.0),
+        );
+    }
+    let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
+    json.insert(
+        "sidecar_added_p50_ratio_to_haproxy".into(),
+        serde_json::json!(round3(sidecar_added.0 / haproxy_added.0)),
+    );
+    json.insert(
+        "sidecar_added_p99_ratio_to_haproxy".into(),
+        serde_json::json!(round3(sidecar_added.1 / haproxy_added.1)),
+    );
+    json.insert(
+        "sidecar_throughput_ratio_to_haproxy".into(),
+        serde_json::json!(round3(gbit("sidecar") / gbit("haproxy"))),
+    );
+    json.insert(
+        "idle_rss_mb".into(),
+        serde_json::json!(round3(idle_rss_kb as f64 / 1024.0)),
+    );
+    json.insert(
+        "loaded_rss_mb".into(),
+        serde_json::json!(round3(loaded_rss_kb as f64 / 1024.0)),
+    );
+    json.insert(
+        "load_requests_per_s".into(),
+        serde_json::json!(rate.round()),
+    );
+    json.insert(
+        "client_sidecar_cpu_s_per_1000_requests".into(),
+        serde_json::json!(round3(per_thousand(client_cpu))),
+    );
+    json.insert(
+        "server_sidecar_cpu_s_per_1000_requests".into(),
+        serde_json::json!(round3(per_thousand(server_cpu))),
+    );
+    json.insert(
+        "client_sidecar_vcpu_per_1000_rps".into(),
+        serde_json::json!(round3(vcpu_per_thousand_rps(client_cpu))),
+    );
+    json.insert(
+        "server_sidecar_vcpu_per_1000_rps".into(),
+        serde_json::json!(round3(vcpu_per_thousand_rps(server_cpu))),
+    );
+    println!("{}", serde_json::Value::Object(json));
+
+    for child in [&mut server_haproxy, &mut client_haproxy] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut router = router;
+    let _ = router.kill();
+    let _ = router.wait();
+    drop((client, echo1, echo2, plain_echo, plain_client, gateway));
+    drop((network1, network2, control, plane));
+}
