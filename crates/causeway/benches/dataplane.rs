@@ -280,16 +280,23 @@ fn http_load(target: SocketAddr, rate: u64, seconds: u64) -> u64 {
 
 struct ProcessStats {
     rss_kb: u64,
-    cpu_ticks: u64,
+    /// Private (heap, stacks) and file-backed (the binary's pages, shared by every proxy).
+    anon_kb: u64,
+    file_kb: u64,
+    user_ticks: u64,
+    system_ticks: u64,
 }
 
 fn process_stats(pid: i32) -> ProcessStats {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (rss_kb, anon_kb, file_kb) = (field("VmRSS:"), field("RssAnon:"), field("RssFile:"));
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
     let after = stat
@@ -305,7 +312,10 @@ fn process_stats(pid: i32) -> ProcessStats {
     };
     ProcessStats {
         rss_kb,
-        cpu_ticks: ticks(11) + ticks(12),
+        anon_kb,
+        file_kb,
+        user_ticks: ticks(11),
+        system_ticks: ticks(12),
     }
 }
 
@@ -388,6 +398,9 @@ fn main() {
         eprintln!("the data plane benchmark builds network namespaces and needs root");
         std::process::exit(1);
     }
+    // BENCH_ONLY=latency,bulk,load runs some phases (for quicker iterations).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let phase = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
     let plan = if std::env::args().any(|a| a == "--bench") {
         FULL
     } else {
@@ -440,6 +453,8 @@ fn main() {
     let pinned = Arc::new(AtomicBool::new(true));
     let mut echo1 = Pod::create("echo", "10.10.5.2", &network1, dir.path(), 1);
     start_echo(&echo1.namespace, pinned.clone());
+    // Istio's default: no access log.
+    echo1.access_log = false;
     echo1.inject(
         &plane,
         CONTROL_IP,
@@ -449,6 +464,7 @@ fn main() {
     );
     let mut echo2 = Pod::create("echo-remote", "10.20.5.2", &network2, dir.path(), 1);
     start_echo(&echo2.namespace, pinned.clone());
+    echo2.access_log = false;
     echo2.inject(
         &plane,
         "10.0.2.1",
@@ -457,6 +473,7 @@ fn main() {
         r#"{"app":"echo-remote"}"#,
     );
     let mut client = Pod::create("client", "10.10.9.2", &network1, dir.path(), 2);
+    client.access_log = false;
     client.inject(
         &plane,
         CONTROL_IP,
@@ -499,7 +516,8 @@ fn main() {
     let client_sidecar = sidecar_pid(&client);
     let server_sidecar = sidecar_pid(&echo1);
     std::thread::sleep(Duration::from_secs(1));
-    let idle_rss_kb = process_stats(client_sidecar).rss_kb;
+    let idle = process_stats(client_sidecar);
+    let idle_rss_kb = idle.rss_kb;
 
     let everything = [
         &network1,
@@ -535,6 +553,16 @@ fn main() {
     ];
     let mut rows = Vec::new();
     for (name, key, namespace, target) in paths {
+        if !phase("latency") {
+            rows.push(Row {
+                name,
+                key,
+                p50: f64::NAN,
+                p99: f64::NAN,
+                gbit: f64::NAN,
+            });
+            continue;
+        }
         let mut p50s = Vec::new();
         let mut p99s = Vec::new();
         for _ in 0..plan.runs {
@@ -565,7 +593,7 @@ fn main() {
     // Throughput: unpinned, as the issue's reference figures were taken.
     pinned.store(false, Ordering::Relaxed);
     pin_processes(&everything, "0,1");
-    for row in &mut rows {
+    for row in rows.iter_mut().filter(|_| phase("bulk")) {
         let (_, _, namespace, target) = paths.iter().find(|p| p.1 == row.key).copied().unwrap();
         let bytes = plan.bulk_bytes;
         let runs: Vec<f64> = (0..plan.runs.min(3))
@@ -581,22 +609,47 @@ fn main() {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0);
+    // BENCH_PERF=<file>: profile the client sidecar during the load (`perf report -i <file>`).
+    let profiler = std::env::var("BENCH_PERF").ok().map(|output| {
+        std::process::Command::new("perf")
+            .args(["record", "-g", "-F", "4000", "-o", &output, "-p"])
+            .arg(client_sidecar.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf runs")
+    });
     let before = (process_stats(client_sidecar), process_stats(server_sidecar));
     let started = Instant::now();
-    let seconds = plan.load_seconds;
+    let seconds = if phase("load") { plan.load_seconds } else { 0 };
     let requests = inside(&client.namespace, move || {
         http_load(http_vip, 1000, seconds)
     });
     let elapsed = started.elapsed().as_secs_f64();
     let after = (process_stats(client_sidecar), process_stats(server_sidecar));
-    let cpu =
-        |b: &ProcessStats, a: &ProcessStats| (a.cpu_ticks - b.cpu_ticks) as f64 / ticks_per_second;
+    if let Some(mut profiler) = profiler {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(profiler.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = profiler.wait();
+    }
+    let cpu = |b: &ProcessStats, a: &ProcessStats| {
+        (a.user_ticks + a.system_ticks - b.user_ticks - b.system_ticks) as f64 / ticks_per_second
+    };
+    // Kernel time includes the softirq work of the whole path (loopback and veth deliver in the
+    // sender's context), so the user share is the proxy's own work.
+    let user_share = |b: &ProcessStats, a: &ProcessStats| {
+        let total = (a.user_ticks + a.system_ticks - b.user_ticks - b.system_ticks).max(1);
+        (a.user_ticks - b.user_ticks) as f64 / total as f64
+    };
     let client_cpu = cpu(&before.0, &after.0);
     let server_cpu = cpu(&before.1, &after.1);
     let rate = requests as f64 / elapsed;
     let per_thousand = |cpu_seconds: f64| cpu_seconds / (requests as f64 / 1000.0);
     let vcpu_per_thousand_rps = |cpu_seconds: f64| cpu_seconds / elapsed / (rate / 1000.0);
     let loaded_rss_kb = after.0.rss_kb;
+    let client_user_share = user_share(&before.0, &after.0);
 
     let direct_row = rows
         .iter()
@@ -650,6 +703,15 @@ fn main() {
         per_thousand(server_cpu),
         vcpu_per_thousand_rps(client_cpu),
         vcpu_per_thousand_rps(server_cpu)
+    );
+    println!(
+        "idle RSS: {:.1} MB private (heap, stacks), {:.1} MB of the binary's pages (shared by every proxy on the node)",
+        idle.anon_kb as f64 / 1024.0,
+        idle.file_kb as f64 / 1024.0
+    );
+    println!(
+        "client sidecar CPU in user space: {:.0}% (the rest is the kernel's, network path included)",
+        client_user_share * 100.0
     );
     let mut json = serde_json::Map::new();
     for row in &rows {

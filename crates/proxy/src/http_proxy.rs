@@ -15,10 +15,12 @@ use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper::server::conn::{http1 as server1, http2 as server2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,6 +38,40 @@ pub struct Exchange {
     pub upstream_cluster: Option<String>,
     pub requested_server_name: Option<String>,
     pub route_name: Option<&'static str>,
+    /// The series this connection's requests count into, looked up once per distinct outcome:
+    /// labels are twenty strings, too many to hash per request.
+    pub series: Mutex<Vec<(SeriesKey, Counter, Histogram)>>,
+}
+
+/// What varies between the requests of one connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SeriesKey {
+    grpc: bool,
+    status: u16,
+    grpc_status: String,
+    response_flags: &'static str,
+}
+
+impl Exchange {
+    fn series(&self, key: SeriesKey) -> (Counter, Histogram) {
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, counter, histogram)) = series.iter().find(|(k, _, _)| *k == key) {
+            return (counter.clone(), histogram.clone());
+        }
+        let mut traffic = self.labels.clone();
+        traffic.request_protocol = if key.grpc { "grpc" } else { "http" };
+        traffic.response_flags = key.response_flags.to_owned();
+        let labels = RequestLabels {
+            traffic,
+            response_code: key.status,
+            grpc_response_status: key.grpc_status.clone(),
+        };
+        let telemetry = &self.dataplane.telemetry;
+        let counter = telemetry.requests.get_or_create_owned(&labels);
+        let histogram = telemetry.request_duration.get_or_create_owned(&labels);
+        series.push((key, counter.clone(), histogram.clone()));
+        (counter, histogram)
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -141,64 +177,54 @@ impl Upstream {
     }
 }
 
-/// What the log line of one request needs once its response has ended.
-struct Finished {
-    exchange: Arc<Exchange>,
-    protocol: &'static str,
-    start: Instant,
+/// The parts of a request its access log line needs (kept only when there is an access log).
+struct Logged {
     start_time: SystemTime,
     method: String,
     path: String,
     authority: String,
     request_headers: HeaderMap,
-    status: StatusCode,
     response_headers: HeaderMap,
+}
+
+/// What one request reports once its response has ended.
+struct Finished {
+    exchange: Arc<Exchange>,
+    protocol: &'static str,
+    start: Instant,
+    grpc: bool,
+    status: StatusCode,
+    grpc_status: String,
     response_flags: &'static str,
     request_bytes: Arc<AtomicU64>,
     response_bytes: Arc<AtomicU64>,
+    logged: Option<Logged>,
 }
 
 impl Finished {
     fn report(self) {
         let exchange = &self.exchange;
-        let dataplane = &exchange.dataplane;
-        let grpc = self
-            .request_headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        let mut traffic = exchange.labels.clone();
-        traffic.request_protocol = if grpc { "grpc" } else { "http" };
-        traffic.response_flags = self.response_flags.to_owned();
-        let labels = RequestLabels {
-            traffic,
-            response_code: self.status.as_u16(),
-            grpc_response_status: self
-                .response_headers
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-        };
         let elapsed = self.start.elapsed();
-        dataplane.telemetry.requests.get_or_create(&labels).inc();
-        dataplane
-            .telemetry
-            .request_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64() * 1000.0);
-        if let Some(log) = &dataplane.access_log {
+        let (counter, histogram) = exchange.series(SeriesKey {
+            grpc: self.grpc,
+            status: self.status.as_u16(),
+            grpc_status: self.grpc_status.clone(),
+            response_flags: self.response_flags,
+        });
+        counter.inc();
+        histogram.observe(elapsed.as_secs_f64() * 1000.0);
+        if let (Some(log), Some(logged)) = (&exchange.dataplane.access_log, &self.logged) {
             log.write(&Entry {
-                start_time: Some(self.start_time),
+                start_time: Some(logged.start_time),
                 duration: elapsed,
                 protocol: Some(self.protocol),
                 request: Some(RequestView {
-                    method: &self.method,
-                    path: &self.path,
-                    authority: &self.authority,
-                    headers: &self.request_headers,
+                    method: &logged.method,
+                    path: &logged.path,
+                    authority: &logged.authority,
+                    headers: &logged.request_headers,
                 }),
-                response_headers: Some(&self.response_headers),
+                response_headers: Some(&logged.response_headers),
                 response_code: self.status.as_u16(),
                 response_flags: self.response_flags,
                 bytes_received: self.request_bytes.load(Ordering::Relaxed),
@@ -216,6 +242,14 @@ impl Finished {
     }
 }
 
+/// A version 4 UUID from the thread's fast generator: one per request, so no system call.
+fn request_id() -> String {
+    let bytes = fastrand::u128(..).to_le_bytes();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
 async fn forward(
     mut request: Request<Incoming>,
     upstream: Arc<Upstream>,
@@ -223,31 +257,38 @@ async fn forward(
     protocol: &'static str,
 ) -> Result<Response<DownstreamBody>, std::convert::Infallible> {
     let start = Instant::now();
-    let start_time = SystemTime::now();
-    if !request.headers().contains_key(REQUEST_ID) {
-        let id = uuid::Uuid::new_v4().to_string();
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            request.headers_mut().insert(REQUEST_ID, value);
-        }
+    if !request.headers().contains_key(REQUEST_ID)
+        && let Ok(value) = HeaderValue::from_str(&request_id())
+    {
+        request.headers_mut().insert(REQUEST_ID, value);
     }
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    let method = request.method().to_string();
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| request.uri().path().to_owned(), |p| p.to_string());
-    let request_headers = request.headers().clone();
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let logged = exchange.dataplane.access_log.as_ref().map(|_| Logged {
+        start_time: SystemTime::now(),
+        method: request.method().to_string(),
+        path: request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| request.uri().path().to_owned(), |p| p.to_string()),
+        authority: request
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default(),
+        request_headers: request.headers().clone(),
+        response_headers: HeaderMap::new(),
+    });
     let downstream_upgrade = request
         .headers()
         .contains_key(http::header::UPGRADE)
@@ -259,21 +300,23 @@ async fn forward(
         exchange,
         protocol,
         start,
-        start_time,
-        method,
-        path,
-        authority,
-        request_headers,
+        grpc,
         status: StatusCode::OK,
-        response_headers: HeaderMap::new(),
+        grpc_status: String::new(),
         response_flags: "-",
         request_bytes,
         response_bytes: response_bytes.clone(),
+        logged,
     };
     match upstream.send(request).await {
         Ok(mut response) => {
             finished.status = response.status();
-            finished.response_headers = response.headers().clone();
+            if grpc && let Some(status) = response.headers().get("grpc-status") {
+                finished.grpc_status = status.to_str().unwrap_or_default().to_owned();
+            }
+            if let Some(logged) = &mut finished.logged {
+                logged.response_headers = response.headers().clone();
+            }
             if response.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(downstream_upgrade) = downstream_upgrade
             {

@@ -212,6 +212,7 @@ where
             upstream_cluster: Some(peer.cluster.to_string()),
             requested_server_name: peer.requested_server_name,
             route_name: Some("default"),
+            series: Default::default(),
         });
         if let Err(error) = http_proxy::proxy(downstream, upstream, detected, exchange).await {
             tracing::debug!(%target, %error, "inbound HTTP connection ended");

@@ -59,6 +59,9 @@ pub struct ProxySettings {
     pub protocol_detection_timeout: Duration,
     /// Where names the mesh does not know are resolved (`resolv.conf`'s servers).
     pub upstream_dns: Vec<SocketAddr>,
+    /// Once ready, give back the executable's start-up pages ([`crate::resident`]). For the
+    /// proxy process; not for a test binary that embeds a proxy.
+    pub trim_resident_pages: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +227,19 @@ pub async fn start(settings: ProxySettings) -> Result<RunningProxy, StartError> 
         ads: ads_status.clone(),
         needs_certificate: settings.ca.is_some(),
     };
+    if settings.trim_resident_pages {
+        let state = state.clone();
+        tasks.spawn(async move {
+            while !state.ready() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Let the first connections' set-up finish before the pages go.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            crate::resident::drop_startup_pages();
+            tracing::debug!("start-up pages given back");
+            std::future::pending::<()>().await;
+        });
+    }
     for (listener, port) in [
         (admin_listener, admin::Port::Admin),
         (prometheus_listener, admin::Port::Prometheus),

@@ -1,7 +1,7 @@
 //! Causeway's data plane: [`capture`], the iptables rules that send a pod's traffic through its
 //! sidecar (istio-init's job, `causeway proxy init`); [`config`], the routing tables built from
 //! discovery's xDS; [`passthrough`], how a captured connection reaches where it was going.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
@@ -20,6 +20,7 @@ pub mod launch;
 pub mod outbound;
 pub mod passthrough;
 pub mod relay;
+pub mod resident;
 mod retry;
 pub mod router;
 pub mod sniff;

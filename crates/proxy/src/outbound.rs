@@ -258,6 +258,7 @@ where
         upstream_cluster: outcome.upstream_cluster.clone(),
         requested_server_name: None,
         route_name: Some("default"),
+        series: Default::default(),
     });
     http_proxy::proxy(
         connection.downstream,

@@ -265,6 +265,7 @@ fn common_settings(args: &CommonArgs, role: Role) -> anyhow::Result<ProxySetting
             .map(|path| (path, args.access_log_format.clone())),
         protocol_detection_timeout: Duration::from_secs(1),
         upstream_dns: Vec::new(),
+        trim_resident_pages: true,
     })
 }
 
@@ -325,6 +326,7 @@ fn router_settings(args: &RouterArgs) -> anyhow::Result<ProxySettings> {
 }
 
 fn serve(settings: ProxySettings, workers: usize) -> anyhow::Result<()> {
+    causeway_proxy::resident::no_fault_around();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
