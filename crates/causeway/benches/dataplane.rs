@@ -519,6 +519,16 @@ fn main() {
     let idle = process_stats(client_sidecar);
     let idle_rss_kb = idle.rss_kb;
 
+    // BENCH_PERF=<file>: profile the client sidecar during the phases run (`perf report -i <file>`).
+    let profiler = std::env::var("BENCH_PERF").ok().map(|output| {
+        std::process::Command::new("perf")
+            .args(["record", "-g", "-F", "4000", "-o", &output, "-p"])
+            .arg(client_sidecar.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf runs")
+    });
     let everything = [
         &network1,
         &network2,
@@ -609,16 +619,6 @@ fn main() {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0);
-    // BENCH_PERF=<file>: profile the client sidecar during the load (`perf report -i <file>`).
-    let profiler = std::env::var("BENCH_PERF").ok().map(|output| {
-        std::process::Command::new("perf")
-            .args(["record", "-g", "-F", "4000", "-o", &output, "-p"])
-            .arg(client_sidecar.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("perf runs")
-    });
     let before = (process_stats(client_sidecar), process_stats(server_sidecar));
     let started = Instant::now();
     let seconds = if phase("load") { plan.load_seconds } else { 0 };
