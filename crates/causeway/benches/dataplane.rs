@@ -408,25 +408,12 @@ fn main() {
     };
     let _ = causeway_lab::netns::sweep_stale();
     let dir = tempfile::tempdir().unwrap();
-    let control = Namespace::create("control").unwrap();
-    let network1 = Namespace::create("network1").unwrap();
-    let network2 = Namespace::create("network2").unwrap();
-    network1.enable_forwarding().unwrap();
-    network2.enable_forwarding().unwrap();
-    control
-        .link(
-            "eth0",
-            &format!("{CONTROL_IP}/24"),
-            &network1,
-            "veth0",
-            "10.0.1.2/24",
-        )
-        .unwrap();
-    control
-        .link("eth1", "10.0.2.1/24", &network2, "veth0", "10.0.2.2/24")
-        .unwrap();
-    control.route("10.10.0.0/16", "10.0.1.2").unwrap();
-    control.route("10.20.0.0/16", "10.0.2.2").unwrap();
+    let Networks {
+        control,
+        network1,
+        network2,
+    } = networks(true);
+    let network2 = network2.expect("asked for");
     // The control plane is not on the measured path: core 1.
     let plane = {
         pin_thread(&[1]);

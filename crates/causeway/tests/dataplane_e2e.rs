@@ -7,46 +7,13 @@
 mod fixtures;
 
 use fixtures::dataplane::*;
+
 #[test]
 fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let control = Namespace::create("control").unwrap();
-    let network1 = Namespace::create("network1").unwrap();
-    network1.enable_forwarding().unwrap();
-    control
-        .link(
-            "eth0",
-            &format!("{CONTROL_IP}/24"),
-            &network1,
-            "veth0",
-            "10.0.1.2/24",
-        )
-        .unwrap();
-    control.route("10.10.0.0/16", "10.0.1.2").unwrap();
-
-    let plane = start_control_plane(
-        &control,
-        MeshOptions {
-            discovery_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            v1_ip: "10.10.5.2",
-            ..MeshOptions::default()
-        },
-        &[],
-    );
-    let mut helloworld = Pod::create("helloworld-v1", "10.10.5.2", &network1, dir.path(), 1);
-    helloworld.run_helloworld("v1");
-    helloworld.inject(
-        &plane,
-        CONTROL_IP,
-        CLUSTER01,
-        "helloworld",
-        r#"{"app":"helloworld","version":"v1"}"#,
-    );
-    let mut sleep = Pod::create("sleep", "10.10.9.2", &network1, dir.path(), 2);
-    sleep.inject(&plane, CONTROL_IP, CLUSTER01, "sleep", r#"{"app":"sleep"}"#);
-
+    let mesh = OneNetwork::start(&[]);
+    let (sleep, helloworld) = (&mesh.sleep, &mesh.v1);
     let body = eventually_curl(
-        &sleep,
+        sleep,
         "http://helloworld.sample:5000/hello",
         "Hello version: v1",
     );
@@ -122,8 +89,6 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
         !client_log.contains(CONTROL_IP),
         "the sidecar's own connections to discovery carry its mark and are not captured:\n{client_log}"
     );
-    drop((sleep, helloworld));
-    drop(plane);
 }
 
 /// The east-west gateway of network2, as `causeway proxy router` in its own namespace: outside
@@ -155,25 +120,12 @@ impl Drop for TwoNetworks {
 impl TwoNetworks {
     fn start() -> TwoNetworks {
         let dir = tempfile::tempdir().unwrap();
-        let control = Namespace::create("control").unwrap();
-        let network1 = Namespace::create("network1").unwrap();
-        let network2 = Namespace::create("network2").unwrap();
-        network1.enable_forwarding().unwrap();
-        network2.enable_forwarding().unwrap();
-        control
-            .link(
-                "eth0",
-                &format!("{CONTROL_IP}/24"),
-                &network1,
-                "veth0",
-                "10.0.1.2/24",
-            )
-            .unwrap();
-        control
-            .link("eth1", "10.0.2.1/24", &network2, "veth0", "10.0.2.2/24")
-            .unwrap();
-        control.route("10.10.0.0/16", "10.0.1.2").unwrap();
-        control.route("10.20.0.0/16", "10.0.2.2").unwrap();
+        let Networks {
+            control,
+            network1,
+            network2,
+        } = networks(true);
+        let network2 = network2.expect("asked for");
         let plane = start_control_plane(
             &control,
             MeshOptions {
@@ -498,19 +450,9 @@ struct OneNetwork {
 impl OneNetwork {
     fn start(extra: &[&str]) -> OneNetwork {
         let dir = tempfile::tempdir().unwrap();
-        let control = Namespace::create("control").unwrap();
-        let network1 = Namespace::create("network1").unwrap();
-        network1.enable_forwarding().unwrap();
-        control
-            .link(
-                "eth0",
-                &format!("{CONTROL_IP}/24"),
-                &network1,
-                "veth0",
-                "10.0.1.2/24",
-            )
-            .unwrap();
-        control.route("10.10.0.0/16", "10.0.1.2").unwrap();
+        let Networks {
+            control, network1, ..
+        } = networks(false);
         let plane = start_control_plane(
             &control,
             MeshOptions {

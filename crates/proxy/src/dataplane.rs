@@ -12,7 +12,7 @@ use crate::telemetry::{Telemetry, TrafficLabels, UNKNOWN};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Connect attempts per connection, each to another endpoint (Envoy's TCP proxy retries
@@ -140,6 +140,32 @@ impl DataPlane {
             labels.destination_cluster = workload.cluster_id.clone();
         }
         labels
+    }
+}
+
+/// Accepts connections on `listener` until the task is dropped, each handled on its own task
+/// with Nagle off. `what` names the listener in logs.
+pub async fn accept_each<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    dataplane: Arc<DataPlane>,
+    handle: F,
+) where
+    F: Fn(TcpStream, Arc<DataPlane>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, usually: wait a little rather than spin.
+                tracing::warn!(%error, listener = what, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(handle(stream, dataplane.clone()));
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::access_log::Entry;
 use crate::config::ClusterKind;
-use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, peer_of};
+use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
 use crate::identity::peer_identity;
 use crate::passthrough::{connect_marked, original_destination};
@@ -20,19 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 const TLS_HANDSHAKE: u8 = 0x16;
 
 pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting an inbound connection failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let dataplane = dataplane.clone();
-        tokio::spawn(async move { handle(stream, dataplane).await });
-    }
+    accept_each(listener, "inbound", dataplane, handle).await;
 }
 
 /// Whether the client opens with a TLS handshake; `None` when it sent nothing in `wait`.

@@ -4,7 +4,7 @@
 
 use crate::access_log::Entry;
 use crate::config::PortProtocol;
-use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, peer_of};
+use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
 use crate::identity::MeshTls;
 use crate::passthrough::{connect_marked, original_destination};
@@ -22,19 +22,7 @@ const DECLARED_HTTP_WAIT: Duration = Duration::from_secs(30);
 use tokio::net::{TcpListener, TcpStream};
 
 pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting an outbound connection failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let dataplane = dataplane.clone();
-        tokio::spawn(async move { handle(stream, dataplane).await });
-    }
+    accept_each(listener, "outbound", dataplane, handle).await;
 }
 
 /// What a connection's log line and metrics need, filled in as it goes.

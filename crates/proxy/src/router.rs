@@ -5,7 +5,7 @@
 //! and is counted.
 
 use crate::access_log::Entry;
-use crate::dataplane::{DataPlane, peer_of};
+use crate::dataplane::{DataPlane, accept_each, peer_of};
 use crate::relay::relay_tcp;
 use rustls::server::Acceptor;
 use std::collections::{BTreeSet, HashMap};
@@ -118,15 +118,15 @@ pub async fn manage_listeners(dataplane: Arc<DataPlane>, bind: IpAddr) {
 }
 
 async fn serve(listener: TcpListener, port: u16, dataplane: Arc<DataPlane>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let dataplane = dataplane.clone();
-        tokio::spawn(async move { handle(stream, port, &dataplane).await });
-    }
+    accept_each(
+        listener,
+        "router",
+        dataplane,
+        move |stream, dataplane| async move {
+            handle(stream, port, &dataplane).await;
+        },
+    )
+    .await;
 }
 
 async fn handle(mut downstream: TcpStream, port: u16, dataplane: &DataPlane) {

@@ -162,6 +162,29 @@ async fn a_sidecar_gets_its_own_identity_and_talks_mutual_tls_with_it() {
     );
 }
 
+/// Why `server` refused `client`: the client's message must not come back, and the server must
+/// fail with a reason.
+async fn server_refusal(server: Arc<MeshTls>, client: &MeshTls) -> String {
+    let (address, served) = serve_once(server).await;
+    let outcome = match connect(client, address).await {
+        // TLS 1.3: the client finishes before the server has judged its certificate.
+        Ok(mut tls) => {
+            let _ = tls.write_all(b"hello").await;
+            let mut buffer = Vec::new();
+            tls.read_to_end(&mut buffer).await.map(|_| buffer)
+        }
+        Err(error) => Err(error),
+    };
+    assert!(
+        !matches!(outcome, Ok(ref echoed) if echoed == b"hello"),
+        "{outcome:?}"
+    );
+    served
+        .await
+        .unwrap()
+        .expect_err("the server refuses the client")
+}
+
 /// A certificate of the right shape from a root the mesh does not trust.
 fn foreign_credentials(dir: &Path) -> Credentials {
     let profile = causeway_ca::authority::self_signed_root_profile("cluster.local");
@@ -216,40 +239,13 @@ async fn another_root_and_an_expired_certificate_are_refused_both_ways() {
             .to_vec(),
     ));
     let trusting = MeshTls::new(Arc::new(trusting)).unwrap();
-    let (address, served) = serve_once(server.clone()).await;
-    let outcome = match connect(&trusting, address).await {
-        // TLS 1.3: the client finishes before the server has judged its certificate.
-        Ok(mut tls) => {
-            let _ = tls.write_all(b"hello").await;
-            let mut buffer = Vec::new();
-            tls.read_to_end(&mut buffer).await.map(|_| buffer)
-        }
-        Err(error) => Err(error),
-    };
-    assert!(
-        !matches!(outcome, Ok(ref echoed) if echoed == b"hello"),
-        "{outcome:?}"
-    );
-    let refusal = served.await.unwrap().unwrap_err();
+    let refusal = server_refusal(server.clone(), &trusting).await;
     assert!(refusal.contains("invalid peer certificate"), "{refusal}");
 
     let short = settings(&mesh, dir.path(), "sleep", Duration::from_secs(1)).await;
     let expiring = MeshTls::new(Arc::new(short.obtain(&identity("sleep")).await.unwrap())).unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (address, served) = serve_once(server).await;
-    let outcome = match connect(&expiring, address).await {
-        Ok(mut tls) => {
-            let _ = tls.write_all(b"hello").await;
-            let mut buffer = Vec::new();
-            tls.read_to_end(&mut buffer).await.map(|_| buffer)
-        }
-        Err(error) => Err(error),
-    };
-    assert!(
-        !matches!(outcome, Ok(ref echoed) if echoed == b"hello"),
-        "{outcome:?}"
-    );
-    let refusal = served.await.unwrap().unwrap_err();
+    let refusal = server_refusal(server, &expiring).await;
     assert!(refusal.contains("certificate expired"), "{refusal}");
 }
 
