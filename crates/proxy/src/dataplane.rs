@@ -104,6 +104,23 @@ impl DataPlane {
         }
     }
 
+    /// Where a captured connection was going (`SO_ORIGINAL_DST`); a connection that reached
+    /// the listener without capture is counted and `None`.
+    pub fn captured_destination(
+        &self,
+        stream: &TcpStream,
+        listener: &'static str,
+    ) -> Option<SocketAddr> {
+        match crate::passthrough::original_destination(stream) {
+            Ok(destination) => Some(SocketAddr::V4(destination)),
+            Err(error) => {
+                tracing::debug!(peer = %peer_of(stream), %error, listener, "connection without an original destination");
+                self.telemetry.refuse(listener, "not_redirected");
+                None
+            }
+        }
+    }
+
     /// Labels with this workload filled in on the `side` it plays.
     pub fn labels(&self, reporter: &'static str) -> TrafficLabels {
         let mut labels = TrafficLabels::unknown(reporter);

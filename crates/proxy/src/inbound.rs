@@ -7,7 +7,7 @@ use crate::config::ClusterKind;
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
 use crate::identity::peer_identity;
-use crate::passthrough::{connect_marked, original_destination};
+use crate::passthrough::connect_marked;
 use crate::relay::relay_tcp;
 use crate::sniff::{Detected, detect};
 use crate::telemetry::TrafficLabels;
@@ -36,13 +36,8 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
     let started = Instant::now();
     let start_time = SystemTime::now();
     let peer = peer_of(&downstream);
-    let destination = match original_destination(&downstream) {
-        Ok(destination) => SocketAddr::V4(destination),
-        Err(error) => {
-            tracing::debug!(%peer, %error, "inbound connection without an original destination");
-            dataplane.telemetry.refuse("inbound", "not_redirected");
-            return;
-        }
+    let Some(destination) = dataplane.captured_destination(&downstream, "inbound") else {
+        return;
     };
     let config = dataplane.current_config();
     let Some(port) = config.inbound.for_port(destination.port()).cloned() else {

@@ -7,7 +7,7 @@ use crate::config::PortProtocol;
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
 use crate::identity::MeshTls;
-use crate::passthrough::{connect_marked, original_destination};
+use crate::passthrough::connect_marked;
 use crate::relay::relay_tcp;
 use crate::sniff::{Detected, Rewind, detect};
 use crate::telemetry::TrafficLabels;
@@ -42,13 +42,8 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
     let started = Instant::now();
     let start_time = SystemTime::now();
     let peer = peer_of(&downstream);
-    let destination = match original_destination(&downstream) {
-        Ok(destination) => SocketAddr::V4(destination),
-        Err(error) => {
-            tracing::debug!(%peer, %error, "outbound connection without an original destination");
-            dataplane.telemetry.refuse("outbound", "not_redirected");
-            return;
-        }
+    let Some(destination) = dataplane.captured_destination(&downstream, "outbound") else {
+        return;
     };
     let mut outcome = Outcome {
         labels: dataplane.labels("source"),
