@@ -51,6 +51,11 @@ const ECHO_PORT: u16 = 7000;
 const HTTP_PORT: u16 = 8080;
 const HAPROXY_CLIENT_PORT: u16 = 7100;
 const HAPROXY_SERVER_PORT: u16 = 7443;
+const HAPROXY_CAPTURED_PORT: u16 = 7200;
+/// The port the captured HAProxy pair's client side connects to; redirected to 7443.
+const CAPTURED_SERVER_PORT: u16 = 7001;
+/// A VIP for the captured HAProxy pair (routed like a Service address, redirected in the pod).
+const CAPTURED_VIP: &str = "10.96.250.1";
 const MESSAGE: usize = 64;
 
 fn pin_thread(cores: &[usize]) {
@@ -491,7 +496,32 @@ fn main() {
         dir.path(),
         "haproxy-client",
         &format!(
-            "{defaults}frontend plain\n  bind 127.0.0.1:{HAPROXY_CLIENT_PORT}\n  default_backend tls\nbackend tls\n  server echo 10.10.6.2:{HAPROXY_SERVER_PORT} ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required\n"
+            "{defaults}frontend plain\n  bind 127.0.0.1:{HAPROXY_CLIENT_PORT}\n  default_backend tls\nbackend tls\n  server echo 10.10.6.2:{HAPROXY_SERVER_PORT} ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required\n\
+             frontend captured\n  bind 127.0.0.1:{HAPROXY_CAPTURED_PORT}\n  default_backend captured_tls\nbackend captured_tls\n  server echo 10.10.6.2:{CAPTURED_SERVER_PORT} ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required\n"
+        ),
+    );
+    // The same HAProxy pair behind iptables capture, as sidecars are: the client's connection to
+    // a VIP is redirected to its HAProxy, and the server side's inbound port to the other. Not a
+    // target; it shows what capture (conntrack and NAT on every packet) costs any proxy.
+    let nat = |namespace: &Namespace, rule: &str| {
+        let status = namespace
+            .command("iptables")
+            .args(["-t", "nat", "-A"])
+            .args(rule.split_whitespace())
+            .status()
+            .expect("iptables runs");
+        assert!(status.success(), "iptables -t nat -A {rule}");
+    };
+    nat(
+        &plain_client.namespace,
+        &format!(
+            "OUTPUT -p tcp -d {CAPTURED_VIP} --dport {ECHO_PORT} -j REDIRECT --to-ports {HAPROXY_CAPTURED_PORT}"
+        ),
+    );
+    nat(
+        &plain_echo.namespace,
+        &format!(
+            "PREROUTING -p tcp --dport {CAPTURED_SERVER_PORT} -j REDIRECT --to-ports {HAPROXY_SERVER_PORT}"
         ),
     );
 
@@ -527,7 +557,8 @@ fn main() {
         &plain_client.namespace,
     ];
     pin_processes(&everything, "0");
-    let paths: [(&'static str, &'static str, &Namespace, SocketAddr); 4] = [
+    let captured_haproxy = SocketAddr::new(CAPTURED_VIP.parse().unwrap(), ECHO_PORT);
+    let paths: [(&'static str, &'static str, &Namespace, SocketAddr); 5] = [
         ("direct TCP", "direct", &plain_client.namespace, direct),
         (
             "Causeway sidecar pair, mTLS",
@@ -546,6 +577,12 @@ fn main() {
             "haproxy",
             &plain_client.namespace,
             through_haproxy,
+        ),
+        (
+            "HAProxy pair, mTLS, captured",
+            "haproxy_captured",
+            &plain_client.namespace,
+            captured_haproxy,
         ),
     ];
     let mut rows = Vec::new();
