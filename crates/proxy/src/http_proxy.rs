@@ -1,9 +1,11 @@
-//! HTTP/1.1 and HTTP/2 connections, proxied request by request (hyper on both sides) so that
-//! each request is logged and counted: method, path, authority, status, bytes, duration, and an
-//! `x-request-id` made when the request has none. Upgrades (WebSocket) continue as raw bytes.
+//! HTTP connections proxied request by request so that each request is logged and counted:
+//! method, path, authority, status, bytes, duration, and an `x-request-id` made when the
+//! request has none. HTTP/1.x goes through the lean relay in [`crate::http1`]; HTTP/2 through
+//! hyper on both sides. Upgrades (WebSocket) continue as raw bytes.
 
 use crate::access_log::{Entry, RequestView};
 use crate::dataplane::DataPlane;
+use crate::http1;
 use crate::sniff::Detected;
 use crate::telemetry::{RequestLabels, TrafficLabels};
 use bytes::Bytes;
@@ -11,8 +13,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1 as client1, http2 as client2};
-use hyper::server::conn::{http1 as server1, http2 as server2};
+use hyper::client::conn::http2 as client2;
+use hyper::server::conn::http2 as server2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
@@ -152,62 +154,39 @@ where
 type UpstreamBody = ObservedBody<Incoming>;
 type DownstreamBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
 
-enum Upstream {
-    Http1(tokio::sync::Mutex<client1::SendRequest<UpstreamBody>>),
-    Http2(client2::SendRequest<UpstreamBody>),
-}
-
-impl Upstream {
-    async fn send(
-        &self,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, hyper::Error> {
-        match self {
-            Upstream::Http1(sender) => {
-                let mut sender = sender.lock().await;
-                sender.ready().await?;
-                sender.send_request(request).await
-            }
-            Upstream::Http2(sender) => {
-                let mut sender = sender.clone();
-                sender.ready().await?;
-                sender.send_request(request).await
-            }
-        }
-    }
-}
-
 /// The parts of a request its access log line needs (kept only when there is an access log).
-struct Logged {
-    start_time: SystemTime,
-    method: String,
-    path: String,
-    authority: String,
-    request_headers: HeaderMap,
-    response_headers: HeaderMap,
+pub(crate) struct Logged {
+    pub start_time: SystemTime,
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub request_headers: HeaderMap,
+    pub response_headers: HeaderMap,
 }
 
 /// What one request reports once its response has ended.
-struct Finished {
-    exchange: Arc<Exchange>,
-    protocol: &'static str,
-    start: Instant,
-    grpc: bool,
-    status: StatusCode,
-    grpc_status: String,
-    response_flags: &'static str,
-    request_bytes: Arc<AtomicU64>,
-    response_bytes: Arc<AtomicU64>,
-    logged: Option<Logged>,
+pub(crate) struct Finished {
+    pub exchange: Arc<Exchange>,
+    pub protocol: &'static str,
+    pub start: Instant,
+    pub grpc: bool,
+    /// 0 when no response was sent (the client went away first), as Envoy logs it.
+    pub status: u16,
+    pub grpc_status: String,
+    pub response_flags: &'static str,
+    /// Body bytes, as Envoy's `%BYTES_RECEIVED%` and `%BYTES_SENT%` count them.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub logged: Option<Logged>,
 }
 
 impl Finished {
-    fn report(self) {
+    pub(crate) fn report(self) {
         let exchange = &self.exchange;
         let elapsed = self.start.elapsed();
         let (counter, histogram) = exchange.series(SeriesKey {
             grpc: self.grpc,
-            status: self.status.as_u16(),
+            status: self.status,
             grpc_status: self.grpc_status.clone(),
             response_flags: self.response_flags,
         });
@@ -225,10 +204,10 @@ impl Finished {
                     headers: &logged.request_headers,
                 }),
                 response_headers: Some(&logged.response_headers),
-                response_code: self.status.as_u16(),
+                response_code: self.status,
                 response_flags: self.response_flags,
-                bytes_received: self.request_bytes.load(Ordering::Relaxed),
-                bytes_sent: self.response_bytes.load(Ordering::Relaxed),
+                bytes_received: self.request_bytes,
+                bytes_sent: self.response_bytes,
                 downstream_local: Some(exchange.downstream_local),
                 downstream_remote: Some(exchange.downstream_remote),
                 upstream_host: exchange.upstream_host,
@@ -243,22 +222,19 @@ impl Finished {
 }
 
 /// A version 4 UUID from the thread's fast generator: one per request, so no system call.
-fn request_id() -> String {
-    let bytes = fastrand::u128(..).to_le_bytes();
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .to_string()
+pub(crate) fn request_id() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
 }
 
 async fn forward(
     mut request: Request<Incoming>,
-    upstream: Arc<Upstream>,
+    upstream: client2::SendRequest<UpstreamBody>,
     exchange: Arc<Exchange>,
     protocol: &'static str,
 ) -> Result<Response<DownstreamBody>, std::convert::Infallible> {
     let start = Instant::now();
     if !request.headers().contains_key(REQUEST_ID)
-        && let Ok(value) = HeaderValue::from_str(&request_id())
+        && let Ok(value) = HeaderValue::from_str(&request_id().to_string())
     {
         request.headers_mut().insert(REQUEST_ID, value);
     }
@@ -289,10 +265,6 @@ async fn forward(
         request_headers: request.headers().clone(),
         response_headers: HeaderMap::new(),
     });
-    let downstream_upgrade = request
-        .headers()
-        .contains_key(http::header::UPGRADE)
-        .then(|| hyper::upgrade::on(&mut request));
     let request_bytes = Arc::new(AtomicU64::new(0));
     let request = request.map(|body| ObservedBody::new(body, request_bytes.clone(), None));
     let response_bytes = Arc::new(AtomicU64::new(0));
@@ -301,50 +273,45 @@ async fn forward(
         protocol,
         start,
         grpc,
-        status: StatusCode::OK,
+        status: StatusCode::OK.as_u16(),
         grpc_status: String::new(),
         response_flags: "-",
-        request_bytes,
-        response_bytes: response_bytes.clone(),
+        request_bytes: 0,
+        response_bytes: 0,
         logged,
     };
-    match upstream.send(request).await {
-        Ok(mut response) => {
-            finished.status = response.status();
+    let mut upstream = upstream;
+    let sent = match upstream.ready().await {
+        Ok(()) => upstream.send_request(request).await,
+        Err(error) => Err(error),
+    };
+    match sent {
+        Ok(response) => {
+            finished.status = response.status().as_u16();
             if grpc && let Some(status) = response.headers().get("grpc-status") {
                 finished.grpc_status = status.to_str().unwrap_or_default().to_owned();
             }
             if let Some(logged) = &mut finished.logged {
                 logged.response_headers = response.headers().clone();
             }
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                && let Some(downstream_upgrade) = downstream_upgrade
-            {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(async move {
-                    if let (Ok(down), Ok(up)) = (downstream_upgrade.await, upstream_upgrade.await) {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(down),
-                            &mut TokioIo::new(up),
-                        )
-                        .await;
-                    }
-                });
-            }
-            let on_end: Box<dyn FnOnce() + Send + Sync> = Box::new(move || finished.report());
+            let counted_response_bytes = response_bytes.clone();
+            let on_end: Box<dyn FnOnce() + Send + Sync> = Box::new(move || {
+                finished.request_bytes = request_bytes.load(Ordering::Relaxed);
+                finished.response_bytes = counted_response_bytes.load(Ordering::Relaxed);
+                finished.report()
+            });
             Ok(response
                 .map(|body| Either::Left(ObservedBody::new(body, response_bytes, Some(on_end)))))
         }
         Err(error) => {
             tracing::info!(%error, "upstream request failed");
-            finished.status = StatusCode::SERVICE_UNAVAILABLE;
+            finished.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
             finished.response_flags = "UC";
             let body = format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: {error}"
             );
-            finished
-                .response_bytes
-                .store(body.len() as u64, Ordering::Relaxed);
+            finished.request_bytes = request_bytes.load(Ordering::Relaxed);
+            finished.response_bytes = body.len() as u64;
             finished.report();
             let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -365,35 +332,16 @@ where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let protocol = detected.log_name().unwrap_or("HTTP/1.1");
-    let upstream = match detected {
-        Detected::Http2 => {
-            let (sender, connection) =
-                client2::handshake(TokioExecutor::new(), TokioIo::new(upstream)).await?;
-            tokio::spawn(connection);
-            Upstream::Http2(sender)
-        }
-        _ => {
-            let (sender, connection) = client1::handshake(TokioIo::new(upstream)).await?;
-            tokio::spawn(connection.with_upgrades());
-            Upstream::Http1(tokio::sync::Mutex::new(sender))
-        }
-    };
-    let upstream = Arc::new(upstream);
-    let service =
-        service_fn(move |request| forward(request, upstream.clone(), exchange.clone(), protocol));
-    match detected {
-        Detected::Http2 => {
-            server2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(downstream), service)
-                .await?;
-        }
-        _ => {
-            server1::Builder::new()
-                .serve_connection(TokioIo::new(downstream), service)
-                .with_upgrades()
-                .await?;
-        }
+    if detected != Detected::Http2 {
+        return Ok(http1::relay(downstream, upstream, exchange).await?);
     }
+    let (sender, connection) =
+        client2::handshake(TokioExecutor::new(), TokioIo::new(upstream)).await?;
+    tokio::spawn(connection);
+    let service =
+        service_fn(move |request| forward(request, sender.clone(), exchange.clone(), "HTTP/2"));
+    server2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(downstream), service)
+        .await?;
     Ok(())
 }

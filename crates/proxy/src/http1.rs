@@ -1,0 +1,1338 @@
+//! HTTP/1.x relayed message by message without re-encoding. Each request and response head is
+//! parsed (httparse) only to count and log it and to find where its body ends; heads and bodies
+//! go on as the bytes that arrived, plus an `x-request-id` header when the request has none.
+//! One task per connection, buffers reused across requests: hyper's client connection (a second
+//! task, a channel and a header map per request) cost a sidecar about a third of its CPU per
+//! request, and a proxy that forwards a request unchanged has no use for it.
+//!
+//! Both directions are read at once while a request is in flight, so `Expect: 100-continue`,
+//! early responses and bodies streamed both ways work. Upgrades (`101`) and `CONNECT` continue
+//! as raw bytes.
+
+use crate::http_proxy::{Exchange, Finished, Logged, request_id};
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Envoy's defaults: `max_request_headers_kb` 60 and `max_headers_count` 100.
+const MAX_HEAD_BYTES: usize = 60 * 1024;
+const MAX_HEADERS: usize = 100;
+const READ_SIZE: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Downstream => "the client (downstream)",
+            Side::Upstream => "the server (upstream)",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    #[error("I/O with {side}: {source}")]
+    Io {
+        side: Side,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} closed the connection in the middle of a message")]
+    Truncated(Side),
+    #[error("{side} sent a malformed message ({reason}); the connection was closed")]
+    Malformed { side: Side, reason: String },
+}
+
+fn io_error(side: Side) -> impl FnOnce(io::Error) -> Http1Error {
+    move |source| Http1Error::Io { side, source }
+}
+
+/// Where a message body ends (RFC 9112 section 6).
+#[derive(Debug)]
+enum Framing {
+    Length(u64),
+    Chunked(ChunkedScanner),
+    /// A response with neither length nor chunking: its body ends when the server closes.
+    UntilClose,
+}
+
+impl Framing {
+    /// How many leading bytes of `available` belong to the body, how many of those are payload
+    /// (chunk framing excluded), and whether they end it.
+    fn take(&mut self, available: &[u8]) -> Result<(usize, u64, bool), &'static str> {
+        match self {
+            Framing::Length(remaining) => {
+                let n = (*remaining).min(available.len() as u64);
+                *remaining -= n;
+                Ok((n as usize, n, *remaining == 0))
+            }
+            Framing::Chunked(scanner) => {
+                let before = scanner.payload;
+                let (n, done) = match scanner.scan(available)? {
+                    Some(end) => (end, true),
+                    None => (available.len(), false),
+                };
+                Ok((n, scanner.payload - before, done))
+            }
+            Framing::UntilClose => Ok((available.len(), available.len() as u64, false)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    LineStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+}
+
+/// Follows chunked transfer coding (sizes, extensions, data, trailers) to find where it ends,
+/// without copying or decoding the bytes.
+#[derive(Debug, Default)]
+struct ChunkedScanner {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+    payload: u64,
+}
+
+impl ChunkedScanner {
+    /// Advances over `bytes`; `Some(n)` when the body ends after the first `n` of them.
+    fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < bytes.len() {
+            let byte = bytes[i];
+            match self.state {
+                Size => match byte {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.digits == 16 {
+                            return Err("a chunk size does not fit in 64 bits");
+                        }
+                        let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
+                        self.size = self.size << 4 | digit;
+                        self.digits += 1;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Extension,
+                    b'\r' if self.digits > 0 => self.state = SizeLf,
+                    _ => return Err("a chunk size line is not hexadecimal"),
+                },
+                Extension => match byte {
+                    b'\r' => self.state = SizeLf,
+                    b'\n' => return Err("a chunk size line ends without CR"),
+                    _ => {}
+                },
+                SizeLf => {
+                    if byte != b'\n' {
+                        return Err("a chunk size line ends without LF");
+                    }
+                    self.state = if self.size == 0 { LineStart } else { Data };
+                }
+                Data => {
+                    let n = self.size.min((bytes.len() - i) as u64);
+                    self.size -= n;
+                    self.payload += n;
+                    i += n as usize;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    continue;
+                }
+                DataCr if byte == b'\r' => self.state = DataLf,
+                DataLf if byte == b'\n' => {
+                    self.state = Size;
+                    self.digits = 0;
+                }
+                DataCr | DataLf => return Err("chunk data is not followed by CRLF"),
+                LineStart => match byte {
+                    b'\r' => self.state = EndLf,
+                    b'\n' => return Err("a trailer line ends without CR"),
+                    _ => self.state = Trailer,
+                },
+                Trailer => match byte {
+                    b'\r' => self.state = TrailerLf,
+                    b'\n' => return Err("a trailer line ends without CR"),
+                    _ => {}
+                },
+                TrailerLf if byte == b'\n' => self.state = LineStart,
+                EndLf if byte == b'\n' => return Ok(Some(i + 1)),
+                TrailerLf | EndLf => return Err("a trailer line ends without LF"),
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+/// The `,`-separated tokens of a header value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(|t| t.trim_ascii())
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// What the headers of either kind of message say about the connection and the body.
+#[derive(Default)]
+struct HeaderFacts {
+    close: bool,
+    keep_alive: bool,
+    connection_upgrade: bool,
+    upgrade: bool,
+    chunked: Option<bool>,
+    content_length: Option<u64>,
+    request_id: bool,
+    grpc: bool,
+    grpc_status: Option<String>,
+}
+
+fn header_facts(headers: &[httparse::Header<'_>]) -> Result<HeaderFacts, &'static str> {
+    let mut facts = HeaderFacts::default();
+    for header in headers {
+        let name = header.name;
+        let value = header.value;
+        if name.eq_ignore_ascii_case("connection") {
+            facts.close |= has_token(value, "close");
+            facts.keep_alive |= has_token(value, "keep-alive");
+            facts.connection_upgrade |= has_token(value, "upgrade");
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked must be the last coding; any other last coding leaves the length unknown.
+            let last = tokens(value).last().unwrap_or_default();
+            facts.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            for token in tokens(value) {
+                let length = std::str::from_utf8(token)
+                    .ok()
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .ok_or("content-length is not a number")?;
+                if facts.content_length.is_some_and(|seen| seen != length) {
+                    return Err("content-length values disagree");
+                }
+                facts.content_length = Some(length);
+            }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            facts.upgrade = true;
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            facts.request_id = true;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            facts.grpc = value.starts_with(b"application/grpc");
+        } else if name.eq_ignore_ascii_case("grpc-status") {
+            facts.grpc_status = Some(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    Ok(facts)
+}
+
+/// Headers as the access log reads them (only built when there is an access log).
+fn header_map(headers: &[httparse::Header<'_>]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for header in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(header.name.as_bytes()),
+            HeaderValue::from_bytes(header.value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// Why a request head was not accepted: the status the client gets.
+#[derive(Debug)]
+enum Rejected {
+    BadRequest(String),
+    TooLarge,
+}
+
+struct RequestHead {
+    len: usize,
+    http10: bool,
+    head_method: bool,
+    connect: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    request_id: bool,
+    grpc: bool,
+    body: Option<Framing>,
+    logged: Option<Logged>,
+}
+
+fn parse_request(buffer: &[u8], log: bool) -> Result<Option<RequestHead>, Rejected> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buffer) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => {
+            return Err(Rejected::TooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Rejected::TooLarge),
+        Err(error) => return Err(Rejected::BadRequest(error.to_string())),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(Rejected::TooLarge);
+    }
+    let facts = header_facts(request.headers).map_err(|e| Rejected::BadRequest(e.into()))?;
+    let method = request.method.unwrap_or_default();
+    let http10 = request.version == Some(0);
+    let body = match (facts.chunked, facts.content_length) {
+        (Some(_), Some(_)) => {
+            return Err(Rejected::BadRequest(
+                "both transfer-encoding and content-length".into(),
+            ));
+        }
+        (Some(true), None) => Some(Framing::Chunked(ChunkedScanner::default())),
+        (Some(false), None) => {
+            return Err(Rejected::BadRequest(
+                "transfer-encoding does not end with chunked".into(),
+            ));
+        }
+        (None, Some(0)) | (None, None) => None,
+        (None, Some(length)) => Some(Framing::Length(length)),
+    };
+    let logged = log.then(|| Logged {
+        start_time: SystemTime::now(),
+        method: method.to_owned(),
+        path: request.path.unwrap_or_default().to_owned(),
+        authority: request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .unwrap_or_default(),
+        request_headers: header_map(request.headers),
+        response_headers: HeaderMap::new(),
+    });
+    Ok(Some(RequestHead {
+        len,
+        http10,
+        head_method: method == "HEAD",
+        connect: method == "CONNECT",
+        keep_alive: !facts.close && (!http10 || facts.keep_alive),
+        upgrade: facts.upgrade && facts.connection_upgrade,
+        request_id: facts.request_id,
+        grpc: facts.grpc,
+        body,
+        logged,
+    }))
+}
+
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    keep_alive: bool,
+    body: Option<Framing>,
+    grpc_status: Option<String>,
+    headers: Option<HeaderMap>,
+}
+
+fn parse_response(
+    buffer: &[u8],
+    request: &RequestHead,
+    log: bool,
+) -> Result<Option<ResponseHead>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buffer) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => {
+            return Err(format!(
+                "a response head longer than {MAX_HEAD_BYTES} bytes"
+            ));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    };
+    let facts = header_facts(response.headers)?;
+    let status = response.code.unwrap_or_default();
+    let body = if request.head_method
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304
+        || (request.connect && (200..300).contains(&status))
+    {
+        None
+    } else {
+        match (facts.chunked, facts.content_length) {
+            (Some(true), _) => Some(Framing::Chunked(ChunkedScanner::default())),
+            (Some(false), _) => Some(Framing::UntilClose),
+            (None, Some(0)) => None,
+            (None, Some(length)) => Some(Framing::Length(length)),
+            (None, None) => Some(Framing::UntilClose),
+        }
+    };
+    let http10 = response.version == Some(0);
+    let keep_alive =
+        !facts.close && (!http10 || facts.keep_alive) && !matches!(body, Some(Framing::UntilClose));
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        keep_alive,
+        body,
+        grpc_status: facts.grpc_status,
+        headers: log.then(|| header_map(response.headers)),
+    }))
+}
+
+/// Copies `head` into `out`, adding an `x-request-id` header before its final blank line.
+fn head_with_request_id(head: &[u8], id: &str, out: &mut Vec<u8>) {
+    let keep = if head.ends_with(b"\r\n\r\n") {
+        head.len() - 2
+    } else {
+        // httparse also accepts bare LF line ends.
+        head.len() - 1
+    };
+    out.extend_from_slice(&head[..keep]);
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+async fn send<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    bytes: &[u8],
+    side: Side,
+) -> Result<(), Http1Error> {
+    to.write_all(bytes).await.map_err(io_error(side))?;
+    to.flush().await.map_err(io_error(side))
+}
+
+/// A response the proxy makes itself, after which the connection closes.
+async fn local_reply<W: AsyncWrite + Unpin>(to: &mut W, status: u16, reason: &str, body: &str) {
+    let reply = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = send(to, reply.as_bytes(), Side::Downstream).await;
+    let _ = to.shutdown().await;
+}
+
+/// Moves the body bytes at the front of `buffer` to `to`; the payload bytes moved and whether
+/// the body is complete.
+async fn pass_body<W: AsyncWrite + Unpin>(
+    buffer: &mut BytesMut,
+    framing: &mut Framing,
+    to: &mut W,
+    from: Side,
+    to_side: Side,
+) -> Result<(u64, bool), Http1Error> {
+    let (n, payload, done) = framing
+        .take(buffer)
+        .map_err(|reason| Http1Error::Malformed {
+            side: from,
+            reason: reason.into(),
+        })?;
+    if n > 0 {
+        send(to, &buffer[..n], to_side).await?;
+        buffer.advance(n);
+    }
+    Ok((payload, done))
+}
+
+/// Reads into `buffer` (growing it when full); the number of bytes read.
+async fn fill<R: AsyncRead + Unpin>(
+    from: &mut R,
+    buffer: &mut BytesMut,
+    side: Side,
+) -> Result<usize, Http1Error> {
+    buffer.reserve(READ_SIZE);
+    from.read_buf(buffer).await.map_err(io_error(side))
+}
+
+/// The next request head from the client: `None` when the client closed between requests.
+async fn read_request<D: AsyncRead + Unpin>(
+    downstream: &mut D,
+    buffer: &mut BytesMut,
+    log: bool,
+) -> Result<Option<Result<RequestHead, Rejected>>, Http1Error> {
+    loop {
+        if !buffer.is_empty() {
+            match parse_request(buffer, log) {
+                Ok(Some(head)) => return Ok(Some(Ok(head))),
+                Ok(None) => {}
+                Err(rejected) => return Ok(Some(Err(rejected))),
+            }
+        }
+        if fill(downstream, buffer, Side::Downstream).await? == 0 {
+            return if buffer.is_empty() {
+                Ok(None)
+            } else {
+                Err(Http1Error::Truncated(Side::Downstream))
+            };
+        }
+    }
+}
+
+/// Relays HTTP/1.x requests from `downstream` to `upstream` until either side closes.
+pub async fn relay<D, U>(
+    mut downstream: D,
+    mut upstream: U,
+    exchange: Arc<Exchange>,
+) -> Result<(), Http1Error>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let log = exchange.dataplane.access_log.is_some();
+    let mut from_client = BytesMut::with_capacity(READ_SIZE);
+    let mut from_server = BytesMut::with_capacity(READ_SIZE);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let request = match read_request(&mut downstream, &mut from_client, log).await? {
+            None => return Ok(()),
+            Some(Ok(request)) => request,
+            Some(Err(rejected)) => {
+                let (status, reason, body) = match &rejected {
+                    Rejected::BadRequest(_) => (400, "Bad Request", "Bad Request"),
+                    Rejected::TooLarge => (
+                        431,
+                        "Request Header Fields Too Large",
+                        "Request Header Fields Too Large",
+                    ),
+                };
+                local_reply(&mut downstream, status, reason, body).await;
+                let mut finished = begin(&exchange, "HTTP/1.1", false, None);
+                finished.status = status;
+                finished.response_flags = "DPE";
+                finished.response_bytes = body.len() as u64;
+                finished.report();
+                return Err(Http1Error::Malformed {
+                    side: Side::Downstream,
+                    reason: match rejected {
+                        Rejected::BadRequest(reason) => reason,
+                        Rejected::TooLarge => format!(
+                            "a request head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers"
+                        ),
+                    },
+                });
+            }
+        };
+        let outcome = exchange_one(
+            &mut downstream,
+            &mut upstream,
+            &mut from_client,
+            &mut from_server,
+            &mut out,
+            request,
+            &exchange,
+        )
+        .await?;
+        match outcome {
+            Next::KeepAlive => {}
+            Next::Close => {
+                let _ = downstream.shutdown().await;
+                return Ok(());
+            }
+            Next::Finished => return Ok(()),
+        }
+    }
+}
+
+fn begin(
+    exchange: &Arc<Exchange>,
+    protocol: &'static str,
+    grpc: bool,
+    logged: Option<Logged>,
+) -> Finished {
+    Finished {
+        exchange: exchange.clone(),
+        protocol,
+        start: Instant::now(),
+        grpc,
+        status: 0,
+        grpc_status: String::new(),
+        response_flags: "-",
+        request_bytes: 0,
+        response_bytes: 0,
+        logged,
+    }
+}
+
+/// What becomes of the connection after an exchange.
+enum Next {
+    KeepAlive,
+    /// Closed once the response is out (either side asked, or a message was left unfinished).
+    Close,
+    /// Nothing more to do: an upgrade ran to its end, or the proxy already replied and closed.
+    Finished,
+}
+
+/// One request and its response (and what follows an upgrade).
+async fn exchange_one<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
+    from_client: &mut BytesMut,
+    from_server: &mut BytesMut,
+    out: &mut Vec<u8>,
+    mut request: RequestHead,
+    exchange: &Arc<Exchange>,
+) -> Result<Next, Http1Error>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let log = request.logged.is_some();
+    let protocol = if request.http10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    let mut finished = begin(exchange, protocol, request.grpc, request.logged.take());
+
+    out.clear();
+    if request.request_id {
+        out.extend_from_slice(&from_client[..request.len]);
+    } else {
+        let mut text = uuid::Uuid::encode_buffer();
+        let id = request_id().hyphenated().encode_lower(&mut text);
+        head_with_request_id(&from_client[..request.len], id, out);
+        if let Some(logged) = &mut finished.logged
+            && let Ok(value) = HeaderValue::from_str(id)
+        {
+            logged.request_headers.insert("x-request-id", value);
+        }
+    }
+    from_client.advance(request.len);
+    let mut request_body = request.body.take();
+    if let Some(framing) = &mut request_body {
+        let (n, payload, done) =
+            framing
+                .take(from_client)
+                .map_err(|reason| Http1Error::Malformed {
+                    side: Side::Downstream,
+                    reason: reason.into(),
+                })?;
+        out.extend_from_slice(&from_client[..n]);
+        from_client.advance(n);
+        finished.request_bytes += payload;
+        if done {
+            request_body = None;
+        }
+    }
+    if send(upstream, out, Side::Upstream).await.is_err() {
+        return Ok(upstream_reset(downstream, finished, "connection failure").await);
+    }
+
+    // The response head, forwarding the rest of the request body meanwhile.
+    let response = loop {
+        if !from_server.is_empty() {
+            match parse_response(from_server, &request, log) {
+                Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
+                    // 100 Continue, 103 Early Hints: passed on, the final response follows.
+                    send(downstream, &from_server[..head.len], Side::Downstream).await?;
+                    from_server.advance(head.len);
+                    continue;
+                }
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(reason) => {
+                    return Err(upstream_protocol_error(downstream, finished, reason).await);
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            read = fill(upstream, from_server, Side::Upstream) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Ok(upstream_reset(downstream, finished, "connection termination").await);
+                }
+            }
+            read = fill(downstream, from_client, Side::Downstream), if request_body.is_some() => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Err(client_gone(finished));
+                }
+                if let Some(framing) = &mut request_body {
+                    let (payload, done) =
+                        pass_body(from_client, framing, upstream, Side::Downstream, Side::Upstream).await?;
+                    finished.request_bytes += payload;
+                    if done {
+                        request_body = None;
+                    }
+                }
+            }
+        }
+    };
+
+    finished.status = response.status;
+    if response.status == 101 && !request.upgrade {
+        let reason = "101 Switching Protocols to a request that asked for no upgrade".into();
+        return Err(upstream_protocol_error(downstream, finished, reason).await);
+    }
+    if finished.grpc {
+        finished.grpc_status = response.grpc_status.clone().unwrap_or_default();
+    }
+    if let (Some(logged), Some(headers)) = (&mut finished.logged, response.headers) {
+        logged.response_headers = headers;
+    }
+    let tunnel = (response.status == 101 && request.upgrade)
+        || (request.connect && (200..300).contains(&response.status));
+    if tunnel {
+        // The rest is opaque: what each side already sent goes first, then bytes both ways.
+        send(downstream, from_server, Side::Downstream).await?;
+        send(upstream, from_client, Side::Upstream).await?;
+        from_server.clear();
+        from_client.clear();
+        let copied = tokio::io::copy_bidirectional(downstream, upstream).await;
+        if let Ok((sent_up, sent_down)) = copied {
+            finished.request_bytes += sent_up;
+            finished.response_bytes += sent_down;
+        }
+        finished.report();
+        return Ok(Next::Finished);
+    }
+
+    out.clear();
+    out.extend_from_slice(&from_server[..response.len]);
+    from_server.advance(response.len);
+    let mut response_body = response.body;
+    if let Some(framing) = &mut response_body {
+        let (n, payload, done) =
+            framing
+                .take(from_server)
+                .map_err(|reason| Http1Error::Malformed {
+                    side: Side::Upstream,
+                    reason: reason.into(),
+                })?;
+        out.extend_from_slice(&from_server[..n]);
+        from_server.advance(n);
+        finished.response_bytes += payload;
+        if done {
+            response_body = None;
+        }
+    }
+    send(downstream, out, Side::Downstream).await?;
+
+    // The response body, the request body still going the other way if the server answered
+    // before it ended.
+    while let Some(framing) = &mut response_body {
+        tokio::select! {
+            biased;
+            read = fill(upstream, from_server, Side::Upstream) => {
+                match read {
+                    Ok(0) if matches!(framing, Framing::UntilClose) => break,
+                    Ok(0) | Err(_) => {
+                        finished.response_flags = "UC";
+                        finished.report();
+                        return Err(Http1Error::Truncated(Side::Upstream));
+                    }
+                    Ok(_) => {
+                        let (payload, done) =
+                            pass_body(from_server, framing, downstream, Side::Upstream, Side::Downstream).await?;
+                        finished.response_bytes += payload;
+                        if done {
+                            response_body = None;
+                        }
+                    }
+                }
+            }
+            read = fill(downstream, from_client, Side::Downstream), if request_body.is_some() => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Err(client_gone(finished));
+                }
+                if let Some(request_framing) = &mut request_body {
+                    let (payload, done) = pass_body(
+                        from_client, request_framing, upstream, Side::Downstream, Side::Upstream,
+                    ).await?;
+                    finished.request_bytes += payload;
+                    if done {
+                        request_body = None;
+                    }
+                }
+            }
+        }
+    }
+    finished.report();
+    // A request body the server did not wait for leaves the connection mid-message.
+    Ok(
+        if request.keep_alive && response.keep_alive && request_body.is_none() {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        },
+    )
+}
+
+/// The server closed or reset before its response head: Envoy's 503 with `UC`.
+async fn upstream_reset<D: AsyncWrite + Unpin>(
+    downstream: &mut D,
+    mut finished: Finished,
+    reason: &str,
+) -> Next {
+    let body = format!(
+        "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+    );
+    local_reply(downstream, 503, "Service Unavailable", &body).await;
+    finished.status = 503;
+    finished.response_flags = "UC";
+    finished.response_bytes = body.len() as u64;
+    finished.report();
+    Next::Finished
+}
+
+/// The server's response cannot be parsed: Envoy's 502 with `UPE`.
+async fn upstream_protocol_error<D: AsyncWrite + Unpin>(
+    downstream: &mut D,
+    mut finished: Finished,
+    reason: String,
+) -> Http1Error {
+    let body = "upstream protocol error";
+    local_reply(downstream, 502, "Bad Gateway", body).await;
+    finished.status = 502;
+    finished.response_flags = "UPE";
+    finished.response_bytes = body.len() as u64;
+    finished.report();
+    Http1Error::Malformed {
+        side: Side::Upstream,
+        reason,
+    }
+}
+
+/// The client went away before its request was complete: logged with `DC`, as Envoy does.
+fn client_gone(mut finished: Finished) -> Http1Error {
+    finished.response_flags = "DC";
+    finished.report();
+    Http1Error::Truncated(Side::Downstream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::AccessLog;
+    use crate::balancer::Balancer;
+    use crate::bootstrap::{Role, Workload};
+    use crate::dataplane::DataPlane;
+    use crate::telemetry::{Telemetry, TrafficLabels};
+    use std::time::Duration;
+    use tokio::io::DuplexStream;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn exchange(access_log: Option<AccessLog>) -> Arc<Exchange> {
+        let workload = Workload {
+            role: Role::Sidecar,
+            pod_name: "sleep-1".into(),
+            namespace: "sample".into(),
+            ip: [10, 0, 0, 1].into(),
+            service_account: "sleep".into(),
+            cluster_id: "cluster01".into(),
+            network: "network1".into(),
+            mesh_id: "mesh1".into(),
+            trust_domain: "cluster.local".into(),
+            domain_suffix: "cluster.local".into(),
+            labels: Default::default(),
+            workload_name: "sleep".into(),
+            requested_network_view: Vec::new(),
+        };
+        let dataplane = Arc::new(DataPlane {
+            workload: Arc::new(workload),
+            config: tokio::sync::watch::channel(Default::default()).1,
+            tls: tokio::sync::watch::channel(None).1,
+            balancer: Balancer::default(),
+            telemetry: Arc::new(Telemetry::default()),
+            mark: 0,
+            access_log,
+            protocol_detection_timeout: Duration::from_millis(100),
+        });
+        Arc::new(Exchange {
+            dataplane,
+            labels: TrafficLabels::unknown("source"),
+            downstream_local: "10.96.0.10:5000".parse().unwrap(),
+            downstream_remote: "10.0.0.1:40000".parse().unwrap(),
+            upstream_host: Some("10.0.1.5:5000".parse().unwrap()),
+            upstream_local: None,
+            upstream_cluster: Some("outbound|5000||helloworld.sample.svc.cluster.local".into()),
+            requested_server_name: None,
+            route_name: Some("default"),
+            series: Default::default(),
+        })
+    }
+
+    /// A client and a server with the relay between them.
+    struct Relayed {
+        client: DuplexStream,
+        server: DuplexStream,
+        relay: tokio::task::JoinHandle<Result<(), Http1Error>>,
+        exchange: Arc<Exchange>,
+    }
+
+    fn relayed(access_log: Option<AccessLog>) -> Relayed {
+        let (client, downstream) = tokio::io::duplex(64 * 1024);
+        let (upstream, server) = tokio::io::duplex(64 * 1024);
+        let exchange = exchange(access_log);
+        let relay = tokio::spawn(relay(downstream, upstream, exchange.clone()));
+        Relayed {
+            client,
+            server,
+            relay,
+            exchange,
+        }
+    }
+
+    /// Reads until `done` says the bytes so far are a whole message (or the stream ends).
+    async fn read_until(stream: &mut DuplexStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            let mut chunk = [0u8; 4096];
+            while !done(&got) {
+                let n = stream.read(&mut chunk).await.expect("the stream reads");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out; got {:?}", String::from_utf8_lossy(&got)));
+        got
+    }
+
+    fn ends_head(bytes: &[u8]) -> bool {
+        bytes.windows(4).any(|w| w == b"\r\n\r\n")
+    }
+
+    fn text(bytes: &[u8]) -> &str {
+        std::str::from_utf8(bytes).unwrap()
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    fn requests_counted(exchange: &Exchange, code: u16, flags: &str) -> u64 {
+        let metrics = exchange.dataplane.telemetry.encode();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
+            .filter(|l| l.contains(&format!("response_flags=\"{flags}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_their_last_chunk_and_trailers_end_at_any_split() {
+        let body =
+            b"5;name=value\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for split in 0..body.len() {
+            let mut scanner = ChunkedScanner::default();
+            let first = scanner.scan(&body[..split]).unwrap();
+            let found = match first {
+                Some(n) => n,
+                None => split + scanner.scan(&body[split..]).unwrap().expect("the end"),
+            };
+            assert_eq!(found, end, "split at {split}");
+            assert_eq!(scanner.payload, 21, "split at {split}");
+        }
+        let mut empty = ChunkedScanner::default();
+        assert_eq!(empty.scan(b"0\r\n\r\n").unwrap(), Some(5));
+    }
+
+    #[test]
+    fn malformed_chunking_is_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\nhello",
+            b"5\r\nhelloXX",
+            b"11111111111111111\r\n",
+            b"0\r\nbad\ntrailer",
+        ] {
+            let mut scanner = ChunkedScanner::default();
+            assert!(scanner.scan(bad).is_err(), "{:?}", text(bad));
+        }
+    }
+
+    #[test]
+    fn request_framing_follows_rfc_9112() {
+        let framing = |head: &str| parse_request(head.as_bytes(), false).map(|h| h.unwrap().body);
+        assert!(matches!(
+            framing("GET / HTTP/1.1\r\nhost: a\r\n\r\n"),
+            Ok(None)
+        ));
+        assert!(matches!(
+            framing("POST / HTTP/1.1\r\ncontent-length: 7\r\n\r\n"),
+            Ok(Some(Framing::Length(7)))
+        ));
+        assert!(matches!(
+            framing("POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            Ok(Some(Framing::Chunked(_)))
+        ));
+        for bad in [
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            "GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            assert!(
+                matches!(framing(bad), Err(Rejected::BadRequest(_))),
+                "{bad:?} is refused"
+            );
+        }
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            many.push_str(&format!("x-{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert!(matches!(framing(&many), Err(Rejected::TooLarge)));
+    }
+
+    #[tokio::test]
+    async fn keep_alive_requests_get_a_request_id_unless_they_have_one() {
+        let Relayed {
+            mut client,
+            mut server,
+            exchange,
+            ..
+        } = relayed(None);
+        client
+            .write_all(b"GET /hello HTTP/1.1\r\nhost: helloworld.sample:5000\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_until(&mut server, ends_head).await;
+        let first = text(&first);
+        assert!(first.starts_with("GET /hello HTTP/1.1\r\nhost: helloworld.sample:5000\r\n"));
+        let id = header(first, "x-request-id").expect("a request ID was added");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let response = read_until(&mut client, |b| b.ends_with(b"hello")).await;
+        assert_eq!(
+            response,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
+        );
+
+        client
+            .write_all(b"GET /again HTTP/1.1\r\nX-Request-Id: mine\r\n\r\n")
+            .await
+            .unwrap();
+        let second = read_until(&mut server, ends_head).await;
+        assert_eq!(second, b"GET /again HTTP/1.1\r\nX-Request-Id: mine\r\n\r\n");
+        server
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_until(&mut client, ends_head).await;
+        assert!(text(&response).starts_with("HTTP/1.1 404"));
+        assert_eq!(requests_counted(&exchange, 200, "-"), 1);
+        assert_eq!(requests_counted(&exchange, 404, "-"), 1);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_pass_unchanged_byte_by_byte_and_pipelined_requests_wait_their_turn() {
+        let Relayed {
+            mut client,
+            mut server,
+            exchange,
+            ..
+        } = relayed(None);
+        let upload = b"POST /up HTTP/1.1\r\nx-request-id: a\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwiki\r\n0\r\nx-sum: 9\r\n\r\n";
+        let next = b"GET /next HTTP/1.1\r\nx-request-id: b\r\n\r\n";
+        for byte in upload.iter().chain(next.iter()) {
+            client.write_all(&[*byte]).await.unwrap();
+        }
+        let seen = read_until(&mut server, |b| b.ends_with(b"x-sum: 9\r\n\r\n")).await;
+        assert_eq!(seen, upload, "the upload arrives as sent");
+        // The pipelined request is held until the first response is complete.
+        let early = tokio::time::timeout(Duration::from_millis(100), async {
+            let mut byte = [0u8; 1];
+            server.read(&mut byte).await
+        })
+        .await;
+        assert!(early.is_err(), "the second request waited");
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        for piece in chunked.chunks(3) {
+            server.write_all(piece).await.unwrap();
+        }
+        let response = read_until(&mut client, |b| b.ends_with(b"0\r\n\r\n")).await;
+        assert_eq!(response, chunked);
+        let seen = read_until(&mut server, ends_head).await;
+        assert_eq!(seen, next);
+        server
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut client, ends_head).await;
+        assert_eq!(requests_counted(&exchange, 200, "-"), 1);
+        assert_eq!(requests_counted(&exchange, 204, "-"), 1);
+    }
+
+    #[tokio::test]
+    async fn expect_continue_waits_for_the_servers_go_ahead() {
+        let Relayed {
+            mut client,
+            mut server,
+            ..
+        } = relayed(None);
+        client
+            .write_all(b"PUT /file HTTP/1.1\r\nx-request-id: c\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut server, ends_head).await;
+        server
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
+        let go_ahead = read_until(&mut client, ends_head).await;
+        assert_eq!(go_ahead, b"HTTP/1.1 100 Continue\r\n\r\n");
+        client.write_all(b"data").await.unwrap();
+        let body = read_until(&mut server, |b| b.ends_with(b"data")).await;
+        assert_eq!(body, b"data");
+        server
+            .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let done = read_until(&mut client, ends_head).await;
+        assert!(text(&done).starts_with("HTTP/1.1 201"));
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_becomes_a_byte_stream_both_ways() {
+        let Relayed {
+            mut client,
+            mut server,
+            relay,
+            ..
+        } = relayed(None);
+        client
+            .write_all(b"GET /ws HTTP/1.1\r\nx-request-id: d\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut server, ends_head).await;
+        server
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nfrom-server")
+            .await
+            .unwrap();
+        let got = read_until(&mut client, |b| b.ends_with(b"from-server")).await;
+        assert!(text(&got).starts_with("HTTP/1.1 101"));
+        client.write_all(b"not HTTP at all").await.unwrap();
+        let got = read_until(&mut server, |b| b.ends_with(b"at all")).await;
+        assert_eq!(got, b"not HTTP at all");
+        drop(client);
+        drop(server);
+        tokio::time::timeout(WAIT, relay)
+            .await
+            .expect("the tunnel ends with its streams")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_response_without_length_ends_with_the_connection() {
+        let Relayed {
+            mut client,
+            mut server,
+            relay,
+            ..
+        } = relayed(None);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nx-request-id: e\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut server, ends_head).await;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\nstreamed until close")
+            .await
+            .unwrap();
+        drop(server);
+        let got = read_until(&mut client, |_| false).await;
+        assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\nstreamed until close");
+        tokio::time::timeout(WAIT, relay)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn head_responses_have_no_body_whatever_their_length_says() {
+        let Relayed {
+            mut client,
+            mut server,
+            ..
+        } = relayed(None);
+        client
+            .write_all(b"HEAD / HTTP/1.1\r\nx-request-id: f\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut server, ends_head).await;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut client, ends_head).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nx-request-id: g\r\n\r\n")
+            .await
+            .unwrap();
+        let next = read_until(&mut server, ends_head).await;
+        assert!(
+            text(&next).starts_with("GET / HTTP/1.1"),
+            "the connection is still usable"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_get_400_and_oversized_heads_431() {
+        let Relayed {
+            mut client,
+            exchange,
+            relay,
+            ..
+        } = relayed(None);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nno colon\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = read_until(&mut client, |_| false).await;
+        assert!(
+            text(&reply).starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{}",
+            text(&reply)
+        );
+        let error = tokio::time::timeout(WAIT, relay).await.unwrap().unwrap();
+        assert!(matches!(
+            error,
+            Err(Http1Error::Malformed {
+                side: Side::Downstream,
+                ..
+            })
+        ));
+        assert_eq!(requests_counted(&exchange, 400, "DPE"), 1);
+
+        let Relayed {
+            mut client,
+            exchange,
+            ..
+        } = relayed(None);
+        let huge = format!(
+            "GET / HTTP/1.1\r\nx-big: {}\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        // The relay answers before the head ends; the rest of the write may be refused.
+        let _ = client.write_all(huge.as_bytes()).await;
+        let reply = read_until(&mut client, |_| false).await;
+        assert!(
+            text(&reply).starts_with("HTTP/1.1 431 "),
+            "{}",
+            text(&reply)
+        );
+        assert_eq!(requests_counted(&exchange, 431, "DPE"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_before_answering_gets_the_client_a_503() {
+        let Relayed {
+            mut client,
+            mut server,
+            exchange,
+            ..
+        } = relayed(None);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nx-request-id: h\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut server, ends_head).await;
+        drop(server);
+        let reply = read_until(&mut client, |_| false).await;
+        let reply = text(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with(
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+        ));
+        assert_eq!(requests_counted(&exchange, 503, "UC"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_response_is_a_502() {
+        let Relayed {
+            mut client,
+            mut server,
+            exchange,
+            ..
+        } = relayed(None);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nx-request-id: i\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut server, ends_head).await;
+        server.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").await.unwrap();
+        let reply = read_until(&mut client, |_| false).await;
+        assert!(text(&reply).starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert_eq!(requests_counted(&exchange, 502, "UPE"), 1);
+    }
+
+    #[tokio::test]
+    async fn the_access_log_has_the_request_the_generated_id_and_the_body_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let format = r#"{"method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","authority":"%REQ(:AUTHORITY)%","request_id":"%REQ(X-REQUEST-ID)%","code":"%RESPONSE_CODE%","received":"%BYTES_RECEIVED%","sent":"%BYTES_SENT%","protocol":"%PROTOCOL%","server":"%RESP(SERVER)%"}"#;
+        let log = AccessLog::open(path.to_str().unwrap(), Some(format)).unwrap();
+        let Relayed {
+            mut client,
+            mut server,
+            ..
+        } = relayed(Some(log));
+        client
+            .write_all(b"POST /hello?x=1 HTTP/1.1\r\nhost: helloworld:5000\r\ncontent-length: 3\r\n\r\nabc")
+            .await
+            .unwrap();
+        let seen = read_until(&mut server, |b| b.ends_with(b"abc")).await;
+        let id = header(text(&seen), "x-request-id").unwrap().to_owned();
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\nserver: demo\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut client, |b| b.ends_with(b"0\r\n\r\n")).await;
+        // The line is written once the response has gone out, so it may trail the client a bit.
+        let line = tokio::time::timeout(WAIT, async {
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.ends_with('\n') {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a log line");
+        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(json["method"], "POST");
+        assert_eq!(json["path"], "/hello?x=1");
+        assert_eq!(json["authority"], "helloworld:5000");
+        assert_eq!(json["request_id"], id.as_str());
+        assert_eq!(json["code"], "200");
+        assert_eq!(json["received"], "3");
+        assert_eq!(json["sent"], "2");
+        assert_eq!(json["protocol"], "HTTP/1.1");
+        assert_eq!(json["server"], "demo");
+    }
+}
