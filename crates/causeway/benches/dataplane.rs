@@ -54,8 +54,8 @@ const ECHO_PORT: u16 = 7000;
 const HTTP_PORT: u16 = 8080;
 const HAPROXY_CLIENT_PORT: u16 = 7100;
 const HAPROXY_SERVER_PORT: u16 = 7443;
-const HAPROXY_CAPTURED_PORT: u16 = 7200;
-/// The port the captured HAProxy pair's client side connects to; redirected to 7443.
+/// The port the captured HAProxy pair's client side connects to; redirected to 7443 in the
+/// server's namespace.
 const CAPTURED_SERVER_PORT: u16 = 7001;
 /// A VIP for the captured HAProxy pair (routed like a Service address, redirected in the pod).
 const CAPTURED_VIP: &str = "10.96.250.1";
@@ -391,6 +391,8 @@ struct Row {
     key: &'static str,
     p50: f64,
     p99: f64,
+    /// CPU of the proxies on the path per round trip (kernel work they cause included).
+    proxy_cpu_us: f64,
     gbit: f64,
 }
 
@@ -478,32 +480,44 @@ fn main() {
     start_echo(&plain_echo.namespace, pinned.clone());
     let plain_client = Pod::create("plain-client", "10.10.8.2", &network1, dir.path(), 4);
 
+    // The same HAProxy pair behind iptables capture, as sidecars are, in namespaces of its own:
+    // a namespace with NAT rules tracks every connection (conntrack), which the plain pair must
+    // not pay. Not a target; it shows what capture costs any proxy.
+    let captured_echo = Pod::create("captured-echo", "10.10.7.2", &network1, dir.path(), 5);
+    start_echo(&captured_echo.namespace, pinned.clone());
+    let captured_client = Pod::create("captured-client", "10.10.4.2", &network1, dir.path(), 6);
+
     // HAProxy: the same mesh certificates (ECDSA P-256), mutual TLS, TCP mode, one thread each.
     let pem = format!("{}{}", plane.valid.cert, plane.valid.key);
     std::fs::write(dir.path().join("haproxy.pem"), pem).unwrap();
     std::fs::write(dir.path().join("roots.pem"), &plane.roots_pem).unwrap();
     let certs = dir.path().display().to_string();
-    let defaults = "global\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n";
-    let mut server_haproxy = haproxy(
-        &plain_echo.namespace,
-        dir.path(),
-        "haproxy-server",
-        &format!(
-            "{defaults}frontend tls\n  bind :{HAPROXY_SERVER_PORT} ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required\n  default_backend echo\nbackend echo\n  server local 127.0.0.1:{ECHO_PORT}\n"
-        ),
-    );
-    let mut client_haproxy = haproxy(
-        &plain_client.namespace,
-        dir.path(),
-        "haproxy-client",
-        &format!(
-            "{defaults}frontend plain\n  bind 127.0.0.1:{HAPROXY_CLIENT_PORT}\n  default_backend tls\nbackend tls\n  server echo 10.10.6.2:{HAPROXY_SERVER_PORT} ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required\n\
-             frontend captured\n  bind 127.0.0.1:{HAPROXY_CAPTURED_PORT}\n  default_backend captured_tls\nbackend captured_tls\n  server echo 10.10.6.2:{CAPTURED_SERVER_PORT} ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required\n"
-        ),
-    );
-    // The same HAProxy pair behind iptables capture, as sidecars are: the client's connection to
-    // a VIP is redirected to its HAProxy, and the server side's inbound port to the other. Not a
-    // target; it shows what capture (conntrack and NAT on every packet) costs any proxy.
+    let haproxy_pair = |client: &Pod, server: &Pod, server_port: u16| {
+        let defaults = "global\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n";
+        let tls = format!("ssl crt {certs}/haproxy.pem ca-file {certs}/roots.pem verify required");
+        let server_side = haproxy(
+            &server.namespace,
+            dir.path(),
+            &format!("haproxy-{}", server.name),
+            &format!(
+                "{defaults}frontend tls\n  bind :{HAPROXY_SERVER_PORT} {tls}\n  default_backend echo\nbackend echo\n  server local 127.0.0.1:{ECHO_PORT}\n"
+            ),
+        );
+        let client_side = haproxy(
+            &client.namespace,
+            dir.path(),
+            &format!("haproxy-{}", client.name),
+            &format!(
+                "{defaults}frontend plain\n  bind 127.0.0.1:{HAPROXY_CLIENT_PORT}\n  default_backend tls\nbackend tls\n  server echo {}:{server_port} {tls}\n",
+                server.ip
+            ),
+        );
+        (client_side, server_side)
+    };
+    let (mut client_haproxy, mut server_haproxy) =
+        haproxy_pair(&plain_client, &plain_echo, HAPROXY_SERVER_PORT);
+    let (mut captured_client_haproxy, mut captured_server_haproxy) =
+        haproxy_pair(&captured_client, &captured_echo, CAPTURED_SERVER_PORT);
     let nat = |namespace: &Namespace, rule: &str| {
         let status = namespace
             .command("iptables")
@@ -514,13 +528,13 @@ fn main() {
         assert!(status.success(), "iptables -t nat -A {rule}");
     };
     nat(
-        &plain_client.namespace,
+        &captured_client.namespace,
         &format!(
-            "OUTPUT -p tcp -d {CAPTURED_VIP} --dport {ECHO_PORT} -j REDIRECT --to-ports {HAPROXY_CAPTURED_PORT}"
+            "OUTPUT -p tcp -d {CAPTURED_VIP} --dport {ECHO_PORT} -j REDIRECT --to-ports {HAPROXY_CLIENT_PORT}"
         ),
     );
     nat(
-        &plain_echo.namespace,
+        &captured_echo.namespace,
         &format!(
             "PREROUTING -p tcp --dport {CAPTURED_SERVER_PORT} -j REDIRECT --to-ports {HAPROXY_SERVER_PORT}"
         ),
@@ -556,52 +570,58 @@ fn main() {
         &echo2.namespace,
         &plain_echo.namespace,
         &plain_client.namespace,
+        &captured_echo.namespace,
+        &captured_client.namespace,
     ];
     pin_processes(&everything, "0");
     let captured_haproxy = SocketAddr::new(CAPTURED_VIP.parse().unwrap(), ECHO_PORT);
-    let paths: [(&'static str, &'static str, &Namespace, SocketAddr); 5] = [
-        ("direct TCP", "direct", &plain_client.namespace, direct),
+    let remote_sidecar = sidecar_pid(&echo2);
+    // Each path: who measures from where, and the proxies on it (whose CPU is counted).
+    let paths: [(&'static str, &'static str, &Namespace, SocketAddr, Vec<u32>); 5] = [
+        (
+            "direct TCP",
+            "direct",
+            &plain_client.namespace,
+            direct,
+            vec![],
+        ),
         (
             "Causeway sidecar pair, mTLS",
             "sidecar",
             &client.namespace,
             echo_vip,
+            vec![client_sidecar, server_sidecar],
         ),
         (
             "sidecar -> router -> sidecar",
             "gateway",
             &client.namespace,
             remote_vip,
+            vec![client_sidecar, router.id(), remote_sidecar],
         ),
         (
             "HAProxy pair, mTLS",
             "haproxy",
             &plain_client.namespace,
             through_haproxy,
+            vec![client_haproxy.id(), server_haproxy.id()],
         ),
         (
             "HAProxy pair, mTLS, captured",
             "haproxy_captured",
-            &plain_client.namespace,
+            &captured_client.namespace,
             captured_haproxy,
+            vec![captured_client_haproxy.id(), captured_server_haproxy.id()],
         ),
     ];
-    let mut rows = Vec::new();
-    for (name, key, namespace, target) in paths {
-        if !phase("latency") {
-            rows.push(Row {
-                name,
-                key,
-                p50: f64::NAN,
-                p99: f64::NAN,
-                gbit: f64::NAN,
-            });
-            continue;
-        }
-        let mut p50s = Vec::new();
-        let mut p99s = Vec::new();
-        for _ in 0..plan.runs {
-            let (warmup, pings) = (plan.warmup, plan.pings);
+    // Runs go round the paths, so that a slow spell of the machine touches every path alike.
+    let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); paths.len()];
+    let runs = if phase("latency") { plan.runs } else { 0 };
+    let proxies_cpu = |pids: &[u32]| pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
+    for _ in 0..runs {
+        for (i, (_, _, namespace, target, proxies)) in paths.iter().enumerate() {
+            let (target, warmup, pings) = (*target, plan.warmup, plan.pings);
+            let cpu_before = proxies_cpu(proxies);
             let (p50, p99) = inside(namespace, move || {
                 ping_pong(
                     target,
@@ -615,22 +635,32 @@ fn main() {
                     },
                 )
             });
-            p50s.push(p50);
-            p99s.push(p99);
+            let round_trips = (warmup + pings) as f64;
+            samples[i].0.push(p50);
+            samples[i].1.push(p99);
+            samples[i]
+                .2
+                .push((proxies_cpu(proxies) - cpu_before) * 1e6 / round_trips);
         }
-        rows.push(Row {
+    }
+    let mut rows: Vec<Row> = paths
+        .iter()
+        .zip(samples)
+        .map(|((name, key, ..), (p50s, p99s, cpu))| Row {
             name,
             key,
             p50: median(p50s),
             p99: median(p99s),
-            gbit: 0.0,
-        });
-    }
+            proxy_cpu_us: median(cpu),
+            gbit: f64::NAN,
+        })
+        .collect();
     // Throughput: unpinned, as the issue's reference figures were taken.
     pinned.store(false, Ordering::Relaxed);
     pin_processes(&everything, "0,1");
     for row in rows.iter_mut().filter(|_| phase("bulk")) {
-        let (_, _, namespace, target) = paths.iter().find(|p| p.1 == row.key).copied().unwrap();
+        let (_, _, namespace, target, _) = paths.iter().find(|p| p.1 == row.key).unwrap();
+        let (namespace, target) = (*namespace, *target);
         let bytes = plan.bulk_bytes;
         let runs: Vec<f64> = (0..plan.runs.min(3))
             .map(|_| inside(namespace, move || bulk(target, bytes)))
@@ -661,33 +691,44 @@ fn main() {
         (
             "HAProxy pair, mTLS, captured",
             "haproxy_captured",
-            client_haproxy.id(),
-            server_haproxy.id(),
-            &plain_client.namespace,
+            captured_client_haproxy.id(),
+            captured_server_haproxy.id(),
+            &captured_client.namespace,
             captured_haproxy,
         ),
     ];
-    let mut loads = Vec::new();
+    let mut load_samples: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); load_paths.len()];
     let mut loaded_rss_kb = 0;
-    for (name, key, client_pid, server_pid, namespace, target) in load_paths {
-        let (mut client_cpu, mut server_cpu, mut rates) = (Vec::new(), Vec::new(), Vec::new());
-        let runs = if phase("load") { plan.load_runs } else { 0 };
-        for _ in 0..runs {
+    let mut sidecar_rates = Vec::new();
+    let runs = if phase("load") { plan.load_runs } else { 0 };
+    for _ in 0..runs {
+        for (i, (_, key, client_pid, server_pid, namespace, target)) in
+            load_paths.iter().enumerate()
+        {
+            let (client_pid, server_pid, target) = (*client_pid, *server_pid, *target);
             let before = (cpu_seconds(client_pid), cpu_seconds(server_pid));
-            let started = Instant::now();
             let seconds = plan.load_seconds;
+            let started = Instant::now();
             let requests = inside(namespace, move || http_load(target, 1000, seconds));
             let elapsed = started.elapsed().as_secs_f64();
             let thousands = requests as f64 / 1000.0;
-            client_cpu.push((cpu_seconds(client_pid) - before.0) / thousands);
-            server_cpu.push((cpu_seconds(server_pid) - before.1) / thousands);
-            rates.push(requests as f64 / elapsed);
-            if key == "sidecar" {
+            load_samples[i]
+                .0
+                .push((cpu_seconds(client_pid) - before.0) / thousands);
+            load_samples[i]
+                .1
+                .push((cpu_seconds(server_pid) - before.1) / thousands);
+            if *key == "sidecar" {
                 loaded_rss_kb = loaded_rss_kb.max(process_stats(client_pid).rss_kb);
+                sidecar_rates.push(requests as f64 / elapsed);
             }
         }
-        loads.push((name, key, median(client_cpu), median(server_cpu), median(rates)));
     }
+    let loads: Vec<(&str, &str, f64, f64)> = load_paths
+        .iter()
+        .zip(load_samples)
+        .map(|((name, key, ..), (client, server))| (*name, *key, median(client), median(server)))
+        .collect();
     if let Some(mut profiler) = profiler {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(profiler.id() as i32),
@@ -695,8 +736,7 @@ fn main() {
         );
         let _ = profiler.wait();
     }
-    let sidecar_load = loads[0];
-    let rate = sidecar_load.4;
+    let rate = median(sidecar_rates);
 
     let direct_row = rows
         .iter()
@@ -709,20 +749,24 @@ fn main() {
         plan.runs, plan.pings
     );
     println!(
-        "{:<32} {:>10} {:>10} {:>12} {:>12} {:>10}",
-        "path", "p50 us", "p99 us", "+p50 us", "+p99 us", "Gbit/s"
+        "{:<32} {:>8} {:>8} {:>9} {:>9} {:>13} {:>8}",
+        "path", "p50 us", "p99 us", "+p50 us", "+p99 us", "proxy CPU us", "Gbit/s"
     );
     for row in &rows {
         println!(
-            "{:<32} {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>10.2}",
+            "{:<32} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>13.1} {:>8.2}",
             row.name,
             row.p50,
             row.p99,
             row.p50 - direct_row.0,
             row.p99 - direct_row.1,
+            row.proxy_cpu_us,
             row.gbit
         );
     }
+    println!(
+        "proxy CPU us: the CPU time of the path's proxies per round trip, the kernel work they cause included"
+    );
     let added = |key: &str| {
         let row = rows.iter().find(|r| r.key == key).unwrap();
         (row.p50 - direct_row.0, row.p99 - direct_row.1)
@@ -753,7 +797,7 @@ fn main() {
         "{:<32} {:>12} {:>12}",
         "proxy pair", "client side", "server side"
     );
-    for (name, _, client_cpu, server_cpu, _) in &loads {
+    for (name, _, client_cpu, server_cpu) in &loads {
         println!("{name:<32} {client_cpu:>12.3} {server_cpu:>12.3}");
     }
     println!(
@@ -774,6 +818,12 @@ fn main() {
             format!("{}_p99_us", row.key),
             serde_json::json!((row.p99 * 10.0).round() / 10.0),
         );
+        if row.key != "direct" {
+            json.insert(
+                format!("{}_proxy_cpu_us_per_round_trip", row.key),
+                serde_json::json!((row.proxy_cpu_us * 10.0).round() / 10.0),
+            );
+        }
         json.insert(
             format!("{}_gbit_s", row.key),
             serde_json::json!((row.gbit * 100.0).round() / 100.0),
@@ -804,7 +854,7 @@ fn main() {
         "load_requests_per_s".into(),
         serde_json::json!(rate.round()),
     );
-    for (_, key, client_cpu, server_cpu, _) in &loads {
+    for (_, key, client_cpu, server_cpu) in &loads {
         let prefix = key.replace("sidecar", "");
         let (client_key, server_key) = if *key == "sidecar" {
             ("client_sidecar".to_owned(), "server_sidecar".to_owned())
@@ -822,7 +872,12 @@ fn main() {
     }
     println!("{}", serde_json::Value::Object(json));
 
-    for child in [&mut server_haproxy, &mut client_haproxy] {
+    for child in [
+        &mut server_haproxy,
+        &mut client_haproxy,
+        &mut captured_server_haproxy,
+        &mut captured_client_haproxy,
+    ] {
         let _ = child.kill();
         let _ = child.wait();
     }
