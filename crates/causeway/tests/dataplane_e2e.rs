@@ -85,6 +85,60 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
     }
     assert!(request_series.ends_with(" 1"), "{request_series}");
 
+    // Uploads through both sidecars as curl sends them: after the server's `100 Continue`
+    // (passed back to curl, which would otherwise wait out its timeout), and chunked. The server
+    // counts every byte; both sidecars' logs count the body.
+    let upload = sleep.dir.join("upload.bin");
+    std::fs::write(&upload, vec![b'x'; 256 * 1024]).unwrap();
+    let with_expect = [
+        "-v",
+        "-H",
+        "Expect: 100-continue",
+        "--expect100-timeout",
+        "30",
+    ];
+    let chunked = ["-H", "Transfer-Encoding: chunked"];
+    for (how, options) in [("expect", &with_expect[..]), ("chunked", &chunked[..])] {
+        let output = sleep
+            .namespace
+            .command("curl")
+            .args(["-sS", "--max-time", "20", "--data-binary"])
+            .arg(format!("@{}", upload.display()))
+            .args(options)
+            .arg("http://helloworld.sample:5000/upload")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{how}: {stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "received 262144 bytes",
+            "{how}"
+        );
+        if how == "expect" {
+            assert!(stderr.contains("< HTTP/1.1 100 Continue"), "{stderr}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = |pod: &Pod| {
+            json_lines(&pod.log("sidecar.stdout"))
+                .into_iter()
+                .filter(|line| line["path"] == "/upload" && line["bytes_received"] == "262144")
+                .count()
+        };
+        if logged(sleep) == 2 && logged(helloworld) == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both uploads logged with their size on both sides:\n{}\n{}",
+            sleep.log("sidecar.stdout"),
+            helloworld.log("sidecar.stdout")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     assert!(
         !client_log.contains(CONTROL_IP),
         "the sidecar's own connections to discovery carry its mark and are not captured:\n{client_log}"
