@@ -84,6 +84,26 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
         );
     }
     assert!(request_series.ends_with(" 1"), "{request_series}");
+    // The server's sidecar knows the client's workload from the metadata exchange (its
+    // certificate only says namespace and service account).
+    let served_metrics = helloworld
+        .namespace
+        .run("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"])
+        .unwrap();
+    let served_series = served_metrics
+        .lines()
+        .find(|line| line.starts_with("istio_requests_total{reporter=\"destination\""))
+        .unwrap_or_else(|| panic!("{served_metrics}"));
+    for label in [
+        "source_workload=\"sleep\"",
+        "source_workload_namespace=\"sample\"",
+        "source_app=\"sleep\"",
+        "source_cluster=\"cluster01\"",
+        "source_principal=\"spiffe://cluster.local/ns/sample/sa/sleep\"",
+        "destination_workload=\"helloworld-v1\"",
+    ] {
+        assert!(served_series.contains(label), "{label} in {served_series}");
+    }
 
     // Uploads through both sidecars as curl sends them: after the server's `100 Continue`
     // (passed back to curl, which would otherwise wait out its timeout), and chunked. The server
@@ -117,6 +137,10 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
         );
         if how == "expect" {
             assert!(stderr.contains("< HTTP/1.1 100 Continue"), "{stderr}");
+            assert!(
+                !stderr.contains("x-envoy-peer-metadata"),
+                "the server sidecar's metadata stops at the client's sidecar: {stderr}"
+            );
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);

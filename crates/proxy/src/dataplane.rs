@@ -8,7 +8,8 @@ use crate::bootstrap::Workload;
 use crate::config::{ProxyConfig, UpstreamCluster};
 use crate::identity::{MeshTls, TlsWatch};
 use crate::passthrough::connect_marked;
-use crate::telemetry::{Telemetry, TrafficLabels, UNKNOWN};
+use crate::peer_metadata::{OwnMetadata, app_and_version};
+use crate::telemetry::{Telemetry, TrafficLabels};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct DataPlane {
     pub telemetry: Arc<Telemetry>,
     pub mark: u32,
     pub access_log: Option<AccessLog>,
+    /// This proxy's side of the HTTP metadata exchange.
+    pub own_metadata: OwnMetadata,
     /// How long inbound waits for a client's first bytes on a PERMISSIVE port before taking
     /// the connection as plaintext (server-first protocols send nothing).
     pub protocol_detection_timeout: Duration,
@@ -125,18 +128,7 @@ impl DataPlane {
     pub fn labels(&self, reporter: &'static str) -> TrafficLabels {
         let mut labels = TrafficLabels::unknown(reporter);
         let workload = &self.workload;
-        let app = workload
-            .labels
-            .get("app")
-            .or_else(|| workload.labels.get("app.kubernetes.io/name"))
-            .cloned()
-            .unwrap_or_else(|| UNKNOWN.to_owned());
-        let version = workload
-            .labels
-            .get("version")
-            .or_else(|| workload.labels.get("app.kubernetes.io/version"))
-            .cloned()
-            .unwrap_or_else(|| UNKNOWN.to_owned());
+        let (app, version) = app_and_version(&workload.labels);
         let principal = format!(
             "spiffe://{}/ns/{}/sa/{}",
             workload.trust_domain, workload.namespace, workload.service_account

@@ -10,10 +10,12 @@
 //! as raw bytes.
 
 use crate::http_proxy::{Exchange, Finished, Logged, request_id};
+use crate::peer_metadata::{self, PeerWorkload};
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -193,6 +195,9 @@ fn has_token(value: &[u8], token: &str) -> bool {
 /// What the headers of either kind of message say about the connection and the body.
 #[derive(Default)]
 struct HeaderFacts {
+    /// The metadata exchange's header lines (byte ranges of the head), never passed on.
+    exchange_lines: Vec<Range<usize>>,
+    peer: Option<PeerWorkload>,
     close: bool,
     keep_alive: bool,
     connection_upgrade: bool,
@@ -204,12 +209,32 @@ struct HeaderFacts {
     grpc_status: Option<String>,
 }
 
-fn header_facts(headers: &[httparse::Header<'_>]) -> Result<HeaderFacts, &'static str> {
+/// Where a header's line lies in `head` (from its name to its line feed).
+fn line_of(head: &[u8], header: &httparse::Header<'_>) -> Range<usize> {
+    // httparse's slices point into `head`; addresses give their offsets.
+    let start = header.name.as_ptr() as usize - head.as_ptr() as usize;
+    let value_end = header.value.as_ptr() as usize - head.as_ptr() as usize + header.value.len();
+    let end = head[value_end..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(head.len(), |n| value_end + n + 1);
+    start..end
+}
+
+fn header_facts(
+    head: &[u8],
+    headers: &[httparse::Header<'_>],
+) -> Result<HeaderFacts, &'static str> {
     let mut facts = HeaderFacts::default();
     for header in headers {
         let name = header.name;
         let value = header.value;
-        if name.eq_ignore_ascii_case("connection") {
+        if peer_metadata::is_exchange_header(name) {
+            facts.exchange_lines.push(line_of(head, header));
+            if name.eq_ignore_ascii_case(peer_metadata::METADATA_HEADER) {
+                facts.peer = peer_metadata::decode(value);
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
             facts.close |= has_token(value, "close");
             facts.keep_alive |= has_token(value, "keep-alive");
             facts.connection_upgrade |= has_token(value, "upgrade");
@@ -273,6 +298,8 @@ struct RequestHead {
     request_id: bool,
     grpc: bool,
     body: Option<Framing>,
+    exchange_lines: Vec<Range<usize>>,
+    peer: Option<PeerWorkload>,
     logged: Option<Logged>,
 }
 
@@ -291,7 +318,8 @@ fn parse_request(buffer: &[u8], log: bool) -> Result<Option<RequestHead>, Reject
     if len > MAX_HEAD_BYTES {
         return Err(Rejected::TooLarge);
     }
-    let facts = header_facts(request.headers).map_err(|e| Rejected::BadRequest(e.into()))?;
+    let facts =
+        header_facts(buffer, request.headers).map_err(|e| Rejected::BadRequest(e.into()))?;
     let method = request.method.unwrap_or_default();
     let http10 = request.version == Some(0);
     let body = match (facts.chunked, facts.content_length) {
@@ -332,6 +360,8 @@ fn parse_request(buffer: &[u8], log: bool) -> Result<Option<RequestHead>, Reject
         request_id: facts.request_id,
         grpc: facts.grpc,
         body,
+        exchange_lines: facts.exchange_lines,
+        peer: facts.peer,
         logged,
     }))
 }
@@ -342,6 +372,8 @@ struct ResponseHead {
     keep_alive: bool,
     body: Option<Framing>,
     grpc_status: Option<String>,
+    exchange_lines: Vec<Range<usize>>,
+    peer: Option<PeerWorkload>,
     headers: Option<HeaderMap>,
 }
 
@@ -362,7 +394,7 @@ fn parse_response(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(error.to_string()),
     };
-    let facts = header_facts(response.headers)?;
+    let facts = header_facts(buffer, response.headers)?;
     let status = response.code.unwrap_or_default();
     let body = if request.head_method
         || (100..200).contains(&status)
@@ -389,22 +421,27 @@ fn parse_response(
         keep_alive,
         body,
         grpc_status: facts.grpc_status,
+        exchange_lines: facts.exchange_lines,
+        peer: facts.peer,
         headers: log.then(|| header_map(response.headers)),
     }))
 }
 
-/// Copies `head` into `out`, adding an `x-request-id` header before its final blank line.
-fn head_with_request_id(head: &[u8], id: &str, out: &mut Vec<u8>) {
-    let keep = if head.ends_with(b"\r\n\r\n") {
+/// Copies `head` into `out` without its final blank line and without the `dropped` lines, so
+/// that header lines can be added before the caller ends the head with `\r\n`.
+fn open_head(head: &[u8], dropped: &[Range<usize>], out: &mut Vec<u8>) {
+    let content = if head.ends_with(b"\r\n\r\n") {
         head.len() - 2
     } else {
         // httparse also accepts bare LF line ends.
         head.len() - 1
     };
-    out.extend_from_slice(&head[..keep]);
-    out.extend_from_slice(b"x-request-id: ");
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    let mut from = 0;
+    for line in dropped {
+        out.extend_from_slice(&head[from..line.start]);
+        from = line.end;
+    }
+    out.extend_from_slice(&head[from..content]);
 }
 
 async fn send<W: AsyncWrite + Unpin>(
@@ -598,18 +635,34 @@ where
     };
     let mut finished = begin(exchange, protocol, request.grpc, request.logged.take());
 
+    let outbound = exchange.labels.reporter == "source";
+    if let Some(peer) = request.peer.take()
+        && exchange.metadata_exchange
+        && !outbound
+    {
+        let _ = exchange.peer.set(peer);
+    }
     out.clear();
-    if request.request_id {
+    if request.request_id && request.exchange_lines.is_empty() && !outbound {
         out.extend_from_slice(&from_client[..request.len]);
     } else {
-        let mut text = uuid::Uuid::encode_buffer();
-        let id = request_id().hyphenated().encode_lower(&mut text);
-        head_with_request_id(&from_client[..request.len], id, out);
-        if let Some(logged) = &mut finished.logged
-            && let Ok(value) = HeaderValue::from_str(id)
-        {
-            logged.request_headers.insert("x-request-id", value);
+        open_head(&from_client[..request.len], &request.exchange_lines, out);
+        if !request.request_id {
+            let mut text = uuid::Uuid::encode_buffer();
+            let id = request_id().hyphenated().encode_lower(&mut text);
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            if let Some(logged) = &mut finished.logged
+                && let Ok(value) = HeaderValue::from_str(id)
+            {
+                logged.request_headers.insert("x-request-id", value);
+            }
         }
+        if outbound && exchange.metadata_exchange {
+            out.extend_from_slice(&exchange.dataplane.own_metadata.head_lines);
+        }
+        out.extend_from_slice(b"\r\n");
     }
     from_client.advance(request.len);
     let mut request_body = request.body.take();
@@ -700,8 +753,22 @@ where
         return Ok(Next::Finished);
     }
 
+    if let Some(peer) = response.peer
+        && exchange.metadata_exchange
+        && outbound
+    {
+        let _ = exchange.peer.set(peer);
+    }
     out.clear();
-    out.extend_from_slice(&from_server[..response.len]);
+    if response.exchange_lines.is_empty() && (outbound || !exchange.metadata_exchange) {
+        out.extend_from_slice(&from_server[..response.len]);
+    } else {
+        open_head(&from_server[..response.len], &response.exchange_lines, out);
+        if !outbound && exchange.metadata_exchange {
+            out.extend_from_slice(&exchange.dataplane.own_metadata.head_lines);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
     from_server.advance(response.len);
     let mut response_body = response.body;
     if let Some(framing) = &mut response_body {
@@ -820,13 +887,18 @@ mod tests {
     use crate::balancer::Balancer;
     use crate::bootstrap::{Role, Workload};
     use crate::dataplane::DataPlane;
+    use crate::peer_metadata::OwnMetadata;
     use crate::telemetry::{Telemetry, TrafficLabels};
     use std::time::Duration;
     use tokio::io::DuplexStream;
 
     const WAIT: Duration = Duration::from_secs(5);
 
-    fn exchange(access_log: Option<AccessLog>) -> Arc<Exchange> {
+    fn exchange(
+        access_log: Option<AccessLog>,
+        reporter: &'static str,
+        metadata_exchange: bool,
+    ) -> Arc<Exchange> {
         let workload = Workload {
             role: Role::Sidecar,
             pod_name: "sleep-1".into(),
@@ -843,18 +915,19 @@ mod tests {
             requested_network_view: Vec::new(),
         };
         let dataplane = Arc::new(DataPlane {
-            workload: Arc::new(workload),
+            workload: Arc::new(workload.clone()),
             config: tokio::sync::watch::channel(Default::default()).1,
             tls: tokio::sync::watch::channel(None).1,
             balancer: Balancer::default(),
             telemetry: Arc::new(Telemetry::default()),
             mark: 0,
+            own_metadata: OwnMetadata::of(&workload),
             access_log,
             protocol_detection_timeout: Duration::from_millis(100),
         });
         Arc::new(Exchange {
             dataplane,
-            labels: TrafficLabels::unknown("source"),
+            labels: TrafficLabels::unknown(reporter),
             downstream_local: "10.96.0.10:5000".parse().unwrap(),
             downstream_remote: "10.0.0.1:40000".parse().unwrap(),
             upstream_host: Some("10.0.1.5:5000".parse().unwrap()),
@@ -862,6 +935,8 @@ mod tests {
             upstream_cluster: Some("outbound|5000||helloworld.sample.svc.cluster.local".into()),
             requested_server_name: None,
             route_name: Some("default"),
+            metadata_exchange,
+            peer: Default::default(),
             series: Default::default(),
         })
     }
@@ -875,9 +950,17 @@ mod tests {
     }
 
     fn relayed(access_log: Option<AccessLog>) -> Relayed {
+        relayed_as(access_log, "source", false)
+    }
+
+    fn relayed_as(
+        access_log: Option<AccessLog>,
+        reporter: &'static str,
+        metadata_exchange: bool,
+    ) -> Relayed {
         let (client, downstream) = tokio::io::duplex(64 * 1024);
         let (upstream, server) = tokio::io::duplex(64 * 1024);
-        let exchange = exchange(access_log);
+        let exchange = exchange(access_log, reporter, metadata_exchange);
         let relay = tokio::spawn(relay(downstream, upstream, exchange.clone()));
         Relayed {
             client,
@@ -1334,5 +1417,89 @@ mod tests {
         assert_eq!(json["sent"], "2");
         assert_eq!(json["protocol"], "HTTP/1.1");
         assert_eq!(json["server"], "demo");
+    }
+
+    /// Another sidecar's metadata headers, as it would send them.
+    fn peer_lines() -> String {
+        let mut workload = exchange(None, "source", false)
+            .dataplane
+            .workload
+            .as_ref()
+            .clone();
+        workload.pod_name = "productpage-v1-5d8f9c7b6-x2k4p".into();
+        workload.workload_name = String::new();
+        workload.cluster_id = "cluster02".into();
+        String::from_utf8(OwnMetadata::of(&workload).head_lines).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_server_side_learns_the_client_workload_and_the_application_never_sees_it() {
+        let Relayed {
+            mut client,
+            mut server,
+            exchange,
+            ..
+        } = relayed_as(None, "destination", true);
+        let request = format!(
+            "GET / HTTP/1.1\r\nhost: a\r\n{}x-request-id: j\r\n\r\n",
+            peer_lines()
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let seen = read_until(&mut server, ends_head).await;
+        assert_eq!(
+            seen,
+            b"GET / HTTP/1.1\r\nhost: a\r\nx-request-id: j\r\n\r\n"
+        );
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_until(&mut client, ends_head).await;
+        let response = text(&response);
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"));
+        let metadata = header(response, "x-envoy-peer-metadata").expect("the server side's own");
+        let me = peer_metadata::decode(metadata.as_bytes()).unwrap();
+        assert_eq!(me.workload, "sleep");
+        let metrics = exchange.dataplane.telemetry.encode();
+        let series = metrics
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{"))
+            .unwrap();
+        assert!(
+            series.contains("source_workload=\"productpage-v1\""),
+            "{series}"
+        );
+        assert!(series.contains("source_cluster=\"cluster02\""), "{series}");
+    }
+
+    #[tokio::test]
+    async fn the_client_side_sends_its_metadata_and_strips_the_servers() {
+        let Relayed {
+            mut client,
+            mut server,
+            ..
+        } = relayed_as(None, "source", true);
+        client
+            .write_all(
+                b"GET / HTTP/1.1\r\nx-request-id: k\r\nx-envoy-peer-metadata-id: forged\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let seen = read_until(&mut server, ends_head).await;
+        let seen = text(&seen);
+        let id = header(seen, "x-envoy-peer-metadata-id").unwrap();
+        assert!(id.starts_with("sidecar~10.0.0.1~sleep-1.sample"), "{id}");
+        assert_eq!(
+            seen.matches("x-envoy-peer-metadata-id").count(),
+            1,
+            "{seen}"
+        );
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\n{}content-length: 2\r\n\r\nok",
+            peer_lines()
+        );
+        server.write_all(reply.as_bytes()).await.unwrap();
+        let response = read_until(&mut client, |b| b.ends_with(b"ok")).await;
+        assert_eq!(response, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
     }
 }

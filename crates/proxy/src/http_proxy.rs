@@ -6,6 +6,7 @@
 use crate::access_log::{Entry, RequestView};
 use crate::dataplane::DataPlane;
 use crate::http1;
+use crate::peer_metadata::{self, PeerWorkload};
 use crate::sniff::Detected;
 use crate::telemetry::{RequestLabels, TrafficLabels};
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -40,6 +41,10 @@ pub struct Exchange {
     pub upstream_cluster: Option<String>,
     pub requested_server_name: Option<String>,
     pub route_name: Option<&'static str>,
+    /// Both ends are sidecars talking mutual TLS: they exchange metadata (see `peer_metadata`).
+    pub metadata_exchange: bool,
+    /// What the peer said about itself, from the first message that carried it.
+    pub peer: OnceLock<PeerWorkload>,
     /// The series this connection's requests count into, looked up once per distinct outcome:
     /// labels are twenty strings, too many to hash per request.
     pub series: Mutex<Vec<(SeriesKey, Counter, Histogram)>>,
@@ -61,6 +66,9 @@ impl Exchange {
             return (counter.clone(), histogram.clone());
         }
         let mut traffic = self.labels.clone();
+        if let Some(peer) = self.peer.get() {
+            peer.apply(&mut traffic);
+        }
         traffic.request_protocol = if key.grpc { "grpc" } else { "http" };
         traffic.response_flags = key.response_flags.to_owned();
         let labels = RequestLabels {
@@ -221,6 +229,33 @@ impl Finished {
     }
 }
 
+/// The metadata exchange on one HTTP/2 message: the peer's headers are read when `from_peer`
+/// (a request arriving at the server side, a response at the client side) and never passed on;
+/// the proxy adds its own to what it sends to the other sidecar.
+fn exchange_metadata(headers: &mut HeaderMap, exchange: &Exchange, from_peer: bool) {
+    if from_peer
+        && exchange.metadata_exchange
+        && let Some(peer) = headers
+            .get(peer_metadata::METADATA_HEADER)
+            .and_then(|value| peer_metadata::decode(value.as_bytes()))
+    {
+        let _ = exchange.peer.set(peer);
+    }
+    headers.remove(peer_metadata::METADATA_HEADER);
+    headers.remove(peer_metadata::ID_HEADER);
+    let own = &exchange.dataplane.own_metadata;
+    if !from_peer
+        && exchange.metadata_exchange
+        && let (Ok(id), Ok(metadata)) = (
+            HeaderValue::from_str(&own.id),
+            HeaderValue::from_str(&own.metadata),
+        )
+    {
+        headers.insert(peer_metadata::ID_HEADER, id);
+        headers.insert(peer_metadata::METADATA_HEADER, metadata);
+    }
+}
+
 /// A version 4 UUID from the thread's fast generator: one per request, so no system call.
 pub(crate) fn request_id() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
@@ -238,6 +273,8 @@ async fn forward(
     {
         request.headers_mut().insert(REQUEST_ID, value);
     }
+    let outbound = exchange.labels.reporter == "source";
+    exchange_metadata(request.headers_mut(), &exchange, !outbound);
     let grpc = request
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -286,7 +323,8 @@ async fn forward(
         Err(error) => Err(error),
     };
     match sent {
-        Ok(response) => {
+        Ok(mut response) => {
+            exchange_metadata(response.headers_mut(), &finished.exchange, outbound);
             finished.status = response.status().as_u16();
             if grpc && let Some(status) = response.headers().get("grpc-status") {
                 finished.grpc_status = status.to_str().unwrap_or_default().to_owned();

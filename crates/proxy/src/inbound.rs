@@ -185,6 +185,7 @@ where
     let _ = upstream.set_nodelay(true);
     let local = upstream.local_addr().ok();
     if detected != Detected::Tcp {
+        let metadata_exchange = labels.connection_security_policy == "mutual_tls";
         let exchange = Arc::new(Exchange {
             dataplane: dataplane.clone(),
             labels,
@@ -195,6 +196,8 @@ where
             upstream_cluster: Some(peer.cluster.to_string()),
             requested_server_name: peer.requested_server_name,
             route_name: Some("default"),
+            metadata_exchange,
+            peer: Default::default(),
             series: Default::default(),
         });
         if let Err(error) = http_proxy::proxy(downstream, upstream, detected, exchange).await {

@@ -10,6 +10,7 @@ use crate::bootstrap::{Role, Workload};
 use crate::dataplane::DataPlane;
 use crate::dns::{self, DnsSettings};
 use crate::identity::{self, CaSettings};
+use crate::peer_metadata::OwnMetadata;
 use crate::telemetry::Telemetry;
 use crate::{inbound, outbound, router};
 use std::net::SocketAddr;
@@ -190,6 +191,7 @@ pub async fn start(settings: ProxySettings) -> Result<RunningProxy, StartError> 
         telemetry: Arc::new(Telemetry::default()),
         mark: settings.mark,
         access_log,
+        own_metadata: OwnMetadata::of(&workload),
         protocol_detection_timeout: settings.protocol_detection_timeout,
     });
     let bound = Bound {

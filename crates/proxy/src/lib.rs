@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod launch;
 pub mod outbound;
 pub mod passthrough;
+pub mod peer_metadata;
 pub mod relay;
 pub mod resident;
 mod retry;

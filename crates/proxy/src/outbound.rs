@@ -241,6 +241,8 @@ where
         upstream_cluster: outcome.upstream_cluster.clone(),
         requested_server_name: None,
         route_name: Some("default"),
+        metadata_exchange: outcome.labels.connection_security_policy == "mutual_tls",
+        peer: Default::default(),
         series: Default::default(),
     });
     http_proxy::proxy(
