@@ -101,6 +101,8 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
         "source_cluster=\"cluster01\"",
         "source_principal=\"spiffe://cluster.local/ns/sample/sa/sleep\"",
         "destination_workload=\"helloworld-v1\"",
+        "destination_service=\"helloworld.sample.svc.cluster.local\"",
+        "destination_service_name=\"helloworld\"",
     ] {
         assert!(served_series.contains(label), "{label} in {served_series}");
     }

@@ -64,12 +64,15 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
         (false, _) => false,
     };
     // The workload's cluster names its address; passthrough goes where the client was going.
-    let target = config
-        .cluster(&port.cluster)
+    let workload_cluster = config.cluster(&port.cluster);
+    let target = workload_cluster
         .filter(|cluster| cluster.kind == ClusterKind::Static)
         .and_then(|cluster| cluster.endpoints.first())
         .map_or(destination, |endpoint| endpoint.address);
     let mut labels = dataplane.labels("destination");
+    if let Some(service) = workload_cluster.and_then(|cluster| cluster.service.as_deref()) {
+        labels.set_destination_service(service);
+    }
     let mut requested_server_name = None;
     let carried;
     if tls {

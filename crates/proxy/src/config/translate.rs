@@ -311,6 +311,24 @@ fn text_field<'a>(metadata: Option<&'a Metadata>, filter: &str, key: &str) -> Op
     }
 }
 
+fn first_inbound_service(metadata: Option<&Metadata>) -> Option<&str> {
+    let services = metadata?
+        .filter_metadata
+        .get("istio")?
+        .fields
+        .get("services")?;
+    let Kind::ListValue(services) = services.kind.as_ref()? else {
+        return None;
+    };
+    services
+        .values
+        .iter()
+        .find_map(|service| match service.kind.as_ref()? {
+            Kind::StructValue(service) => struct_text(service, "host"),
+            _ => None,
+        })
+}
+
 fn struct_text<'a>(fields: &'a Struct, key: &str) -> Option<&'a str> {
     match fields.fields.get(key)?.kind.as_ref()? {
         Kind::StringValue(text) => Some(text),
@@ -663,7 +681,11 @@ fn upstream_cluster(cluster: &Cluster) -> Result<UpstreamCluster, String> {
         })
         .filter(|d| !d.is_zero())
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let service = text_field(cluster.metadata.as_ref(), "istio", "hostname").map(str::to_owned);
+    // Outbound clusters name their service (`istio.hostname`); a workload's inbound clusters
+    // list the services behind the port (`istio.services`), the first naming it in metrics.
+    let service = text_field(cluster.metadata.as_ref(), "istio", "hostname")
+        .or_else(|| first_inbound_service(cluster.metadata.as_ref()))
+        .map(str::to_owned);
     let protocol = text_field(cluster.metadata.as_ref(), "istio", "protocol")
         .map_or(PortProtocol::Unknown, PortProtocol::from_metadata);
     Ok(UpstreamCluster {
@@ -948,6 +970,11 @@ mod tests {
         assert_eq!(
             workload.endpoints[0].address,
             "10.10.0.5:5000".parse().unwrap()
+        );
+        // Discovery's `istio.services` names the service for the destination side's metrics.
+        assert_eq!(
+            workload.service.as_deref(),
+            Some("helloworld.sample.svc.cluster.local")
         );
     }
 

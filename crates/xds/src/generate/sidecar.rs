@@ -30,8 +30,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     subject_alt_name_matcher::SanType,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
-use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
-use std::collections::BTreeSet;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value, Value, value::Kind};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -136,11 +136,15 @@ fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSn
 }
 
 /// The workload ports behind every service port the proxy's own workload serves.
-fn inbound_ports(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> BTreeSet<u16> {
+/// The ports the proxy's workload serves, each with the services that send traffic to it.
+fn inbound_ports<'s>(
+    snapshot: &'s MeshSnapshot,
+    proxy: &'s ProxyInfo,
+) -> BTreeMap<u16, Vec<&'s Service>> {
     let Some(namespace) = proxy.namespace.as_deref() else {
-        return BTreeSet::new();
+        return BTreeMap::new();
     };
-    let mut ports = BTreeSet::new();
+    let mut ports: BTreeMap<u16, Vec<&Service>> = BTreeMap::new();
     for service in snapshot.services_selecting(&proxy.cluster, namespace, &proxy.labels) {
         let own_endpoint = snapshot
             .endpoints_of(&service.fqdn)
@@ -150,7 +154,10 @@ fn inbound_ports(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> BTreeSet<u16> {
             let target = own_endpoint
                 .and_then(|e| e.port_for(&port.name))
                 .unwrap_or(port.port);
-            ports.insert(target);
+            let services = ports.entry(target).or_default();
+            if !services.iter().any(|s| s.fqdn == service.fqdn) {
+                services.push(service);
+            }
         }
     }
     ports
@@ -224,13 +231,26 @@ pub fn shared_clusters(
     resources
 }
 
-/// The proxy's own clusters: `inbound|<port>||` for each port its workload serves.
+/// The proxy's own clusters: `inbound|<port>||` for each port its workload serves, with the
+/// services behind it in `istio.services` (`host`, `name`, `namespace`), as Istio marks them
+/// for the destination side's metrics.
 pub fn workload_clusters(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> Vec<Arc<Resource>> {
     let workload = proxy.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     inbound_ports(snapshot, proxy)
         .into_iter()
-        .map(|port| {
-            let cluster = static_cluster(&inbound_cluster(port), Some((workload, port)));
+        .map(|(port, services)| {
+            let mut cluster = static_cluster(&inbound_cluster(port), Some((workload, port)));
+            let services = services.iter().map(|service| Value {
+                kind: Some(Kind::StructValue(fields([
+                    ("host", string_value(&service.fqdn)),
+                    ("name", string_value(&service.name)),
+                    ("namespace", string_value(&service.namespace)),
+                ]))),
+            });
+            cluster.metadata = Some(metadata([(
+                "istio",
+                vec![("services", list_value(services))],
+            )]));
             Resource::new(cluster.name.clone(), &cluster)
         })
         .collect()
@@ -390,7 +410,7 @@ pub fn listeners(
         Resource::new(
             "virtualInbound",
             &inbound_listener(
-                &inbound_ports(snapshot, proxy),
+                &inbound_ports(snapshot, proxy).into_keys().collect(),
                 &proxy_mtls(snapshot, proxy),
             ),
         ),
