@@ -221,9 +221,11 @@ fn line_of(head: &[u8], header: &httparse::Header<'_>) -> Range<usize> {
     start..end
 }
 
+/// `want_peer`: decode the peer's metadata (once per connection is enough).
 fn header_facts(
     head: &[u8],
     headers: &[httparse::Header<'_>],
+    want_peer: bool,
 ) -> Result<HeaderFacts, &'static str> {
     let mut facts = HeaderFacts::default();
     for header in headers {
@@ -231,7 +233,7 @@ fn header_facts(
         let value = header.value;
         if peer_metadata::is_exchange_header(name) {
             facts.exchange_lines.push(line_of(head, header));
-            if name.eq_ignore_ascii_case(peer_metadata::METADATA_HEADER) {
+            if want_peer && name.eq_ignore_ascii_case(peer_metadata::METADATA_HEADER) {
                 facts.peer = peer_metadata::decode(value);
             }
         } else if name.eq_ignore_ascii_case("connection") {
@@ -303,7 +305,16 @@ struct RequestHead {
     logged: Option<Logged>,
 }
 
-fn parse_request(buffer: &[u8], log: bool) -> Result<Option<RequestHead>, Rejected> {
+/// What a message's parser is to collect besides framing.
+#[derive(Clone, Copy, Default)]
+struct Wanted {
+    /// The fields of the access log.
+    log: bool,
+    /// The peer's metadata.
+    peer: bool,
+}
+
+fn parse_request(buffer: &[u8], wanted: Wanted) -> Result<Option<RequestHead>, Rejected> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buffer) {
@@ -318,8 +329,8 @@ fn parse_request(buffer: &[u8], log: bool) -> Result<Option<RequestHead>, Reject
     if len > MAX_HEAD_BYTES {
         return Err(Rejected::TooLarge);
     }
-    let facts =
-        header_facts(buffer, request.headers).map_err(|e| Rejected::BadRequest(e.into()))?;
+    let facts = header_facts(buffer, request.headers, wanted.peer)
+        .map_err(|e| Rejected::BadRequest(e.into()))?;
     let method = request.method.unwrap_or_default();
     let http10 = request.version == Some(0);
     let body = match (facts.chunked, facts.content_length) {
@@ -337,7 +348,7 @@ fn parse_request(buffer: &[u8], log: bool) -> Result<Option<RequestHead>, Reject
         (None, Some(0)) | (None, None) => None,
         (None, Some(length)) => Some(Framing::Length(length)),
     };
-    let logged = log.then(|| Logged {
+    let logged = wanted.log.then(|| Logged {
         start_time: SystemTime::now(),
         method: method.to_owned(),
         path: request.path.unwrap_or_default().to_owned(),
@@ -380,7 +391,7 @@ struct ResponseHead {
 fn parse_response(
     buffer: &[u8],
     request: &RequestHead,
-    log: bool,
+    wanted: Wanted,
 ) -> Result<Option<ResponseHead>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
@@ -394,7 +405,7 @@ fn parse_response(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(error.to_string()),
     };
-    let facts = header_facts(buffer, response.headers)?;
+    let facts = header_facts(buffer, response.headers, wanted.peer)?;
     let status = response.code.unwrap_or_default();
     let body = if request.head_method
         || (100..200).contains(&status)
@@ -423,7 +434,7 @@ fn parse_response(
         grpc_status: facts.grpc_status,
         exchange_lines: facts.exchange_lines,
         peer: facts.peer,
-        headers: log.then(|| header_map(response.headers)),
+        headers: wanted.log.then(|| header_map(response.headers)),
     }))
 }
 
@@ -499,11 +510,11 @@ async fn fill<R: AsyncRead + Unpin>(
 async fn read_request<D: AsyncRead + Unpin>(
     downstream: &mut D,
     buffer: &mut BytesMut,
-    log: bool,
+    wanted: Wanted,
 ) -> Result<Option<Result<RequestHead, Rejected>>, Http1Error> {
     loop {
         if !buffer.is_empty() {
-            match parse_request(buffer, log) {
+            match parse_request(buffer, wanted) {
                 Ok(Some(head)) => return Ok(Some(Ok(head))),
                 Ok(None) => {}
                 Err(rejected) => return Ok(Some(Err(rejected))),
@@ -530,11 +541,18 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let log = exchange.dataplane.access_log.is_some();
+    // The server side reads the client's metadata from requests, the client side the server's
+    // from responses.
+    let outbound = exchange.labels.reporter == "source";
     let mut from_client = BytesMut::with_capacity(READ_SIZE);
     let mut from_server = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(1024);
     loop {
-        let request = match read_request(&mut downstream, &mut from_client, log).await? {
+        let wanted = Wanted {
+            log,
+            peer: exchange.metadata_exchange && !outbound && exchange.peer.get().is_none(),
+        };
+        let request = match read_request(&mut downstream, &mut from_client, wanted).await? {
             None => return Ok(()),
             Some(Ok(request)) => request,
             Some(Err(rejected)) => {
@@ -627,7 +645,11 @@ where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let log = request.logged.is_some();
+    let outbound = exchange.labels.reporter == "source";
+    let wanted = Wanted {
+        log: request.logged.is_some(),
+        peer: exchange.metadata_exchange && outbound && exchange.peer.get().is_none(),
+    };
     let protocol = if request.http10 {
         "HTTP/1.0"
     } else {
@@ -635,7 +657,6 @@ where
     };
     let mut finished = begin(exchange, protocol, request.grpc, request.logged.take());
 
-    let outbound = exchange.labels.reporter == "source";
     if let Some(peer) = request.peer.take()
         && exchange.metadata_exchange
         && !outbound
@@ -688,7 +709,7 @@ where
     // The response head, forwarding the rest of the request body meanwhile.
     let response = loop {
         if !from_server.is_empty() {
-            match parse_response(from_server, &request, log) {
+            match parse_response(from_server, &request, wanted) {
                 Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
                     // 100 Continue, 103 Early Hints: passed on, the final response follows.
                     send(downstream, &from_server[..head.len], Side::Downstream).await?;
@@ -1050,7 +1071,8 @@ mod tests {
 
     #[test]
     fn request_framing_follows_rfc_9112() {
-        let framing = |head: &str| parse_request(head.as_bytes(), false).map(|h| h.unwrap().body);
+        let framing =
+            |head: &str| parse_request(head.as_bytes(), Wanted::default()).map(|h| h.unwrap().body);
         assert!(matches!(
             framing("GET / HTTP/1.1\r\nhost: a\r\n\r\n"),
             Ok(None)
