@@ -149,10 +149,9 @@ pub fn parse_labels_file(text: &str) -> Result<BTreeMap<String, String>, String>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn workload() -> Workload {
+impl Workload {
+    /// The sample `sleep` pod in `sample` on cluster01, for unit tests.
+    pub(crate) fn sleep_for_tests() -> Workload {
         Workload {
             role: Role::Sidecar,
             pod_name: "sleep-5d8f9c7b6-x2k4p".into(),
@@ -168,6 +167,15 @@ mod tests {
             workload_name: String::new(),
             requested_network_view: vec![],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload() -> Workload {
+        Workload::sleep_for_tests()
     }
 
     #[test]

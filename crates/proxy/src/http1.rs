@@ -496,6 +496,31 @@ async fn pass_body<W: AsyncWrite + Unpin>(
     Ok((payload, done))
 }
 
+/// Appends to `out` the body bytes at the front of `buffer`, so that they go out with the head;
+/// the payload bytes taken. `body` becomes `None` once complete.
+fn body_into(
+    out: &mut Vec<u8>,
+    buffer: &mut BytesMut,
+    body: &mut Option<Framing>,
+    from: Side,
+) -> Result<u64, Http1Error> {
+    let Some(framing) = body else {
+        return Ok(0);
+    };
+    let (n, payload, done) = framing
+        .take(buffer)
+        .map_err(|reason| Http1Error::Malformed {
+            side: from,
+            reason: reason.into(),
+        })?;
+    out.extend_from_slice(&buffer[..n]);
+    buffer.advance(n);
+    if done {
+        *body = None;
+    }
+    Ok(payload)
+}
+
 /// Reads into `buffer` (growing it when full); the number of bytes read.
 async fn fill<R: AsyncRead + Unpin>(
     from: &mut R,
@@ -687,21 +712,7 @@ where
     }
     from_client.advance(request.len);
     let mut request_body = request.body.take();
-    if let Some(framing) = &mut request_body {
-        let (n, payload, done) =
-            framing
-                .take(from_client)
-                .map_err(|reason| Http1Error::Malformed {
-                    side: Side::Downstream,
-                    reason: reason.into(),
-                })?;
-        out.extend_from_slice(&from_client[..n]);
-        from_client.advance(n);
-        finished.request_bytes += payload;
-        if done {
-            request_body = None;
-        }
-    }
+    finished.request_bytes += body_into(out, from_client, &mut request_body, Side::Downstream)?;
     if send(upstream, out, Side::Upstream).await.is_err() {
         return Ok(upstream_reset(downstream, finished, "connection failure").await);
     }
@@ -792,21 +803,7 @@ where
     }
     from_server.advance(response.len);
     let mut response_body = response.body;
-    if let Some(framing) = &mut response_body {
-        let (n, payload, done) =
-            framing
-                .take(from_server)
-                .map_err(|reason| Http1Error::Malformed {
-                    side: Side::Upstream,
-                    reason: reason.into(),
-                })?;
-        out.extend_from_slice(&from_server[..n]);
-        from_server.advance(n);
-        finished.response_bytes += payload;
-        if done {
-            response_body = None;
-        }
-    }
+    finished.response_bytes += body_into(out, from_server, &mut response_body, Side::Upstream)?;
     send(downstream, out, Side::Downstream).await?;
 
     // The response body, the request body still going the other way if the server answered
@@ -906,7 +903,7 @@ mod tests {
     use super::*;
     use crate::access_log::AccessLog;
     use crate::balancer::Balancer;
-    use crate::bootstrap::{Role, Workload};
+    use crate::bootstrap::Workload;
     use crate::dataplane::DataPlane;
     use crate::peer_metadata::OwnMetadata;
     use crate::telemetry::{Telemetry, TrafficLabels};
@@ -920,21 +917,7 @@ mod tests {
         reporter: &'static str,
         metadata_exchange: bool,
     ) -> Arc<Exchange> {
-        let workload = Workload {
-            role: Role::Sidecar,
-            pod_name: "sleep-1".into(),
-            namespace: "sample".into(),
-            ip: [10, 0, 0, 1].into(),
-            service_account: "sleep".into(),
-            cluster_id: "cluster01".into(),
-            network: "network1".into(),
-            mesh_id: "mesh1".into(),
-            trust_domain: "cluster.local".into(),
-            domain_suffix: "cluster.local".into(),
-            labels: Default::default(),
-            workload_name: "sleep".into(),
-            requested_network_view: Vec::new(),
-        };
+        let workload = Workload::sleep_for_tests();
         let dataplane = Arc::new(DataPlane {
             workload: Arc::new(workload.clone()),
             config: tokio::sync::watch::channel(Default::default()).1,
@@ -1007,6 +990,19 @@ mod tests {
         .await
         .unwrap_or_else(|_| panic!("timed out; got {:?}", String::from_utf8_lossy(&got)));
         got
+    }
+
+    /// Writes `bytes` on one end and reads the other until `done` says it has it all.
+    async fn pass(
+        from: &mut DuplexStream,
+        bytes: &[u8],
+        to: &mut DuplexStream,
+        done: impl Fn(&[u8]) -> bool,
+    ) -> Vec<u8> {
+        from.write_all(bytes)
+            .await
+            .expect("the stream takes the bytes");
+        read_until(to, done).await
     }
 
     fn ends_head(bytes: &[u8]) -> bool {
@@ -1113,36 +1109,44 @@ mod tests {
             exchange,
             ..
         } = relayed(None);
-        client
-            .write_all(b"GET /hello HTTP/1.1\r\nhost: helloworld.sample:5000\r\n\r\n")
-            .await
-            .unwrap();
-        let first = read_until(&mut server, ends_head).await;
+        let first = pass(
+            &mut client,
+            b"GET /hello HTTP/1.1\r\nhost: helloworld.sample:5000\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
         let first = text(&first);
         assert!(first.starts_with("GET /hello HTTP/1.1\r\nhost: helloworld.sample:5000\r\n"));
         let id = header(first, "x-request-id").expect("a request ID was added");
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-            .await
-            .unwrap();
-        let response = read_until(&mut client, |b| b.ends_with(b"hello")).await;
+        let response = pass(
+            &mut server,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            &mut client,
+            |b| b.ends_with(b"hello"),
+        )
+        .await;
         assert_eq!(
             response,
             b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
         );
 
-        client
-            .write_all(b"GET /again HTTP/1.1\r\nX-Request-Id: mine\r\n\r\n")
-            .await
-            .unwrap();
-        let second = read_until(&mut server, ends_head).await;
+        let second = pass(
+            &mut client,
+            b"GET /again HTTP/1.1\r\nX-Request-Id: mine\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
         assert_eq!(second, b"GET /again HTTP/1.1\r\nX-Request-Id: mine\r\n\r\n");
-        server
-            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        let response = read_until(&mut client, ends_head).await;
+        let response = pass(
+            &mut server,
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            &mut client,
+            ends_head,
+        )
+        .await;
         assert!(text(&response).starts_with("HTTP/1.1 404"));
         assert_eq!(requests_counted(&exchange, 200, "-"), 1);
         assert_eq!(requests_counted(&exchange, 404, "-"), 1);
@@ -1178,11 +1182,13 @@ mod tests {
         assert_eq!(response, chunked);
         let seen = read_until(&mut server, ends_head).await;
         assert_eq!(seen, next);
-        server
-            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut client, ends_head).await;
+        pass(
+            &mut server,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            &mut client,
+            ends_head,
+        )
+        .await;
         assert_eq!(requests_counted(&exchange, 200, "-"), 1);
         assert_eq!(requests_counted(&exchange, 204, "-"), 1);
     }
@@ -1194,25 +1200,24 @@ mod tests {
             mut server,
             ..
         } = relayed(None);
-        client
-            .write_all(b"PUT /file HTTP/1.1\r\nx-request-id: c\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut server, ends_head).await;
-        server
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .unwrap();
-        let go_ahead = read_until(&mut client, ends_head).await;
+        pass(&mut client, b"PUT /file HTTP/1.1\r\nx-request-id: c\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n", &mut server, ends_head).await;
+        let go_ahead = pass(
+            &mut server,
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            &mut client,
+            ends_head,
+        )
+        .await;
         assert_eq!(go_ahead, b"HTTP/1.1 100 Continue\r\n\r\n");
-        client.write_all(b"data").await.unwrap();
-        let body = read_until(&mut server, |b| b.ends_with(b"data")).await;
+        let body = pass(&mut client, b"data", &mut server, |b| b.ends_with(b"data")).await;
         assert_eq!(body, b"data");
-        server
-            .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        let done = read_until(&mut client, ends_head).await;
+        let done = pass(
+            &mut server,
+            b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            &mut client,
+            ends_head,
+        )
+        .await;
         assert!(text(&done).starts_with("HTTP/1.1 201"));
     }
 
@@ -1224,19 +1229,13 @@ mod tests {
             relay,
             ..
         } = relayed(None);
-        client
-            .write_all(b"GET /ws HTTP/1.1\r\nx-request-id: d\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut server, ends_head).await;
-        server
-            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nfrom-server")
-            .await
-            .unwrap();
-        let got = read_until(&mut client, |b| b.ends_with(b"from-server")).await;
+        pass(&mut client, b"GET /ws HTTP/1.1\r\nx-request-id: d\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n", &mut server, ends_head).await;
+        let got = pass(&mut server, b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nfrom-server", &mut client, |b| b.ends_with(b"from-server")).await;
         assert!(text(&got).starts_with("HTTP/1.1 101"));
-        client.write_all(b"not HTTP at all").await.unwrap();
-        let got = read_until(&mut server, |b| b.ends_with(b"at all")).await;
+        let got = pass(&mut client, b"not HTTP at all", &mut server, |b| {
+            b.ends_with(b"at all")
+        })
+        .await;
         assert_eq!(got, b"not HTTP at all");
         drop(client);
         drop(server);
@@ -1255,11 +1254,13 @@ mod tests {
             relay,
             ..
         } = relayed(None);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nx-request-id: e\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut server, ends_head).await;
+        pass(
+            &mut client,
+            b"GET / HTTP/1.1\r\nx-request-id: e\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
         server
             .write_all(b"HTTP/1.1 200 OK\r\n\r\nstreamed until close")
             .await
@@ -1281,21 +1282,27 @@ mod tests {
             mut server,
             ..
         } = relayed(None);
-        client
-            .write_all(b"HEAD / HTTP/1.1\r\nx-request-id: f\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut server, ends_head).await;
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut client, ends_head).await;
-        client
-            .write_all(b"GET / HTTP/1.1\r\nx-request-id: g\r\n\r\n")
-            .await
-            .unwrap();
-        let next = read_until(&mut server, ends_head).await;
+        pass(
+            &mut client,
+            b"HEAD / HTTP/1.1\r\nx-request-id: f\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
+        pass(
+            &mut server,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
+            &mut client,
+            ends_head,
+        )
+        .await;
+        let next = pass(
+            &mut client,
+            b"GET / HTTP/1.1\r\nx-request-id: g\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
         assert!(
             text(&next).starts_with("GET / HTTP/1.1"),
             "the connection is still usable"
@@ -1358,11 +1365,13 @@ mod tests {
             exchange,
             ..
         } = relayed(None);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nx-request-id: h\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut server, ends_head).await;
+        pass(
+            &mut client,
+            b"GET / HTTP/1.1\r\nx-request-id: h\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
         drop(server);
         let reply = read_until(&mut client, |_| false).await;
         let reply = text(&reply);
@@ -1384,13 +1393,17 @@ mod tests {
             exchange,
             ..
         } = relayed(None);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nx-request-id: i\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut server, ends_head).await;
-        server.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").await.unwrap();
-        let reply = read_until(&mut client, |_| false).await;
+        pass(
+            &mut client,
+            b"GET / HTTP/1.1\r\nx-request-id: i\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
+        let reply = pass(&mut server, b"SSH-2.0-OpenSSH\r\n\r\n", &mut client, |_| {
+            false
+        })
+        .await;
         assert!(text(&reply).starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
         assert_eq!(requests_counted(&exchange, 502, "UPE"), 1);
     }
@@ -1406,17 +1419,15 @@ mod tests {
             mut server,
             ..
         } = relayed(Some(log));
-        client
-            .write_all(b"POST /hello?x=1 HTTP/1.1\r\nhost: helloworld:5000\r\ncontent-length: 3\r\n\r\nabc")
-            .await
-            .unwrap();
-        let seen = read_until(&mut server, |b| b.ends_with(b"abc")).await;
+        let seen = pass(
+            &mut client,
+            b"POST /hello?x=1 HTTP/1.1\r\nhost: helloworld:5000\r\ncontent-length: 3\r\n\r\nabc",
+            &mut server,
+            |b| b.ends_with(b"abc"),
+        )
+        .await;
         let id = header(text(&seen), "x-request-id").unwrap().to_owned();
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\nserver: demo\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
-            .await
-            .unwrap();
-        read_until(&mut client, |b| b.ends_with(b"0\r\n\r\n")).await;
+        pass(&mut server, b"HTTP/1.1 200 OK\r\nserver: demo\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", &mut client, |b| b.ends_with(b"0\r\n\r\n")).await;
         // The line is written once the response has gone out, so it may trail the client a bit.
         let line = tokio::time::timeout(WAIT, async {
             loop {
@@ -1466,17 +1477,18 @@ mod tests {
             "GET / HTTP/1.1\r\nhost: a\r\n{}x-request-id: j\r\n\r\n",
             peer_lines()
         );
-        client.write_all(request.as_bytes()).await.unwrap();
-        let seen = read_until(&mut server, ends_head).await;
+        let seen = pass(&mut client, request.as_bytes(), &mut server, ends_head).await;
         assert_eq!(
             seen,
             b"GET / HTTP/1.1\r\nhost: a\r\nx-request-id: j\r\n\r\n"
         );
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        let response = read_until(&mut client, ends_head).await;
+        let response = pass(
+            &mut server,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            &mut client,
+            ends_head,
+        )
+        .await;
         let response = text(&response);
         assert!(response.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"));
         let metadata = header(response, "x-envoy-peer-metadata").expect("the server side's own");
@@ -1510,7 +1522,10 @@ mod tests {
         let seen = read_until(&mut server, ends_head).await;
         let seen = text(&seen);
         let id = header(seen, "x-envoy-peer-metadata-id").unwrap();
-        assert!(id.starts_with("sidecar~10.0.0.1~sleep-1.sample"), "{id}");
+        assert!(
+            id.starts_with("sidecar~10.10.0.9~sleep-5d8f9c7b6-x2k4p.sample"),
+            "{id}"
+        );
         assert_eq!(
             seen.matches("x-envoy-peer-metadata-id").count(),
             1,
@@ -1520,8 +1535,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\n{}content-length: 2\r\n\r\nok",
             peer_lines()
         );
-        server.write_all(reply.as_bytes()).await.unwrap();
-        let response = read_until(&mut client, |b| b.ends_with(b"ok")).await;
+        let response = pass(&mut server, reply.as_bytes(), &mut client, |b| {
+            b.ends_with(b"ok")
+        })
+        .await;
         assert_eq!(response, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
     }
 }

@@ -142,27 +142,11 @@ impl PeerWorkload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootstrap::Role;
 
     fn sleep() -> Workload {
-        Workload {
-            role: Role::Sidecar,
-            pod_name: "sleep-7f9c8d6b5-abcde".into(),
-            namespace: "sample".into(),
-            ip: [10, 10, 9, 2].into(),
-            service_account: "sleep".into(),
-            cluster_id: "cluster01".into(),
-            network: "network1".into(),
-            mesh_id: "mesh1".into(),
-            trust_domain: "cluster.local".into(),
-            domain_suffix: "cluster.local".into(),
-            labels: [("app", "sleep"), ("version", "v2")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            workload_name: String::new(),
-            requested_network_view: Vec::new(),
-        }
+        let mut sleep = Workload::sleep_for_tests();
+        sleep.labels.insert("version".into(), "v2".into());
+        sleep
     }
 
     #[test]
@@ -170,7 +154,7 @@ mod tests {
         let own = OwnMetadata::of(&sleep());
         assert_eq!(
             own.id,
-            "sidecar~10.10.9.2~sleep-7f9c8d6b5-abcde.sample~sample.svc.cluster.local"
+            "sidecar~10.10.0.9~sleep-5d8f9c7b6-x2k4p.sample~sample.svc.cluster.local"
         );
         let lines = String::from_utf8(own.head_lines.clone()).unwrap();
         assert!(lines.starts_with("x-envoy-peer-metadata-id: sidecar~"));
