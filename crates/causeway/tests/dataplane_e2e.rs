@@ -39,6 +39,11 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
     );
     assert_eq!(request["upstream_host"], "10.10.5.2:5000");
     assert_eq!(request["bytes_sent"], "43");
+    let service_time = request["upstream_service_time"].as_str().unwrap();
+    assert!(
+        service_time.parse::<u64>().is_ok(),
+        "as Envoy's router sets it: {service_time}"
+    );
     assert!(request["user_agent"].as_str().unwrap().starts_with("curl/"));
     let request_id = request["request_id"].as_str().unwrap();
     assert_eq!(request_id.len(), 36, "a UUID: {request_id}");

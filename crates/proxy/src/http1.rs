@@ -14,7 +14,7 @@ use crate::peer_metadata::{self, PeerWorkload};
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const MAX_HEAD_BYTES: usize = 60 * 1024;
 const MAX_HEADERS: usize = 100;
 const READ_SIZE: usize = 16 * 1024;
+pub const UPSTREAM_SERVICE_TIME: &str = "x-envoy-upstream-service-time";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -195,8 +196,9 @@ fn has_token(value: &[u8], token: &str) -> bool {
 /// What the headers of either kind of message say about the connection and the body.
 #[derive(Default)]
 struct HeaderFacts {
-    /// The metadata exchange's header lines (byte ranges of the head), never passed on.
-    exchange_lines: Vec<Range<usize>>,
+    /// Header lines (byte ranges of the head) never passed on: the metadata exchange's, and a
+    /// previous hop's `x-envoy-upstream-service-time`, which this proxy sets itself.
+    dropped_lines: Vec<Range<usize>>,
     peer: Option<PeerWorkload>,
     close: bool,
     keep_alive: bool,
@@ -231,8 +233,10 @@ fn header_facts(
     for header in headers {
         let name = header.name;
         let value = header.value;
-        if peer_metadata::is_exchange_header(name) {
-            facts.exchange_lines.push(line_of(head, header));
+        if name.eq_ignore_ascii_case(UPSTREAM_SERVICE_TIME) {
+            facts.dropped_lines.push(line_of(head, header));
+        } else if peer_metadata::is_exchange_header(name) {
+            facts.dropped_lines.push(line_of(head, header));
             if want_peer && name.eq_ignore_ascii_case(peer_metadata::METADATA_HEADER) {
                 facts.peer = peer_metadata::decode(value);
             }
@@ -300,7 +304,7 @@ struct RequestHead {
     request_id: bool,
     grpc: bool,
     body: Option<Framing>,
-    exchange_lines: Vec<Range<usize>>,
+    dropped_lines: Vec<Range<usize>>,
     peer: Option<PeerWorkload>,
     logged: Option<Logged>,
 }
@@ -371,7 +375,7 @@ fn parse_request(buffer: &[u8], wanted: Wanted) -> Result<Option<RequestHead>, R
         request_id: facts.request_id,
         grpc: facts.grpc,
         body,
-        exchange_lines: facts.exchange_lines,
+        dropped_lines: facts.dropped_lines,
         peer: facts.peer,
         logged,
     }))
@@ -383,7 +387,7 @@ struct ResponseHead {
     keep_alive: bool,
     body: Option<Framing>,
     grpc_status: Option<String>,
-    exchange_lines: Vec<Range<usize>>,
+    dropped_lines: Vec<Range<usize>>,
     peer: Option<PeerWorkload>,
     headers: Option<HeaderMap>,
 }
@@ -432,7 +436,7 @@ fn parse_response(
         keep_alive,
         body,
         grpc_status: facts.grpc_status,
-        exchange_lines: facts.exchange_lines,
+        dropped_lines: facts.dropped_lines,
         peer: facts.peer,
         headers: wanted.log.then(|| header_map(response.headers)),
     }))
@@ -689,10 +693,10 @@ where
         let _ = exchange.peer.set(peer);
     }
     out.clear();
-    if request.request_id && request.exchange_lines.is_empty() && !outbound {
+    if request.request_id && request.dropped_lines.is_empty() && !outbound {
         out.extend_from_slice(&from_client[..request.len]);
     } else {
-        open_head(&from_client[..request.len], &request.exchange_lines, out);
+        open_head(&from_client[..request.len], &request.dropped_lines, out);
         if !request.request_id {
             let mut text = uuid::Uuid::encode_buffer();
             let id = request_id().hyphenated().encode_lower(&mut text);
@@ -792,15 +796,19 @@ where
         let _ = exchange.peer.set(peer);
     }
     out.clear();
-    if response.exchange_lines.is_empty() && (outbound || !exchange.metadata_exchange) {
-        out.extend_from_slice(&from_server[..response.len]);
-    } else {
-        open_head(&from_server[..response.len], &response.exchange_lines, out);
-        if !outbound && exchange.metadata_exchange {
-            out.extend_from_slice(&exchange.dataplane.own_metadata.head_lines);
-        }
-        out.extend_from_slice(b"\r\n");
+    open_head(&from_server[..response.len], &response.dropped_lines, out);
+    // As Envoy's router does: how long the upstream took to answer, in milliseconds.
+    let service_time = finished.start.elapsed().as_millis() as u64;
+    let _ = write!(out, "{UPSTREAM_SERVICE_TIME}: {service_time}\r\n");
+    if let Some(logged) = &mut finished.logged {
+        logged
+            .response_headers
+            .insert(UPSTREAM_SERVICE_TIME, HeaderValue::from(service_time));
     }
+    if !outbound && exchange.metadata_exchange {
+        out.extend_from_slice(&exchange.dataplane.own_metadata.head_lines);
+    }
+    out.extend_from_slice(b"\r\n");
     from_server.advance(response.len);
     let mut response_body = response.body;
     finished.response_bytes += body_into(out, from_server, &mut response_body, Side::Upstream)?;
@@ -1005,6 +1013,21 @@ mod tests {
         read_until(to, done).await
     }
 
+    /// A response as the relay passes it on, less the one header it adds (`x-envoy-upstream-
+    /// service-time`, in whole milliseconds), which must be there.
+    fn timed(response: Vec<u8>) -> Vec<u8> {
+        let text = String::from_utf8(response).unwrap();
+        let line = text
+            .split_inclusive("\r\n")
+            .find(|line| line.starts_with("x-envoy-upstream-service-time: "))
+            .unwrap_or_else(|| panic!("no upstream service time in {text:?}"))
+            .to_owned();
+        let value = line.trim_end().rsplit(' ').next().unwrap();
+        assert!(value.parse::<u64>().is_ok(), "{line:?}");
+        assert_eq!(text.matches("x-envoy-upstream-service-time").count(), 1);
+        text.replacen(&line, "", 1).into_bytes()
+    }
+
     fn ends_head(bytes: &[u8]) -> bool {
         bytes.windows(4).any(|w| w == b"\r\n\r\n")
     }
@@ -1128,7 +1151,7 @@ mod tests {
         )
         .await;
         assert_eq!(
-            response,
+            timed(response),
             b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
         );
 
@@ -1179,7 +1202,7 @@ mod tests {
             server.write_all(piece).await.unwrap();
         }
         let response = read_until(&mut client, |b| b.ends_with(b"0\r\n\r\n")).await;
-        assert_eq!(response, chunked);
+        assert_eq!(timed(response), chunked);
         let seen = read_until(&mut server, ends_head).await;
         assert_eq!(seen, next);
         pass(
@@ -1267,7 +1290,7 @@ mod tests {
             .unwrap();
         drop(server);
         let got = read_until(&mut client, |_| false).await;
-        assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\nstreamed until close");
+        assert_eq!(timed(got), b"HTTP/1.1 200 OK\r\n\r\nstreamed until close");
         tokio::time::timeout(WAIT, relay)
             .await
             .unwrap()
@@ -1412,7 +1435,7 @@ mod tests {
     async fn the_access_log_has_the_request_the_generated_id_and_the_body_sizes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let format = r#"{"method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","authority":"%REQ(:AUTHORITY)%","request_id":"%REQ(X-REQUEST-ID)%","code":"%RESPONSE_CODE%","received":"%BYTES_RECEIVED%","sent":"%BYTES_SENT%","protocol":"%PROTOCOL%","server":"%RESP(SERVER)%"}"#;
+        let format = r#"{"method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","authority":"%REQ(:AUTHORITY)%","request_id":"%REQ(X-REQUEST-ID)%","code":"%RESPONSE_CODE%","received":"%BYTES_RECEIVED%","sent":"%BYTES_SENT%","protocol":"%PROTOCOL%","server":"%RESP(SERVER)%","service_time":"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"}"#;
         let log = AccessLog::open(path.to_str().unwrap(), Some(format)).unwrap();
         let Relayed {
             mut client,
@@ -1450,6 +1473,8 @@ mod tests {
         assert_eq!(json["sent"], "2");
         assert_eq!(json["protocol"], "HTTP/1.1");
         assert_eq!(json["server"], "demo");
+        let service_time = json["service_time"].as_str().unwrap();
+        assert!(service_time.parse::<u64>().is_ok(), "{service_time}");
     }
 
     /// Another sidecar's metadata headers, as it would send them.
@@ -1532,13 +1557,16 @@ mod tests {
             "{seen}"
         );
         let reply = format!(
-            "HTTP/1.1 200 OK\r\n{}content-length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\n{}x-envoy-upstream-service-time: 99999\r\ncontent-length: 2\r\n\r\nok",
             peer_lines()
         );
         let response = pass(&mut server, reply.as_bytes(), &mut client, |b| {
             b.ends_with(b"ok")
         })
         .await;
-        assert_eq!(response, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        assert_eq!(
+            timed(response),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        );
     }
 }

@@ -325,6 +325,11 @@ async fn forward(
     match sent {
         Ok(mut response) => {
             exchange_metadata(response.headers_mut(), &finished.exchange, outbound);
+            let service_time = start.elapsed().as_millis() as u64;
+            response.headers_mut().insert(
+                http1::UPSTREAM_SERVICE_TIME,
+                HeaderValue::from(service_time),
+            );
             finished.status = response.status().as_u16();
             if grpc && let Some(status) = response.headers().get("grpc-status") {
                 finished.grpc_status = status.to_str().unwrap_or_default().to_owned();
