@@ -112,6 +112,34 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
         assert!(served_series.contains(label), "{label} in {served_series}");
     }
 
+    // The application learns who called from `x-forwarded-client-cert`, as Istio's inbound
+    // sidecar sets it; sleep cannot forge one.
+    let forwarded = sleep
+        .namespace
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-H",
+            "x-forwarded-client-cert: By=forged",
+        ])
+        .arg("http://helloworld.sample:5000/xfcc")
+        .output()
+        .unwrap();
+    let forwarded = String::from_utf8_lossy(&forwarded.stdout).into_owned();
+    let (by_and_hash, rest) = forwarded
+        .split_once(";Subject=")
+        .unwrap_or_else(|| panic!("{forwarded}"));
+    let hash = by_and_hash
+        .strip_prefix("By=spiffe://cluster.local/ns/sample/sa/helloworld;Hash=")
+        .unwrap_or_else(|| panic!("{forwarded}"));
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{forwarded}"
+    );
+    assert_eq!(rest, "\"\";URI=spiffe://cluster.local/ns/sample/sa/sleep");
+
     // Uploads through both sidecars as curl sends them: after the server's `100 Continue`
     // (passed back to curl, which would otherwise wait out its timeout), and chunked. The server
     // counts every byte; both sidecars' logs count the body.

@@ -9,7 +9,7 @@
 //! early responses and bodies streamed both ways work. Upgrades (`101`) and `CONNECT` continue
 //! as raw bytes.
 
-use crate::http_proxy::{Exchange, Finished, Logged, request_id};
+use crate::http_proxy::{Exchange, FORWARDED_CLIENT_CERT, Finished, Logged, request_id};
 use crate::peer_metadata::{self, PeerWorkload};
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -199,6 +199,8 @@ struct HeaderFacts {
     /// Header lines (byte ranges of the head) never passed on: the metadata exchange's, and a
     /// previous hop's `x-envoy-upstream-service-time`, which this proxy sets itself.
     dropped_lines: Vec<Range<usize>>,
+    /// `x-forwarded-client-cert` lines: an application may not set them on outbound requests.
+    client_cert_lines: Vec<Range<usize>>,
     peer: Option<PeerWorkload>,
     close: bool,
     keep_alive: bool,
@@ -233,7 +235,9 @@ fn header_facts(
     for header in headers {
         let name = header.name;
         let value = header.value;
-        if name.eq_ignore_ascii_case(UPSTREAM_SERVICE_TIME) {
+        if name.eq_ignore_ascii_case(FORWARDED_CLIENT_CERT) {
+            facts.client_cert_lines.push(line_of(head, header));
+        } else if name.eq_ignore_ascii_case(UPSTREAM_SERVICE_TIME) {
             facts.dropped_lines.push(line_of(head, header));
         } else if peer_metadata::is_exchange_header(name) {
             facts.dropped_lines.push(line_of(head, header));
@@ -305,6 +309,7 @@ struct RequestHead {
     grpc: bool,
     body: Option<Framing>,
     dropped_lines: Vec<Range<usize>>,
+    client_cert_lines: Vec<Range<usize>>,
     peer: Option<PeerWorkload>,
     logged: Option<Logged>,
 }
@@ -376,6 +381,7 @@ fn parse_request(buffer: &[u8], wanted: Wanted) -> Result<Option<RequestHead>, R
         grpc: facts.grpc,
         body,
         dropped_lines: facts.dropped_lines,
+        client_cert_lines: facts.client_cert_lines,
         peer: facts.peer,
         logged,
     }))
@@ -692,11 +698,26 @@ where
     {
         let _ = exchange.peer.set(peer);
     }
+    let mut dropped = std::mem::take(&mut request.dropped_lines);
+    if outbound && !request.client_cert_lines.is_empty() {
+        dropped.append(&mut request.client_cert_lines);
+        dropped.sort_by_key(|line| line.start);
+    }
+    let client_cert = exchange
+        .forwarded_client_cert
+        .as_deref()
+        .filter(|_| !outbound);
     out.clear();
-    if request.request_id && request.dropped_lines.is_empty() && !outbound {
+    if request.request_id && dropped.is_empty() && !outbound && client_cert.is_none() {
         out.extend_from_slice(&from_client[..request.len]);
     } else {
-        open_head(&from_client[..request.len], &request.dropped_lines, out);
+        open_head(&from_client[..request.len], &dropped, out);
+        if let Some(element) = client_cert {
+            out.extend_from_slice(FORWARDED_CLIENT_CERT.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(element.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         if !request.request_id {
             let mut text = uuid::Uuid::encode_buffer();
             let id = request_id().hyphenated().encode_lower(&mut text);
@@ -948,6 +969,7 @@ mod tests {
             requested_server_name: None,
             route_name: Some("default"),
             metadata_exchange,
+            forwarded_client_cert: None,
             peer: Default::default(),
             series: Default::default(),
         })
@@ -970,9 +992,12 @@ mod tests {
         reporter: &'static str,
         metadata_exchange: bool,
     ) -> Relayed {
+        relayed_with(exchange(access_log, reporter, metadata_exchange))
+    }
+
+    fn relayed_with(exchange: Arc<Exchange>) -> Relayed {
         let (client, downstream) = tokio::io::duplex(64 * 1024);
         let (upstream, server) = tokio::io::duplex(64 * 1024);
-        let exchange = exchange(access_log, reporter, metadata_exchange);
         let relay = tokio::spawn(relay(downstream, upstream, exchange.clone()));
         Relayed {
             client,
@@ -1540,12 +1565,16 @@ mod tests {
         } = relayed_as(None, "source", true);
         client
             .write_all(
-                b"GET / HTTP/1.1\r\nx-request-id: k\r\nx-envoy-peer-metadata-id: forged\r\n\r\n",
+                b"GET / HTTP/1.1\r\nx-request-id: k\r\nx-envoy-peer-metadata-id: forged\r\nx-forwarded-client-cert: By=forged\r\n\r\n",
             )
             .await
             .unwrap();
         let seen = read_until(&mut server, ends_head).await;
         let seen = text(&seen);
+        assert!(
+            !seen.contains("x-forwarded-client-cert"),
+            "an application may not claim a client certificate: {seen}"
+        );
         let id = header(seen, "x-envoy-peer-metadata-id").unwrap();
         assert!(
             id.starts_with("sidecar~10.10.0.9~sleep-5d8f9c7b6-x2k4p.sample"),
@@ -1567,6 +1596,30 @@ mod tests {
         assert_eq!(
             timed(response),
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_application_learns_the_clients_certificate_from_x_forwarded_client_cert() {
+        let mut inbound = Arc::into_inner(exchange(None, "destination", true)).unwrap();
+        inbound.forwarded_client_cert =
+            Some("By=spiffe://a;Hash=00;Subject=\"\";URI=spiffe://b".into());
+        let Relayed {
+            mut client,
+            mut server,
+            ..
+        } = relayed_with(Arc::new(inbound));
+        let seen = pass(
+            &mut client,
+            b"GET / HTTP/1.1\r\nx-request-id: l\r\nx-forwarded-client-cert: By=earlier\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
+        // Istio's APPEND_FORWARD: what came is kept, this hop's element follows.
+        assert_eq!(
+            text(&seen),
+            "GET / HTTP/1.1\r\nx-request-id: l\r\nx-forwarded-client-cert: By=earlier\r\nx-forwarded-client-cert: By=spiffe://a;Hash=00;Subject=\"\";URI=spiffe://b\r\n\r\n"
         );
     }
 }

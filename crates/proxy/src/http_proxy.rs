@@ -29,6 +29,7 @@ use std::time::{Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const REQUEST_ID: &str = "x-request-id";
+pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 
 /// Who the requests of one connection go between, for logs and metrics.
 pub struct Exchange {
@@ -43,6 +44,10 @@ pub struct Exchange {
     pub route_name: Option<&'static str>,
     /// Both ends are sidecars talking mutual TLS: they exchange metadata (see `peer_metadata`).
     pub metadata_exchange: bool,
+    /// For the application, when the client came with a mesh certificate (inbound): the
+    /// `x-forwarded-client-cert` element Istio adds (`APPEND_FORWARD`). Outbound requests lose
+    /// any the application set (`SANITIZE`).
+    pub forwarded_client_cert: Option<String>,
     /// What the peer said about itself, from the first message that carried it.
     pub peer: OnceLock<PeerWorkload>,
     /// The series this connection's requests count into, looked up once per distinct outcome:
@@ -275,6 +280,13 @@ async fn forward(
     }
     let outbound = exchange.labels.reporter == "source";
     exchange_metadata(request.headers_mut(), &exchange, !outbound);
+    if outbound {
+        request.headers_mut().remove(FORWARDED_CLIENT_CERT);
+    } else if let Some(element) = &exchange.forwarded_client_cert
+        && let Ok(value) = HeaderValue::from_str(element)
+    {
+        request.headers_mut().append(FORWARDED_CLIENT_CERT, value);
+    }
     let grpc = request
         .headers()
         .get(http::header::CONTENT_TYPE)

@@ -6,7 +6,7 @@ use crate::access_log::Entry;
 use crate::config::ClusterKind;
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
-use crate::identity::peer_identity;
+use crate::identity::{forwarded_client_cert, peer_identity};
 use crate::passthrough::connect_marked;
 use crate::relay::relay_tcp;
 use crate::sniff::{Detected, detect};
@@ -101,11 +101,16 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
             labels.source_workload_namespace = identity.namespace().to_owned();
         }
         labels.connection_security_policy = "mutual_tls";
+        let own_identity = dataplane.labels("destination").destination_principal;
         let peer_side = Peer {
             address: peer,
             destination,
             requested_server_name: requested_server_name.clone(),
             cluster: port.cluster.clone(),
+            forwarded_client_cert: session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| forwarded_client_cert(&own_identity, leaf)),
         };
         carried = to_application(accepted, target, &dataplane, labels, peer_side).await;
     } else {
@@ -114,6 +119,7 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
             destination,
             requested_server_name: None,
             cluster: port.cluster.clone(),
+            forwarded_client_cert: None,
         };
         carried = to_application(downstream, target, &dataplane, labels, peer_side).await;
     }
@@ -149,6 +155,8 @@ struct Peer {
     destination: SocketAddr,
     requested_server_name: Option<String>,
     cluster: Arc<str>,
+    /// The client certificate as `x-forwarded-client-cert` gives it to the application.
+    forwarded_client_cert: Option<String>,
 }
 
 enum Carried {
@@ -200,6 +208,7 @@ where
             requested_server_name: peer.requested_server_name,
             route_name: Some("default"),
             metadata_exchange,
+            forwarded_client_cert: peer.forwarded_client_cert,
             peer: Default::default(),
             series: Default::default(),
         });

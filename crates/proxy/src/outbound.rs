@@ -242,6 +242,7 @@ where
         requested_server_name: None,
         route_name: Some("default"),
         metadata_exchange: outcome.labels.connection_security_policy == "mutual_tls",
+        forwarded_client_cert: None,
         peer: Default::default(),
         series: Default::default(),
     });

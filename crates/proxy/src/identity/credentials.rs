@@ -45,6 +45,33 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The `x-forwarded-client-cert` element Istio's inbound sidecar adds for a client certificate:
+/// `By=<own SPIFFE ID>;Hash=<SHA-256 of the client certificate>;Subject="<its subject>";URI=<its
+/// SPIFFE ID>` (Envoy's `set_current_client_cert_details` with subject, URI and DNS).
+pub fn forwarded_client_cert(own_identity: &str, client: &CertificateDer<'_>) -> String {
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, client);
+    let hash: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let mut element = format!("By={own_identity};Hash={hash}");
+    let Ok((_, parsed)) = X509Certificate::from_der(client) else {
+        return element;
+    };
+    // Mesh workload certificates have an empty subject; Envoy writes `Subject=""` then.
+    element.push_str(&format!(
+        ";Subject=\"{}\"",
+        parsed.subject().to_string().replace('"', "\\\"")
+    ));
+    if let Ok(Some(names)) = parsed.subject_alternative_name() {
+        for name in &names.value.general_names {
+            match name {
+                GeneralName::URI(uri) => element.push_str(&format!(";URI={uri}")),
+                GeneralName::DNSName(dns) => element.push_str(&format!(";DNS={dns}")),
+                _ => {}
+            }
+        }
+    }
+    element
+}
+
 /// The SPIFFE IDs among a certificate's URI SANs that parse as workload identities.
 pub fn spiffe_ids(certificate: &CertificateDer<'_>) -> Vec<SpiffeId> {
     let Ok((_, parsed)) = X509Certificate::from_der(certificate) else {
@@ -187,4 +214,33 @@ pub(crate) fn root_store(
             .map_err(|error| bad(format!("a mesh root is unusable: {error}")))?;
     }
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
+
+    #[test]
+    fn the_forwarded_client_cert_element_is_istios() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://cluster.local/ns/sample/sa/sleep"
+                .try_into()
+                .unwrap(),
+        )];
+        let certificate = params.self_signed(&key).unwrap();
+        let der = CertificateDer::from(certificate.der().to_vec());
+        let element = forwarded_client_cert("spiffe://cluster.local/ns/sample/sa/helloworld", &der);
+        let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+        let hash: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            element,
+            format!(
+                "By=spiffe://cluster.local/ns/sample/sa/helloworld;Hash={hash};Subject=\"\";URI=spiffe://cluster.local/ns/sample/sa/sleep"
+            )
+        );
+    }
 }

@@ -9,7 +9,7 @@ mod tls;
 
 pub use ca_client::CaSettings;
 pub(crate) use ca_client::describe as describe_error;
-pub use credentials::{Credentials, spiffe_ids};
+pub use credentials::{Credentials, forwarded_client_cert, spiffe_ids};
 pub use tls::{MeshTls, peer_identity};
 
 use crate::retry::retry_delays;
