@@ -366,6 +366,40 @@ fn another_network_is_reached_only_through_its_east_west_gateway() {
         "round robin over both clusters: {versions:?}"
     );
 
+    // HTTP is balanced per request, as Envoy does: four requests on one keep-alive connection
+    // (curl reuses it; `num_connects` counts new connections) go to both versions in turn.
+    let url = "http://helloworld.sample:5000/hello";
+    let keep_alive = sleep
+        .namespace
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "connects=%{num_connects}\n",
+        ])
+        .args([url, url, url, url])
+        .output()
+        .unwrap();
+    let answers = String::from_utf8_lossy(&keep_alive.stdout).into_owned();
+    let connects: usize = answers
+        .lines()
+        .filter_map(|line| line.strip_prefix("connects="))
+        .map(|n| n.parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(connects, 1, "one connection for all four: {answers}");
+    let order: Vec<&str> = answers
+        .lines()
+        .filter_map(|line| line.strip_prefix("Hello version: "))
+        .map(|rest| rest.split(',').next().unwrap())
+        .collect();
+    assert_eq!(order.len(), 4, "{answers}");
+    assert!(
+        order.windows(2).all(|pair| pair[0] != pair[1]),
+        "consecutive requests on one connection alternate: {order:?}"
+    );
+
     // v2 was reached through the gateway, with the service's SNI, and only through it.
     let router_log = mesh.router_log();
     assert!(

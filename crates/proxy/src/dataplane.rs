@@ -68,10 +68,22 @@ impl DataPlane {
         &self,
         cluster: &UpstreamCluster,
     ) -> Result<(Pick, TcpStream), UpstreamError> {
+        self.connect_upstream_from(cluster, None).await
+    }
+
+    /// The same, trying `first` (an endpoint already picked) before asking the balancer.
+    pub async fn connect_upstream_from(
+        &self,
+        cluster: &UpstreamCluster,
+        mut first: Option<Pick>,
+    ) -> Result<(Pick, TcpStream), UpstreamError> {
         let mut failed = Vec::new();
         let mut last = None;
         for _ in 0..CONNECT_ATTEMPTS {
-            let Some(pick) = self.balancer.pick(cluster, &failed) else {
+            let Some(pick) = first
+                .take()
+                .or_else(|| self.balancer.pick(cluster, &failed))
+            else {
                 break;
             };
             let address = pick.endpoint.address;

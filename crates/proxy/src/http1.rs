@@ -565,16 +565,85 @@ async fn read_request<D: AsyncRead + Unpin>(
     }
 }
 
+/// Why a request found no upstream connection: the proxy answers 503 with Envoy's flag.
+#[derive(Debug)]
+pub struct NoUpstream {
+    /// `UH` (no endpoint) or `UF` (every attempt failed).
+    pub response_flags: &'static str,
+    pub reason: String,
+}
+
+/// Where each request of a connection goes: one fixed upstream (inbound, passthrough), or an
+/// endpoint chosen per request with connections kept for the next (outbound to a service).
+pub trait Upstreams {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send;
+    /// Whose requests these are, for what is counted before an upstream is chosen.
+    fn base(&self) -> &Arc<Exchange>;
+    /// A connection for the next request, and who it reaches.
+    fn checkout(
+        &mut self,
+    ) -> impl Future<Output = Result<(Self::Stream, Arc<Exchange>), NoUpstream>> + Send;
+    /// A connection whose last exchange ended cleanly, ready for another request.
+    fn checkin(&mut self, stream: Self::Stream, exchange: Arc<Exchange>);
+}
+
+/// One upstream connection for every request (the application, or a passthrough destination).
+pub struct Fixed<U> {
+    stream: Option<U>,
+    exchange: Arc<Exchange>,
+}
+
+impl<U> Fixed<U> {
+    pub fn new(stream: U, exchange: Arc<Exchange>) -> Self {
+        Fixed {
+            stream: Some(stream),
+            exchange,
+        }
+    }
+}
+
+impl<U: AsyncRead + AsyncWrite + Unpin + Send> Upstreams for Fixed<U> {
+    type Stream = U;
+
+    fn base(&self) -> &Arc<Exchange> {
+        &self.exchange
+    }
+
+    async fn checkout(&mut self) -> Result<(U, Arc<Exchange>), NoUpstream> {
+        match self.stream.take() {
+            Some(stream) => Ok((stream, self.exchange.clone())),
+            None => Err(NoUpstream {
+                response_flags: "UC",
+                reason: "the upstream connection is closed".into(),
+            }),
+        }
+    }
+
+    fn checkin(&mut self, stream: U, _exchange: Arc<Exchange>) {
+        self.stream = Some(stream);
+    }
+}
+
 /// Relays HTTP/1.x requests from `downstream` to `upstream` until either side closes.
 pub async fn relay<D, U>(
-    mut downstream: D,
-    mut upstream: U,
+    downstream: D,
+    upstream: U,
     exchange: Arc<Exchange>,
 ) -> Result<(), Http1Error>
 where
     D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    relay_to(downstream, Fixed::new(upstream, exchange)).await
+}
+
+/// Relays HTTP/1.x requests from `downstream`, each to the upstream `upstreams` gives it.
+pub async fn relay_to<D, S>(mut downstream: D, mut upstreams: S) -> Result<(), Http1Error>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    S: Upstreams,
+{
+    let exchange = upstreams.base().clone();
     let log = exchange.dataplane.access_log.is_some();
     // The server side reads the client's metadata from requests, the client side the server's
     // from responses.
@@ -616,6 +685,23 @@ where
                 });
             }
         };
+        let (mut upstream, target) = match upstreams.checkout().await {
+            Ok(checked_out) => checked_out,
+            Err(none) => {
+                let body = format!(
+                    "upstream connect error or disconnect/reset before headers. reset reason: {}",
+                    none.reason
+                );
+                local_reply(&mut downstream, 503, "Service Unavailable", &body).await;
+                let mut finished = begin(&exchange, "HTTP/1.1", request.grpc, request.logged);
+                finished.status = 503;
+                finished.response_flags = none.response_flags;
+                finished.response_bytes = body.len() as u64;
+                finished.report();
+                return Ok(());
+            }
+        };
+        from_server.clear();
         let outcome = exchange_one(
             &mut downstream,
             &mut upstream,
@@ -623,10 +709,12 @@ where
             &mut from_server,
             &mut out,
             request,
-            &exchange,
+            &target,
         )
         .await?;
         match outcome {
+            // A server that sent more than its response cannot be trusted with another request.
+            Next::KeepAlive if from_server.is_empty() => upstreams.checkin(upstream, target),
             Next::KeepAlive => {}
             Next::Close => {
                 let _ = downstream.shutdown().await;

@@ -3,9 +3,11 @@
 //! when it is on another network); anything else goes where it was going, untouched.
 
 use crate::access_log::Entry;
-use crate::config::PortProtocol;
+use crate::balancer::Pick;
+use crate::config::{PortProtocol, UpstreamCluster, UpstreamEndpoint};
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
+use crate::http1::{self, NoUpstream, Upstreams};
 use crate::identity::MeshTls;
 use crate::passthrough::connect_marked;
 use crate::relay::relay_tcp;
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// opaque TCP.
 const DECLARED_HTTP_WAIT: Duration = Duration::from_secs(30);
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 
 pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
     accept_each(listener, "outbound", dataplane, handle).await;
@@ -141,12 +144,67 @@ struct Connection {
     destination: SocketAddr,
 }
 
+/// The destination side of `labels` as endpoint discovery describes `endpoint`.
+fn label_endpoint(labels: &mut TrafficLabels, endpoint: &UpstreamEndpoint) {
+    if !endpoint.cluster.is_empty() {
+        labels.destination_cluster = endpoint.cluster.clone();
+    }
+    if let Some(workload) = &endpoint.workload {
+        let or_unknown = |value: &str| {
+            if value.is_empty() {
+                crate::telemetry::UNKNOWN.to_owned()
+            } else {
+                value.to_owned()
+            }
+        };
+        labels.destination_workload = workload.name.clone();
+        labels.destination_workload_namespace = or_unknown(&workload.namespace);
+        labels.destination_app = or_unknown(&workload.app);
+        labels.destination_version = or_unknown(&workload.version);
+    }
+    if let Some(identity) = &endpoint.identity {
+        labels.destination_principal = identity.clone();
+        if let Ok(id) = identity.parse::<causeway_ca::SpiffeId>() {
+            labels.destination_workload_namespace = id.namespace().to_owned();
+        }
+    }
+}
+
 async fn to_cluster(
     connection: Connection,
     dataplane: &Arc<DataPlane>,
-    cluster: &crate::config::UpstreamCluster,
+    cluster: &UpstreamCluster,
     outcome: &mut Outcome,
 ) {
+    if connection.detected == Detected::Http1 {
+        outcome.logged_per_request = true;
+        let base = Arc::new(Exchange {
+            dataplane: dataplane.clone(),
+            labels: outcome.labels.clone(),
+            downstream_local: connection.destination,
+            downstream_remote: connection.peer,
+            upstream_host: None,
+            upstream_local: None,
+            upstream_cluster: outcome.upstream_cluster.clone(),
+            requested_server_name: None,
+            route_name: Some("default"),
+            metadata_exchange: false,
+            forwarded_client_cert: None,
+            peer: Default::default(),
+            series: Default::default(),
+        });
+        let upstreams = PerRequest {
+            dataplane: dataplane.clone(),
+            cluster: cluster.clone(),
+            base,
+            idle: Vec::new(),
+            in_use: None,
+        };
+        if let Err(error) = http1::relay_to(connection.downstream, upstreams).await {
+            tracing::debug!(cluster = %cluster.name, %error, "outbound HTTP connection ended");
+        }
+        return;
+    }
     let (pick, upstream) = match dataplane.connect_upstream(cluster).await {
         Ok(connected) => connected,
         Err(error) => {
@@ -158,28 +216,7 @@ async fn to_cluster(
     let endpoint = &pick.endpoint;
     outcome.upstream_host = Some(endpoint.address);
     outcome.upstream_local = upstream.local_addr().ok();
-    if !endpoint.cluster.is_empty() {
-        outcome.labels.destination_cluster = endpoint.cluster.clone();
-    }
-    if let Some(workload) = &endpoint.workload {
-        let or_unknown = |value: &str| {
-            if value.is_empty() {
-                crate::telemetry::UNKNOWN.to_owned()
-            } else {
-                value.to_owned()
-            }
-        };
-        outcome.labels.destination_workload = workload.name.clone();
-        outcome.labels.destination_workload_namespace = or_unknown(&workload.namespace);
-        outcome.labels.destination_app = or_unknown(&workload.app);
-        outcome.labels.destination_version = or_unknown(&workload.version);
-    }
-    if let Some(identity) = &endpoint.identity {
-        outcome.labels.destination_principal = identity.clone();
-        if let Ok(id) = identity.parse::<causeway_ca::SpiffeId>() {
-            outcome.labels.destination_workload_namespace = id.namespace().to_owned();
-        }
-    }
+    label_endpoint(&mut outcome.labels, endpoint);
     let result = match (&cluster.tls, endpoint.mtls) {
         (Some(tls), true) => {
             let Some(mesh) = dataplane.current_tls() else {
@@ -273,4 +310,135 @@ async fn handshake(
         .map_err(|error| format!("TLS error: {error}"))?;
     let identity = MeshTls::check_server(stream.get_ref().1.peer_certificates(), identities)?;
     Ok((stream, identity.to_string()))
+}
+
+/// A connection to an endpoint, in the clear or with the mesh's mutual TLS.
+type EndpointStream = Either<tokio_rustls::client::TlsStream<TcpStream>, TcpStream>;
+
+/// An endpoint connection between two requests.
+struct Idle {
+    address: SocketAddr,
+    stream: EndpointStream,
+    exchange: Arc<Exchange>,
+}
+
+/// HTTP/1.x to a service, balanced per request as Envoy balances HTTP: each request goes to the
+/// endpoint the balancer picks for it, over a connection to that endpoint kept from an earlier
+/// request of the same client connection, or a new one.
+struct PerRequest {
+    dataplane: Arc<DataPlane>,
+    cluster: UpstreamCluster,
+    base: Arc<Exchange>,
+    idle: Vec<Idle>,
+    /// The endpoint of the request in flight (counted as active for least-request balancing).
+    in_use: Option<Pick>,
+}
+
+/// Whether a kept connection can take another request: not closed by the server meanwhile,
+/// nothing unasked for waiting on it.
+fn still_open(stream: &EndpointStream) -> bool {
+    let tcp = match stream {
+        Either::Left(tls) => tls.get_ref().0,
+        Either::Right(tcp) => tcp,
+    };
+    let mut byte = [0u8; 1];
+    let mut buffer = tokio::io::ReadBuf::new(&mut byte);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    tcp.poll_peek(&mut context, &mut buffer).is_pending()
+}
+
+impl PerRequest {
+    /// A new connection to `pick` (or, when it fails, to other endpoints), with mTLS when the
+    /// endpoint has a sidecar, and the labels and addresses its requests are reported with.
+    async fn connect(
+        &self,
+        pick: Pick,
+    ) -> Result<(Pick, EndpointStream, Arc<Exchange>), NoUpstream> {
+        let (pick, tcp) = self
+            .dataplane
+            .connect_upstream_from(&self.cluster, Some(pick))
+            .await
+            .map_err(|error| NoUpstream {
+                response_flags: error.response_flag(),
+                reason: error.to_string(),
+            })?;
+        let endpoint = &pick.endpoint;
+        let mut labels = self.base.labels.clone();
+        label_endpoint(&mut labels, endpoint);
+        let upstream_local = tcp.local_addr().ok();
+        let stream = match (&self.cluster.tls, endpoint.mtls) {
+            (Some(tls), true) => {
+                let mesh = self.dataplane.current_tls().ok_or_else(|| NoUpstream {
+                    response_flags: "UF",
+                    reason: "no workload certificate yet".into(),
+                })?;
+                let (stream, identity) = handshake(&mesh, tcp, &tls.sni, &tls.identities)
+                    .await
+                    .map_err(|reason| NoUpstream {
+                        response_flags: "UF",
+                        reason,
+                    })?;
+                labels.destination_principal = identity;
+                labels.connection_security_policy = "mutual_tls";
+                Either::Left(stream)
+            }
+            _ => Either::Right(tcp),
+        };
+        let exchange = Arc::new(Exchange {
+            dataplane: self.dataplane.clone(),
+            metadata_exchange: labels.connection_security_policy == "mutual_tls",
+            labels,
+            downstream_local: self.base.downstream_local,
+            downstream_remote: self.base.downstream_remote,
+            upstream_host: Some(endpoint.address),
+            upstream_local,
+            upstream_cluster: self.base.upstream_cluster.clone(),
+            requested_server_name: None,
+            route_name: self.base.route_name,
+            forwarded_client_cert: None,
+            peer: Default::default(),
+            series: Default::default(),
+        });
+        Ok((pick, stream, exchange))
+    }
+}
+
+impl Upstreams for PerRequest {
+    type Stream = EndpointStream;
+
+    fn base(&self) -> &Arc<Exchange> {
+        &self.base
+    }
+
+    async fn checkout(&mut self) -> Result<(EndpointStream, Arc<Exchange>), NoUpstream> {
+        self.in_use = None;
+        let Some(pick) = self.dataplane.balancer.pick(&self.cluster, &[]) else {
+            return Err(NoUpstream {
+                response_flags: "UH",
+                reason: format!("cluster `{}` has no endpoints", self.cluster.name),
+            });
+        };
+        let address = pick.endpoint.address;
+        while let Some(at) = self.idle.iter().position(|idle| idle.address == address) {
+            let idle = self.idle.swap_remove(at);
+            if still_open(&idle.stream) {
+                self.in_use = Some(pick);
+                return Ok((idle.stream, idle.exchange));
+            }
+        }
+        let (pick, stream, exchange) = self.connect(pick).await?;
+        self.in_use = Some(pick);
+        Ok((stream, exchange))
+    }
+
+    fn checkin(&mut self, stream: EndpointStream, exchange: Arc<Exchange>) {
+        self.in_use = None;
+        if let Some(address) = exchange.upstream_host {
+            self.idle.push(Idle {
+                address,
+                stream,
+                exchange,
+            });
+        }
+    }
 }
