@@ -697,6 +697,7 @@ where
                 finished.status = 503;
                 finished.response_flags = none.response_flags;
                 finished.response_bytes = body.len() as u64;
+                finished.upstream_failure = Some(none.reason);
                 finished.report();
                 return Ok(());
             }
@@ -741,6 +742,7 @@ fn begin(
         response_flags: "-",
         request_bytes: 0,
         response_bytes: 0,
+        upstream_failure: None,
         logged,
     }
 }
@@ -1708,6 +1710,66 @@ mod tests {
         assert_eq!(
             text(&seen),
             "GET / HTTP/1.1\r\nx-request-id: l\r\nx-forwarded-client-cert: By=earlier\r\nx-forwarded-client-cert: By=spiffe://a;Hash=00;Subject=\"\";URI=spiffe://b\r\n\r\n"
+        );
+    }
+
+    /// A service without endpoints.
+    struct NoEndpoints(Arc<Exchange>);
+
+    impl Upstreams for NoEndpoints {
+        type Stream = DuplexStream;
+
+        fn base(&self) -> &Arc<Exchange> {
+            &self.0
+        }
+
+        async fn checkout(&mut self) -> Result<(DuplexStream, Arc<Exchange>), NoUpstream> {
+            Err(NoUpstream {
+                response_flags: "UH",
+                reason:
+                    "cluster `outbound|5000||helloworld.sample.svc.cluster.local` has no endpoints"
+                        .into(),
+            })
+        }
+
+        fn checkin(&mut self, _stream: DuplexStream, _exchange: Arc<Exchange>) {}
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_upstream_gets_503_with_the_reason_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let format = r#"{"code":"%RESPONSE_CODE%","flags":"%RESPONSE_FLAGS%","reason":"%UPSTREAM_TRANSPORT_FAILURE_REASON%"}"#;
+        let log = AccessLog::open(path.to_str().unwrap(), Some(format)).unwrap();
+        let (mut client, downstream) = tokio::io::duplex(64 * 1024);
+        let exchange = exchange(Some(log), "source", false);
+        let relay = tokio::spawn(relay_to(downstream, NoEndpoints(exchange.clone())));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nx-request-id: m\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = read_until(&mut client, |_| false).await;
+        let reply = text(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with("has no endpoints"), "{reply}");
+        tokio::time::timeout(WAIT, relay)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(requests_counted(&exchange, 503, "UH"), 1);
+        let line = std::fs::read_to_string(&path).unwrap();
+        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(json["code"], "503");
+        assert_eq!(json["flags"], "UH");
+        assert!(
+            json["reason"]
+                .as_str()
+                .unwrap()
+                .ends_with("has no endpoints")
         );
     }
 }

@@ -190,6 +190,8 @@ pub(crate) struct Finished {
     /// Body bytes, as Envoy's `%BYTES_RECEIVED%` and `%BYTES_SENT%` count them.
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// Why no upstream connection was made (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    pub upstream_failure: Option<String>,
     pub logged: Option<Logged>,
 }
 
@@ -228,6 +230,7 @@ impl Finished {
                 upstream_cluster: exchange.upstream_cluster.as_deref(),
                 requested_server_name: exchange.requested_server_name.as_deref(),
                 route_name: exchange.route_name,
+                upstream_failure: self.upstream_failure.as_deref(),
                 ..Entry::default()
             });
         }
@@ -327,6 +330,7 @@ async fn forward(
         response_flags: "-",
         request_bytes: 0,
         response_bytes: 0,
+        upstream_failure: None,
         logged,
     };
     let mut upstream = upstream;
