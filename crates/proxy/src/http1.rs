@@ -17,7 +17,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Envoy's defaults: `max_request_headers_kb` 60 and `max_headers_count` 100.
@@ -732,19 +732,7 @@ fn begin(
     grpc: bool,
     logged: Option<Logged>,
 ) -> Finished {
-    Finished {
-        exchange: exchange.clone(),
-        protocol,
-        start: Instant::now(),
-        grpc,
-        status: 0,
-        grpc_status: String::new(),
-        response_flags: "-",
-        request_bytes: 0,
-        response_bytes: 0,
-        upstream_failure: None,
-        logged,
-    }
+    Finished::new(exchange.clone(), protocol, grpc, logged)
 }
 
 /// What becomes of the connection after an exchange.

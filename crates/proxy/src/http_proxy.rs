@@ -196,6 +196,28 @@ pub(crate) struct Finished {
 }
 
 impl Finished {
+    /// A request starting now; nothing answered yet (status 0).
+    pub(crate) fn new(
+        exchange: Arc<Exchange>,
+        protocol: &'static str,
+        grpc: bool,
+        logged: Option<Logged>,
+    ) -> Finished {
+        Finished {
+            exchange,
+            protocol,
+            start: Instant::now(),
+            grpc,
+            status: 0,
+            grpc_status: String::new(),
+            response_flags: "-",
+            request_bytes: 0,
+            response_bytes: 0,
+            upstream_failure: None,
+            logged,
+        }
+    }
+
     pub(crate) fn report(self) {
         let exchange = &self.exchange;
         let elapsed = self.start.elapsed();
@@ -320,19 +342,8 @@ async fn forward(
     let request_bytes = Arc::new(AtomicU64::new(0));
     let request = request.map(|body| ObservedBody::new(body, request_bytes.clone(), None));
     let response_bytes = Arc::new(AtomicU64::new(0));
-    let mut finished = Finished {
-        exchange,
-        protocol,
-        start,
-        grpc,
-        status: StatusCode::OK.as_u16(),
-        grpc_status: String::new(),
-        response_flags: "-",
-        request_bytes: 0,
-        response_bytes: 0,
-        upstream_failure: None,
-        logged,
-    };
+    let mut finished = Finished::new(exchange, protocol, grpc, logged);
+    finished.start = start;
     let mut upstream = upstream;
     let sent = match upstream.ready().await {
         Ok(()) => upstream.send_request(request).await,

@@ -144,6 +144,29 @@ struct Connection {
     destination: SocketAddr,
 }
 
+/// Who a captured connection's requests go between, as far as `outcome` knows.
+fn outbound_exchange(
+    dataplane: &Arc<DataPlane>,
+    connection: &Connection,
+    outcome: &Outcome,
+) -> Exchange {
+    Exchange {
+        dataplane: dataplane.clone(),
+        labels: outcome.labels.clone(),
+        downstream_local: connection.destination,
+        downstream_remote: connection.peer,
+        upstream_host: outcome.upstream_host,
+        upstream_local: outcome.upstream_local,
+        upstream_cluster: outcome.upstream_cluster.clone(),
+        requested_server_name: None,
+        route_name: Some("default"),
+        metadata_exchange: outcome.labels.connection_security_policy == "mutual_tls",
+        forwarded_client_cert: None,
+        peer: Default::default(),
+        series: Default::default(),
+    }
+}
+
 /// The destination side of `labels` as endpoint discovery describes `endpoint`.
 fn label_endpoint(labels: &mut TrafficLabels, endpoint: &UpstreamEndpoint) {
     if !endpoint.cluster.is_empty() {
@@ -178,21 +201,7 @@ async fn to_cluster(
 ) {
     if connection.detected == Detected::Http1 {
         outcome.logged_per_request = true;
-        let base = Arc::new(Exchange {
-            dataplane: dataplane.clone(),
-            labels: outcome.labels.clone(),
-            downstream_local: connection.destination,
-            downstream_remote: connection.peer,
-            upstream_host: None,
-            upstream_local: None,
-            upstream_cluster: outcome.upstream_cluster.clone(),
-            requested_server_name: None,
-            route_name: Some("default"),
-            metadata_exchange: false,
-            forwarded_client_cert: None,
-            peer: Default::default(),
-            series: Default::default(),
-        });
+        let base = Arc::new(outbound_exchange(dataplane, &connection, outcome));
         let upstreams = PerRequest {
             dataplane: dataplane.clone(),
             cluster: cluster.clone(),
@@ -268,21 +277,7 @@ where
         return Ok(());
     }
     outcome.logged_per_request = true;
-    let exchange = Arc::new(Exchange {
-        dataplane: dataplane.clone(),
-        labels: outcome.labels.clone(),
-        downstream_local: connection.destination,
-        downstream_remote: connection.peer,
-        upstream_host: outcome.upstream_host,
-        upstream_local: outcome.upstream_local,
-        upstream_cluster: outcome.upstream_cluster.clone(),
-        requested_server_name: None,
-        route_name: Some("default"),
-        metadata_exchange: outcome.labels.connection_security_policy == "mutual_tls",
-        forwarded_client_cert: None,
-        peer: Default::default(),
-        series: Default::default(),
-    });
+    let exchange = Arc::new(outbound_exchange(dataplane, &connection, outcome));
     http_proxy::proxy(
         connection.downstream,
         upstream,
