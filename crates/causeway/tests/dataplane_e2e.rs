@@ -64,6 +64,14 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
             .next(),
         Some("10.10.9.2")
     );
+    // As Istio's inbound clusters do, the application is reached from 127.0.0.6.
+    assert!(
+        served["upstream_local_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.6:"),
+        "{served}"
+    );
     let metrics = sleep
         .namespace
         .run("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"])

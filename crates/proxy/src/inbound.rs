@@ -7,11 +7,11 @@ use crate::config::ClusterKind;
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
 use crate::identity::{forwarded_client_cert, peer_identity};
-use crate::passthrough::connect_marked;
+use crate::passthrough::connect_marked_from;
 use crate::relay::relay_tcp;
 use crate::sniff::{Detected, detect};
 use crate::telemetry::TrafficLabels;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
@@ -170,6 +170,15 @@ enum Carried {
     Requests,
 }
 
+/// Where the proxy connects to the application from, as Istio's inbound clusters do
+/// (`upstream_bind_config`): the application sees mesh traffic arrive from 127.0.0.6. IPv6
+/// (Istio's `::6`, an address it adds to `lo`) is not captured yet.
+fn inbound_source(target: SocketAddr) -> Option<IpAddr> {
+    target
+        .is_ipv4()
+        .then_some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)))
+}
+
 /// Connects to the application and relays, request by request when the client speaks HTTP.
 async fn to_application<S>(
     downstream: S,
@@ -182,7 +191,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (detected, downstream) = detect(downstream, dataplane.protocol_detection_timeout).await;
-    let upstream = match connect_marked(target, dataplane.mark).await {
+    let upstream = match connect_marked_from(target, inbound_source(target), dataplane.mark).await {
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::info!(%target, %error, "the application refused the connection");

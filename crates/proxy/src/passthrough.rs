@@ -7,7 +7,7 @@
 
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Where a redirected connection was going. Fails for a connection that was not redirected.
@@ -27,6 +27,15 @@ pub fn original_destination(connection: &TcpStream) -> io::Result<SocketAddrV4> 
 /// A TCP connection to `destination` whose packets carry `mark`, so that capture passes them
 /// (0: no mark, for proxies outside a captured pod).
 pub async fn connect_marked(destination: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    connect_marked_from(destination, None, mark).await
+}
+
+/// [`connect_marked`] from a chosen local address (port picked by the kernel).
+pub async fn connect_marked_from(
+    destination: SocketAddr,
+    source: Option<IpAddr>,
+    mark: u32,
+) -> io::Result<TcpStream> {
     let socket = match destination {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -36,6 +45,14 @@ pub async fn connect_marked(destination: SocketAddr, mark: u32) -> io::Result<Tc
             io::Error::new(
                 io::Error::from(errno).kind(),
                 format!("cannot set socket mark {mark} ({errno}): the proxy needs CAP_NET_ADMIN"),
+            )
+        })?;
+    }
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0)).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("cannot bind the connection to {destination} to {source}: {error}"),
             )
         })?;
     }
