@@ -225,7 +225,7 @@ struct TwoNetworks {
     v2: Pod,
     gateway: Namespace,
     network1: Namespace,
-    _network2: Namespace,
+    network2: Namespace,
     _control: Namespace,
     plane: ControlPlane,
     dir: tempfile::TempDir,
@@ -287,7 +287,7 @@ impl TwoNetworks {
             v2,
             gateway,
             network1,
-            _network2: network2,
+            network2,
             _control: control,
             plane,
             dir,
@@ -428,6 +428,116 @@ fn another_network_is_reached_only_through_its_east_west_gateway() {
             "v2 is reached from the gateway only: {line}"
         );
     }
+}
+
+/// gRPC is balanced per request, as Envoy balances HTTP/2: four calls on one channel (one
+/// HTTP/2 connection from the client) reach the local and the remote greeter in turn, the
+/// remote one through the gateway; the client's sidecar keeps one connection per endpoint.
+#[test]
+fn grpc_calls_on_one_connection_are_balanced_per_request() {
+    let mesh = TwoNetworks::start();
+    let ports = [("grpc", 7070)];
+    mesh.plane
+        .workload("cluster01", "greeter", "10.10.6.2", &ports);
+    mesh.plane
+        .workload("cluster02", "greeter", "10.20.6.2", &ports);
+    let mut local = Pod::create(
+        "greeter-v1",
+        "10.10.6.2",
+        &mesh.network1,
+        mesh.dir.path(),
+        3,
+    );
+    local.run_greeter("v1");
+    local.inject(
+        &mesh.plane,
+        CONTROL_IP,
+        CLUSTER01,
+        "helloworld",
+        r#"{"app":"greeter","version":"v1"}"#,
+    );
+    let mut remote = Pod::create(
+        "greeter-v2",
+        "10.20.6.2",
+        &mesh.network2,
+        mesh.dir.path(),
+        2,
+    );
+    remote.run_greeter("v2");
+    remote.inject(
+        &mesh.plane,
+        "10.0.2.1",
+        CLUSTER02,
+        "helloworld",
+        r#"{"app":"greeter","version":"v2"}"#,
+    );
+    local.wait_ready();
+    remote.wait_ready();
+
+    // Four calls on one channel, retried as a whole until the mesh knows both greeters.
+    let client = "import grpc, sys\n\
+        channel = grpc.insecure_channel('greeter.sample:7070')\n\
+        say = channel.unary_unary('/hello.Greeter/Say')\n\
+        try:\n    print(','.join(say(b'', timeout=5).decode() for _ in range(4)))\n\
+        except grpc.RpcError as error:\n    print('error:', error.code(), error.details())\n";
+    let deadline = Instant::now() + WAIT;
+    let answers = loop {
+        let printed = mesh
+            .sleep
+            .namespace
+            .command("python3")
+            .args(["-c", client])
+            .env("GRPC_DNS_RESOLVER", "native")
+            .output()
+            .unwrap();
+        let answers = String::from_utf8_lossy(&printed.stdout).trim().to_owned();
+        if answers.contains("v1") && answers.contains("v2") || Instant::now() > deadline {
+            break answers;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let order: Vec<&str> = answers.split(',').collect();
+    assert_eq!(order.len(), 4, "{answers}");
+    assert!(
+        order.windows(2).all(|pair| pair[0] != pair[1]),
+        "consecutive calls on one connection alternate: {answers}"
+    );
+
+    // The client's sidecar logged each call as HTTP/2 with gRPC's status, all from one client
+    // connection, to both endpoints: the remote one at its gateway.
+    let calls: Vec<serde_json::Value> = json_lines(&mesh.sleep.log("sidecar.stdout"))
+        .into_iter()
+        .filter(|line| line["path"] == "/hello.Greeter/Say" && line["response_code"] == "200")
+        .collect();
+    let last_four = &calls[calls.len().saturating_sub(4)..];
+    assert_eq!(last_four.len(), 4, "{calls:#?}");
+    let client_ports: std::collections::BTreeSet<&str> = last_four
+        .iter()
+        .map(|line| line["downstream_remote_address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        client_ports.len(),
+        1,
+        "one client connection: {last_four:#?}"
+    );
+    let hosts: std::collections::BTreeSet<&str> = last_four
+        .iter()
+        .map(|line| line["upstream_host"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts.into_iter().collect::<Vec<_>>(),
+        ["10.10.6.2:7070", "172.18.255.2:15443"],
+        "{last_four:#?}"
+    );
+    for line in last_four {
+        assert_eq!(line["protocol"], "HTTP/2", "{line}");
+    }
+    assert!(
+        mesh.router_log()
+            .contains("outbound_.7070_._.greeter.sample.svc.cluster.local"),
+        "{}",
+        mesh.router_log()
+    );
 }
 
 const SNI: &str = "outbound_.5000_._.helloworld.sample.svc.cluster.local";

@@ -1009,49 +1009,12 @@ fn client_gone(mut finished: Finished) -> Http1Error {
 mod tests {
     use super::*;
     use crate::access_log::AccessLog;
-    use crate::balancer::Balancer;
-    use crate::bootstrap::Workload;
-    use crate::dataplane::DataPlane;
+    use crate::http_proxy::test_support::{exchange, requests_counted};
     use crate::peer_metadata::OwnMetadata;
-    use crate::telemetry::{Telemetry, TrafficLabels};
     use std::time::Duration;
     use tokio::io::DuplexStream;
 
     const WAIT: Duration = Duration::from_secs(5);
-
-    fn exchange(
-        access_log: Option<AccessLog>,
-        reporter: &'static str,
-        metadata_exchange: bool,
-    ) -> Arc<Exchange> {
-        let workload = Workload::sleep_for_tests();
-        let dataplane = Arc::new(DataPlane {
-            workload: Arc::new(workload.clone()),
-            config: tokio::sync::watch::channel(Default::default()).1,
-            tls: tokio::sync::watch::channel(None).1,
-            balancer: Balancer::default(),
-            telemetry: Arc::new(Telemetry::default()),
-            mark: 0,
-            own_metadata: OwnMetadata::of(&workload),
-            access_log,
-            protocol_detection_timeout: Duration::from_millis(100),
-        });
-        Arc::new(Exchange {
-            dataplane,
-            labels: TrafficLabels::unknown(reporter),
-            downstream_local: "10.96.0.10:5000".parse().unwrap(),
-            downstream_remote: "10.0.0.1:40000".parse().unwrap(),
-            upstream_host: Some("10.0.1.5:5000".parse().unwrap()),
-            upstream_local: None,
-            upstream_cluster: Some("outbound|5000||helloworld.sample.svc.cluster.local".into()),
-            requested_server_name: None,
-            route_name: Some("default"),
-            metadata_exchange,
-            forwarded_client_cert: None,
-            peer: Default::default(),
-            series: Default::default(),
-        })
-    }
 
     /// A client and a server with the relay between them.
     struct Relayed {
@@ -1144,17 +1107,6 @@ mod tests {
             let (key, value) = line.split_once(':')?;
             key.eq_ignore_ascii_case(name).then(|| value.trim())
         })
-    }
-
-    fn requests_counted(exchange: &Exchange, code: u16, flags: &str) -> u64 {
-        let metrics = exchange.dataplane.telemetry.encode();
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("istio_requests_total{"))
-            .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
-            .filter(|l| l.contains(&format!("response_flags=\"{flags}\"")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
     }
 
     #[test]

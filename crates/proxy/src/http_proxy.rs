@@ -4,8 +4,9 @@
 //! hyper on both sides. Upgrades (WebSocket) continue as raw bytes.
 
 use crate::access_log::{Entry, RequestView};
+use crate::balancer::Pick;
 use crate::dataplane::DataPlane;
-use crate::http1;
+use crate::http1::{self, NoUpstream};
 use crate::peer_metadata::{self, PeerWorkload};
 use crate::sniff::Detected;
 use crate::telemetry::{RequestLabels, TrafficLabels};
@@ -164,7 +165,7 @@ where
     }
 }
 
-type UpstreamBody = ObservedBody<Incoming>;
+pub(crate) type UpstreamBody = ObservedBody<Incoming>;
 type DownstreamBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
 
 /// The parts of a request its access log line needs (kept only when there is an access log).
@@ -291,13 +292,69 @@ pub(crate) fn request_id() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
 }
 
-async fn forward(
-    mut request: Request<Incoming>,
-    upstream: client2::SendRequest<UpstreamBody>,
+/// Where one HTTP/2 request goes: a (multiplexed) upstream connection and who it reaches.
+pub(crate) struct Routed {
+    pub sender: client2::SendRequest<UpstreamBody>,
+    pub exchange: Arc<Exchange>,
+    /// The balancer's pick, held until the response ends (least-request counts it as active).
+    pub pick: Option<Pick>,
+}
+
+/// Where the HTTP/2 requests of one downstream connection go: one fixed upstream connection
+/// (inbound, passthrough), or per request (outbound to a service, see `outbound`).
+pub(crate) trait StreamRoutes: Send + Sync + 'static {
+    /// Whose requests these are, for requests that find no upstream.
+    fn base(&self) -> &Arc<Exchange>;
+    /// The upstream for the next request.
+    fn route(&self) -> impl Future<Output = Result<Routed, NoUpstream>> + Send;
+}
+
+/// Every request on one upstream connection.
+struct FixedStreams {
+    sender: client2::SendRequest<UpstreamBody>,
     exchange: Arc<Exchange>,
+}
+
+impl StreamRoutes for FixedStreams {
+    fn base(&self) -> &Arc<Exchange> {
+        &self.exchange
+    }
+
+    async fn route(&self) -> Result<Routed, NoUpstream> {
+        Ok(Routed {
+            sender: self.sender.clone(),
+            exchange: self.exchange.clone(),
+            pick: None,
+        })
+    }
+}
+
+/// Opens an HTTP/2 client connection over `upstream`; its driver runs as its own task.
+pub(crate) async fn http2_client<U>(
+    upstream: U,
+) -> Result<client2::SendRequest<UpstreamBody>, hyper::Error>
+where
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) =
+        client2::handshake(TokioExecutor::new(), TokioIo::new(upstream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn forward<R: StreamRoutes>(
+    mut request: Request<Incoming>,
+    routes: Arc<R>,
     protocol: &'static str,
 ) -> Result<Response<DownstreamBody>, std::convert::Infallible> {
     let start = Instant::now();
+    let (routed, exchange) = match routes.route().await {
+        Ok(routed) => {
+            let exchange = routed.exchange.clone();
+            (Ok(routed), exchange)
+        }
+        Err(none) => (Err(none), routes.base().clone()),
+    };
     if !request.headers().contains_key(REQUEST_ID)
         && let Ok(value) = HeaderValue::from_str(&request_id().to_string())
     {
@@ -344,10 +401,29 @@ async fn forward(
     let response_bytes = Arc::new(AtomicU64::new(0));
     let mut finished = Finished::new(exchange, protocol, grpc, logged);
     finished.start = start;
-    let mut upstream = upstream;
-    let sent = match upstream.ready().await {
-        Ok(()) => upstream.send_request(request).await,
-        Err(error) => Err(error),
+    let (sent, pick) = match routed {
+        Ok(Routed {
+            sender: mut upstream,
+            pick,
+            ..
+        }) => {
+            let sent = match upstream.ready().await {
+                Ok(()) => upstream.send_request(request).await,
+                Err(error) => Err(error),
+            };
+            let sent = sent.map_err(|error| {
+                tracing::info!(%error, "upstream request failed");
+                NoUpstream {
+                    response_flags: "UC",
+                    reason: error.to_string(),
+                }
+            });
+            (sent, pick)
+        }
+        Err(none) => {
+            finished.upstream_failure = Some(none.reason.clone());
+            (Err(none), None)
+        }
     };
     match sent {
         Ok(mut response) => {
@@ -366,6 +442,7 @@ async fn forward(
             }
             let counted_response_bytes = response_bytes.clone();
             let on_end: Box<dyn FnOnce() + Send + Sync> = Box::new(move || {
+                drop(pick);
                 finished.request_bytes = request_bytes.load(Ordering::Relaxed);
                 finished.response_bytes = counted_response_bytes.load(Ordering::Relaxed);
                 finished.report()
@@ -373,12 +450,12 @@ async fn forward(
             Ok(response
                 .map(|body| Either::Left(ObservedBody::new(body, response_bytes, Some(on_end)))))
         }
-        Err(error) => {
-            tracing::info!(%error, "upstream request failed");
+        Err(none) => {
             finished.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
-            finished.response_flags = "UC";
+            finished.response_flags = none.response_flags;
             let body = format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: {error}"
+                "upstream connect error or disconnect/reset before headers. reset reason: {}",
+                none.reason
             );
             finished.request_bytes = request_bytes.load(Ordering::Relaxed);
             finished.response_bytes = body.len() as u64;
@@ -405,13 +482,158 @@ where
     if detected != Detected::Http2 {
         return Ok(http1::relay(downstream, upstream, exchange).await?);
     }
-    let (sender, connection) =
-        client2::handshake(TokioExecutor::new(), TokioIo::new(upstream)).await?;
-    tokio::spawn(connection);
-    let service =
-        service_fn(move |request| forward(request, sender.clone(), exchange.clone(), "HTTP/2"));
+    let sender = http2_client(upstream).await?;
+    proxy_http2(downstream, FixedStreams { sender, exchange }).await
+}
+
+/// Serves `downstream` as HTTP/2, each request sent where `routes` says.
+pub(crate) async fn proxy_http2<D, R>(downstream: D, routes: R) -> Result<(), BoxError>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: StreamRoutes,
+{
+    let routes = Arc::new(routes);
+    let service = service_fn(move |request| forward(request, routes.clone(), "HTTP/2"));
     server2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(downstream), service)
         .await?;
     Ok(())
+}
+
+/// An exchange for the HTTP tests: a data plane with no config, reporting as `reporter`.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::access_log::AccessLog;
+    use crate::balancer::Balancer;
+    use crate::bootstrap::Workload;
+    use crate::peer_metadata::OwnMetadata;
+    use crate::telemetry::Telemetry;
+    use std::time::Duration;
+
+    pub(crate) fn exchange(
+        access_log: Option<AccessLog>,
+        reporter: &'static str,
+        metadata_exchange: bool,
+    ) -> Arc<Exchange> {
+        let workload = Workload::sleep_for_tests();
+        let dataplane = Arc::new(DataPlane {
+            workload: Arc::new(workload.clone()),
+            config: tokio::sync::watch::channel(Default::default()).1,
+            tls: tokio::sync::watch::channel(None).1,
+            balancer: Balancer::default(),
+            telemetry: Arc::new(Telemetry::default()),
+            mark: 0,
+            own_metadata: OwnMetadata::of(&workload),
+            access_log,
+            protocol_detection_timeout: Duration::from_millis(100),
+        });
+        Arc::new(Exchange {
+            dataplane,
+            labels: TrafficLabels::unknown(reporter),
+            downstream_local: "10.96.0.10:5000".parse().unwrap(),
+            downstream_remote: "10.0.0.1:40000".parse().unwrap(),
+            upstream_host: Some("10.0.1.5:5000".parse().unwrap()),
+            upstream_local: None,
+            upstream_cluster: Some("outbound|5000||helloworld.sample.svc.cluster.local".into()),
+            requested_server_name: None,
+            route_name: Some("default"),
+            metadata_exchange,
+            forwarded_client_cert: None,
+            peer: Default::default(),
+            series: Default::default(),
+        })
+    }
+
+    /// `istio_requests_total` for `code` and `flags`, summed over the other labels.
+    pub(crate) fn requests_counted(exchange: &Exchange, code: u16, flags: &str) -> u64 {
+        let metrics = exchange.dataplane.telemetry.encode();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
+            .filter(|l| l.contains(&format!("response_flags=\"{flags}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{exchange, requests_counted};
+    use super::*;
+    use crate::access_log::AccessLog;
+    use std::time::Duration;
+
+    /// A service without endpoints.
+    struct NoEndpoints(Arc<Exchange>);
+
+    impl StreamRoutes for NoEndpoints {
+        fn base(&self) -> &Arc<Exchange> {
+            &self.0
+        }
+
+        async fn route(&self) -> Result<Routed, NoUpstream> {
+            Err(NoUpstream {
+                response_flags: "UH",
+                reason:
+                    "cluster `outbound|7070||greeter.sample.svc.cluster.local` has no endpoints"
+                        .into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http2_request_without_an_upstream_gets_503_and_the_connection_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let format = r#"{"code":"%RESPONSE_CODE%","flags":"%RESPONSE_FLAGS%","protocol":"%PROTOCOL%","reason":"%UPSTREAM_TRANSPORT_FAILURE_REASON%"}"#;
+        let log = AccessLog::open(path.to_str().unwrap(), Some(format)).unwrap();
+        let exchange = exchange(Some(log), "source", false);
+        let (client, downstream) = tokio::io::duplex(64 * 1024);
+        let proxied = tokio::spawn(proxy_http2(downstream, NoEndpoints(exchange.clone())));
+        let (mut sender, connection) =
+            client2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        for _ in 0..2 {
+            let request = Request::builder()
+                .uri("http://greeter.sample:7070/hello.Greeter/Say")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response =
+                tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert!(body.ends_with(b"has no endpoints"), "{body:?}");
+        }
+        drop(sender);
+        tokio::time::timeout(Duration::from_secs(5), proxied)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(requests_counted(&exchange, 503, "UH"), 2);
+        let lines = std::fs::read_to_string(&path).unwrap();
+        for line in lines.lines() {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(json["code"], "503");
+            assert_eq!(json["flags"], "UH");
+            assert_eq!(json["protocol"], "HTTP/2");
+            assert!(
+                json["reason"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("has no endpoints")
+            );
+        }
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+    }
 }

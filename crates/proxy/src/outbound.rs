@@ -6,7 +6,7 @@ use crate::access_log::Entry;
 use crate::balancer::Pick;
 use crate::config::{PortProtocol, UpstreamCluster, UpstreamEndpoint};
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
-use crate::http_proxy::{self, Exchange};
+use crate::http_proxy::{self, Exchange, Routed, StreamRoutes};
 use crate::http1::{self, NoUpstream, Upstreams};
 use crate::identity::MeshTls;
 use crate::passthrough::connect_marked;
@@ -14,6 +14,7 @@ use crate::relay::relay_tcp;
 use crate::sniff::{Detected, Rewind, detect};
 use crate::telemetry::TrafficLabels;
 use rustls_pki_types::ServerName;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -199,17 +200,32 @@ async fn to_cluster(
     cluster: &UpstreamCluster,
     outcome: &mut Outcome,
 ) {
-    if connection.detected == Detected::Http1 {
+    if connection.detected != Detected::Tcp {
         outcome.logged_per_request = true;
-        let base = Arc::new(outbound_exchange(dataplane, &connection, outcome));
-        let upstreams = PerRequest {
+        let endpoints = EndpointConnector {
             dataplane: dataplane.clone(),
             cluster: cluster.clone(),
-            base,
-            idle: Vec::new(),
-            in_use: None,
+            base: Arc::new(outbound_exchange(dataplane, &connection, outcome)),
         };
-        if let Err(error) = http1::relay_to(connection.downstream, upstreams).await {
+        let ended = if connection.detected == Detected::Http2 {
+            let routes = PerStream {
+                endpoints,
+                senders: Default::default(),
+            };
+            http_proxy::proxy_http2(connection.downstream, routes)
+                .await
+                .map_err(|error| error.to_string())
+        } else {
+            let upstreams = PerRequest {
+                endpoints,
+                idle: Vec::new(),
+                in_use: None,
+            };
+            http1::relay_to(connection.downstream, upstreams)
+                .await
+                .map_err(|error| error.to_string())
+        };
+        if let Err(error) = ended {
             tracing::debug!(cluster = %cluster.name, %error, "outbound HTTP connection ended");
         }
         return;
@@ -254,7 +270,7 @@ async fn to_cluster(
     }
 }
 
-/// Relays the connection: request by request for HTTP, as bytes otherwise.
+/// Relays an opaque TCP connection, counted into the TCP series.
 async fn carry<U>(
     connection: Connection,
     upstream: U,
@@ -262,30 +278,17 @@ async fn carry<U>(
     outcome: &mut Outcome,
 ) -> Result<(), String>
 where
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if connection.detected == Detected::Tcp {
-        let bytes = relay_tcp(
-            connection.downstream,
-            upstream,
-            &dataplane.telemetry,
-            &outcome.labels,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        outcome.bytes = bytes;
-        return Ok(());
-    }
-    outcome.logged_per_request = true;
-    let exchange = Arc::new(outbound_exchange(dataplane, &connection, outcome));
-    http_proxy::proxy(
+    outcome.bytes = relay_tcp(
         connection.downstream,
         upstream,
-        connection.detected,
-        exchange,
+        &dataplane.telemetry,
+        &outcome.labels,
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Mutual TLS to an endpoint (or its gateway, which routes by the SNI), then the identity
@@ -317,17 +320,32 @@ struct Idle {
     exchange: Arc<Exchange>,
 }
 
+/// Connections to the endpoints of one service, for the HTTP requests of one client connection.
+struct EndpointConnector {
+    dataplane: Arc<DataPlane>,
+    cluster: UpstreamCluster,
+    base: Arc<Exchange>,
+}
+
 /// HTTP/1.x to a service, balanced per request as Envoy balances HTTP: each request goes to the
 /// endpoint the balancer picks for it, over a connection to that endpoint kept from an earlier
 /// request of the same client connection, or a new one.
 struct PerRequest {
-    dataplane: Arc<DataPlane>,
-    cluster: UpstreamCluster,
-    base: Arc<Exchange>,
+    endpoints: EndpointConnector,
     idle: Vec<Idle>,
     /// The endpoint of the request in flight (counted as active for least-request balancing).
     in_use: Option<Pick>,
 }
+
+/// HTTP/2 (gRPC) to a service, balanced per request as Envoy balances it: each stream goes to
+/// the endpoint the balancer picks for it, over one multiplexed connection per endpoint, opened
+/// on first use and kept for the client connection's life.
+struct PerStream {
+    endpoints: EndpointConnector,
+    senders: tokio::sync::Mutex<HashMap<SocketAddr, (Http2Sender, Arc<Exchange>)>>,
+}
+
+type Http2Sender = hyper::client::conn::http2::SendRequest<http_proxy::UpstreamBody>;
 
 /// Whether a kept connection can take another request: not closed by the server meanwhile,
 /// nothing unasked for waiting on it.
@@ -342,7 +360,18 @@ fn still_open(stream: &EndpointStream) -> bool {
     tcp.poll_peek(&mut context, &mut buffer).is_pending()
 }
 
-impl PerRequest {
+impl EndpointConnector {
+    /// The balancer's choice for the next request.
+    fn pick(&self) -> Result<Pick, NoUpstream> {
+        self.dataplane
+            .balancer
+            .pick(&self.cluster, &[])
+            .ok_or_else(|| NoUpstream {
+                response_flags: "UH",
+                reason: format!("cluster `{}` has no endpoints", self.cluster.name),
+            })
+    }
+
     /// A new connection to `pick` (or, when it fails, to other endpoints), with mTLS when the
     /// endpoint has a sidecar, and the labels and addresses its requests are reported with.
     async fn connect(
@@ -402,17 +431,12 @@ impl Upstreams for PerRequest {
     type Stream = EndpointStream;
 
     fn base(&self) -> &Arc<Exchange> {
-        &self.base
+        &self.endpoints.base
     }
 
     async fn checkout(&mut self) -> Result<(EndpointStream, Arc<Exchange>), NoUpstream> {
         self.in_use = None;
-        let Some(pick) = self.dataplane.balancer.pick(&self.cluster, &[]) else {
-            return Err(NoUpstream {
-                response_flags: "UH",
-                reason: format!("cluster `{}` has no endpoints", self.cluster.name),
-            });
-        };
+        let pick = self.endpoints.pick()?;
         let address = pick.endpoint.address;
         while let Some(at) = self.idle.iter().position(|idle| idle.address == address) {
             let idle = self.idle.swap_remove(at);
@@ -421,7 +445,7 @@ impl Upstreams for PerRequest {
                 return Ok((idle.stream, idle.exchange));
             }
         }
-        let (pick, stream, exchange) = self.connect(pick).await?;
+        let (pick, stream, exchange) = self.endpoints.connect(pick).await?;
         self.in_use = Some(pick);
         Ok((stream, exchange))
     }
@@ -435,5 +459,40 @@ impl Upstreams for PerRequest {
                 exchange,
             });
         }
+    }
+}
+
+impl StreamRoutes for PerStream {
+    fn base(&self) -> &Arc<Exchange> {
+        &self.endpoints.base
+    }
+
+    async fn route(&self) -> Result<Routed, NoUpstream> {
+        let pick = self.endpoints.pick()?;
+        // Held while connecting, so that concurrent streams share the new connection.
+        let mut senders = self.senders.lock().await;
+        if let Some((sender, exchange)) = senders.get(&pick.endpoint.address)
+            && !sender.is_closed()
+        {
+            return Ok(Routed {
+                sender: sender.clone(),
+                exchange: exchange.clone(),
+                pick: Some(pick),
+            });
+        }
+        let (pick, stream, exchange) = self.endpoints.connect(pick).await?;
+        let address = pick.endpoint.address;
+        let sender = http_proxy::http2_client(stream)
+            .await
+            .map_err(|error| NoUpstream {
+                response_flags: "UF",
+                reason: format!("HTTP/2 handshake with {address} failed: {error}"),
+            })?;
+        senders.insert(address, (sender.clone(), exchange.clone()));
+        Ok(Routed {
+            sender,
+            exchange,
+            pick: Some(pick),
+        })
     }
 }
