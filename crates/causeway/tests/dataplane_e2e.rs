@@ -540,6 +540,86 @@ fn grpc_calls_on_one_connection_are_balanced_per_request() {
     );
 }
 
+/// Opaque TCP between sidecars carries Istio's TCP metadata exchange (ALPN
+/// `istio-peer-exchange`): the server's TCP series name the source workload, which its
+/// certificate does not say, and the application's bytes arrive untouched.
+#[test]
+fn tcp_connections_exchange_peer_metadata() {
+    let mesh = TwoNetworks::start();
+    mesh.plane
+        .workload("cluster01", "echo", "10.10.6.2", &[("tcp-echo", 9000)]);
+    let mut echo = Pod::create("echo", "10.10.6.2", &mesh.network1, mesh.dir.path(), 3);
+    echo.run_python(
+        "import socketserver\n\
+         class Echo(socketserver.BaseRequestHandler):\n\
+         \x20   def handle(self):\n\
+         \x20       while data := self.request.recv(4096):\n\
+         \x20           self.request.sendall(data)\n\
+         socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
+         socketserver.ThreadingTCPServer(('0.0.0.0', 9000), Echo).serve_forever()\n",
+    );
+    echo.inject(
+        &mesh.plane,
+        CONTROL_IP,
+        CLUSTER01,
+        "helloworld",
+        r#"{"app":"echo","version":"v1"}"#,
+    );
+    echo.wait_ready();
+
+    let client = "import socket\n\
+        try:\n\
+        \x20   s = socket.create_connection(('echo.sample', 9000), timeout=5)\n\
+        \x20   s.sendall(b'ping over tcp')\n\
+        \x20   print(s.recv(100).decode())\n\
+        except OSError as error:\n\
+        \x20   print('error:', error)\n";
+    let deadline = Instant::now() + WAIT;
+    let answer = loop {
+        let answer = mesh
+            .sleep
+            .namespace
+            .run("python3", &["-c", client])
+            .unwrap();
+        if answer.trim() == "ping over tcp" || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        answer.trim(),
+        "ping over tcp",
+        "the echo got only the client's bytes"
+    );
+
+    let opened = |pod: &Pod, reporter: &str| -> String {
+        let metrics = pod
+            .namespace
+            .run("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"])
+            .unwrap();
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("istio_tcp_connections_opened_total{")
+                    && line.contains(&format!("reporter=\"{reporter}\""))
+                    && line.contains("destination_service=\"echo.sample.svc.cluster.local\"")
+            })
+            .unwrap_or_else(|| panic!("no {reporter} TCP series:\n{metrics}"))
+            .to_owned()
+    };
+    let served = opened(&echo, "destination");
+    for label in [
+        "source_workload=\"sleep\"",
+        "source_app=\"sleep\"",
+        "source_cluster=\"cluster01\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(served.contains(label), "{label} in {served}");
+    }
+    let sent = opened(&mesh.sleep, "source");
+    assert!(sent.contains("destination_workload=\"echo\""), "{sent}");
+}
+
 const SNI: &str = "outbound_.5000_._.helloworld.sample.svc.cluster.local";
 
 /// The SPIFFE IDs in the subjectAltName of the server certificate `s_client` printed.

@@ -6,10 +6,12 @@ use crate::access_log::Entry;
 use crate::config::ClusterKind;
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
+use crate::identity::MeshTls;
 use crate::identity::{forwarded_client_cert, peer_identity};
 use crate::passthrough::connect_marked_from;
 use crate::relay::relay_tcp;
-use crate::sniff::{Detected, detect};
+use crate::sniff::{Detected, Rewind, detect};
+use crate::tcp_peer_exchange;
 use crate::telemetry::TrafficLabels;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -80,9 +82,8 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
             dataplane.telemetry.refuse("inbound", "no_certificate_yet");
             return;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(mesh.server.clone());
         let accepted =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(downstream)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_tls(downstream, &mesh)).await {
                 Ok(Ok(accepted)) => accepted,
                 Ok(Err(error)) => {
                     tracing::info!(%peer, %destination, %error, "inbound mTLS handshake refused");
@@ -111,6 +112,23 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .map(|leaf| forwarded_client_cert(&own_identity, leaf)),
+        };
+        let accepted = if session.alpn_protocol() == Some(tcp_peer_exchange::ALPN) {
+            let preface = &dataplane.own_metadata.tcp_preface;
+            match tcp_peer_exchange::exchange(accepted, preface, HANDSHAKE_TIMEOUT).await {
+                Ok((workload, stream)) => {
+                    if let Some(workload) = workload {
+                        workload.apply(&mut labels);
+                    }
+                    stream
+                }
+                Err(error) => {
+                    tracing::info!(%peer, %destination, %error, "inbound connection closed during the metadata exchange");
+                    return;
+                }
+            }
+        } else {
+            Rewind::new(Vec::new(), accepted)
         };
         carried = to_application(accepted, target, &dataplane, labels, peer_side).await;
     } else {
@@ -168,6 +186,27 @@ enum Carried {
     },
     /// Proxied as HTTP: each request was logged.
     Requests,
+}
+
+/// The mTLS handshake, with the configuration that negotiates `istio-peer-exchange` when the
+/// client offers it (and one without ALPN otherwise, so no client is refused for its offer).
+async fn accept_tls(
+    downstream: TcpStream,
+    mesh: &MeshTls,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), downstream)
+            .await?;
+    let offers_exchange = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|protocol| protocol == tcp_peer_exchange::ALPN));
+    let config = if offers_exchange {
+        mesh.server_peer_exchange.clone()
+    } else {
+        mesh.server.clone()
+    };
+    start.into_stream(config).await
 }
 
 /// Where the proxy connects to the application from, as Istio's inbound clusters do

@@ -26,4 +26,5 @@ pub mod resident;
 mod retry;
 pub mod router;
 pub mod sniff;
+pub mod tcp_peer_exchange;
 pub mod telemetry;

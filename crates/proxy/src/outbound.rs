@@ -12,6 +12,7 @@ use crate::identity::MeshTls;
 use crate::passthrough::connect_marked;
 use crate::relay::relay_tcp;
 use crate::sniff::{Detected, Rewind, detect};
+use crate::tcp_peer_exchange;
 use crate::telemetry::TrafficLabels;
 use rustls_pki_types::ServerName;
 use std::collections::HashMap;
@@ -250,11 +251,26 @@ async fn to_cluster(
                 return;
             };
             outcome.labels.connection_security_policy = "mutual_tls";
-            let secured = handshake(&mesh, upstream, &tls.sni, &tls.identities).await;
+            let config = mesh.client_peer_exchange.clone();
+            let secured = handshake(config, upstream, &tls.sni, &tls.identities).await;
             match secured {
                 Ok((stream, identity)) => {
                     outcome.labels.destination_principal = identity;
-                    carry(connection, stream, dataplane, outcome).await
+                    if stream.get_ref().1.alpn_protocol() == Some(tcp_peer_exchange::ALPN) {
+                        let preface = &dataplane.own_metadata.tcp_preface;
+                        match tcp_peer_exchange::exchange(stream, preface, HANDSHAKE_TIMEOUT).await
+                        {
+                            Ok((workload, stream)) => {
+                                if let Some(workload) = workload {
+                                    workload.apply(&mut outcome.labels);
+                                }
+                                carry(connection, stream, dataplane, outcome).await
+                            }
+                            Err(error) => Err(format!("metadata exchange failed: {error}")),
+                        }
+                    } else {
+                        carry(connection, stream, dataplane, outcome).await
+                    }
                 }
                 Err(reason) => {
                     outcome.response_flags = "UF";
@@ -294,14 +310,14 @@ where
 /// Mutual TLS to an endpoint (or its gateway, which routes by the SNI), then the identity
 /// check. The error says why, for the log and `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
 async fn handshake(
-    mesh: &MeshTls,
+    config: Arc<rustls::ClientConfig>,
     upstream: TcpStream,
     sni: &str,
     identities: &[String],
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
     let name = ServerName::try_from(sni.to_owned())
         .map_err(|_| format!("`{sni}` cannot be sent as an SNI"))?;
-    let connector = tokio_rustls::TlsConnector::from(mesh.client.clone());
+    let connector = tokio_rustls::TlsConnector::from(config);
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, upstream))
         .await
         .map_err(|_| format!("TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}"))?
@@ -396,12 +412,13 @@ impl EndpointConnector {
                     response_flags: "UF",
                     reason: "no workload certificate yet".into(),
                 })?;
-                let (stream, identity) = handshake(&mesh, tcp, &tls.sni, &tls.identities)
-                    .await
-                    .map_err(|reason| NoUpstream {
-                        response_flags: "UF",
-                        reason,
-                    })?;
+                let (stream, identity) =
+                    handshake(mesh.client.clone(), tcp, &tls.sni, &tls.identities)
+                        .await
+                        .map_err(|reason| NoUpstream {
+                            response_flags: "UF",
+                            reason,
+                        })?;
                 labels.destination_principal = identity;
                 labels.connection_security_policy = "mutual_tls";
                 Either::Left(stream)

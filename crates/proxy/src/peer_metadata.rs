@@ -4,6 +4,7 @@
 //! on its requests, the server on its responses. Each side removes the other's before the
 //! application sees them. This is how the server's metrics (`reporter="destination"`) know the
 //! source workload, app, version and cluster, which the client's certificate does not say.
+//! TCP connections exchange the same metadata in a preface: `tcp_peer_exchange`.
 
 use crate::bootstrap::Workload;
 use crate::telemetry::{TrafficLabels, UNKNOWN};
@@ -28,6 +29,8 @@ pub struct OwnMetadata {
     pub metadata: String,
     /// Both as HTTP/1 header lines, ready to go into a head.
     pub head_lines: Vec<u8>,
+    /// Both as the TCP exchange's preface (see `tcp_peer_exchange`).
+    pub tcp_preface: Vec<u8>,
 }
 
 impl OwnMetadata {
@@ -41,6 +44,7 @@ impl OwnMetadata {
                 kind: Some(Kind::StringValue(workload.canonical_workload())),
             },
         );
+        let tcp_preface = crate::tcp_peer_exchange::preface(&metadata, &node.id);
         let metadata = STANDARD.encode(metadata.encode_to_vec());
         let head_lines = format!(
             "{ID_HEADER}: {}\r\n{METADATA_HEADER}: {metadata}\r\n",
@@ -51,6 +55,7 @@ impl OwnMetadata {
             id: node.id,
             metadata,
             head_lines,
+            tcp_preface,
         }
     }
 }
@@ -83,6 +88,11 @@ pub fn app_and_version(labels: &BTreeMap<String, String>) -> (String, String) {
 pub fn decode(value: &[u8]) -> Option<PeerWorkload> {
     let bytes = STANDARD.decode(value.trim_ascii()).ok()?;
     let metadata = Struct::decode(bytes.as_slice()).ok()?;
+    Some(from_struct(&metadata))
+}
+
+/// The peer a node metadata `Struct` describes.
+pub fn from_struct(metadata: &Struct) -> PeerWorkload {
     let text = |key: &str| match metadata.fields.get(key)?.kind.as_ref()? {
         Kind::StringValue(value) => Some(value.clone()),
         _ => None,
@@ -105,13 +115,13 @@ pub fn decode(value: &[u8]) -> Option<PeerWorkload> {
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| UNKNOWN.to_owned())
     };
-    Some(PeerWorkload {
+    PeerWorkload {
         workload: or_unknown(text("WORKLOAD_NAME")),
         namespace: or_unknown(text("NAMESPACE")),
         app,
         version,
         cluster: or_unknown(text("CLUSTER_ID")),
-    })
+    }
 }
 
 impl PeerWorkload {

@@ -16,16 +16,23 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::sync::Arc;
 
-/// ALPN the client offers: Istio's marker for mesh mTLS (not `istio-peer-exchange`, which would
-/// promise Envoy's metadata exchange protocol on the stream).
+/// ALPN the client offers: Istio's marker for mesh mTLS. Opaque TCP also offers
+/// `istio-peer-exchange` first, which promises the metadata exchange's preface on the stream.
 const MESH_ALPN: &[u8] = b"istio";
 
 /// One generation of credentials, ready for connections. Rotation makes a new one; connections
 /// keep the generation they started with.
 pub struct MeshTls {
     pub credentials: Arc<Credentials>,
+    /// For clients that did not offer `istio-peer-exchange`: no ALPN is negotiated, so no client
+    /// is refused for the protocols it offers.
     pub server: Arc<ServerConfig>,
+    /// For clients that offered `istio-peer-exchange`: it is negotiated.
+    pub server_peer_exchange: Arc<ServerConfig>,
+    /// HTTP to an endpoint.
     pub client: Arc<ClientConfig>,
+    /// Opaque TCP to an endpoint: offers `istio-peer-exchange`, then `istio`.
+    pub client_peer_exchange: Arc<ClientConfig>,
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -67,10 +74,17 @@ impl MeshTls {
             .with_custom_certificate_verifier(server_verifier)
             .with_client_cert_resolver(Arc::new(OwnCertificate(credentials.certified_key.clone())));
         client.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        let mut client_peer_exchange = client.clone();
+        client_peer_exchange.alpn_protocols =
+            vec![crate::tcp_peer_exchange::ALPN.to_vec(), MESH_ALPN.to_vec()];
+        let mut server_peer_exchange = server.clone();
+        server_peer_exchange.alpn_protocols = vec![crate::tcp_peer_exchange::ALPN.to_vec()];
         Ok(MeshTls {
             credentials,
             server: Arc::new(server),
+            server_peer_exchange: Arc::new(server_peer_exchange),
             client: Arc::new(client),
+            client_peer_exchange: Arc::new(client_peer_exchange),
         })
     }
 
