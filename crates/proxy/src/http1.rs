@@ -654,7 +654,7 @@ where
     loop {
         let wanted = Wanted {
             log,
-            peer: exchange.metadata_exchange && !outbound && exchange.peer.get().is_none(),
+            peer: exchange.metadata_exchange() && !outbound && exchange.peer.get().is_none(),
         };
         let request = match read_request(&mut downstream, &mut from_client, wanted).await? {
             None => return Ok(()),
@@ -761,7 +761,7 @@ where
     let outbound = exchange.labels.reporter == "source";
     let wanted = Wanted {
         log: request.logged.is_some(),
-        peer: exchange.metadata_exchange && outbound && exchange.peer.get().is_none(),
+        peer: exchange.metadata_exchange() && outbound && exchange.peer.get().is_none(),
     };
     let protocol = if request.http10 {
         "HTTP/1.0"
@@ -771,7 +771,7 @@ where
     let mut finished = begin(exchange, protocol, request.grpc, request.logged.take());
 
     if let Some(peer) = request.peer.take()
-        && exchange.metadata_exchange
+        && exchange.metadata_exchange()
         && !outbound
     {
         let _ = exchange.peer.set(peer);
@@ -808,7 +808,7 @@ where
                 logged.request_headers.insert("x-request-id", value);
             }
         }
-        if outbound && exchange.metadata_exchange {
+        if outbound && exchange.metadata_exchange() {
             out.extend_from_slice(&exchange.dataplane.own_metadata.head_lines);
         }
         out.extend_from_slice(b"\r\n");
@@ -889,7 +889,7 @@ where
     }
 
     if let Some(peer) = response.peer
-        && exchange.metadata_exchange
+        && exchange.metadata_exchange()
         && outbound
     {
         let _ = exchange.peer.set(peer);
@@ -904,7 +904,7 @@ where
             .response_headers
             .insert(UPSTREAM_SERVICE_TIME, HeaderValue::from(service_time));
     }
-    if !outbound && exchange.metadata_exchange {
+    if !outbound && exchange.metadata_exchange() {
         out.extend_from_slice(&exchange.dataplane.own_metadata.head_lines);
     }
     out.extend_from_slice(b"\r\n");

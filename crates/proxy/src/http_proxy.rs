@@ -43,8 +43,6 @@ pub struct Exchange {
     pub upstream_cluster: Option<String>,
     pub requested_server_name: Option<String>,
     pub route_name: Option<&'static str>,
-    /// Both ends are sidecars talking mutual TLS: they exchange metadata (see `peer_metadata`).
-    pub metadata_exchange: bool,
     /// For the application, when the client came with a mesh certificate (inbound): the
     /// `x-forwarded-client-cert` element Istio adds (`APPEND_FORWARD`). Outbound requests lose
     /// any the application set (`SANITIZE`).
@@ -66,6 +64,11 @@ pub struct SeriesKey {
 }
 
 impl Exchange {
+    /// Both ends are sidecars talking mutual TLS: they exchange metadata (see `peer_metadata`).
+    pub fn metadata_exchange(&self) -> bool {
+        self.labels.connection_security_policy == "mutual_tls"
+    }
+
     fn series(&self, key: SeriesKey) -> (Counter, Histogram) {
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, counter, histogram)) = series.iter().find(|(k, _, _)| *k == key) {
@@ -265,7 +268,7 @@ impl Finished {
 /// the proxy adds its own to what it sends to the other sidecar.
 fn exchange_metadata(headers: &mut HeaderMap, exchange: &Exchange, from_peer: bool) {
     if from_peer
-        && exchange.metadata_exchange
+        && exchange.metadata_exchange()
         && let Some(peer) = headers
             .get(peer_metadata::METADATA_HEADER)
             .and_then(|value| peer_metadata::decode(value.as_bytes()))
@@ -274,16 +277,12 @@ fn exchange_metadata(headers: &mut HeaderMap, exchange: &Exchange, from_peer: bo
     }
     headers.remove(peer_metadata::METADATA_HEADER);
     headers.remove(peer_metadata::ID_HEADER);
-    let own = &exchange.dataplane.own_metadata;
     if !from_peer
-        && exchange.metadata_exchange
-        && let (Ok(id), Ok(metadata)) = (
-            HeaderValue::from_str(&own.id),
-            HeaderValue::from_str(&own.metadata),
-        )
+        && exchange.metadata_exchange()
+        && let Some((id, metadata)) = &exchange.dataplane.own_metadata.header_values
     {
-        headers.insert(peer_metadata::ID_HEADER, id);
-        headers.insert(peer_metadata::METADATA_HEADER, metadata);
+        headers.insert(peer_metadata::ID_HEADER, id.clone());
+        headers.insert(peer_metadata::METADATA_HEADER, metadata.clone());
     }
 }
 
@@ -528,9 +527,13 @@ pub(crate) mod test_support {
             access_log,
             protocol_detection_timeout: Duration::from_millis(100),
         });
+        let mut labels = TrafficLabels::unknown(reporter);
+        if metadata_exchange {
+            labels.connection_security_policy = "mutual_tls";
+        }
         Arc::new(Exchange {
             dataplane,
-            labels: TrafficLabels::unknown(reporter),
+            labels,
             downstream_local: "10.96.0.10:5000".parse().unwrap(),
             downstream_remote: "10.0.0.1:40000".parse().unwrap(),
             upstream_host: Some("10.0.1.5:5000".parse().unwrap()),
@@ -538,7 +541,6 @@ pub(crate) mod test_support {
             upstream_cluster: Some("outbound|5000||helloworld.sample.svc.cluster.local".into()),
             requested_server_name: None,
             route_name: Some("default"),
-            metadata_exchange,
             forwarded_client_cert: None,
             peer: Default::default(),
             series: Default::default(),

@@ -10,7 +10,7 @@ use crate::identity::MeshTls;
 use crate::identity::{forwarded_client_cert, peer_identity};
 use crate::passthrough::connect_marked_from;
 use crate::relay::relay_tcp;
-use crate::sniff::{Detected, Rewind, detect};
+use crate::sniff::{Detected, detect};
 use crate::tcp_peer_exchange;
 use crate::telemetry::TrafficLabels;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -102,7 +102,6 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
             labels.source_workload_namespace = identity.namespace().to_owned();
         }
         labels.connection_security_policy = "mutual_tls";
-        let own_identity = dataplane.labels("destination").destination_principal;
         let peer_side = Peer {
             address: peer,
             destination,
@@ -111,24 +110,23 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
             forwarded_client_cert: session
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .map(|leaf| forwarded_client_cert(&own_identity, leaf)),
+                .map(|leaf| forwarded_client_cert(&labels.destination_principal, leaf)),
         };
-        let accepted = if session.alpn_protocol() == Some(tcp_peer_exchange::ALPN) {
-            let preface = &dataplane.own_metadata.tcp_preface;
-            match tcp_peer_exchange::exchange(accepted, preface, HANDSHAKE_TIMEOUT).await {
-                Ok((workload, stream)) => {
-                    if let Some(workload) = workload {
-                        workload.apply(&mut labels);
-                    }
-                    stream
-                }
-                Err(error) => {
-                    tracing::info!(%peer, %destination, %error, "inbound connection closed during the metadata exchange");
-                    return;
-                }
+        let agreed = session.alpn_protocol() == Some(tcp_peer_exchange::ALPN);
+        let preface = &dataplane.own_metadata.tcp_preface;
+        let accepted = match tcp_peer_exchange::after_handshake(
+            accepted,
+            agreed,
+            preface,
+            &mut labels,
+        )
+        .await
+        {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::info!(%peer, %destination, %error, "inbound connection closed during the metadata exchange");
+                return;
             }
-        } else {
-            Rewind::new(Vec::new(), accepted)
         };
         carried = to_application(accepted, target, &dataplane, labels, peer_side).await;
     } else {
@@ -244,7 +242,6 @@ where
     let _ = upstream.set_nodelay(true);
     let local = upstream.local_addr().ok();
     if detected != Detected::Tcp {
-        let metadata_exchange = labels.connection_security_policy == "mutual_tls";
         let exchange = Arc::new(Exchange {
             dataplane: dataplane.clone(),
             labels,
@@ -255,7 +252,6 @@ where
             upstream_cluster: Some(peer.cluster.to_string()),
             requested_server_name: peer.requested_server_name,
             route_name: Some("default"),
-            metadata_exchange,
             forwarded_client_cert: peer.forwarded_client_cert,
             peer: Default::default(),
             series: Default::default(),

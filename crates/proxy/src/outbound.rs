@@ -162,7 +162,6 @@ fn outbound_exchange(
         upstream_cluster: outcome.upstream_cluster.clone(),
         requested_server_name: None,
         route_name: Some("default"),
-        metadata_exchange: outcome.labels.connection_security_policy == "mutual_tls",
         forwarded_client_cert: None,
         peer: Default::default(),
         series: Default::default(),
@@ -256,20 +255,14 @@ async fn to_cluster(
             match secured {
                 Ok((stream, identity)) => {
                     outcome.labels.destination_principal = identity;
-                    if stream.get_ref().1.alpn_protocol() == Some(tcp_peer_exchange::ALPN) {
-                        let preface = &dataplane.own_metadata.tcp_preface;
-                        match tcp_peer_exchange::exchange(stream, preface, HANDSHAKE_TIMEOUT).await
-                        {
-                            Ok((workload, stream)) => {
-                                if let Some(workload) = workload {
-                                    workload.apply(&mut outcome.labels);
-                                }
-                                carry(connection, stream, dataplane, outcome).await
-                            }
-                            Err(error) => Err(format!("metadata exchange failed: {error}")),
-                        }
-                    } else {
-                        carry(connection, stream, dataplane, outcome).await
+                    let agreed =
+                        stream.get_ref().1.alpn_protocol() == Some(tcp_peer_exchange::ALPN);
+                    let preface = &dataplane.own_metadata.tcp_preface;
+                    let labels = &mut outcome.labels;
+                    match tcp_peer_exchange::after_handshake(stream, agreed, preface, labels).await
+                    {
+                        Ok(stream) => carry(connection, stream, dataplane, outcome).await,
+                        Err(error) => Err(format!("metadata exchange failed: {error}")),
                     }
                 }
                 Err(reason) => {
@@ -427,7 +420,6 @@ impl EndpointConnector {
         };
         let exchange = Arc::new(Exchange {
             dataplane: self.dataplane.clone(),
-            metadata_exchange: labels.connection_security_policy == "mutual_tls",
             labels,
             downstream_local: self.base.downstream_local,
             downstream_remote: self.base.downstream_remote,

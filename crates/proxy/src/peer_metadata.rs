@@ -29,6 +29,8 @@ pub struct OwnMetadata {
     pub metadata: String,
     /// Both as HTTP/1 header lines, ready to go into a head.
     pub head_lines: Vec<u8>,
+    /// Both as HTTP/2 header values (`None` if the node ID cannot be a header value).
+    pub header_values: Option<(http::HeaderValue, http::HeaderValue)>,
     /// Both as the TCP exchange's preface (see `tcp_peer_exchange`).
     pub tcp_preface: Vec<u8>,
 }
@@ -51,10 +53,14 @@ impl OwnMetadata {
             node.id
         )
         .into_bytes();
+        let header_values = http::HeaderValue::from_str(&node.id)
+            .ok()
+            .zip(http::HeaderValue::from_str(&metadata).ok());
         OwnMetadata {
             id: node.id,
             metadata,
             head_lines,
+            header_values,
             tcp_preface,
         }
     }

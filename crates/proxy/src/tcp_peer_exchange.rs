@@ -9,8 +9,10 @@
 //! the first bytes arrive, so a Causeway preface also starts Envoy's, and neither side waits for
 //! the application to speak first.
 
+use crate::dataplane::HANDSHAKE_TIMEOUT;
 use crate::peer_metadata::{METADATA_HEADER, PeerWorkload, from_struct};
 use crate::sniff::Rewind;
+use crate::telemetry::TrafficLabels;
 use envoy_types::pb::google::protobuf::{Any, Struct, value::Kind};
 use prost::Message;
 use std::io;
@@ -50,6 +52,27 @@ pub fn preface(metadata: &Struct, id: &str) -> Vec<u8> {
     bytes.extend_from_slice(&(any.len() as u32).to_be_bytes());
     bytes.extend_from_slice(&any);
     bytes
+}
+
+/// After an mTLS handshake, on either side: when it `agreed` on [`ALPN`], the exchange, with
+/// what the peer said put into `labels`; otherwise the stream as it is.
+pub async fn after_handshake<S>(
+    stream: S,
+    agreed: bool,
+    own_preface: &[u8],
+    labels: &mut TrafficLabels,
+) -> io::Result<Rewind<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !agreed {
+        return Ok(Rewind::new(Vec::new(), stream));
+    }
+    let (peer, stream) = exchange(stream, own_preface, HANDSHAKE_TIMEOUT).await?;
+    if let Some(peer) = peer {
+        peer.apply(labels);
+    }
+    Ok(stream)
 }
 
 /// Sends `own_preface`, then reads the peer's for up to `wait`. The stream comes back with

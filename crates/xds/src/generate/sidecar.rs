@@ -135,8 +135,8 @@ fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSn
     }
 }
 
-/// The workload ports behind every service port the proxy's own workload serves.
-/// The ports the proxy's workload serves, each with the services that send traffic to it.
+/// The workload ports behind every service port the proxy's own workload serves, each with the
+/// services that send traffic to it.
 fn inbound_ports<'s>(
     snapshot: &'s MeshSnapshot,
     proxy: &'s ProxyInfo,
