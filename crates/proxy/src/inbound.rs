@@ -13,6 +13,7 @@ use crate::relay::relay_tcp;
 use crate::sniff::{Detected, detect};
 use crate::tcp_peer_exchange;
 use crate::telemetry::TrafficLabels;
+use rustls_pki_types::CertificateDer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -107,10 +108,10 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
             destination,
             requested_server_name: requested_server_name.clone(),
             cluster: port.cluster.clone(),
-            forwarded_client_cert: session
+            client_certificate: session
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .map(|leaf| forwarded_client_cert(&labels.destination_principal, leaf)),
+                .map(|leaf| leaf.clone().into_owned()),
         };
         let agreed = session.alpn_protocol() == Some(tcp_peer_exchange::ALPN);
         let preface = &dataplane.own_metadata.tcp_preface;
@@ -135,7 +136,7 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
             destination,
             requested_server_name: None,
             cluster: port.cluster.clone(),
-            forwarded_client_cert: None,
+            client_certificate: None,
         };
         carried = to_application(downstream, target, &dataplane, labels, peer_side).await;
     }
@@ -171,8 +172,9 @@ struct Peer {
     destination: SocketAddr,
     requested_server_name: Option<String>,
     cluster: Arc<str>,
-    /// The client certificate as `x-forwarded-client-cert` gives it to the application.
-    forwarded_client_cert: Option<String>,
+    /// The client's mesh certificate, for the `x-forwarded-client-cert` of its HTTP requests
+    /// (turned into one only when the connection turns out to be HTTP).
+    client_certificate: Option<CertificateDer<'static>>,
 }
 
 enum Carried {
@@ -242,6 +244,9 @@ where
     let _ = upstream.set_nodelay(true);
     let local = upstream.local_addr().ok();
     if detected != Detected::Tcp {
+        let forwarded_client_cert = peer
+            .client_certificate
+            .map(|leaf| forwarded_client_cert(&labels.destination_principal, &leaf));
         let exchange = Arc::new(Exchange {
             dataplane: dataplane.clone(),
             labels,
@@ -252,7 +257,7 @@ where
             upstream_cluster: Some(peer.cluster.to_string()),
             requested_server_name: peer.requested_server_name,
             route_name: Some("default"),
-            forwarded_client_cert: peer.forwarded_client_cert,
+            forwarded_client_cert,
             peer: Default::default(),
             series: Default::default(),
         });
