@@ -887,6 +887,15 @@ fn sidecars_keep_routing_while_discovery_is_away_and_catch_up_when_it_returns() 
     assert!(served >= 25, "{served} requests in 60 s");
     assert!(mesh.sleep.curl("http://hello2.sample:5000/hello").is_err());
     mesh.plane.start_discovery();
+    // The sidecar's next attempt may be a whole maximal retry delay away.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while config_dump(&mesh.sleep)["xds"]["connected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not reconnect within 45 s of discovery's return"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     eventually_curl(
         &mesh.sleep,
         "http://hello2.sample:5000/hello",
