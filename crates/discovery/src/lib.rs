@@ -4,6 +4,7 @@
 pub mod ca_service;
 pub mod ca_source;
 pub mod debug;
+pub mod root_cert_configmaps;
 mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -167,8 +168,19 @@ impl Discovery {
             stopped.clone(),
         )
         .await?;
-        let monitoring_address =
-            serve::monitoring(&mut tasks, config.monitoring_address, debug_state, stopped).await?;
+        let monitoring_address = serve::monitoring(
+            &mut tasks,
+            config.monitoring_address,
+            debug_state,
+            stopped.clone(),
+        )
+        .await?;
+        let publisher = root_cert_configmaps::RootCertPublisher {
+            local_cluster: config.cluster_id.clone(),
+            system_namespace: config.namespace.clone(),
+            roots_pem: authority.roots_pem().into(),
+        };
+        tasks.spawn(publisher.run(registry.clients.clone(), stopped));
         tracing::info!(%xds_address, %secure_xds_address, %monitoring_address, cluster = %config.cluster_id, "discovery serving");
         Ok(Discovery {
             xds_address,

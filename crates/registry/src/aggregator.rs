@@ -195,7 +195,7 @@ impl Aggregator {
             config_cluster: secret.is_none(),
         }
         .spawn(self.to_self.clone());
-        self.clients.insert(&id, client);
+        self.clients.insert(&id, generation, client);
         let entry = self.entry(&id, secret.clone());
         // A rotated credential keeps the cluster's last known state until the new watches relist.
         if let Some(old) = entry.task.replace(task) {

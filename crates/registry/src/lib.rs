@@ -16,7 +16,7 @@ pub mod remote_secrets;
 use causeway_model::MeshSnapshot;
 pub use causeway_model::Push;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -51,31 +51,47 @@ impl RegistryConfig {
     }
 }
 
-/// The API clients of every known cluster, for TokenReview by the CA.
-#[derive(Clone, Default)]
-pub struct ClusterClients(Arc<RwLock<BTreeMap<String, kube::Client>>>);
+/// The API client of one known cluster. A new generation means new credentials (a rotated remote
+/// secret): whatever talks to the cluster should start over with the new client.
+#[derive(Clone)]
+pub struct ClusterClient {
+    pub generation: u64,
+    pub client: kube::Client,
+}
+
+/// The API clients of every known cluster, for TokenReview by the CA and for the controllers that
+/// write into clusters; `subscribe` tells when clusters come, go or rotate.
+#[derive(Clone)]
+pub struct ClusterClients(Arc<watch::Sender<BTreeMap<String, ClusterClient>>>);
+
+impl Default for ClusterClients {
+    fn default() -> Self {
+        ClusterClients(Arc::new(watch::Sender::new(BTreeMap::new())))
+    }
+}
 
 impl ClusterClients {
     pub fn get(&self, cluster: &str) -> Option<kube::Client> {
         self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .borrow()
             .get(cluster)
-            .cloned()
+            .map(|known| known.client.clone())
     }
 
-    fn insert(&self, cluster: &str, client: kube::Client) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cluster.to_owned(), client);
+    /// Every known cluster now, and a signal at each later change.
+    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<String, ClusterClient>> {
+        self.0.subscribe()
+    }
+
+    fn insert(&self, cluster: &str, generation: u64, client: kube::Client) {
+        self.0.send_modify(|clients| {
+            clients.insert(cluster.to_owned(), ClusterClient { generation, client });
+        });
     }
 
     fn remove(&self, cluster: &str) {
         self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(cluster);
+            .send_if_modified(|clients| clients.remove(cluster).is_some());
     }
 }
 
