@@ -158,6 +158,49 @@ fn watch_streams(client: &kube::Client) -> BoxStream<'static, Result<Seen, watch
     futures::stream::select(namespaces, config_maps).boxed()
 }
 
+enum Change<K> {
+    Relisted(Vec<K>),
+    Applied(K),
+    Deleted(K),
+}
+
+/// One watch's events, with a relist (`Init` .. `InitDone`) handed over whole, so that objects
+/// gone while the watch was away are dropped only once the new list is complete.
+struct Relist<K> {
+    pending: Option<Vec<K>>,
+    listed: bool,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Relist {
+            pending: None,
+            listed: false,
+        }
+    }
+}
+
+impl<K> Relist<K> {
+    fn feed(&mut self, event: watcher::Event<K>) -> Option<Change<K>> {
+        match event {
+            watcher::Event::Init => {
+                self.pending = Some(Vec::new());
+                None
+            }
+            watcher::Event::InitApply(object) => {
+                self.pending.get_or_insert_default().push(object);
+                None
+            }
+            watcher::Event::InitDone => {
+                self.listed = true;
+                Some(Change::Relisted(self.pending.take().unwrap_or_default()))
+            }
+            watcher::Event::Apply(object) => Some(Change::Applied(object)),
+            watcher::Event::Delete(object) => Some(Change::Deleted(object)),
+        }
+    }
+}
+
 /// What one cluster holds, as far as this controller cares.
 struct ClusterView {
     roots_pem: Arc<str>,
@@ -166,11 +209,8 @@ struct ClusterView {
     control_plane_clusters: Option<String>,
     /// Namespace → whether its ConfigMap holds our roots and label.
     config_maps: BTreeMap<String, bool>,
-    /// Relists in progress: what they saw so far.
-    listing_namespaces: Option<Vec<Namespace>>,
-    listing_config_maps: Option<Vec<ConfigMap>>,
-    namespaces_listed: bool,
-    config_maps_listed: bool,
+    namespace_watch: Relist<Namespace>,
+    config_map_watch: Relist<ConfigMap>,
     managed: bool,
 }
 
@@ -181,38 +221,30 @@ impl ClusterView {
             namespaces: BTreeSet::new(),
             control_plane_clusters: None,
             config_maps: BTreeMap::new(),
-            listing_namespaces: None,
-            listing_config_maps: None,
-            namespaces_listed: false,
-            config_maps_listed: false,
+            namespace_watch: Relist::default(),
+            config_map_watch: Relist::default(),
             managed: false,
         }
     }
 
     fn listed(&self) -> bool {
-        self.namespaces_listed && self.config_maps_listed
+        self.namespace_watch.listed && self.config_map_watch.listed
     }
 
     fn apply(&mut self, event: Seen, system_namespace: &str) {
         match event {
-            Seen::Namespace(event) => match event {
-                watcher::Event::Init => self.listing_namespaces = Some(Vec::new()),
-                watcher::Event::InitApply(namespace) => self
-                    .listing_namespaces
-                    .get_or_insert_default()
-                    .push(namespace),
-                watcher::Event::InitDone => {
+            Seen::Namespace(event) => match self.namespace_watch.feed(event) {
+                Some(Change::Relisted(namespaces)) => {
                     self.namespaces.clear();
                     self.control_plane_clusters = None;
-                    for namespace in self.listing_namespaces.take().unwrap_or_default() {
+                    for namespace in namespaces {
                         self.namespace_applied(&namespace, system_namespace);
                     }
-                    self.namespaces_listed = true;
                 }
-                watcher::Event::Apply(namespace) => {
+                Some(Change::Applied(namespace)) => {
                     self.namespace_applied(&namespace, system_namespace)
                 }
-                watcher::Event::Delete(namespace) => {
+                Some(Change::Deleted(namespace)) => {
                     let name = namespace.metadata.name.unwrap_or_default();
                     if name == system_namespace {
                         self.control_plane_clusters = None;
@@ -220,26 +252,22 @@ impl ClusterView {
                     self.namespaces.remove(&name);
                     self.config_maps.remove(&name);
                 }
+                None => {}
             },
-            Seen::ConfigMap(event) => match event {
-                watcher::Event::Init => self.listing_config_maps = Some(Vec::new()),
-                watcher::Event::InitApply(config_map) => self
-                    .listing_config_maps
-                    .get_or_insert_default()
-                    .push(config_map),
-                watcher::Event::InitDone => {
+            Seen::ConfigMap(event) => match self.config_map_watch.feed(event) {
+                Some(Change::Relisted(config_maps)) => {
                     self.config_maps.clear();
-                    for config_map in self.listing_config_maps.take().unwrap_or_default() {
+                    for config_map in config_maps {
                         self.config_map_applied(&config_map);
                     }
-                    self.config_maps_listed = true;
                 }
-                watcher::Event::Apply(config_map) => self.config_map_applied(&config_map),
-                watcher::Event::Delete(config_map) => {
+                Some(Change::Applied(config_map)) => self.config_map_applied(&config_map),
+                Some(Change::Deleted(config_map)) => {
                     if let Some(namespace) = config_map.metadata.namespace {
                         self.config_maps.remove(&namespace);
                     }
                 }
+                None => {}
             },
         }
     }

@@ -47,6 +47,20 @@ async fn namespaces_holding_it(client: &kube::Client) -> Vec<String> {
     namespaces
 }
 
+/// `kubectl annotate namespace istio-system topology.istio.io/controlPlaneClusters=<clusters>`.
+async fn name_control_planes(client: &kube::Client, clusters: &str) {
+    let annotation =
+        json!({"metadata": {"annotations": {"topology.istio.io/controlPlaneClusters": clusters}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            "istio-system",
+            &PatchParams::default(),
+            &Patch::Merge(&annotation),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn every_namespace_of_the_own_cluster_gets_the_roots_and_keeps_them() {
     let mesh = two_cluster_mesh(false).await;
@@ -102,17 +116,8 @@ async fn a_remote_cluster_is_written_only_once_it_names_this_control_plane() {
     let roots = mesh.discovery.roots_pem();
     eventually_published(&mesh.client01, "sample", &roots, "cluster01's own").await;
 
-    let namespaces = Api::<Namespace>::all(mesh.client02.clone());
-    let annotate = |clusters: &str| json!({"metadata": {"annotations": {"topology.istio.io/controlPlaneClusters": clusters}}});
     // Another cluster's control plane is named: still not ours to write.
-    namespaces
-        .patch(
-            "istio-system",
-            &PatchParams::default(),
-            &Patch::Merge(&annotate("cluster03")),
-        )
-        .await
-        .unwrap();
+    name_control_planes(&mesh.client02, "cluster03").await;
     fixtures::namespace(&mesh.client01, "probe", json!({})).await;
     eventually_published(
         &mesh.client01,
@@ -127,14 +132,7 @@ async fn a_remote_cluster_is_written_only_once_it_names_this_control_plane() {
     );
 
     // The seeds' step: `kubectl annotate namespace istio-system topology.istio.io/controlPlaneClusters=cluster01`.
-    namespaces
-        .patch(
-            "istio-system",
-            &PatchParams::default(),
-            &Patch::Merge(&annotate("cluster03,cluster01")),
-        )
-        .await
-        .unwrap();
+    name_control_planes(&mesh.client02, "cluster03,cluster01").await;
     for namespace in ["sample", "istio-system", "default"] {
         eventually_published(&mesh.client02, namespace, &roots, namespace).await;
     }
