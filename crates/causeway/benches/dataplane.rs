@@ -31,6 +31,8 @@ struct Plan {
     bulk_bytes: u64,
     load_runs: usize,
     load_seconds: u64,
+    /// HTTP/1.1 requests, each on a new connection, per run and path.
+    fresh_requests: usize,
 }
 
 const FULL: Plan = Plan {
@@ -40,6 +42,7 @@ const FULL: Plan = Plan {
     bulk_bytes: 512 << 20,
     load_runs: 3,
     load_seconds: 8,
+    fresh_requests: 1_000,
 };
 const SMOKE: Plan = Plan {
     runs: 1,
@@ -48,6 +51,7 @@ const SMOKE: Plan = Plan {
     bulk_bytes: 4 << 20,
     load_runs: 1,
     load_seconds: 1,
+    fresh_requests: 20,
 };
 
 const ECHO_PORT: u16 = 7000;
@@ -246,6 +250,45 @@ fn bulk(target: SocketAddr, bytes: u64) -> f64 {
     bytes as f64 * 8.0 / elapsed / 1e9
 }
 
+const LOAD_REQUEST: &[u8] =
+    b"GET /load HTTP/1.1\r\nhost: echo.sample:8080\r\nuser-agent: bench\r\n\r\n";
+
+/// Sends one HTTP/1.1 request on `stream` and reads the echo server's `200 ok` to its end.
+fn request_ok(stream: &mut TcpStream, buffer: &mut [u8]) {
+    stream.write_all(LOAD_REQUEST).expect("the request is sent");
+    let mut got = Vec::new();
+    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"ok")) {
+        let n = stream.read(buffer).expect("a response");
+        assert!(n > 0, "the connection closed");
+        got.extend_from_slice(&buffer[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// p50 and p99 (µs) of HTTP/1.1 requests as curl makes them: connect, one request, its response,
+/// close; `warmup` first, then `count` measured.
+fn request_per_connection(target: SocketAddr, warmup: usize, count: usize) -> (f64, f64) {
+    pin_thread(&[0]);
+    let mut buffer = [0u8; 4096];
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
+        let start = Instant::now();
+        let mut stream = connect_retrying(target);
+        let _ = stream.set_nodelay(true);
+        request_ok(&mut stream, &mut buffer);
+        drop(stream);
+        if i >= warmup {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
 /// HTTP/1.1 at `rate` requests/s over four keep-alive connections for `seconds`; the count.
 fn http_load(target: SocketAddr, rate: u64, seconds: u64) -> u64 {
     let connections = 4u64;
@@ -255,24 +298,11 @@ fn http_load(target: SocketAddr, rate: u64, seconds: u64) -> u64 {
                 let mut stream = connect_retrying(target);
                 let _ = stream.set_nodelay(true);
                 let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
-                let request =
-                    b"GET /load HTTP/1.1\r\nhost: echo.sample:8080\r\nuser-agent: bench\r\n\r\n";
                 let mut response = [0u8; 4096];
                 let start = Instant::now();
                 let mut done = 0u64;
                 while start.elapsed() < Duration::from_secs(seconds) {
-                    stream.write_all(request).expect("the request is sent");
-                    let mut got = Vec::new();
-                    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"ok")) {
-                        let n = stream.read(&mut response).expect("a response");
-                        assert!(n > 0, "the connection closed");
-                        got.extend_from_slice(&response[..n]);
-                    }
-                    assert!(
-                        got.starts_with(b"HTTP/1.1 200"),
-                        "{}",
-                        String::from_utf8_lossy(&got)
-                    );
+                    request_ok(&mut stream, &mut response);
                     done += 1;
                     let next = start + interval * done as u32;
                     if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -632,6 +662,7 @@ fn main() {
                         bulk_bytes: 0,
                         load_runs: 0,
                         load_seconds: 0,
+                        fresh_requests: 0,
                     },
                 )
             });
@@ -655,6 +686,48 @@ fn main() {
             gbit: f64::NAN,
         })
         .collect();
+    // HTTP/1.1 on a new connection per request (curl, scripts), pinned like the latency runs: the
+    // sidecar reuses the mTLS connection an earlier request left in its pool; HAProxy in TCP
+    // mode makes a TLS handshake per connection (Envoy would pool as the sidecar does).
+    let fresh_paths: [(&'static str, &'static str, &Namespace, SocketAddr); 4] = [
+        ("direct TCP", "direct", &plain_client.namespace, direct),
+        (
+            "Causeway sidecar pair, mTLS",
+            "sidecar",
+            &client.namespace,
+            http_vip,
+        ),
+        (
+            "HAProxy pair, mTLS",
+            "haproxy",
+            &plain_client.namespace,
+            through_haproxy,
+        ),
+        (
+            "HAProxy pair, mTLS, captured",
+            "haproxy_captured",
+            &captured_client.namespace,
+            captured_haproxy,
+        ),
+    ];
+    let mut fresh_samples: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); fresh_paths.len()];
+    let runs = if phase("fresh") { plan.runs } else { 0 };
+    for _ in 0..runs {
+        for (i, (_, _, namespace, target)) in fresh_paths.iter().enumerate() {
+            let (target, count) = (*target, plan.fresh_requests);
+            let (p50, p99) = inside(namespace, move || {
+                request_per_connection(target, count / 10, count)
+            });
+            fresh_samples[i].0.push(p50);
+            fresh_samples[i].1.push(p99);
+        }
+    }
+    let fresh: Vec<(&str, &str, f64, f64)> = fresh_paths
+        .iter()
+        .zip(fresh_samples)
+        .map(|((name, key, ..), (p50s, p99s))| (*name, *key, median(p50s), median(p99s)))
+        .collect();
+
     // Throughput: unpinned, as the reference figures were taken.
     pinned.store(false, Ordering::Relaxed);
     pin_processes(&everything, "0,1");
@@ -790,6 +863,15 @@ fn main() {
     );
     println!();
     println!(
+        "HTTP/1.1 request on a new connection each (connect, request, response, close), core 0 ({} runs x {} requests, medians)",
+        plan.runs, plan.fresh_requests
+    );
+    println!("{:<32} {:>8} {:>8}", "path", "p50 us", "p99 us");
+    for (name, _, p50, p99) in &fresh {
+        println!("{name:<32} {p50:>8.1} {p99:>8.1}");
+    }
+    println!();
+    println!(
         "CPU per 1,000 HTTP/1.1 requests at 1,000 req/s (= vCPU per 1,000 req/s), unpinned, median of {} runs of {} s",
         plan.load_runs, plan.load_seconds
     );
@@ -827,6 +909,16 @@ fn main() {
         json.insert(
             format!("{}_gbit_s", row.key),
             serde_json::json!((row.gbit * 100.0).round() / 100.0),
+        );
+    }
+    for (_, key, p50, p99) in &fresh {
+        json.insert(
+            format!("{key}_fresh_connection_request_p50_us"),
+            serde_json::json!((p50 * 10.0).round() / 10.0),
+        );
+        json.insert(
+            format!("{key}_fresh_connection_request_p99_us"),
+            serde_json::json!((p99 * 10.0).round() / 10.0),
         );
     }
     let round3 = |v: f64| (v * 1000.0).round() / 1000.0;

@@ -206,6 +206,45 @@ fn a_plain_curl_reaches_helloworld_by_name_over_mutual_tls() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // One curl per request, each its own client connection: as with Envoy's connection pool,
+    // they share the mTLS connection the first one opened, so the server's sidecar sees all
+    // of them from one client port and the client's sidecar sends all from one local port.
+    for n in 0..3 {
+        let url = format!("http://helloworld.sample:5000/hello?pooled={n}");
+        let body = sleep.curl(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(body.starts_with("Hello version: v1"), "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (client_ports, server_peers) = loop {
+        let field_of_pooled = |pod: &Pod, field: &str| -> Vec<String> {
+            json_lines(&pod.log("sidecar.stdout"))
+                .into_iter()
+                .filter(|line| line["path"].as_str().unwrap_or("").contains("pooled="))
+                .map(|line| line[field].as_str().unwrap_or("-").to_owned())
+                .collect()
+        };
+        let client_ports = field_of_pooled(sleep, "upstream_local_address");
+        let server_peers = field_of_pooled(helloworld, "downstream_remote_address");
+        if client_ports.len() == 3 && server_peers.len() == 3 {
+            break (client_ports, server_peers);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three pooled requests logged on both sides:\n{}\n{}",
+            sleep.log("sidecar.stdout"),
+            helloworld.log("sidecar.stdout")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        client_ports.iter().all(|port| *port == client_ports[0]),
+        "{client_ports:?}"
+    );
+    assert_eq!(
+        server_peers, client_ports,
+        "the same connection, seen from both ends"
+    );
+
     assert!(
         !client_log.contains(CONTROL_IP),
         "the sidecar's own connections to discovery carry its mark and are not captured:\n{client_log}"
@@ -408,13 +447,31 @@ fn another_network_is_reached_only_through_its_east_west_gateway() {
         "consecutive requests on one connection alternate: {order:?}"
     );
 
-    // v2 was reached through the gateway, with the service's SNI, and only through it.
-    let router_log = mesh.router_log();
-    assert!(
-        router_log.contains("outbound_.5000_._.helloworld.sample.svc.cluster.local")
-            && router_log.contains("10.20.5.2:5000"),
-        "{router_log}"
-    );
+    // v2 was reached through the gateway, with the service's SNI, and only through it. The
+    // router logs a connection when it ends, as Envoy's TCP proxy does, and the client's sidecar
+    // keeps its connections through the gateway in its pool; a request that closes its
+    // connection (`Connection: close`, passed on to the server) ends one. Round robin sends one
+    // of two such requests to v2.
+    for _ in 0..2 {
+        let closing = sleep
+            .namespace
+            .command("curl")
+            .args(["-sS", "--max-time", "5", "-H", "Connection: close", url])
+            .output()
+            .unwrap();
+        assert!(closing.status.success(), "{closing:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let router_log = mesh.router_log();
+        if router_log.contains("outbound_.5000_._.helloworld.sample.svc.cluster.local")
+            && router_log.contains("10.20.5.2:5000")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{router_log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let v2_log = v2.log("sidecar.stdout");
     let inbound: Vec<serde_json::Value> = json_lines(&v2_log)
         .into_iter()

@@ -10,6 +10,7 @@ use crate::identity::{MeshTls, TlsWatch};
 use crate::passthrough::connect_marked;
 use crate::peer_metadata::{OwnMetadata, app_and_version};
 use crate::telemetry::{Telemetry, TrafficLabels};
+use crate::upstream_pool::UpstreamPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct DataPlane {
     /// How long inbound waits for a client's first bytes on a PERMISSIVE port before taking
     /// the connection as plaintext (server-first protocols send nothing).
     pub protocol_detection_timeout: Duration,
+    /// Idle HTTP/1.x connections to endpoints, shared by every client connection.
+    pub upstream_pool: Arc<UpstreamPool>,
 }
 
 /// Why no upstream connection was made, as Envoy's response flags say it.

@@ -8,7 +8,6 @@ use crate::balancer::Pick;
 use crate::dataplane::DataPlane;
 use crate::http1::{self, NoUpstream};
 use crate::peer_metadata::{self, PeerWorkload};
-use crate::sniff::Detected;
 use crate::telemetry::{RequestLabels, TrafficLabels};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -67,6 +66,29 @@ impl Exchange {
     /// Both ends are sidecars talking mutual TLS: they exchange metadata (see `peer_metadata`).
     pub fn metadata_exchange(&self) -> bool {
         self.labels.connection_security_policy == "mutual_tls"
+    }
+
+    /// The same exchange over a new upstream connection from `upstream_local`; what the peer
+    /// said about itself still holds.
+    pub fn with_upstream_local(&self, upstream_local: Option<SocketAddr>) -> Exchange {
+        let peer = OnceLock::new();
+        if let Some(known) = self.peer.get() {
+            let _ = peer.set(known.clone());
+        }
+        Exchange {
+            dataplane: self.dataplane.clone(),
+            labels: self.labels.clone(),
+            downstream_local: self.downstream_local,
+            downstream_remote: self.downstream_remote,
+            upstream_host: self.upstream_host,
+            upstream_local,
+            upstream_cluster: self.upstream_cluster.clone(),
+            requested_server_name: self.requested_server_name.clone(),
+            route_name: self.route_name,
+            forwarded_client_cert: self.forwarded_client_cert.clone(),
+            peer,
+            series: Default::default(),
+        }
     }
 
     fn series(&self, key: SeriesKey) -> (Counter, Histogram) {
@@ -466,21 +488,16 @@ async fn forward<R: StreamRoutes>(
     }
 }
 
-/// Serves `downstream` as HTTP (the detected version) and sends each request on `upstream`
-/// with the same version.
-pub async fn proxy<D, U>(
+/// Serves `downstream` as HTTP/2 and sends each stream on the one connection `upstream`.
+pub async fn relay_http2<D, U>(
     downstream: D,
     upstream: U,
-    detected: Detected,
     exchange: Arc<Exchange>,
 ) -> Result<(), BoxError>
 where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if detected != Detected::Http2 {
-        return Ok(http1::relay(downstream, upstream, exchange).await?);
-    }
     let sender = http2_client(upstream).await?;
     proxy_http2(downstream, FixedStreams { sender, exchange }).await
 }
@@ -526,6 +543,7 @@ pub(crate) mod test_support {
             own_metadata: OwnMetadata::of(&workload),
             access_log,
             protocol_detection_timeout: Duration::from_millis(100),
+            upstream_pool: Default::default(),
         });
         let mut labels = TrafficLabels::unknown(reporter);
         if metadata_exchange {

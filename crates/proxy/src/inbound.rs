@@ -6,6 +6,7 @@ use crate::access_log::Entry;
 use crate::config::ClusterKind;
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
+use crate::http1::{self, NoUpstream, Upstreams};
 use crate::identity::MeshTls;
 use crate::identity::{forwarded_client_cert, peer_identity};
 use crate::passthrough::connect_marked_from;
@@ -13,6 +14,7 @@ use crate::relay::relay_tcp;
 use crate::sniff::{Detected, detect};
 use crate::tcp_peer_exchange;
 use crate::telemetry::TrafficLabels;
+use crate::upstream_pool::tcp_still_open;
 use rustls_pki_types::CertificateDer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -261,7 +263,20 @@ where
             peer: Default::default(),
             series: Default::default(),
         });
-        if let Err(error) = http_proxy::proxy(downstream, upstream, detected, exchange).await {
+        let ended = if detected == Detected::Http2 {
+            http_proxy::relay_http2(downstream, upstream, exchange).await
+        } else {
+            let application = Application {
+                stream: Some(upstream),
+                exchange,
+                target,
+                mark: dataplane.mark,
+            };
+            http1::relay_to(downstream, application)
+                .await
+                .map_err(Into::into)
+        };
+        if let Err(error) = ended {
             tracing::debug!(%target, %error, "inbound HTTP connection ended");
         }
         return Carried::Requests;
@@ -277,5 +292,124 @@ where
         response_flags: "-",
         bytes,
         upstream_local: local,
+    }
+}
+
+/// The application behind one inbound HTTP/1.x connection: one connection to it at a time,
+/// opened again when the application closed the last one between two requests (its keep-alive
+/// ran out), as Envoy's inbound cluster does. A client's long-lived connection (the pooled ones of
+/// other sidecars above all) thus outlives the application's keep-alive timeout.
+struct Application {
+    stream: Option<TcpStream>,
+    exchange: Arc<Exchange>,
+    target: SocketAddr,
+    mark: u32,
+}
+
+impl Upstreams for Application {
+    type Stream = TcpStream;
+
+    fn base(&self) -> &Arc<Exchange> {
+        &self.exchange
+    }
+
+    async fn checkout(&mut self) -> Result<(TcpStream, Arc<Exchange>), NoUpstream> {
+        if let Some(stream) = self.stream.take()
+            && tcp_still_open(&stream)
+        {
+            return Ok((stream, self.exchange.clone()));
+        }
+        let stream = connect_marked_from(self.target, inbound_source(self.target), self.mark)
+            .await
+            .map_err(|error| NoUpstream {
+                response_flags: "UF",
+                reason: format!("cannot reach the application at {}: {error}", self.target),
+            })?;
+        let _ = stream.set_nodelay(true);
+        self.exchange = Arc::new(self.exchange.with_upstream_local(stream.local_addr().ok()));
+        Ok((stream, self.exchange.clone()))
+    }
+
+    fn checkin(&mut self, stream: TcpStream, _exchange: Arc<Exchange>) {
+        self.stream = Some(stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http_proxy::test_support::{exchange, requests_counted};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An application that answers one request per connection and then closes it, although its
+    /// response says the connection stays open: its keep-alive timeout ran out just after.
+    async fn closing_application() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && connection.read(&mut byte).await.unwrap() == 1
+                {
+                    head.push(byte[0]);
+                }
+                let _ = connection
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        });
+        (address, accepted)
+    }
+
+    async fn get(client: &mut tokio::io::DuplexStream) -> String {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        while !response.ends_with(b"\r\n\r\nok") && !response.ends_with(b"reset reason: ") {
+            let mut chunk = [0u8; 512];
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
+                .await
+                .expect("a response within 5 s")
+                .unwrap();
+            if read == 0 {
+                break;
+            }
+            response.extend_from_slice(&chunk[..read]);
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_application_closed_between_requests_is_opened_again() {
+        let (address, accepted) = closing_application().await;
+        let first = TcpStream::connect(address).await.unwrap();
+        let application = Application {
+            stream: Some(first),
+            exchange: exchange(None, "destination", false),
+            target: address,
+            mark: 0,
+        };
+        let counted = application.exchange.clone();
+        let (mut client, proxy_side) = tokio::io::duplex(4096);
+        tokio::spawn(http1::relay_to(proxy_side, application));
+        for attempt in 0..3 {
+            let response = get(&mut client).await;
+            assert!(
+                response.starts_with("HTTP/1.1 200 OK"),
+                "request {attempt}: {response}"
+            );
+            // Let the application's close arrive before the next request.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(requests_counted(&counted, 200, "-"), 3);
+        assert_eq!(requests_counted(&counted, 503, "UC"), 0);
     }
 }

@@ -193,7 +193,9 @@ pub async fn start(settings: ProxySettings) -> Result<RunningProxy, StartError> 
         access_log,
         own_metadata: OwnMetadata::of(&workload),
         protocol_detection_timeout: settings.protocol_detection_timeout,
+        upstream_pool: Default::default(),
     });
+    tasks.spawn(dataplane.upstream_pool.clone().sweep_forever());
     let bound = Bound {
         outbound: outbound_listener.as_ref().map(local),
         inbound: inbound_listener.as_ref().map(local),

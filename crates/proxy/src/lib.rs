@@ -28,3 +28,4 @@ pub mod router;
 pub mod sniff;
 pub mod tcp_peer_exchange;
 pub mod telemetry;
+pub mod upstream_pool;

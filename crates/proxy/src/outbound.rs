@@ -14,6 +14,7 @@ use crate::relay::relay_tcp;
 use crate::sniff::{Detected, Rewind, detect};
 use crate::tcp_peer_exchange;
 use crate::telemetry::TrafficLabels;
+use crate::upstream_pool::{Destination, EndpointStream, PoolKey};
 use rustls_pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -218,7 +219,7 @@ async fn to_cluster(
         } else {
             let upstreams = PerRequest {
                 endpoints,
-                idle: Vec::new(),
+                current: None,
                 in_use: None,
             };
             http1::relay_to(connection.downstream, upstreams)
@@ -319,16 +320,6 @@ async fn handshake(
     Ok((stream, identity.to_string()))
 }
 
-/// A connection to an endpoint, in the clear or with the mesh's mutual TLS.
-type EndpointStream = Either<tokio_rustls::client::TlsStream<TcpStream>, TcpStream>;
-
-/// An endpoint connection between two requests.
-struct Idle {
-    address: SocketAddr,
-    stream: EndpointStream,
-    exchange: Arc<Exchange>,
-}
-
 /// Connections to the endpoints of one service, for the HTTP requests of one client connection.
 struct EndpointConnector {
     dataplane: Arc<DataPlane>,
@@ -337,11 +328,13 @@ struct EndpointConnector {
 }
 
 /// HTTP/1.x to a service, balanced per request as Envoy balances HTTP: each request goes to the
-/// endpoint the balancer picks for it, over a connection to that endpoint kept from an earlier
-/// request of the same client connection, or a new one.
+/// endpoint the balancer picks for it, over an idle connection to that endpoint from the proxy's
+/// pool (left by any client), or a new one.
 struct PerRequest {
     endpoints: EndpointConnector,
-    idle: Vec<Idle>,
+    /// The connection of the request in flight (or of the last one), and this client's exchange
+    /// over it, kept for as long as the client's requests keep getting that connection.
+    current: Option<(Arc<Destination>, Arc<Exchange>)>,
     /// The endpoint of the request in flight (counted as active for least-request balancing).
     in_use: Option<Pick>,
 }
@@ -356,19 +349,6 @@ struct PerStream {
 
 type Http2Sender = hyper::client::conn::http2::SendRequest<http_proxy::UpstreamBody>;
 
-/// Whether a kept connection can take another request: not closed by the server meanwhile,
-/// nothing unasked for waiting on it.
-fn still_open(stream: &EndpointStream) -> bool {
-    let tcp = match stream {
-        Either::Left(tls) => tls.get_ref().0,
-        Either::Right(tcp) => tcp,
-    };
-    let mut byte = [0u8; 1];
-    let mut buffer = tokio::io::ReadBuf::new(&mut byte);
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    tcp.poll_peek(&mut context, &mut buffer).is_pending()
-}
-
 impl EndpointConnector {
     /// The balancer's choice for the next request.
     fn pick(&self) -> Result<Pick, NoUpstream> {
@@ -381,12 +361,21 @@ impl EndpointConnector {
             })
     }
 
+    /// Which pooled connections can serve a request to `endpoint`.
+    fn pool_key(&self, endpoint: &UpstreamEndpoint) -> PoolKey {
+        PoolKey {
+            cluster: self.cluster.name.clone(),
+            endpoint: endpoint.address,
+            mtls: self.cluster.tls.is_some() && endpoint.mtls,
+        }
+    }
+
     /// A new connection to `pick` (or, when it fails, to other endpoints), with mTLS when the
     /// endpoint has a sidecar, and the labels and addresses its requests are reported with.
     async fn connect(
         &self,
         pick: Pick,
-    ) -> Result<(Pick, EndpointStream, Arc<Exchange>), NoUpstream> {
+    ) -> Result<(Pick, EndpointStream, Arc<Destination>), NoUpstream> {
         let (pick, tcp) = self
             .dataplane
             .connect_upstream_from(&self.cluster, Some(pick))
@@ -418,21 +407,31 @@ impl EndpointConnector {
             }
             _ => Either::Right(tcp),
         };
-        let exchange = Arc::new(Exchange {
-            dataplane: self.dataplane.clone(),
+        let destination = Arc::new(Destination {
+            id: self.dataplane.upstream_pool.next_id(),
+            key: self.pool_key(endpoint),
             labels,
+            upstream_local,
+        });
+        Ok((pick, stream, destination))
+    }
+
+    /// This client's requests over the connection to `destination`, as they are reported.
+    fn exchange(&self, destination: &Destination) -> Arc<Exchange> {
+        Arc::new(Exchange {
+            dataplane: self.dataplane.clone(),
+            labels: destination.labels.clone(),
             downstream_local: self.base.downstream_local,
             downstream_remote: self.base.downstream_remote,
-            upstream_host: Some(endpoint.address),
-            upstream_local,
+            upstream_host: Some(destination.key.endpoint),
+            upstream_local: destination.upstream_local,
             upstream_cluster: self.base.upstream_cluster.clone(),
             requested_server_name: None,
             route_name: self.base.route_name,
             forwarded_client_cert: None,
             peer: Default::default(),
             series: Default::default(),
-        });
-        Ok((pick, stream, exchange))
+        })
     }
 }
 
@@ -446,27 +445,28 @@ impl Upstreams for PerRequest {
     async fn checkout(&mut self) -> Result<(EndpointStream, Arc<Exchange>), NoUpstream> {
         self.in_use = None;
         let pick = self.endpoints.pick()?;
-        let address = pick.endpoint.address;
-        while let Some(at) = self.idle.iter().position(|idle| idle.address == address) {
-            let idle = self.idle.swap_remove(at);
-            if still_open(&idle.stream) {
-                self.in_use = Some(pick);
-                return Ok((idle.stream, idle.exchange));
-            }
-        }
-        let (pick, stream, exchange) = self.endpoints.connect(pick).await?;
+        let pool = &self.endpoints.dataplane.upstream_pool;
+        let (pick, stream, destination) = match pool.take(&self.endpoints.pool_key(&pick.endpoint))
+        {
+            Some((stream, destination)) => (pick, stream, destination),
+            None => self.endpoints.connect(pick).await?,
+        };
         self.in_use = Some(pick);
+        let exchange = match &self.current {
+            Some((current, exchange)) if current.id == destination.id => exchange.clone(),
+            _ => self.endpoints.exchange(&destination),
+        };
+        self.current = Some((destination, exchange.clone()));
         Ok((stream, exchange))
     }
 
-    fn checkin(&mut self, stream: EndpointStream, exchange: Arc<Exchange>) {
+    fn checkin(&mut self, stream: EndpointStream, _exchange: Arc<Exchange>) {
         self.in_use = None;
-        if let Some(address) = exchange.upstream_host {
-            self.idle.push(Idle {
-                address,
-                stream,
-                exchange,
-            });
+        if let Some((destination, _)) = &self.current {
+            self.endpoints
+                .dataplane
+                .upstream_pool
+                .put(stream, destination.clone());
         }
     }
 }
@@ -489,7 +489,8 @@ impl StreamRoutes for PerStream {
                 pick: Some(pick),
             });
         }
-        let (pick, stream, exchange) = self.endpoints.connect(pick).await?;
+        let (pick, stream, destination) = self.endpoints.connect(pick).await?;
+        let exchange = self.endpoints.exchange(&destination);
         let address = pick.endpoint.address;
         let sender = http_proxy::http2_client(stream)
             .await
