@@ -9,9 +9,10 @@
 //! - haproxy: Debian's HAProxy in TCP mode, a client-side instance and a server-side one, mTLS
 //!   between them with ECDSA P-256 certificates of the mesh CA.
 //!
-//! Latency: 64-byte ping-pong on one connection, every process and thread on core 0. Throughput:
-//! bulk one way, unpinned. Then the sidecar's RSS idle and under 1,000 HTTP/1.1 requests/s, and
-//! its CPU per 1,000 requests. Prints a table, then one line of JSON.
+//! Latency: 64-byte ping-pong on one connection, every process and thread on core 0; then, as
+//! pinned, HTTP/1.1 requests on a new connection each (curl-style). Throughput: bulk one way,
+//! unpinned. Then the sidecar's RSS idle and under 1,000 HTTP/1.1 requests/s, and its CPU per
+//! 1,000 requests. Prints tables, then one line of JSON.
 //!
 //! `cargo bench --bench dataplane` measures; `cargo test --benches` runs it once, briefly.
 
@@ -436,7 +437,7 @@ fn main() {
         eprintln!("the data plane benchmark builds network namespaces and needs root");
         std::process::exit(1);
     }
-    // BENCH_ONLY=latency,bulk,load runs some phases (for quicker iterations).
+    // BENCH_ONLY=latency,fresh,bulk,load runs some phases (for quicker iterations).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let phase = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
     let plan = if std::env::args().any(|a| a == "--bench") {
