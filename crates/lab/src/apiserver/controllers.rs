@@ -12,9 +12,10 @@ use tokio::sync::broadcast;
 use super::objects::{now, stamp_new};
 use super::resources::{RESOURCES, ResourceId, id_of};
 use super::selectors::selector_map_matches;
-use super::server::{Shared, create_if_absent};
+use super::state::ApiState;
 use super::store::{Change, Event, EventType};
 use super::tokens::{Binding, Claims, ObjectRef};
+use super::writes::create_if_absent;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -50,14 +51,14 @@ impl Kinds {
 
 /// Subscribes to changes, then brings everything up to date, so that the API server answers its
 /// first request with every namespace's default account in place. Returns the loop to run next.
-pub fn start(shared: Arc<Shared>) -> impl std::future::Future<Output = ()> {
+pub fn start(shared: Arc<ApiState>) -> impl std::future::Future<Output = ()> {
     let kinds = Kinds::new();
     let (events, _) = shared.store.subscribe();
     reconcile_everything(&shared, &kinds);
     run(shared, kinds, events)
 }
 
-async fn run(shared: Arc<Shared>, kinds: Kinds, mut events: broadcast::Receiver<Arc<Event>>) {
+async fn run(shared: Arc<ApiState>, kinds: Kinds, mut events: broadcast::Receiver<Arc<Event>>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
@@ -71,7 +72,7 @@ async fn run(shared: Arc<Shared>, kinds: Kinds, mut events: broadcast::Receiver<
     }
 }
 
-fn reconcile_everything(shared: &Shared, kinds: &Kinds) {
+fn reconcile_everything(shared: &ApiState, kinds: &Kinds) {
     for namespace in shared.store.list(kinds.namespaces, None).0 {
         if let Some(name) = namespace.object["metadata"]["name"].as_str() {
             ensure_default_account(shared, kinds, name);
@@ -91,7 +92,7 @@ fn reconcile_everything(shared: &Shared, kinds: &Kinds) {
     }
 }
 
-fn on_event(shared: &Shared, kinds: &Kinds, event: &Event) {
+fn on_event(shared: &ApiState, kinds: &Kinds, event: &Event) {
     let resource = event.resource;
     if resource == kinds.namespaces && event.kind == EventType::Added {
         ensure_default_account(shared, kinds, &event.name);
@@ -123,7 +124,7 @@ fn on_event(shared: &Shared, kinds: &Kinds, event: &Event) {
     }
 }
 
-fn ensure_default_account(shared: &Shared, kinds: &Kinds, namespace: &str) {
+fn ensure_default_account(shared: &ApiState, kinds: &Kinds, namespace: &str) {
     let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": namespace}});
     if let Err(error) = create_if_absent(shared, kinds.accounts, namespace, account)
         && shared.store.get(kinds.namespaces, "", namespace).is_some()
@@ -220,7 +221,7 @@ fn target_ref(pod: &Value) -> Value {
     json!({"kind": "Pod", "namespace": metadata["namespace"], "name": metadata["name"], "uid": metadata["uid"]})
 }
 
-fn reconcile_service(shared: &Shared, kinds: &Kinds, namespace: &str, name: &str) {
+fn reconcile_service(shared: &ApiState, kinds: &Kinds, namespace: &str, name: &str) {
     let service = shared.store.get(kinds.services, namespace, name);
     let Some(service) = service else {
         delete_owned(shared, kinds.endpoints, namespace, |object| {
@@ -374,7 +375,7 @@ fn slice_name(service: &str, uid: &str, index: usize) -> String {
 
 /// Writes a controller-owned object when its labels, owners or `fields` differ from what is
 /// stored.
-fn write_owned(shared: &Shared, resource: ResourceId, mut desired: Value, fields: &[&str]) {
+fn write_owned(shared: &ApiState, resource: ResourceId, mut desired: Value, fields: &[&str]) {
     let kind = &RESOURCES[resource];
     let namespace = desired["metadata"]["namespace"]
         .as_str()
@@ -414,7 +415,7 @@ fn write_owned(shared: &Shared, resource: ResourceId, mut desired: Value, fields
 }
 
 fn delete_owned(
-    shared: &Shared,
+    shared: &ApiState,
     resource: ResourceId,
     namespace: &str,
     doomed: impl Fn(&Value) -> bool,
@@ -438,7 +439,7 @@ fn delete_owned(
 
 /// Fills in `data.token` (and `ca.crt`, `namespace`) of a `kubernetes.io/service-account-token`
 /// Secret, as Kubernetes' token controller does.
-fn fill_account_token(shared: &Shared, kinds: &Kinds, secret: &Value) {
+fn fill_account_token(shared: &ApiState, kinds: &Kinds, secret: &Value) {
     use base64::Engine;
     if secret["type"] != SERVICE_ACCOUNT_TOKEN || !secret["data"]["token"].is_null() {
         return;

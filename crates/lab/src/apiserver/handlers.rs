@@ -1,181 +1,34 @@
-//! HTTP requests to Kubernetes verbs: routing, authentication, get/list/create/update/patch/delete
-//! and the token endpoints. Watches are in [`super::watch`].
+//! Each request to its Kubernetes verb: authentication first, then get, list, create, update,
+//! patch, delete and deletecollection here, watches in [`super::watch`] and the token endpoints in
+//! [`super::token_api`].
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::auth::{authenticate, bearer_token};
+use super::http::{Body, Query, error_response, full, json_response, read_body, value_response};
 use super::objects::{
     self, apply_defaults, carry_over, check_shape, check_type, stamp_new, validate,
 };
+use super::paging::ContinueToken;
 use super::patch::{self, PatchType};
-use super::resources::{RESOURCES, Resource, ResourceId, Storage, find, id_of};
-use super::selectors::{FieldSelector, LabelSelector};
-use super::server::Shared;
+use super::render::{render, render_value};
+use super::resources::{Resource, Storage, id_of};
+use super::routing::{Route, Target, route};
+use super::selectors::Filter;
+use super::state::ApiState;
 use super::status::{self, ApiError};
 use super::store::{Change, StoredObject};
+use super::writes::{
+    PROTECTED_NAMESPACES, allocate_cluster_ip, delete_one, invalid, terminate_namespace,
+};
 use super::{discovery, tables, token_api, watch};
 
-pub type Body = BoxBody<Bytes, Infallible>;
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
-}
-
-fn json_response(code: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(full(bytes))
-        .expect("static headers are valid")
-}
-
-pub fn value_response(code: StatusCode, value: &Value) -> Response<Body> {
-    json_response(
-        code,
-        serde_json::to_vec(value).expect("a JSON value always serializes"),
-    )
-}
-
-pub fn error_response(error: &ApiError) -> Response<Body> {
-    value_response(error.code, &error.to_status())
-}
-
-/// The request's query parameters, decoded.
-pub struct Query(HashMap<String, String>);
-
-impl Query {
-    fn parse(query: Option<&str>) -> Self {
-        Self(
-            form_urlencoded::parse(query.unwrap_or("").as_bytes())
-                .map(|(key, value)| (key.into_owned(), value.into_owned()))
-                .collect(),
-        )
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "1"))
-    }
-
-    fn dry_run(&self) -> bool {
-        self.get("dryRun") == Some("All")
-    }
-}
-
-/// A request for objects of one kind.
-pub struct Target {
-    pub resource: ResourceId,
-    pub version: String,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub subresource: Option<String>,
-}
-
-impl Target {
-    pub fn kind(&self) -> &'static Resource {
-        &RESOURCES[self.resource]
-    }
-
-    pub fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("")
-    }
-}
-
-enum Route {
-    Document(Value),
-    Objects(Target),
-}
-
-fn route(path: &str) -> Result<Route, ApiError> {
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|segment| !segment.is_empty())
-        .collect();
-    let not_found = || ApiError::path_not_found(path);
-    let (group, version, rest) = match segments.as_slice() {
-        ["version"] => return Ok(Route::Document(discovery::version())),
-        ["apis"] => return Ok(Route::Document(discovery::group_list())),
-        ["openapi", "v3"] => return Ok(Route::Document(discovery::openapi_root())),
-        ["openapi", "v3", rest @ ..] => {
-            return discovery::openapi_group_version(&rest.join("/"))
-                .map(Route::Document)
-                .ok_or_else(not_found);
-        }
-        ["api", "v1", rest @ ..] => ("", "v1", rest),
-        ["apis", group] => {
-            return discovery::group(group)
-                .map(Route::Document)
-                .ok_or_else(not_found);
-        }
-        ["apis", group, version, rest @ ..] => (*group, *version, rest),
-        _ => return Err(not_found()),
-    };
-    if rest.is_empty() {
-        return discovery::resource_list(group, version)
-            .map(Route::Document)
-            .ok_or_else(not_found);
-    }
-    let (namespace, rest) = match rest {
-        ["namespaces", namespace, plural, rest @ ..]
-            if !matches!(*plural, "status" | "finalize") || !rest.is_empty() =>
-        {
-            (Some((*namespace).to_owned()), {
-                let mut all = vec![*plural];
-                all.extend_from_slice(rest);
-                all
-            })
-        }
-        other => (None, other.to_vec()),
-    };
-    let (plural, name, subresource) = match rest.as_slice() {
-        [plural] => (*plural, None, None),
-        [plural, name] => (*plural, Some(*name), None),
-        [plural, name, subresource] => (*plural, Some(*name), Some(*subresource)),
-        _ => return Err(not_found()),
-    };
-    let resource = find(group, version, plural).ok_or_else(not_found)?;
-    let kind = &RESOURCES[resource];
-    if namespace.is_some() && !kind.namespaced {
-        return Err(not_found());
-    }
-    if let Some(subresource) = subresource {
-        let known = (subresource == "status" && kind.has_status)
-            || (subresource == "token" && kind.kind == "ServiceAccount");
-        if !known {
-            return Err(not_found());
-        }
-    }
-    Ok(Route::Objects(Target {
-        resource,
-        version: version.to_owned(),
-        namespace,
-        name: name.map(str::to_owned),
-        subresource: subresource.map(str::to_owned),
-    }))
-}
-
-fn bearer_token(request: &Request<Incoming>) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(shared: Arc<ApiState>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = match serve(shared, request).await {
@@ -187,7 +40,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
 }
 
 async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<ApiState>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_owned();
@@ -197,7 +50,7 @@ async fn serve(
         _ => {}
     }
     let authenticated =
-        bearer_token(&request).is_some_and(|token| shared.authenticate(token, &[]).is_ok());
+        bearer_token(&request).is_some_and(|token| authenticate(&shared, token, &[]).is_ok());
     if !authenticated {
         return Err(ApiError::unauthorized());
     }
@@ -288,48 +141,7 @@ async fn serve(
     }
 }
 
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let collect = Limited::new(request.into_body(), limit).collect();
-    let collected = tokio::time::timeout(super::server::REQUEST_READ_TIMEOUT, collect)
-        .await
-        .map_err(|_| {
-            let mut error = ApiError::bad_request(format!(
-                "the request body did not arrive within {}s",
-                super::server::REQUEST_READ_TIMEOUT.as_secs()
-            ));
-            error.code = StatusCode::REQUEST_TIMEOUT;
-            error.reason = "Timeout";
-            error
-        })?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large(limit))
-        }
-        Err(error) => Err(ApiError::bad_request(format!(
-            "cannot read the request body: {error}"
-        ))),
-    }
-}
-
-/// An object's JSON as served at `version` (only `apiVersion` differs between versions).
-pub fn render(stored: &StoredObject, resource: &Resource, version: &str) -> Bytes {
-    let api_version = resource.api_version(version);
-    if stored.object["apiVersion"].as_str() == Some(api_version.as_str()) {
-        return stored.json.clone();
-    }
-    let mut object = (*stored.object).clone();
-    object["apiVersion"] = json!(api_version);
-    Bytes::from(serde_json::to_vec(&object).expect("a JSON value always serializes"))
-}
-
-fn render_value(stored: &StoredObject, resource: &Resource, version: &str) -> Value {
-    let mut object = (*stored.object).clone();
-    object["apiVersion"] = json!(resource.api_version(version));
-    object
-}
-
-fn get(shared: &Shared, target: &Target) -> Result<Response<Body>, ApiError> {
+fn get(shared: &ApiState, target: &Target) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     let name = target.name.as_deref().unwrap_or("");
     let stored = shared
@@ -342,55 +154,8 @@ fn get(shared: &Shared, target: &Target) -> Result<Response<Body>, ApiError> {
     ))
 }
 
-/// Label and field selectors of a list or watch.
-pub struct Filter {
-    pub labels: LabelSelector,
-    pub fields: FieldSelector,
-}
-
-impl Filter {
-    pub fn from_query(query: &Query, kind: &Resource) -> Result<Self, ApiError> {
-        Ok(Self {
-            labels: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
-            fields: FieldSelector::parse(
-                query.get("fieldSelector").unwrap_or(""),
-                kind.field_selectors,
-                kind.plural,
-            )?,
-        })
-    }
-
-    pub fn matches(&self, object: &Value) -> bool {
-        self.labels.matches(object["metadata"].get("labels")) && self.fields.matches(object)
-    }
-}
-
-fn encode_continue(revision: u64, namespace: &str, name: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .encode(json!({"rv": revision, "ns": namespace, "name": name}).to_string())
-}
-
-fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
-    use base64::Engine;
-    let bad = || {
-        ApiError::bad_request(format!(
-            "continue token {token:?} is not one this server issued; list again without it"
-        ))
-    };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(token)
-        .map_err(|_| bad())?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    Ok((
-        value["rv"].as_u64().ok_or_else(bad)?,
-        value["ns"].as_str().ok_or_else(bad)?.to_owned(),
-        value["name"].as_str().ok_or_else(bad)?.to_owned(),
-    ))
-}
-
 fn list(
-    shared: &Shared,
+    shared: &ApiState,
     target: &Target,
     query: &Query,
     accept: &str,
@@ -409,7 +174,7 @@ fn list(
     let start = query
         .get("continue")
         .filter(|token| !token.is_empty())
-        .map(decode_continue)
+        .map(ContinueToken::decode)
         .transpose()?;
     let (all, current_revision) = shared
         .store
@@ -417,17 +182,17 @@ fn list(
     // A continued list keeps the first page's revision, so a watch started from it misses nothing.
     let revision = start
         .as_ref()
-        .map_or(current_revision, |(revision, _, _)| *revision);
+        .map_or(current_revision, |start| start.revision);
     let mut items = Vec::new();
     let mut continue_token = None;
     for stored in all {
-        if let Some((_, namespace, name)) = &start {
+        if let Some(start) = &start {
             let metadata = &stored.object["metadata"];
             let key = (
                 metadata["namespace"].as_str().unwrap_or(""),
                 metadata["name"].as_str().unwrap_or(""),
             );
-            if key <= (namespace.as_str(), name.as_str()) {
+            if key <= (start.namespace.as_str(), start.name.as_str()) {
                 continue;
             }
         }
@@ -437,11 +202,12 @@ fn list(
         if limit.is_some_and(|limit| items.len() == limit) {
             let last: &StoredObject = items.last().expect("limit is positive");
             let metadata = &last.object["metadata"];
-            continue_token = Some(encode_continue(
+            let token = ContinueToken {
                 revision,
-                metadata["namespace"].as_str().unwrap_or(""),
-                metadata["name"].as_str().unwrap_or(""),
-            ));
+                namespace: metadata["namespace"].as_str().unwrap_or("").to_owned(),
+                name: metadata["name"].as_str().unwrap_or("").to_owned(),
+            };
+            continue_token = Some(token.encode());
             break;
         }
         items.push(stored);
@@ -510,7 +276,7 @@ fn place(target: &Target, object: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn require_namespace(shared: &Shared, target: &Target) -> Result<(), ApiError> {
+fn require_namespace(shared: &ApiState, target: &Target) -> Result<(), ApiError> {
     if target.kind().namespaced
         && shared
             .store
@@ -539,65 +305,8 @@ fn complete(kind: &Resource, object: &mut Value) -> Result<(), ApiError> {
     }
 }
 
-fn invalid(kind: &Resource, object: &Value, causes: Vec<status::Cause>) -> ApiError {
-    ApiError::invalid(
-        kind.kind,
-        kind.group,
-        object["metadata"]["name"].as_str().unwrap_or(""),
-        causes,
-    )
-}
-
-/// Gives a new Service its cluster IP (unless headless or ExternalName).
-fn allocate_cluster_ip(
-    shared: &Shared,
-    kind: &Resource,
-    object: &mut Value,
-) -> Result<Option<std::net::Ipv4Addr>, ApiError> {
-    if kind.kind != "Service" || !kind.group.is_empty() {
-        return Ok(None);
-    }
-    let spec = &mut object["spec"];
-    if spec["type"] == "ExternalName" {
-        return Ok(None);
-    }
-    let requested = spec["clusterIP"].as_str().unwrap_or("").to_owned();
-    if requested == "None" {
-        spec["clusterIPs"] = json!(["None"]);
-        return Ok(None);
-    }
-    let requested = if requested.is_empty() {
-        None
-    } else {
-        Some(requested.parse().map_err(|_| {
-            invalid(
-                kind,
-                object,
-                vec![status::Cause::new(
-                    "spec.clusterIP",
-                    format!("Invalid value: {requested:?}: must be a valid IPv4 address"),
-                )],
-            )
-        })?)
-    };
-    let address = shared
-        .service_ips()
-        .allocate(requested)
-        .map_err(|cause| invalid(kind, object, vec![cause]))?;
-    object["spec"]["clusterIP"] = json!(address.to_string());
-    object["spec"]["clusterIPs"] = json!([address.to_string()]);
-    Ok(Some(address))
-}
-
-fn release_cluster_ip(shared: &Shared, object: &Value) {
-    let mut service_ips = shared.service_ips();
-    for address in objects::cluster_ips(object) {
-        service_ips.release(address);
-    }
-}
-
 fn create(
-    shared: &Shared,
+    shared: &ApiState,
     target: &Target,
     body: &[u8],
     content_type: &str,
@@ -744,7 +453,7 @@ fn replacement(
 }
 
 fn update(
-    shared: &Shared,
+    shared: &ApiState,
     target: &Target,
     body: &[u8],
     content_type: &str,
@@ -757,7 +466,7 @@ fn update(
 /// Replaces an existing object with what `make` builds from it (PUT, PATCH), answering with the
 /// stored result.
 fn replace_existing(
-    shared: &Shared,
+    shared: &ApiState,
     target: &Target,
     dry_run: bool,
     make: impl FnOnce(&StoredObject) -> Result<Value, ApiError>,
@@ -787,7 +496,7 @@ fn is_custom_resource(kind: &Resource) -> bool {
 }
 
 fn patch(
-    shared: &Shared,
+    shared: &ApiState,
     target: &Target,
     patch_type: PatchType,
     body: &[u8],
@@ -804,11 +513,8 @@ fn patch(
     })
 }
 
-/// Namespaces every cluster needs.
-const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
-
 fn delete(
-    shared: &Shared,
+    shared: &ApiState,
     target: &Target,
     body: &[u8],
     dry_run: bool,
@@ -888,66 +594,8 @@ fn delete(
     ))
 }
 
-/// Deletes one object after `check` accepts it; returns the deleted object, `None` if absent.
-pub fn delete_one(
-    shared: &Shared,
-    resource: ResourceId,
-    namespace: &str,
-    name: &str,
-    dry_run: bool,
-    check: impl FnOnce(&StoredObject) -> Result<(), ApiError>,
-) -> Result<Option<StoredObject>, ApiError> {
-    let outcome = shared.store.change(
-        resource,
-        namespace,
-        name,
-        dry_run,
-        |current| match current {
-            None => Ok(Change::Keep),
-            Some(current) => {
-                check(current)?;
-                Ok(Change::Delete)
-            }
-        },
-    )?;
-    let deleted = outcome.previous;
-    if !dry_run
-        && let Some(deleted) = &deleted
-        && RESOURCES[resource].kind == "Service"
-    {
-        release_cluster_ip(shared, &deleted.object);
-    }
-    Ok(deleted)
-}
-
-/// Marks a namespace Terminating (no new objects may enter it, see the store), then deletes
-/// everything in it. There are no finalizers in the lab, so the namespace itself can go right after.
-pub fn terminate_namespace(shared: &Shared, namespace: &str) -> Result<(), ApiError> {
-    shared
-        .store
-        .change(id_of("", "Namespace"), "", namespace, false, |current| {
-            let Some(current) = current else {
-                return Ok(Change::Keep);
-            };
-            let mut terminating = (*current.object).clone();
-            terminating["status"]["phase"] = json!("Terminating");
-            terminating["metadata"]["deletionTimestamp"] = json!(objects::now());
-            Ok(Change::Put(terminating))
-        })?;
-    delete_namespace_contents(shared, namespace);
-    Ok(())
-}
-
-fn delete_namespace_contents(shared: &Shared, namespace: &str) {
-    for (resource, name) in shared.store.names_in_namespace(namespace) {
-        if let Err(error) = delete_one(shared, resource, namespace, &name, false, |_| Ok(())) {
-            tracing::warn!(%namespace, %name, %error, "cannot delete an object of a deleted namespace");
-        }
-    }
-}
-
 fn delete_collection(
-    shared: &Shared,
+    shared: &ApiState,
     target: &Target,
     query: &Query,
     body: &[u8],
@@ -993,35 +641,4 @@ fn delete_collection(
         StatusCode::OK,
         &json!({"apiVersion": kind.api_version(&target.version), "kind": format!("{}List", kind.kind), "metadata": {"resourceVersion": shared.store.revision().to_string()}, "items": deleted}),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn target(path: &str) -> Target {
-        match route(path).unwrap() {
-            Route::Objects(target) => target,
-            Route::Document(_) => panic!("{path} is a document"),
-        }
-    }
-
-    #[test]
-    fn paths_route_to_kinds_namespaces_names_and_subresources() {
-        let pods = target("/api/v1/namespaces/sample/pods/p1/status");
-        assert_eq!(pods.kind().kind, "Pod");
-        assert_eq!(pods.namespace.as_deref(), Some("sample"));
-        assert_eq!(pods.name.as_deref(), Some("p1"));
-        assert_eq!(pods.subresource.as_deref(), Some("status"));
-        let namespace_status = target("/api/v1/namespaces/sample/status");
-        assert_eq!(namespace_status.kind().kind, "Namespace");
-        assert_eq!(namespace_status.name.as_deref(), Some("sample"));
-        let gateways =
-            target("/apis/networking.istio.io/v1alpha3/namespaces/istio-system/gateways");
-        assert_eq!(gateways.kind().kind, "Gateway");
-        assert_eq!(gateways.version, "v1alpha3");
-        assert!(route("/api/v1/namespaces/a/nodes").is_err());
-        assert!(route("/api/v1/pods/x/exec").is_err());
-        assert!(route("/apis/apps/v1/widgets").is_err());
-    }
 }

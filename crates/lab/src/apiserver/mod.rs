@@ -1,16 +1,23 @@
 //! A Kubernetes-compatible API server for one lab cluster.
 
+pub mod auth;
+pub mod config;
 pub mod controllers;
 pub mod discovery;
 pub mod handlers;
+pub mod http;
 pub mod objects;
 pub mod openapi_v2;
+pub mod paging;
 pub mod patch;
 pub mod protobuf;
+pub mod render;
 pub mod resources;
+pub mod routing;
 pub mod selectors;
 pub mod server;
 pub mod service_ips;
+pub mod state;
 pub mod status;
 pub mod store;
 pub mod tables;
@@ -19,5 +26,7 @@ pub mod token_api;
 pub mod tokens;
 pub mod wal;
 pub mod watch;
+pub mod writes;
 
-pub use server::{ApiServerConfig, RunningApiServer, StartError, start};
+pub use config::ApiServerConfig;
+pub use server::{RunningApiServer, StartError, start};

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use super::http::Query;
+use super::resources::Resource;
 use super::status::ApiError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +188,29 @@ impl FieldSelector {
                 .unwrap_or("");
             (found == value) == *equal
         })
+    }
+}
+
+/// Label and field selectors of a list or watch.
+pub struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_query(query: &Query, kind: &Resource) -> Result<Self, ApiError> {
+        Ok(Self {
+            labels: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
+            fields: FieldSelector::parse(
+                query.get("fieldSelector").unwrap_or(""),
+                kind.field_selectors,
+                kind.plural,
+            )?,
+        })
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object["metadata"].get("labels")) && self.fields.matches(object)
     }
 }
 

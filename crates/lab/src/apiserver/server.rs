@@ -1,57 +1,26 @@
-//! The API server process: configuration, start-up (data, TLS, tokens, controllers), the HTTPS
-//! listener, and authentication of every request.
+//! Starting and stopping an API server: its data, TLS, tokens, built-in objects and controllers,
+//! and the HTTPS listener that hands each request to the handlers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::resources::{RESOURCES, id_of};
+use super::config::ApiServerConfig;
+use super::http::REQUEST_READ_TIMEOUT;
+use super::resources::id_of;
 use super::service_ips::ServiceIps;
-use super::store::{Change, Store, StoreError, StoreOptions};
+use super::state::ApiState;
+use super::store::{Store, StoreError, StoreOptions};
 use super::tls::{self, TlsError};
-use super::tokens::{self, TokenKeyError, TokenSigner};
+use super::tokens::{TokenKeyError, TokenSigner};
+use super::writes::create_if_absent;
 use super::{controllers, handlers, objects};
-
-#[derive(Debug, Clone)]
-pub struct ApiServerConfig {
-    pub cluster: String,
-    pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub service_subnet: Ipv4Net,
-    /// More addresses the serving certificate must name (the node address, later).
-    pub extra_addresses: Vec<IpAddr>,
-    /// Recent changes kept for watches to resume from; older resourceVersions get `410 Gone`.
-    pub history_limit: usize,
-    /// How often a watch that asked for bookmarks gets one.
-    pub bookmark_interval: Duration,
-    pub max_body_bytes: usize,
-}
-
-impl ApiServerConfig {
-    pub fn new(
-        cluster: impl Into<String>,
-        data_dir: impl Into<PathBuf>,
-        service_subnet: Ipv4Net,
-    ) -> Self {
-        Self {
-            cluster: cluster.into(),
-            data_dir: data_dir.into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            service_subnet,
-            extra_addresses: Vec::new(),
-            history_limit: StoreOptions::default().history_limit,
-            bookmark_interval: Duration::from_secs(30),
-            max_body_bytes: 3 * 1024 * 1024,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -79,24 +48,12 @@ pub enum StartError {
     Bootstrap(String),
 }
 
-/// Everything request handlers share.
-pub struct Shared {
-    pub config: ApiServerConfig,
-    pub store: Store,
-    pub tokens: TokenSigner,
-    pub admin_token: String,
-    pub ca_pem: String,
-    pub service_ips: Mutex<ServiceIps>,
-    pub address: SocketAddr,
-    pub shutdown: watch::Receiver<bool>,
-}
-
 /// A started API server; dropping it does not stop it, [`RunningApiServer::shutdown`] does.
 pub struct RunningApiServer {
     pub address: SocketAddr,
     pub ca_pem: String,
     pub admin_token: String,
-    shared: Arc<Shared>,
+    shared: Arc<ApiState>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// Held while serving: two API servers on one data directory would interleave their logs.
@@ -104,7 +61,7 @@ pub struct RunningApiServer {
 }
 
 impl RunningApiServer {
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub fn shared(&self) -> &Arc<ApiState> {
         &self.shared
     }
 
@@ -203,7 +160,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
         source,
     })?;
     let (stop, shutdown) = watch::channel(false);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(ApiState {
         config,
         store,
         tokens,
@@ -251,7 +208,7 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, StartError
 }
 
 /// The objects every cluster has: its system namespaces, its node, and the `kubernetes` Service.
-fn bootstrap(shared: &Shared) -> Result<(), super::status::ApiError> {
+fn bootstrap(shared: &ApiState) -> Result<(), super::status::ApiError> {
     for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let object =
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
@@ -280,32 +237,7 @@ fn bootstrap(shared: &Shared) -> Result<(), super::status::ApiError> {
     create_if_absent(shared, id_of("", "Service"), "default", service)
 }
 
-/// Creates a server-made object unless one of that name exists.
-pub fn create_if_absent(
-    shared: &Shared,
-    resource: usize,
-    namespace: &str,
-    mut object: serde_json::Value,
-) -> Result<(), super::status::ApiError> {
-    let kind = &RESOURCES[resource];
-    objects::apply_defaults(kind, &mut object);
-    objects::stamp_new(&mut object, kind);
-    if !namespace.is_empty() {
-        object["metadata"]["namespace"] = json!(namespace);
-    }
-    let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
-    shared
-        .store
-        .change(resource, namespace, &name, false, |current| {
-            Ok(match current {
-                Some(_) => Change::Keep,
-                None => Change::Put(object),
-            })
-        })?;
-    Ok(())
-}
-
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+async fn accept_loop(shared: Arc<ApiState>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut shutdown = shared.shutdown.clone();
     let mut connections = JoinSet::new();
@@ -362,125 +294,4 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Arc<rustls
         while connections.try_join_next().is_some() {}
     }
     connections.shutdown().await;
-}
-
-/// How long a client may take to send its request headers, or its body.
-pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Who a request or a TokenReview authenticated as.
-#[derive(Debug, Clone)]
-pub struct UserInfo {
-    pub username: String,
-    pub uid: String,
-    pub groups: Vec<String>,
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Shared {
-    /// The ClusterIP allocator. Its state stays consistent through a panic elsewhere: every
-    /// operation on it is a single set insert or remove.
-    pub fn service_ips(&self) -> std::sync::MutexGuard<'_, ServiceIps> {
-        self.service_ips
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Checks a bearer token: the admin token, or a service-account token this cluster signed whose
-    /// service account (and bound pod or secret) still exist. `audiences` empty means the API
-    /// server's own audience.
-    pub fn authenticate(
-        &self,
-        token: &str,
-        audiences: &[String],
-    ) -> Result<(UserInfo, Vec<String>), String> {
-        let audiences: Vec<String> = if audiences.is_empty() {
-            vec![tokens::ISSUER.to_owned()]
-        } else {
-            audiences.to_vec()
-        };
-        if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
-            if !audiences.iter().any(|audience| audience == tokens::ISSUER) {
-                return Err(
-                    "the admin token is only valid for the API server's own audience".into(),
-                );
-            }
-            let user = UserInfo {
-                username: "kubernetes-admin".into(),
-                uid: String::new(),
-                groups: vec!["system:masters".into(), "system:authenticated".into()],
-                extra: serde_json::Map::new(),
-            };
-            return Ok((user, vec![tokens::ISSUER.to_owned()]));
-        }
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let claims = self
-            .tokens
-            .verify(token, &audiences, now)
-            .map_err(|rejection| rejection.to_string())?;
-        let binding = &claims.kubernetes;
-        let exists = |kind: &str, name: &str, uid: &str| -> Result<(), String> {
-            let found = self.store.get(id_of("", kind), &binding.namespace, name);
-            match found {
-                Some(object) if object.object["metadata"]["uid"] == uid => Ok(()),
-                Some(_) => Err(format!(
-                    "the {kind} {}/{name} the token is bound to was deleted and recreated",
-                    binding.namespace
-                )),
-                None => Err(format!(
-                    "the {kind} {}/{name} the token is bound to no longer exists",
-                    binding.namespace
-                )),
-            }
-        };
-        exists(
-            "ServiceAccount",
-            &binding.serviceaccount.name,
-            &binding.serviceaccount.uid,
-        )?;
-        let mut extra = serde_json::Map::new();
-        if let Some(pod) = &binding.pod {
-            exists("Pod", &pod.name, &pod.uid)?;
-            extra.insert(
-                "authentication.kubernetes.io/pod-name".into(),
-                json!([pod.name]),
-            );
-            extra.insert(
-                "authentication.kubernetes.io/pod-uid".into(),
-                json!([pod.uid]),
-            );
-        }
-        if let Some(secret) = &binding.secret {
-            exists("Secret", &secret.name, &secret.uid)?;
-        }
-        extra.insert(
-            "authentication.kubernetes.io/credential-id".into(),
-            json!([format!("JTI={}", claims.jti)]),
-        );
-        let matched = claims
-            .aud
-            .iter()
-            .filter(|audience| audiences.contains(audience))
-            .cloned()
-            .collect();
-        let user = UserInfo {
-            username: claims.sub.clone(),
-            uid: binding.serviceaccount.uid.clone(),
-            groups: vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{}", binding.namespace),
-                "system:authenticated".into(),
-            ],
-            extra,
-        };
-        Ok((user, matched))
-    }
-}
-
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len()
-        && left
-            .iter()
-            .zip(right)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }

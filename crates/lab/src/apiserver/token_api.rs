@@ -5,10 +5,12 @@
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::handlers::{Body, Target, value_response};
+use super::auth::authenticate;
+use super::http::{Body, value_response};
 use super::objects;
 use super::resources::{RESOURCES, id_of};
-use super::server::Shared;
+use super::routing::Target;
+use super::state::ApiState;
 use super::status::{self, ApiError};
 use super::tokens::{Binding, Claims, ObjectRef};
 
@@ -19,7 +21,7 @@ const MAX_TOKEN_SECONDS: i64 = 1 << 32;
 const MIN_TOKEN_SECONDS: i64 = 600;
 
 pub fn token_request(
-    shared: &Shared,
+    shared: &ApiState,
     target: &Target,
     body: &[u8],
     content_type: &str,
@@ -144,7 +146,7 @@ pub fn token_request(
 }
 
 pub fn token_review(
-    shared: &Shared,
+    shared: &ApiState,
     body: &[u8],
     content_type: &str,
 ) -> Result<Response<Body>, ApiError> {
@@ -179,7 +181,7 @@ pub fn token_review(
         .filter_map(Value::as_str)
         .map(str::to_owned)
         .collect();
-    let status = match shared.authenticate(token, &audiences) {
+    let status = match authenticate(shared, token, &audiences) {
         Ok((user, matched)) => json!({
             "authenticated": true,
             "user": {"username": user.username, "uid": user.uid, "groups": user.groups, "extra": user.extra},

@@ -13,9 +13,12 @@ use hyper::body::Frame;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
-use super::handlers::{Body, Filter, Query, Target, render};
+use super::http::{Body, Query};
+use super::render::render;
 use super::resources::Resource;
-use super::server::Shared;
+use super::routing::Target;
+use super::selectors::Filter;
+use super::state::ApiState;
 use super::status::ApiError;
 use super::store::{Event, EventType, StoredObject};
 use super::tables;
@@ -101,7 +104,7 @@ fn visible(event: &Event, target: &Target, filter: &Filter) -> Option<EventType>
 }
 
 pub fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<ApiState>,
     target: Target,
     query: &Query,
     accept: &str,

@@ -1,0 +1,34 @@
+//! What every part of a running API server shares: its configuration, its objects, its signing
+//! keys and allocators, and the signal to stop.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use super::config::ApiServerConfig;
+use super::service_ips::ServiceIps;
+use super::store::Store;
+use super::tokens::TokenSigner;
+
+pub struct ApiState {
+    pub config: ApiServerConfig,
+    pub store: Store,
+    pub tokens: TokenSigner,
+    pub admin_token: String,
+    pub ca_pem: String,
+    pub service_ips: Mutex<ServiceIps>,
+    /// The address of the host's listener (`127.0.0.1:<port>`).
+    pub address: SocketAddr,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl ApiState {
+    /// The ClusterIP allocator. Its state stays consistent through a panic elsewhere: every
+    /// operation on it is a single set insert or remove.
+    pub fn service_ips(&self) -> MutexGuard<'_, ServiceIps> {
+        self.service_ips
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
