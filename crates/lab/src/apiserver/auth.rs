@@ -51,7 +51,7 @@ pub fn authenticate(
     let exists = |kind: &str, name: &str, uid: &str| -> Result<(), String> {
         let found = state.store.get(id_of("", kind), &binding.namespace, name);
         match found {
-            Some(object) if object.object["metadata"]["uid"] == uid => Ok(()),
+            Some(object) if object.uid() == uid => Ok(()),
             Some(_) => Err(format!(
                 "the {kind} {}/{name} the token is bound to was deleted and recreated",
                 binding.namespace

@@ -1,6 +1,8 @@
 //! What the API server does to an object on its way in: checks it has the right shape and valid
 //! names, fills in server-owned metadata, and applies the defaults Kubernetes applies.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::DynamicObject;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
@@ -33,6 +35,25 @@ pub fn timestamp(at: time::OffsetDateTime) -> String {
 
 pub fn now() -> String {
     timestamp(time::OffsetDateTime::now_utc())
+}
+
+/// Now, whole seconds, as metadata timestamps are kept.
+pub fn now_time() -> Time {
+    let seconds = time::OffsetDateTime::now_utc().unix_timestamp();
+    Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("now is a valid time"))
+}
+
+/// A checked body (see [`check_type`]) as an object with typed metadata. Metadata of the wrong
+/// shape (a label that is not a string, say) is a bad request, as on a real API server.
+pub fn into_object(resource: &Resource, value: Value) -> Result<DynamicObject, ApiError> {
+    serde_json::from_value(value).map_err(|error| {
+        ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {error}",
+            resource.kind,
+            resource.preferred_version(),
+            resource.kind
+        ))
+    })
 }
 
 /// The body as a JSON object, from JSON or YAML.
@@ -225,10 +246,10 @@ fn name_causes(resource: &Resource, name: &str) -> Option<Cause> {
 }
 
 /// Rule violations of an object about to be stored (422 causes).
-pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
+pub fn validate(resource: &Resource, object: &DynamicObject) -> Vec<Cause> {
     let mut causes = Vec::new();
-    let metadata = &object["metadata"];
-    let name = metadata["name"].as_str().unwrap_or("");
+    let metadata = &object.metadata;
+    let name = metadata.name.as_deref().unwrap_or("");
     if name.is_empty() {
         causes.push(Cause::new(
             "metadata.name",
@@ -237,7 +258,7 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
     } else if let Some(cause) = name_causes(resource, name) {
         causes.push(cause);
     }
-    if let Some(labels) = metadata.get("labels").and_then(Value::as_object) {
+    if let Some(labels) = &metadata.labels {
         for (key, value) in labels {
             if let Err(why) = check_qualified_key(key) {
                 causes.push(Cause::new(
@@ -245,17 +266,15 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
                     format!("Invalid value: {why}"),
                 ));
             }
-            match value.as_str() {
-                Some("") => {}
-                Some(text) if is_qualified_name_part(text) => {}
-                _ => causes.push(Cause::new(
+            if !value.is_empty() && !is_qualified_name_part(value) {
+                causes.push(Cause::new(
                     "metadata.labels",
-                    format!("Invalid value: {value}: a label value must be 63 characters or less, alphanumeric, '-', '_' or '.'"),
-                )),
+                    format!("Invalid value: {value:?}: a label value must be 63 characters or less, alphanumeric, '-', '_' or '.'"),
+                ));
             }
         }
     }
-    if let Some(annotations) = metadata.get("annotations").and_then(Value::as_object) {
+    if let Some(annotations) = &metadata.annotations {
         let mut total = 0;
         for (key, value) in annotations {
             if let Err(why) = check_qualified_key(key) {
@@ -264,7 +283,7 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
                     format!("Invalid value: {why}"),
                 ));
             }
-            total += key.len() + value.as_str().map_or(0, str::len);
+            total += key.len() + value.len();
         }
         if total > 256 * 1024 {
             causes.push(Cause::new(
@@ -277,6 +296,7 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 for key in object
+                    .data
                     .get(field)
                     .and_then(Value::as_object)
                     .into_iter()
@@ -296,10 +316,10 @@ pub fn validate(resource: &Resource, object: &Value) -> Vec<Cause> {
                 }
             }
         }
-        ("", "Service") => causes.extend(validate_service(&object["spec"])),
+        ("", "Service") => causes.extend(validate_service(&object.data["spec"])),
         ("apps", "Deployment") => {
-            let selector = &object["spec"]["selector"]["matchLabels"];
-            let labels = &object["spec"]["template"]["metadata"]["labels"];
+            let selector = &object.data["spec"]["selector"]["matchLabels"];
+            let labels = &object.data["spec"]["template"]["metadata"]["labels"];
             match selector.as_object() {
                 None => causes.push(Cause::new("spec.selector", "Required value")),
                 Some(selector) => {
@@ -368,15 +388,16 @@ fn validate_service(spec: &Value) -> Vec<Cause> {
 }
 
 /// Defaults Kubernetes fills in on create (and keeps on update) for the kinds the mesh reads.
-pub fn apply_defaults(resource: &Resource, object: &mut Value) {
-    let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+pub fn apply_defaults(resource: &Resource, object: &mut DynamicObject) {
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let metadata = &mut object.metadata;
+    let object = &mut object.data;
     match (resource.group, resource.kind) {
         ("", "Namespace") => {
-            object["metadata"]
-                .as_object_mut()
-                .expect("checked")
-                .entry("labels")
-                .or_insert_with(|| json!({}))["kubernetes.io/metadata.name"] = json!(name);
+            metadata
+                .labels
+                .get_or_insert_default()
+                .insert("kubernetes.io/metadata.name".into(), name);
             if !object["spec"].is_object() {
                 object["spec"] = json!({"finalizers": ["kubernetes"]});
             }
@@ -433,7 +454,7 @@ pub fn apply_defaults(resource: &Resource, object: &mut Value) {
                 use base64::Engine;
                 let data = object
                     .as_object_mut()
-                    .expect("checked")
+                    .expect("an object's fields are a JSON object")
                     .entry("data")
                     .or_insert_with(|| json!({}));
                 for (key, value) in string_data {
@@ -476,8 +497,8 @@ pub fn apply_defaults(resource: &Resource, object: &mut Value) {
 }
 
 /// The addresses in a Service's `spec.clusterIPs` (none for headless Services).
-pub fn cluster_ips(service: &Value) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
-    service["spec"]["clusterIPs"]
+pub fn cluster_ips(service: &DynamicObject) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+    service.data["spec"]["clusterIPs"]
         .as_array()
         .into_iter()
         .flatten()
@@ -486,60 +507,52 @@ pub fn cluster_ips(service: &Value) -> impl Iterator<Item = std::net::Ipv4Addr> 
 
 /// The part of an object whose change bumps `metadata.generation`: everything but metadata and
 /// status.
-fn spec_of(object: &Value) -> Value {
-    let mut copy = object.clone();
+fn spec_of(object: &DynamicObject) -> Value {
+    let mut copy = object.data.clone();
     if let Some(map) = copy.as_object_mut() {
-        map.remove("metadata");
         map.remove("status");
     }
     copy
 }
 
 /// Fills in the metadata the server owns on create.
-pub fn stamp_new(object: &mut Value, resource: &Resource) {
-    let metadata = object["metadata"].as_object_mut().expect("checked");
-    metadata.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-    metadata.insert("creationTimestamp".into(), json!(now()));
-    metadata.remove("resourceVersion");
-    metadata.remove("deletionTimestamp");
-    metadata.remove("deletionGracePeriodSeconds");
-    if resource.has_status || object.get("spec").is_some() {
-        object["metadata"]["generation"] = json!(1);
+pub fn stamp_new(object: &mut DynamicObject, resource: &Resource) {
+    let metadata = &mut object.metadata;
+    metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+    metadata.creation_timestamp = Some(now_time());
+    metadata.resource_version = None;
+    metadata.deletion_timestamp = None;
+    metadata.deletion_grace_period_seconds = None;
+    if resource.has_status || object.data.get("spec").is_some() {
+        object.metadata.generation = Some(1);
     }
 }
 
 /// Carries the server-owned metadata of `old` into its replacement, keeps `.status` when the kind
 /// updates status separately, and bumps `generation` when the spec changed.
-pub fn carry_over(resource: &Resource, old: &Value, new: &mut Value) {
-    for field in [
-        "uid",
-        "creationTimestamp",
-        "generation",
-        "deletionTimestamp",
-    ] {
-        match old["metadata"].get(field) {
-            Some(value) => new["metadata"][field] = value.clone(),
-            None => {
-                if let Some(metadata) = new["metadata"].as_object_mut() {
-                    metadata.remove(field);
-                }
-            }
-        }
-    }
+pub fn carry_over(resource: &Resource, old: &DynamicObject, new: &mut DynamicObject) {
+    new.metadata.uid.clone_from(&old.metadata.uid);
+    new.metadata
+        .creation_timestamp
+        .clone_from(&old.metadata.creation_timestamp);
+    new.metadata.generation = old.metadata.generation;
+    new.metadata
+        .deletion_timestamp
+        .clone_from(&old.metadata.deletion_timestamp);
     if resource.has_status {
-        match old.get("status") {
-            Some(status) => new["status"] = status.clone(),
+        match old.data.get("status") {
+            Some(status) => new.data["status"] = status.clone(),
             None => {
-                if let Some(map) = new.as_object_mut() {
+                if let Some(map) = new.data.as_object_mut() {
                     map.remove("status");
                 }
             }
         }
     }
-    if let Some(generation) = old["metadata"]["generation"].as_i64()
+    if let Some(generation) = old.metadata.generation
         && spec_of(old) != spec_of(new)
     {
-        new["metadata"]["generation"] = json!(generation + 1);
+        new.metadata.generation = Some(generation + 1);
     }
 }
 
@@ -552,10 +565,16 @@ mod tests {
         &RESOURCES[id_of(group, kind)]
     }
 
+    fn object(value: Value) -> DynamicObject {
+        serde_json::from_value(value).unwrap()
+    }
+
     #[test]
     fn names_labels_and_service_ports_are_validated() {
-        let service = json!({"metadata": {"name": "Bad_Name", "labels": {"ok/app": "v", "-bad": "x"}},
-            "spec": {"ports": [{"port": 80}, {"port": 70000, "name": "b"}]}});
+        let service = object(
+            json!({"metadata": {"name": "Bad_Name", "labels": {"ok/app": "v", "-bad": "x"}},
+            "spec": {"ports": [{"port": 80}, {"port": 70000, "name": "b"}]}}),
+        );
         let fields: Vec<String> = validate(resource("", "Service"), &service)
             .into_iter()
             .map(|cause| cause.field)
@@ -606,29 +625,29 @@ mod tests {
     #[test]
     fn secrets_string_data_becomes_data() {
         let mut secret =
-            json!({"metadata": {"name": "s"}, "stringData": {"cluster02": "kubeconfig"}});
+            object(json!({"metadata": {"name": "s"}, "stringData": {"cluster02": "kubeconfig"}}));
         apply_defaults(resource("", "Secret"), &mut secret);
-        assert_eq!(secret["data"]["cluster02"], "a3ViZWNvbmZpZw==");
-        assert!(secret.get("stringData").is_none());
-        assert_eq!(secret["type"], "Opaque");
+        assert_eq!(secret.data["data"]["cluster02"], "a3ViZWNvbmZpZw==");
+        assert!(secret.data.get("stringData").is_none());
+        assert_eq!(secret.data["type"], "Opaque");
     }
 
     #[test]
     fn generation_moves_only_with_the_spec() {
         let deployments = resource("apps", "Deployment");
         let mut old =
-            json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}, "status": {"x": 1}});
+            object(json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}, "status": {"x": 1}}));
         stamp_new(&mut old, deployments);
         let mut relabelled = old.clone();
-        relabelled["metadata"]["labels"] = json!({"a": "b"});
-        relabelled["status"] = json!({"x": 2});
+        relabelled.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
+        relabelled.data["status"] = json!({"x": 2});
         carry_over(deployments, &old, &mut relabelled);
-        assert_eq!(relabelled["metadata"]["generation"], 1);
-        assert_eq!(relabelled["status"]["x"], 1);
+        assert_eq!(relabelled.metadata.generation, Some(1));
+        assert_eq!(relabelled.data["status"]["x"], 1);
         let mut scaled = old.clone();
-        scaled["spec"]["replicas"] = json!(3);
+        scaled.data["spec"]["replicas"] = json!(3);
         carry_over(deployments, &old, &mut scaled);
-        assert_eq!(scaled["metadata"]["generation"], 2);
+        assert_eq!(scaled.metadata.generation, Some(2));
     }
 
     #[test]

@@ -17,6 +17,33 @@ pub struct Target {
 }
 
 impl Target {
+    /// The object `namespace/name` of a kind, at its preferred version.
+    pub fn object(resource: ResourceId, namespace: &str, name: &str) -> Self {
+        Self {
+            resource,
+            version: RESOURCES[resource].preferred_version().to_owned(),
+            namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
+            name: Some(name.to_owned()),
+            subresource: None,
+        }
+    }
+
+    /// The status of the object `namespace/name`.
+    pub fn status(resource: ResourceId, namespace: &str, name: &str) -> Self {
+        Self {
+            subresource: Some("status".to_owned()),
+            ..Self::object(resource, namespace, name)
+        }
+    }
+
+    /// The objects of a kind in `namespace` (where new ones are created), or cluster-wide.
+    pub fn collection(resource: ResourceId, namespace: &str) -> Self {
+        Self {
+            name: None,
+            ..Self::object(resource, namespace, "")
+        }
+    }
+
     pub fn kind(&self) -> &'static Resource {
         &RESOURCES[self.resource]
     }

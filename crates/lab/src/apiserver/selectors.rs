@@ -1,6 +1,9 @@
 //! Label and field selectors, as in `?labelSelector=app=helloworld,version in (v1,v2)` and
 //! `?fieldSelector=metadata.name=cacerts`.
 
+use std::collections::BTreeMap;
+
+use kube::core::DynamicObject;
 use serde_json::Value;
 
 use super::http::Query;
@@ -59,12 +62,8 @@ impl LabelSelector {
     }
 
     /// Whether an object with these `metadata.labels` matches.
-    pub fn matches(&self, labels: Option<&Value>) -> bool {
-        let label = |key: &str| {
-            labels
-                .and_then(|labels| labels.get(key))
-                .and_then(Value::as_str)
-        };
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let label = |key: &str| labels.get(key).map(String::as_str);
         self.0.iter().all(|requirement| match requirement {
             LabelRequirement::Equals(key, value) => label(key) == Some(value.as_str()),
             LabelRequirement::NotEquals(key, value) => label(key) != Some(value.as_str()),
@@ -83,13 +82,13 @@ impl LabelSelector {
 /// Whether a Service-style selector map (`spec.selector`) matches these labels. An empty or absent
 /// selector matches nothing, as for Services.
 pub fn selector_map_matches(
-    selector: &serde_json::Map<String, Value>,
-    labels: Option<&Value>,
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
 ) -> bool {
     !selector.is_empty()
         && selector
             .iter()
-            .all(|(key, value)| labels.and_then(|labels| labels.get(key)) == Some(value))
+            .all(|(key, value)| labels.get(key) == Some(value))
 }
 
 fn split_top_level(text: &str) -> Vec<&str> {
@@ -179,14 +178,17 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
-    pub fn matches(&self, object: &Value) -> bool {
+    pub fn matches(&self, object: &DynamicObject) -> bool {
         self.0.iter().all(|(path, equal, value)| {
-            let found = path
-                .split('.')
-                .try_fold(object, |value, segment| value.get(segment))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            (found == value) == *equal
+            let found = match path.as_str() {
+                "metadata.name" => object.metadata.name.as_deref(),
+                "metadata.namespace" => object.metadata.namespace.as_deref(),
+                _ => path
+                    .split('.')
+                    .try_fold(&object.data, |value, segment| value.get(segment))
+                    .and_then(Value::as_str),
+            };
+            (found.unwrap_or("") == value) == *equal
         })
     }
 }
@@ -209,8 +211,9 @@ impl Filter {
         })
     }
 
-    pub fn matches(&self, object: &Value) -> bool {
-        self.labels.matches(object["metadata"].get("labels")) && self.fields.matches(object)
+    pub fn matches(&self, object: &DynamicObject) -> bool {
+        let labels = object.metadata.labels.as_ref();
+        self.labels.matches(labels.unwrap_or(&BTreeMap::new())) && self.fields.matches(object)
     }
 }
 
@@ -221,8 +224,10 @@ mod tests {
 
     #[test]
     fn label_selectors_cover_every_operator() {
-        let labels = json!({"app": "helloworld", "version": "v1"});
-        let matches = |text: &str| LabelSelector::parse(text).unwrap().matches(Some(&labels));
+        let labels: BTreeMap<String, String> = [("app", "helloworld"), ("version", "v1")]
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .into();
+        let matches = |text: &str| LabelSelector::parse(text).unwrap().matches(&labels);
         assert!(matches("app=helloworld"));
         assert!(matches("app==helloworld,version=v1"));
         assert!(!matches("app=helloworld,version=v2"));
@@ -238,7 +243,10 @@ mod tests {
 
     #[test]
     fn field_selectors_refuse_fields_the_kind_does_not_index() {
-        let object = json!({"metadata": {"name": "a", "namespace": "sample"}, "type": "Opaque"});
+        let object: DynamicObject = serde_json::from_value(
+            json!({"metadata": {"name": "a", "namespace": "sample"}, "type": "Opaque"}),
+        )
+        .unwrap();
         let selector =
             FieldSelector::parse("metadata.name=a,type!=x", &["type"], "secrets").unwrap();
         assert!(selector.matches(&object));
@@ -252,15 +260,9 @@ mod tests {
 
     #[test]
     fn service_selectors_match_nothing_when_empty() {
-        let labels = json!({"app": "a"});
-        assert!(!selector_map_matches(
-            &serde_json::Map::new(),
-            Some(&labels)
-        ));
-        let selector = json!({"app": "a"});
-        assert!(selector_map_matches(
-            selector.as_object().unwrap(),
-            Some(&labels)
-        ));
+        let labels = BTreeMap::from([("app".to_owned(), "a".to_owned())]);
+        assert!(!selector_map_matches(&BTreeMap::new(), &labels));
+        assert!(selector_map_matches(&labels.clone(), &labels));
+        assert!(!selector_map_matches(&labels, &BTreeMap::new()));
     }
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use super::config::ApiServerConfig;
 use super::http::REQUEST_READ_TIMEOUT;
 use super::resources::id_of;
+use super::routing::Target;
 use super::service_ips::ServiceIps;
 use super::state::ApiState;
 use super::store::{Store, StoreError, StoreOptions};
@@ -147,7 +148,6 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
             service_ips.mark_used(address);
         }
     }
-    service_ips.mark_used(service_ips.api_server_ip());
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -212,7 +212,11 @@ fn bootstrap(shared: &ApiState) -> Result<(), super::status::ApiError> {
     for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let object =
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
-        create_if_absent(shared, id_of("", "Namespace"), "", object)?;
+        create_if_absent(
+            shared,
+            &Target::collection(id_of("", "Namespace"), ""),
+            object,
+        )?;
     }
     let node_name = format!("{}-control-plane", shared.config.cluster);
     let node = json!({
@@ -226,7 +230,7 @@ fn bootstrap(shared: &ApiState) -> Result<(), super::status::ApiError> {
         "spec": {},
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]},
     });
-    create_if_absent(shared, id_of("", "Node"), "", node)?;
+    create_if_absent(shared, &Target::collection(id_of("", "Node"), ""), node)?;
     let api_ip = shared.service_ips().api_server_ip().to_string();
     let service = json!({
         "apiVersion": "v1",
@@ -234,7 +238,12 @@ fn bootstrap(shared: &ApiState) -> Result<(), super::status::ApiError> {
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": api_ip, "clusterIPs": [api_ip], "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": shared.address.port()}]},
     });
-    create_if_absent(shared, id_of("", "Service"), "default", service)
+    create_if_absent(
+        shared,
+        &Target::collection(id_of("", "Service"), "default"),
+        service,
+    )?;
+    Ok(())
 }
 
 async fn accept_loop(shared: Arc<ApiState>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {

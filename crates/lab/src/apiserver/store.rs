@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use serde_json::Value;
+use kube::core::DynamicObject;
+use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use super::resources::{RESOURCES, ResourceId, find_by_storage_name, id_of};
@@ -33,23 +34,40 @@ struct Key {
     name: String,
 }
 
-/// An object as stored: parsed for selectors and patches, and serialized for fast reads.
+/// An object as stored: typed metadata and the rest as JSON, for selectors, patches and
+/// controllers, and serialized for fast reads.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
-    pub object: Arc<Value>,
+    pub object: Arc<DynamicObject>,
     pub json: Bytes,
     pub revision: u64,
 }
 
 impl StoredObject {
-    fn new(object: Value, revision: u64) -> Self {
-        let json =
-            Bytes::from(serde_json::to_vec(&object).expect("a JSON value always serializes"));
+    pub fn new(object: DynamicObject, revision: u64) -> Self {
+        let json = Bytes::from(serde_json::to_vec(&object).expect("an object always serializes"));
         Self {
             object: Arc::new(object),
             json,
             revision,
         }
+    }
+
+    /// The object as its Kubernetes type (a `Pod`, a `Service`...), decoded from its JSON.
+    pub fn decode<K: DeserializeOwned>(&self) -> Result<K, serde_json::Error> {
+        serde_json::from_slice(&self.json)
+    }
+
+    pub fn name(&self) -> &str {
+        self.object.metadata.name.as_deref().unwrap_or("")
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.object.metadata.namespace.as_deref().unwrap_or("")
+    }
+
+    pub fn uid(&self) -> &str {
+        self.object.metadata.uid.as_deref().unwrap_or("")
     }
 }
 
@@ -80,12 +98,12 @@ pub struct Event {
     pub namespace: String,
     pub name: String,
     pub object: StoredObject,
-    pub previous: Option<Arc<Value>>,
+    pub previous: Option<Arc<DynamicObject>>,
 }
 
 /// What a change decided, given the current object.
 pub enum Change {
-    Put(Value),
+    Put(Box<DynamicObject>),
     Delete,
     Keep,
 }
@@ -146,22 +164,13 @@ impl Default for StoreOptions {
     }
 }
 
-fn set_resource_version(object: &mut Value, revision: u64) {
-    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert(
-            "resourceVersion".into(),
-            Value::String(revision.to_string()),
-        );
-    }
+fn set_resource_version(object: &mut DynamicObject, revision: u64) {
+    object.metadata.resource_version = Some(revision.to_string());
 }
 
-fn name_of(object: &Value) -> Option<(&str, &str)> {
-    let metadata = object.get("metadata")?;
-    let name = metadata.get("name")?.as_str()?;
-    let namespace = metadata
-        .get("namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+fn name_of(object: &DynamicObject) -> Option<(&str, &str)> {
+    let name = object.metadata.name.as_deref()?;
+    let namespace = object.metadata.namespace.as_deref().unwrap_or("");
     Some((namespace, name))
 }
 
@@ -190,8 +199,11 @@ impl Store {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             };
-            let revision = entry.object["metadata"]["resourceVersion"]
-                .as_str()
+            let revision = entry
+                .object
+                .metadata
+                .resource_version
+                .as_deref()
                 .and_then(|text| text.parse().ok())
                 .unwrap_or(recovered.snapshot.revision);
             objects.insert(key, StoredObject::new(entry.object, revision));
@@ -299,7 +311,7 @@ impl Store {
                 if previous.is_none() && RESOURCES[resource].namespaced {
                     inner.check_namespace_open(namespace)?;
                 }
-                Some(object)
+                Some(*object)
             }
         };
         let revision = inner.revision + 1;
@@ -419,7 +431,7 @@ impl Inner {
         };
         match self.objects.get(&key) {
             None => Err(ApiError::not_found("", "namespaces", namespace)),
-            Some(stored) if stored.object["status"]["phase"] == "Terminating" => {
+            Some(stored) if stored.object.data["status"]["phase"] == "Terminating" => {
                 Err(ApiError::forbidden(format!(
                     "unable to create new content in namespace {namespace} because it is being terminated"
                 )))
@@ -428,7 +440,7 @@ impl Inner {
         }
     }
 
-    fn apply(&mut self, key: Key, object: Option<Value>, revision: u64) -> Arc<Event> {
+    fn apply(&mut self, key: Key, object: Option<DynamicObject>, revision: u64) -> Arc<Event> {
         self.revision = revision;
         let previous = self.objects.get(&key).cloned();
         let (kind, stored) = match object {
@@ -447,7 +459,11 @@ impl Inner {
                 let mut last = previous
                     .as_ref()
                     .map(|previous| (*previous.object).clone())
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| DynamicObject {
+                        types: None,
+                        metadata: Default::default(),
+                        data: serde_json::Value::Null,
+                    });
                 set_resource_version(&mut last, revision);
                 (EventType::Deleted, StoredObject::new(last, revision))
             }
@@ -490,11 +506,17 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::apiserver::resources::id_of;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    fn object(value: Value) -> DynamicObject {
+        serde_json::from_value(value).unwrap()
+    }
 
     // Cluster-scoped objects, so that revisions count only the test's own writes.
-    fn role(name: &str, value: &str) -> Value {
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": [{"verbs": [value]}]})
+    fn role(name: &str, value: &str) -> DynamicObject {
+        object(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": [{"verbs": [value]}]}),
+        )
     }
 
     fn roles() -> ResourceId {
@@ -504,7 +526,9 @@ mod tests {
     fn put(store: &Store, name: &str, value: &str) -> StoredObject {
         let object = role(name, value);
         store
-            .change(roles(), "", name, false, |_| Ok(Change::Put(object)))
+            .change(roles(), "", name, false, |_| {
+                Ok(Change::Put(Box::new(object)))
+            })
             .unwrap()
             .current
             .unwrap()
@@ -528,8 +552,11 @@ mod tests {
         assert_eq!(store.revision(), 4);
         let (items, _) = store.list(configmaps, None);
         assert_eq!(items.len(), 1);
-        assert_eq!(items[0].object["rules"][0]["verbs"][0], "3");
-        assert_eq!(items[0].object["metadata"]["resourceVersion"], "3");
+        assert_eq!(items[0].object.data["rules"][0]["verbs"][0], "3");
+        assert_eq!(
+            items[0].object.metadata.resource_version.as_deref(),
+            Some("3")
+        );
         // Events after the snapshot were replayed into the history: a watch can resume from 1.
         let backlog = store.watch(configmaps, Some(1)).unwrap().backlog;
         let kinds: Vec<_> = backlog
@@ -565,23 +592,24 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let store = Store::open(directory.path(), StoreOptions::default()).unwrap();
         let configmaps = id_of("", "ConfigMap");
-        let object = || json!({"metadata": {"name": "c", "namespace": "sample"}});
+        let config_map = || object(json!({"metadata": {"name": "c", "namespace": "sample"}}));
         let error = store
             .change(configmaps, "sample", "c", false, |_| {
-                Ok(Change::Put(object()))
+                Ok(Change::Put(Box::new(config_map())))
             })
             .err()
             .unwrap();
         assert_eq!(error.code, 404);
-        let namespace = json!({"metadata": {"name": "sample"}, "status": {"phase": "Terminating"}});
+        let namespace =
+            object(json!({"metadata": {"name": "sample"}, "status": {"phase": "Terminating"}}));
         store
             .change(id_of("", "Namespace"), "", "sample", false, |_| {
-                Ok(Change::Put(namespace))
+                Ok(Change::Put(Box::new(namespace)))
             })
             .unwrap();
         let error = store
             .change(configmaps, "sample", "c", false, |_| {
-                Ok(Change::Put(object()))
+                Ok(Change::Put(Box::new(config_map())))
             })
             .err()
             .unwrap();

@@ -1,20 +1,16 @@
 //! Server-side printing: `kubectl get` asks for a `meta.k8s.io/v1` Table and prints its rows, so
 //! the columns here are what `kubectl get` shows (the same ones a real cluster shows).
 
+use kube::core::DynamicObject;
 use serde_json::{Value, json};
 
 use super::resources::Resource;
 
-fn age(object: &Value, now: time::OffsetDateTime) -> String {
-    let Some(created) = object["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(|text| {
-            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
-        })
-    else {
+fn age(object: &DynamicObject, now: time::OffsetDateTime) -> String {
+    let Some(created) = &object.metadata.creation_timestamp else {
         return "<unknown>".into();
     };
-    let seconds = (now - created).whole_seconds().max(0);
+    let seconds = (now.unix_timestamp() - created.0.as_second()).max(0);
     match seconds {
         0..120 => format!("{seconds}s"),
         120..7200 => format!("{}m", seconds / 60),
@@ -193,7 +189,7 @@ fn cells(resource: &Resource, object: &Value) -> Vec<String> {
 /// A Table of `objects`, each row carrying its full object (`includeObject=Object`).
 pub fn table(
     resource: &Resource,
-    objects: &[Value],
+    objects: &[DynamicObject],
     resource_version: u64,
     continue_token: Option<&str>,
 ) -> Value {
@@ -210,8 +206,8 @@ pub fn table(
     let rows: Vec<Value> = objects
         .iter()
         .map(|object| {
-            let mut row = vec![text(&object["metadata"]["name"])];
-            row.extend(cells(resource, object));
+            let mut row = vec![object.metadata.name.clone().unwrap_or_default()];
+            row.extend(cells(resource, &object.data));
             row.push(age(object, now));
             json!({"cells": row, "object": object})
         })
@@ -244,8 +240,8 @@ mod tests {
 
     #[test]
     fn services_print_like_kubectl_shows_them() {
-        let service = json!({"metadata": {"name": "helloworld", "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"type": "ClusterIP", "clusterIP": "10.11.0.7", "ports": [{"port": 5000, "protocol": "TCP"}]}});
+        let service: DynamicObject = serde_json::from_value(json!({"metadata": {"name": "helloworld", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.11.0.7", "ports": [{"port": 5000, "protocol": "TCP"}]}})).unwrap();
         let table = table(&RESOURCES[id_of("", "Service")], &[service], 9, None);
         assert_eq!(
             table["rows"][0]["cells"].as_array().unwrap()[..5],

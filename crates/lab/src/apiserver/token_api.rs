@@ -76,10 +76,7 @@ pub fn token_request(
         namespace: namespace.clone(),
         serviceaccount: ObjectRef {
             name: account_name.clone(),
-            uid: account.object["metadata"]["uid"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned(),
+            uid: account.uid().to_owned(),
         },
         pod: None,
         secret: None,
@@ -102,10 +99,7 @@ pub fn token_request(
             .store
             .get(resource, &namespace, bound_name)
             .ok_or_else(|| ApiError::not_found("", RESOURCES[resource].plural, bound_name))?;
-        let uid = object.object["metadata"]["uid"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
+        let uid = object.uid().to_owned();
         if let Some(wanted) = bound["uid"].as_str().filter(|wanted| !wanted.is_empty())
             && wanted != uid
         {

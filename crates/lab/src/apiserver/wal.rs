@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use causeway_ca::files::{Visibility, write_atomically};
+use kube::core::DynamicObject;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
 pub const LOG_FILE: &str = "wal.log";
@@ -46,7 +46,7 @@ pub struct Record {
     pub resource: String,
     pub namespace: String,
     pub name: String,
-    pub object: Option<Value>,
+    pub object: Option<DynamicObject>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,7 +58,7 @@ pub struct Snapshot {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotEntry {
     pub resource: String,
-    pub object: Value,
+    pub object: DynamicObject,
 }
 
 /// What was on disk: the snapshot, then the log's records after it.
@@ -263,13 +263,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn named(name: &str) -> DynamicObject {
+        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+    }
+
     fn record(revision: u64, name: &str) -> Record {
         Record {
             revision,
             resource: "/configmaps".into(),
             namespace: "default".into(),
             name: name.into(),
-            object: Some(json!({"metadata": {"name": name}})),
+            object: Some(named(name)),
         }
     }
 
@@ -337,7 +341,7 @@ mod tests {
             revision: 1,
             objects: vec![SnapshotEntry {
                 resource: "/configmaps".into(),
-                object: json!({"metadata": {"name": "a"}}),
+                object: named("a"),
             }],
         };
         wal.compact(&snapshot).unwrap();

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
 use super::http::{Body, Query};
-use super::render::render;
+use super::render::{render, render_object};
 use super::resources::Resource;
 use super::routing::Target;
 use super::selectors::Filter;
@@ -36,9 +36,8 @@ struct Stream {
 impl Stream {
     fn object_bytes(&self, object: &StoredObject) -> Bytes {
         if self.table {
-            let mut value = (*object.object).clone();
-            value["apiVersion"] = json!(self.kind.api_version(&self.version));
-            let table = tables::table(self.kind, &[value], object.revision, None);
+            let rendered = render_object(object, self.kind, &self.version);
+            let table = tables::table(self.kind, &[rendered], object.revision, None);
             Bytes::from(serde_json::to_vec(&table).expect("a JSON value always serializes"))
         } else {
             render(object, self.kind, &self.version)
@@ -250,21 +249,19 @@ mod tests {
     use super::*;
     use crate::apiserver::resources::id_of;
     use crate::apiserver::selectors::{FieldSelector, LabelSelector};
+    use kube::core::DynamicObject;
     use serde_json::Value;
 
     fn event(kind: EventType, previous: Option<Value>, object: Value) -> Event {
+        let typed = |value: Value| serde_json::from_value::<DynamicObject>(value).unwrap();
         Event {
             revision: 2,
             kind,
             resource: id_of("", "Pod"),
             namespace: "sample".into(),
             name: "p".into(),
-            object: StoredObject {
-                json: Bytes::from(object.to_string()),
-                object: Arc::new(object),
-                revision: 2,
-            },
-            previous: previous.map(Arc::new),
+            object: StoredObject::new(typed(object), 2),
+            previous: previous.map(|previous| Arc::new(typed(previous))),
         }
     }
 
