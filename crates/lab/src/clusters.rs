@@ -297,7 +297,7 @@ impl Lab {
             name: name.to_owned(),
             pod_subnet,
             service_subnet,
-            created: crate::apiserver::objects::now(),
+            created: crate::apiserver::metadata::now(),
             api_port: None,
         };
         Self::write_json(&directory.join(RECORD_FILE), &record)?;

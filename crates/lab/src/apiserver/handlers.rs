@@ -11,8 +11,8 @@ use kube::core::DynamicObject;
 use serde_json::json;
 
 use super::auth::{authenticate, bearer_token};
+use super::body::parse_body;
 use super::http::{Body, Query, error_response, full, json_response, read_body, value_response};
-use super::objects;
 use super::paging::ContinueToken;
 use super::patch::{self, PatchType};
 use super::render::{render, render_object};
@@ -245,7 +245,7 @@ fn create(
     content_type: &str,
     dry_run: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let object = objects::parse_body(body, content_type)?;
+    let object = parse_body(body, content_type)?;
     let stored = writes::create(state, target, object, dry_run)?;
     Ok(json_response(
         StatusCode::CREATED,
@@ -260,7 +260,7 @@ fn update(
     content_type: &str,
     dry_run: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let new = objects::parse_body(body, content_type)?;
+    let new = parse_body(body, content_type)?;
     let stored = writes::replace(state, target, dry_run, |_| Ok(new))?;
     Ok(json_response(
         StatusCode::OK,

@@ -1,12 +1,14 @@
 //! A Kubernetes-compatible API server for one lab cluster.
 
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod controllers;
+pub mod defaults;
 pub mod discovery;
 pub mod handlers;
 pub mod http;
-pub mod objects;
+pub mod metadata;
 pub mod openapi_v2;
 pub mod paging;
 pub mod patch;
@@ -24,6 +26,7 @@ pub mod tables;
 pub mod tls;
 pub mod token_api;
 pub mod tokens;
+pub mod validation;
 pub mod wal;
 pub mod watch;
 pub mod writes;

@@ -21,7 +21,7 @@ use super::store::{Store, StoreError, StoreOptions};
 use super::tls::{self, TlsError};
 use super::tokens::{TokenKeyError, TokenSigner};
 use super::writes::create_if_absent;
-use super::{controllers, handlers, objects};
+use super::{controllers, handlers, service_ips};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -144,7 +144,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
 
     let services = id_of("", "Service");
     for service in store.list(services, None).0 {
-        for address in objects::cluster_ips(&service.object) {
+        for address in service_ips::cluster_ips(&service.object) {
             service_ips.mark_used(address);
         }
     }

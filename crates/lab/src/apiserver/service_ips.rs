@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use kube::core::DynamicObject;
 
 use super::status::Cause;
 
@@ -87,6 +88,15 @@ impl ServiceIps {
             ),
         ))
     }
+}
+
+/// The addresses in a Service's `spec.clusterIPs` (none for headless Services).
+pub fn cluster_ips(service: &DynamicObject) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+    service.data["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|address| address.as_str()?.parse().ok())
 }
 
 #[cfg(test)]

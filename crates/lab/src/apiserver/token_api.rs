@@ -6,8 +6,9 @@ use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::auth::authenticate;
+use super::body::parse_body;
 use super::http::{Body, value_response};
-use super::objects;
+use super::metadata::timestamp;
 use super::resources::{RESOURCES, id_of};
 use super::routing::Target;
 use super::state::ApiState;
@@ -28,7 +29,7 @@ pub fn token_request(
 ) -> Result<Response<Body>, ApiError> {
     let namespace = target.namespace().to_owned();
     let account_name = target.name.clone().unwrap_or_default();
-    let request = objects::parse_body(body, content_type)?;
+    let request = parse_body(body, content_type)?;
     if request["kind"]
         .as_str()
         .is_some_and(|kind| kind != "TokenRequest")
@@ -120,7 +121,7 @@ pub fn token_request(
     let now = time::OffsetDateTime::now_utc();
     let claims = Claims::new(binding, audiences.clone(), now.unix_timestamp(), lifetime);
     let token = shared.tokens.sign(&claims);
-    let expires = objects::timestamp(now + time::Duration::seconds(lifetime));
+    let expires = timestamp(now + time::Duration::seconds(lifetime));
     let mut response_spec = spec.clone();
     if !response_spec.is_object() {
         response_spec = json!({});
@@ -132,7 +133,7 @@ pub fn token_request(
         &json!({
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": account_name, "namespace": namespace, "creationTimestamp": objects::timestamp(now)},
+            "metadata": {"name": account_name, "namespace": namespace, "creationTimestamp": timestamp(now)},
             "spec": response_spec,
             "status": {"token": token, "expirationTimestamp": expires},
         }),
@@ -144,7 +145,7 @@ pub fn token_review(
     body: &[u8],
     content_type: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let review = objects::parse_body(body, content_type)?;
+    let review = parse_body(body, content_type)?;
     if review["kind"]
         .as_str()
         .is_some_and(|kind| kind != "TokenReview")

@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::super::objects::name_suffix;
+use super::super::metadata::name_suffix;
 use super::super::selectors::selector_map_matches;
 use super::super::state::ApiState;
 use super::super::store::{Event, StoredObject};

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::super::objects::now;
+use super::super::metadata::now;
 use super::super::routing::Target;
 use super::super::state::ApiState;
 use super::super::store::StoredObject;

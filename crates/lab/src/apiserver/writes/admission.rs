@@ -7,14 +7,14 @@ use std::net::Ipv4Addr;
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
 
-use super::super::objects::{
-    self, apply_defaults, carry_over, check_shape, check_type, into_object, stamp_new, validate,
-};
+use super::super::defaults::apply_defaults;
+use super::super::metadata::{carry_over, name_suffix, stamp_new};
 use super::super::resources::{Resource, id_of};
 use super::super::routing::Target;
 use super::super::state::ApiState;
 use super::super::status::{ApiError, Cause};
 use super::super::store::{Change, StoredObject};
+use super::super::validation::{check_shape, check_type, into_object, validate};
 
 /// A new object ready to store, and what was reserved for it (released if it is not stored).
 pub struct Admitted {
@@ -180,7 +180,7 @@ fn require_namespace(state: &ApiState, target: &Target) -> Result<(), ApiError> 
 fn generated_name(prefix: &str) -> String {
     let mut bytes = [0u8; 5];
     aws_lc_rs::rand::fill(&mut bytes).expect("the system has randomness");
-    format!("{prefix}{}", objects::name_suffix(&bytes))
+    format!("{prefix}{}", name_suffix(&bytes))
 }
 
 /// Applies the kind's defaults, then its rules: the last steps before an object is stored.

@@ -4,9 +4,10 @@
 
 use serde_json::{Value, json};
 
-use super::super::objects;
+use super::super::metadata::now_time;
 use super::super::resources::{RESOURCES, id_of};
 use super::super::routing::Target;
+use super::super::service_ips::cluster_ips;
 use super::super::state::ApiState;
 use super::super::status::ApiError;
 use super::super::store::{Change, StoredObject};
@@ -115,7 +116,7 @@ pub fn delete(
         && kind.group.is_empty()
     {
         let mut service_ips = state.service_ips();
-        for address in objects::cluster_ips(&deleted.object) {
+        for address in cluster_ips(&deleted.object) {
             service_ips.release(address);
         }
     }
@@ -135,7 +136,7 @@ fn terminate_namespace(state: &ApiState, namespace: &str) -> Result<(), ApiError
             };
             let mut terminating = (*current.object).clone();
             terminating.data["status"]["phase"] = json!("Terminating");
-            terminating.metadata.deletion_timestamp = Some(objects::now_time());
+            terminating.metadata.deletion_timestamp = Some(now_time());
             Ok(Change::Put(Box::new(terminating)))
         })?;
     if outcome.current.is_none() {

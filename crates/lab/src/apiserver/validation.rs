@@ -1,86 +1,13 @@
-//! What the API server does to an object on its way in: checks it has the right shape and valid
-//! names, fills in server-owned metadata, and applies the defaults Kubernetes applies.
+//! Whether an object may be stored: its type matches the URL it was sent to, its fields have their
+//! Kubernetes types, and it keeps the kind's rules (names, labels, Service ports, Deployment
+//! selectors...).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DynamicObject;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::resources::Resource;
 use super::status::{ApiError, Cause};
-
-/// Five characters of Kubernetes' name-suffix alphabet (no vowels, no look-alikes), one per byte,
-/// as in `generateName` names and EndpointSlice names.
-pub fn name_suffix(bytes: &[u8; 5]) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    bytes
-        .iter()
-        .map(|byte| ALPHABET[usize::from(*byte) % ALPHABET.len()] as char)
-        .collect()
-}
-
-/// `2026-11-22T10:00:00Z`, the format of `metadata.creationTimestamp`.
-pub fn timestamp(at: time::OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    )
-}
-
-pub fn now() -> String {
-    timestamp(time::OffsetDateTime::now_utc())
-}
-
-/// Now, whole seconds, as metadata timestamps are kept.
-pub fn now_time() -> Time {
-    let seconds = time::OffsetDateTime::now_utc().unix_timestamp();
-    Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("now is a valid time"))
-}
-
-/// A checked body (see [`check_type`]) as an object with typed metadata. Metadata of the wrong
-/// shape (a label that is not a string, say) is a bad request, as on a real API server.
-pub fn into_object(resource: &Resource, value: Value) -> Result<DynamicObject, ApiError> {
-    serde_json::from_value(value).map_err(|error| {
-        ApiError::bad_request(format!(
-            "{} in version {:?} cannot be handled as a {}: {error}",
-            resource.kind,
-            resource.preferred_version(),
-            resource.kind
-        ))
-    })
-}
-
-/// The body as a JSON object, from JSON or YAML.
-pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    let value: Value = match media {
-        "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|error| {
-            ApiError::bad_request(format!("the request body is not valid JSON: {error}"))
-        })?,
-        "application/yaml" | "application/x-yaml" | "text/yaml" => {
-            let text = std::str::from_utf8(body).map_err(|_| {
-                ApiError::bad_request("the request body is not UTF-8 text".to_owned())
-            })?;
-            serde_saphyr::from_str(text).map_err(|error| {
-                ApiError::bad_request(format!("the request body is not valid YAML: {error}"))
-            })?
-        }
-        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body)?,
-        other => return Err(ApiError::unsupported_media_type(other)),
-    };
-    if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a single object (a JSON object), not a list or a scalar",
-        ));
-    }
-    Ok(value)
-}
 
 /// Checks `apiVersion` and `kind` against the URL the object was sent to, filling them in when
 /// absent.
@@ -387,173 +314,17 @@ fn validate_service(spec: &Value) -> Vec<Cause> {
     causes
 }
 
-/// Defaults Kubernetes fills in on create (and keeps on update) for the kinds the mesh reads.
-pub fn apply_defaults(resource: &Resource, object: &mut DynamicObject) {
-    let name = object.metadata.name.clone().unwrap_or_default();
-    let metadata = &mut object.metadata;
-    let object = &mut object.data;
-    match (resource.group, resource.kind) {
-        ("", "Namespace") => {
-            metadata
-                .labels
-                .get_or_insert_default()
-                .insert("kubernetes.io/metadata.name".into(), name);
-            if !object["spec"].is_object() {
-                object["spec"] = json!({"finalizers": ["kubernetes"]});
-            }
-            if object["status"]["phase"].is_null() {
-                object["status"] = json!({"phase": "Active"});
-            }
-        }
-        ("", "Service") => {
-            let spec = &mut object["spec"];
-            if spec["type"].is_null() {
-                spec["type"] = json!("ClusterIP");
-            }
-            if spec["sessionAffinity"].is_null() {
-                spec["sessionAffinity"] = json!("None");
-            }
-            if spec["type"] != "ExternalName" {
-                if spec["internalTrafficPolicy"].is_null() {
-                    spec["internalTrafficPolicy"] = json!("Cluster");
-                }
-                if spec["ipFamilies"].is_null() {
-                    spec["ipFamilies"] = json!(["IPv4"]);
-                }
-                if spec["ipFamilyPolicy"].is_null() {
-                    spec["ipFamilyPolicy"] = json!("SingleStack");
-                }
-            }
-            if matches!(spec["type"].as_str(), Some("LoadBalancer" | "NodePort"))
-                && spec["externalTrafficPolicy"].is_null()
-            {
-                spec["externalTrafficPolicy"] = json!("Cluster");
-            }
-            if let Some(ports) = spec["ports"].as_array_mut() {
-                for port in ports {
-                    if port["protocol"].is_null() {
-                        port["protocol"] = json!("TCP");
-                    }
-                    if port["targetPort"].is_null() {
-                        port["targetPort"] = port["port"].clone();
-                    }
-                }
-            }
-            if object["status"].is_null() {
-                object["status"] = json!({"loadBalancer": {}});
-            }
-        }
-        ("", "Secret") => {
-            if object["type"].as_str().is_none_or(str::is_empty) {
-                object["type"] = json!("Opaque");
-            }
-            if let Some(Value::Object(string_data)) = object
-                .as_object_mut()
-                .and_then(|map| map.remove("stringData"))
-            {
-                use base64::Engine;
-                let data = object
-                    .as_object_mut()
-                    .expect("an object's fields are a JSON object")
-                    .entry("data")
-                    .or_insert_with(|| json!({}));
-                for (key, value) in string_data {
-                    let text = value
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| value.to_string());
-                    data[key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-                }
-            }
-        }
-        ("", "Pod") => {
-            if object["spec"]["serviceAccountName"].is_null() {
-                object["spec"]["serviceAccountName"] = json!("default");
-            }
-            if object["spec"]["restartPolicy"].is_null() {
-                object["spec"]["restartPolicy"] = json!("Always");
-            }
-            if object["status"]["phase"].is_null() {
-                object["status"]["phase"] = json!("Pending");
-            }
-        }
-        ("apps", "Deployment") => {
-            let spec = &mut object["spec"];
-            if spec["replicas"].is_null() {
-                spec["replicas"] = json!(1);
-            }
-            if spec["revisionHistoryLimit"].is_null() {
-                spec["revisionHistoryLimit"] = json!(10);
-            }
-            if spec["progressDeadlineSeconds"].is_null() {
-                spec["progressDeadlineSeconds"] = json!(600);
-            }
-            if spec["strategy"].is_null() {
-                spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}});
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The addresses in a Service's `spec.clusterIPs` (none for headless Services).
-pub fn cluster_ips(service: &DynamicObject) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
-    service.data["spec"]["clusterIPs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|address| address.as_str()?.parse().ok())
-}
-
-/// The part of an object whose change bumps `metadata.generation`: everything but metadata and
-/// status.
-fn spec_of(object: &DynamicObject) -> Value {
-    let mut copy = object.data.clone();
-    if let Some(map) = copy.as_object_mut() {
-        map.remove("status");
-    }
-    copy
-}
-
-/// Fills in the metadata the server owns on create.
-pub fn stamp_new(object: &mut DynamicObject, resource: &Resource) {
-    let metadata = &mut object.metadata;
-    metadata.uid = Some(uuid::Uuid::new_v4().to_string());
-    metadata.creation_timestamp = Some(now_time());
-    metadata.resource_version = None;
-    metadata.deletion_timestamp = None;
-    metadata.deletion_grace_period_seconds = None;
-    if resource.has_status || object.data.get("spec").is_some() {
-        object.metadata.generation = Some(1);
-    }
-}
-
-/// Carries the server-owned metadata of `old` into its replacement, keeps `.status` when the kind
-/// updates status separately, and bumps `generation` when the spec changed.
-pub fn carry_over(resource: &Resource, old: &DynamicObject, new: &mut DynamicObject) {
-    new.metadata.uid.clone_from(&old.metadata.uid);
-    new.metadata
-        .creation_timestamp
-        .clone_from(&old.metadata.creation_timestamp);
-    new.metadata.generation = old.metadata.generation;
-    new.metadata
-        .deletion_timestamp
-        .clone_from(&old.metadata.deletion_timestamp);
-    if resource.has_status {
-        match old.data.get("status") {
-            Some(status) => new.data["status"] = status.clone(),
-            None => {
-                if let Some(map) = new.data.as_object_mut() {
-                    map.remove("status");
-                }
-            }
-        }
-    }
-    if let Some(generation) = old.metadata.generation
-        && spec_of(old) != spec_of(new)
-    {
-        new.metadata.generation = Some(generation + 1);
-    }
+/// A checked body (see [`check_type`]) as an object with typed metadata. Metadata of the wrong
+/// shape (a label that is not a string, say) is a bad request, as on a real API server.
+pub fn into_object(resource: &Resource, value: Value) -> Result<DynamicObject, ApiError> {
+    serde_json::from_value(value).map_err(|error| {
+        ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {error}",
+            resource.kind,
+            resource.preferred_version(),
+            resource.kind
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -591,26 +362,6 @@ mod tests {
     }
 
     #[test]
-    fn yaml_and_json_bodies_and_their_errors() {
-        let value = parse_body(
-            b"kind: Namespace\nmetadata:\n  name: a\n",
-            "application/yaml",
-        )
-        .unwrap();
-        assert_eq!(value["metadata"]["name"], "a");
-        assert_eq!(parse_body(b"{", "application/json").unwrap_err().code, 400);
-        assert_eq!(
-            parse_body(b"a: [", "application/yaml").unwrap_err().code,
-            400
-        );
-        assert_eq!(
-            parse_body(b"[1]", "application/json").unwrap_err().code,
-            400
-        );
-        assert_eq!(parse_body(b"{}", "text/plain").unwrap_err().code, 415);
-    }
-
-    #[test]
     fn a_field_of_the_wrong_type_is_a_bad_request() {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": "nope"}});
         let error = check_shape(resource("", "Pod"), &pod).unwrap_err();
@@ -620,39 +371,5 @@ mod tests {
             "{}",
             error.message
         );
-    }
-
-    #[test]
-    fn secrets_string_data_becomes_data() {
-        let mut secret =
-            object(json!({"metadata": {"name": "s"}, "stringData": {"cluster02": "kubeconfig"}}));
-        apply_defaults(resource("", "Secret"), &mut secret);
-        assert_eq!(secret.data["data"]["cluster02"], "a3ViZWNvbmZpZw==");
-        assert!(secret.data.get("stringData").is_none());
-        assert_eq!(secret.data["type"], "Opaque");
-    }
-
-    #[test]
-    fn generation_moves_only_with_the_spec() {
-        let deployments = resource("apps", "Deployment");
-        let mut old =
-            object(json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}, "status": {"x": 1}}));
-        stamp_new(&mut old, deployments);
-        let mut relabelled = old.clone();
-        relabelled.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
-        relabelled.data["status"] = json!({"x": 2});
-        carry_over(deployments, &old, &mut relabelled);
-        assert_eq!(relabelled.metadata.generation, Some(1));
-        assert_eq!(relabelled.data["status"]["x"], 1);
-        let mut scaled = old.clone();
-        scaled.data["spec"]["replicas"] = json!(3);
-        carry_over(deployments, &old, &mut scaled);
-        assert_eq!(scaled.metadata.generation, Some(2));
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc_seconds() {
-        let at = time::OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap();
-        assert_eq!(timestamp(at), "2026-11-18T11:06:40Z");
     }
 }
