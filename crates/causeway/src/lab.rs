@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use causeway_lab::clusters::{ClusterStatus, Lab};
+use causeway_lab::clusters::{ClusterOptions, ClusterStatus, Lab};
 use causeway_lab::kind_config::{DEFAULT_POD_SUBNET, DEFAULT_SERVICE_SUBNET, KindCluster};
 use causeway_lab::kubeconfig;
 use clap::{Args, Subcommand};
@@ -35,6 +35,10 @@ enum LabCommand {
         pod_subnet: Option<Ipv4Net>,
         #[arg(long, value_name = "CIDR")]
         service_subnet: Option<Ipv4Net>,
+        /// Addresses for LoadBalancer Services, as a metallb IPAddressPool lists them
+        /// (172.18.11.0-172.18.11.255 or 172.18.11.0/24); metallb's own objects work too
+        #[arg(long, value_name = "RANGE")]
+        load_balancer_pool: Option<String>,
     },
     /// List the lab's clusters
     GetClusters,
@@ -50,6 +54,18 @@ enum LabCommand {
     Kubeconfig {
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Route two clusters' pod and service subnets to each other through their nodes (the seeds'
+    /// `ip route add ... via <node> dev eth0` on both nodes), now and whenever they restart
+    Connect { first: String, second: String },
+    /// Remove the routes `connect` added
+    Disconnect { first: String, second: String },
+    /// Run a command in a cluster's node namespace (the seeds' `docker container exec
+    /// cluster01-control-plane ...`)
+    NodeExec {
+        cluster: String,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Run a cluster's API server in the foreground (what create-cluster starts in the background)
     #[command(hide = true)]
@@ -67,6 +83,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             name,
             pod_subnet,
             service_subnet,
+            load_balancer_pool,
         } => {
             let from_file = match &config {
                 Some(path) => KindCluster::read(path)?,
@@ -94,7 +111,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 .or(from_file.service_subnet)
                 .unwrap_or_else(|| default_net(DEFAULT_SERVICE_SUBNET))
                 .trunc();
-            lab.add(&name, pod_subnet, service_subnet)?;
+            let options = ClusterOptions { load_balancer_pool };
+            lab.add(&name, pod_subnet, service_subnet, options)?;
             let access = match lab.start(&name, &executable) {
                 Ok(access) => access,
                 Err(error) => {
@@ -103,14 +121,23 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 }
             };
             kubeconfig::merge(&kubeconfig_path, &access)?;
+            let record = lab.record(&name)?;
+            let context = kubeconfig::context_name(&name);
             println!("Created cluster {name:?}: pods {pod_subnet}, services {service_subnet}");
+            println!(
+                "Node {} at {} on the lab network",
+                causeway_lab::network::node_namespace(&name),
+                record
+                    .node_address
+                    .map_or_else(|| "-".to_owned(), |address| address.to_string())
+            );
             println!(
                 "API server: {} (log: {})",
                 access.server,
                 lab.log_path(&name).display()
             );
             println!(
-                "Context {name:?} written to {}. Try:\n\n  kubectl --context {name} get namespaces",
+                "Context {context:?} written to {}. Try:\n\n  kubectl --context {context} get nodes",
                 kubeconfig_path.display()
             );
             Ok(())
@@ -122,8 +149,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<16} {:<8} {:<24} {:<16} {:<16}",
-                "NAME", "STATUS", "API SERVER", "POD SUBNET", "SERVICE SUBNET"
+                "{:<16} {:<8} {:<14} {:<24} {:<16} {:<16}",
+                "NAME", "STATUS", "NODE ADDRESS", "API SERVER", "POD SUBNET", "SERVICE SUBNET"
             );
             for record in records {
                 let (status, server) = match lab.status(&record.name) {
@@ -133,9 +160,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                     ClusterStatus::Stopped => ("stopped", "-".to_owned()),
                 };
                 println!(
-                    "{:<16} {:<8} {:<24} {:<16} {:<16}",
+                    "{:<16} {:<8} {:<14} {:<24} {:<16} {:<16}",
                     record.name,
                     status,
+                    record
+                        .node_address
+                        .map_or_else(|| "-".to_owned(), |address| address.to_string()),
                     server,
                     record.pod_subnet.to_string(),
                     record.service_subnet.to_string()
@@ -199,6 +229,39 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        LabCommand::Connect { first, second } => {
+            if lab.connect(&first, &second)? {
+                println!(
+                    "Connected {first} and {second}: each node routes the other's pod and service subnets"
+                );
+            } else {
+                println!("{first} and {second} were connected already");
+            }
+            Ok(())
+        }
+        LabCommand::Disconnect { first, second } => {
+            if lab.disconnect(&first, &second)? {
+                println!("Disconnected {first} and {second}");
+            } else {
+                println!("{first} and {second} were not connected");
+            }
+            Ok(())
+        }
+        LabCommand::NodeExec { cluster, command } => {
+            lab.record(&cluster)?;
+            let node = causeway_lab::network::node_namespace(&cluster);
+            if !causeway_lab::netns::Netns::exists(&node) {
+                bail!(
+                    "cluster {cluster:?} has no running node; start it with `causeway lab start-cluster {cluster}`"
+                );
+            }
+            let status = causeway_lab::netns::Netns::open(&node)
+                .command(&command[0])
+                .args(&command[1..])
+                .status()
+                .with_context(|| format!("cannot run {:?} in {node}", command[0]))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         LabCommand::ServeCluster { name } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -212,7 +275,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(lab.serve(&name))?;
+            runtime.block_on(causeway_lab::cluster_process::serve(&lab, &name))?;
             Ok(())
         }
     }

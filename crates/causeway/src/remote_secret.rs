@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use base64::Engine;
+use causeway_lab::apiserver::config::NODE_API_PORT;
+use causeway_lab::clusters::{ClusterStatus, Lab};
 use clap::Args;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -28,7 +30,8 @@ pub struct CreateRemoteSecretArgs {
     /// Kubeconfig to read (default: $KUBECONFIG, else ~/.kube/config)
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
-    /// API server address the control plane should use (default: the context's server)
+    /// API server address the control plane should use (default: the context's server; for a lab
+    /// cluster, its node's address, which control planes running in the lab reach)
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// Namespace of the reader service account, and of the secret
@@ -107,7 +110,12 @@ async fn create(args: CreateRemoteSecretArgs) -> anyhow::Result<String> {
             context.cluster
         ),
     };
-    let server = match args.server.clone().or(cluster.server.clone()) {
+    let server = match args
+        .server
+        .clone()
+        .or_else(|| cluster.server.as_deref().and_then(lab_node_server))
+        .or(cluster.server.clone())
+    {
         Some(server) => server,
         None => bail!(
             "cluster {:?} has no server in the kubeconfig; pass --server",
@@ -137,6 +145,29 @@ async fn create(args: CreateRemoteSecretArgs) -> anyhow::Result<String> {
             token,
         },
     ))
+}
+
+/// For a running lab cluster served at `server` (its host listener on 127.0.0.1), the API server on
+/// its node's address: the seeds rewrite the kubeconfig to the node's docker address so that other
+/// clusters can reach it; the lab keeps the host's kubeconfig on 127.0.0.1 and embeds the node's
+/// address here instead.
+fn lab_node_server(server: &str) -> Option<String> {
+    let lab = Lab::new(
+        std::env::var_os("CAUSEWAY_LAB_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(Lab::default_root),
+    );
+    lab.clusters().ok()?.into_iter().find_map(|record| {
+        let ClusterStatus::Running(endpoint) = lab.status(&record.name) else {
+            return None;
+        };
+        let host = format!("https://{}", endpoint.address);
+        (server.trim_end_matches('/') == host).then(|| {
+            record
+                .node_address
+                .map(|node| format!("https://{node}:{NODE_API_PORT}"))
+        })?
+    })
 }
 
 async fn reader_token(

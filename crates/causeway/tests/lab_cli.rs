@@ -19,10 +19,16 @@ fn kubectl_binary() -> String {
     std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned())
 }
 
+/// Lab clusters are machine-wide by name, as kind's are on a docker host: the tests that make the
+/// seeds' `cluster01` and `cluster02` take turns (nextest's `lab-clusters` group does the same
+/// across test binaries).
+static SEED_NAMES: Mutex<()> = Mutex::new(());
+
 /// A lab in a temporary directory, with its own kubeconfig; deletes its clusters when dropped.
 struct TestLab {
     directory: tempfile::TempDir,
     clusters: Mutex<Vec<String>>,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl TestLab {
@@ -30,6 +36,9 @@ impl TestLab {
         Self {
             directory: tempfile::tempdir().unwrap(),
             clusters: Mutex::new(Vec::new()),
+            _turn: SEED_NAMES
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
         }
     }
 
@@ -135,6 +144,18 @@ impl Drop for TestLab {
     }
 }
 
+/// The network namespaces of the seeds' clusters (nodes and pods) on this machine.
+fn lab_namespaces() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| name.starts_with("cluster01-") || name.starts_with("cluster02-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -161,7 +182,7 @@ fn the_seed_walkthrough_runs_with_a_real_kubectl() {
         "{clusters}"
     );
 
-    let c1 = "cluster01";
+    let c1 = "kind-cluster01";
     assert_eq!(
         lab.ok(c1, &["create", "namespace", "sample"]).trim(),
         "namespace/sample created"
@@ -407,9 +428,9 @@ fn the_seed_walkthrough_runs_with_a_real_kubectl() {
     );
 
     // Each cluster allocates from its own service subnet.
-    lab.ok("cluster02", &["create", "namespace", "sample"]);
+    lab.ok("kind-cluster02", &["create", "namespace", "sample"]);
     lab.ok(
-        "cluster02",
+        "kind-cluster02",
         &[
             "apply",
             "-f",
@@ -421,7 +442,7 @@ fn the_seed_walkthrough_runs_with_a_real_kubectl() {
         ],
     );
     let cluster02_ip = lab.ok(
-        "cluster02",
+        "kind-cluster02",
         &[
             "get",
             "svc",
@@ -518,18 +539,20 @@ fn create_cluster_refuses_duplicates_overlaps_and_malformed_configs_and_delete_l
 
     let kubeconfig = std::fs::read_to_string(lab.kubeconfig()).unwrap();
     assert!(
-        kubeconfig.contains("current-context: cluster01"),
+        kubeconfig.contains("current-context: kind-cluster01"),
         "{kubeconfig}"
     );
     let printed = String::from_utf8(lab.causeway(&["lab", "kubeconfig"]).stdout).unwrap();
     assert!(
-        printed.contains("name: cluster01") && printed.contains("certificate-authority-data"),
+        printed.contains("name: kind-cluster01") && printed.contains("certificate-authority-data"),
         "{printed}"
     );
 
+    assert!(lab_namespaces().contains(&"cluster01-control-plane".to_owned()));
     let deleted = lab.causeway(&["lab", "delete-cluster", "cluster01"]);
     assert!(deleted.status.success(), "{deleted:?}");
     assert!(!alive(pid), "the API server outlived delete-cluster");
+    assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
     assert!(!lab.state_dir().join("clusters/cluster01").exists());
     let kubeconfig = std::fs::read_to_string(lab.kubeconfig()).unwrap();
     assert!(!kubeconfig.contains("cluster01"), "{kubeconfig}");
@@ -546,9 +569,17 @@ fn create_cluster_refuses_duplicates_overlaps_and_malformed_configs_and_delete_l
             .status
             .success()
     );
+    let network: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.state_dir().join("lab.json")).unwrap()).unwrap();
+    let bridge = network["bridgeNamespace"].as_str().unwrap().to_owned();
     let down = lab.causeway(&["lab", "down"]);
     assert!(down.status.success(), "{down:?}");
     lab.clusters.lock().unwrap().clear();
+    assert!(lab_namespaces().is_empty(), "{:?}", lab_namespaces());
+    assert!(
+        !std::path::Path::new("/run/netns").join(&bridge).exists(),
+        "the lab network outlived lab down"
+    );
     assert!(
         pids.iter().all(|pid| !alive(*pid)),
         "an API server outlived lab down"
@@ -564,7 +595,7 @@ fn create_cluster_refuses_duplicates_overlaps_and_malformed_configs_and_delete_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_killed_mid_write_loses_nothing_it_acknowledged() {
-    let lab = Arc::new(TestLab::new());
+    let lab = TestLab::new();
     lab.create("cluster01-kind.yaml");
     let client = kube_client(&lab).await;
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
@@ -626,7 +657,7 @@ async fn an_api_server_killed_mid_write_loses_nothing_it_acknowledged() {
 }
 
 async fn kube_client(lab: &TestLab) -> kube::Client {
-    kube_client_for(lab, "cluster01").await
+    kube_client_for(lab, "kind-cluster01").await
 }
 
 async fn kube_client_for(lab: &TestLab, context: &str) -> kube::Client {
@@ -650,7 +681,7 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
     let missing = lab.causeway(&[
         "create-remote-secret",
         "--context",
-        "cluster02",
+        "kind-cluster02",
         "--name",
         "cluster02",
     ]);
@@ -660,17 +691,82 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
             .contains("namespace \"istio-system\" does not exist"),
         "{missing:?}"
     );
-    for cluster in ["cluster01", "cluster02"] {
-        lab.ok(cluster, &["create", "namespace", "istio-system"]);
+    for context in ["kind-cluster01", "kind-cluster02"] {
+        lab.ok(context, &["create", "namespace", "istio-system"]);
     }
 
-    // causeway create-remote-secret --context cluster02 --name cluster02 | kubectl apply -f - --context cluster01
+    // For a lab cluster the secret carries the node's address, which what runs in the lab reaches
+    // (the seeds rewrite the kubeconfig to the node's docker address for this).
+    let in_lab = lab.causeway(&[
+        "create-remote-secret",
+        "--context",
+        "kind-cluster02",
+        "--name",
+        "cluster02",
+    ]);
+    assert!(
+        in_lab.status.success(),
+        "{}",
+        String::from_utf8_lossy(&in_lab.stderr)
+    );
+    let in_lab = embedded_kubeconfig(&in_lab.stdout, "cluster02");
+    let node02 = node_address(&lab, "cluster02");
+    assert_eq!(
+        in_lab["clusters"][0]["cluster"]["server"],
+        format!("https://{node02}:6443")
+    );
+    let ca = lab.directory.path().join("cluster02-ca.pem");
+    std::fs::write(
+        &ca,
+        base64::engine::general_purpose::STANDARD
+            .decode(
+                in_lab["clusters"][0]["cluster"]["certificate-authority-data"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    let token = in_lab["users"][0]["user"]["token"].as_str().unwrap();
+    let from_cluster01 = lab.causeway(&[
+        "lab",
+        "node-exec",
+        "cluster01",
+        "--",
+        "curl",
+        "-sS",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("https://{node02}:6443/api/v1/namespaces/default/services/kubernetes"),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&from_cluster01.stdout).contains("\"name\":\"kubernetes\""),
+        "{from_cluster01:?}"
+    );
+
+    // The control plane below runs on the host, so its secret names the host's listener
+    // (`--server`): causeway create-remote-secret --context kind-cluster02 --name cluster02
+    // --server <host address> | kubectl apply -f - --context kind-cluster01
+    let host_server = lab.ok(
+        "kind-cluster02",
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    );
     let secret = lab.causeway(&[
         "create-remote-secret",
         "--context",
-        "cluster02",
+        "kind-cluster02",
         "--name",
         "cluster02",
+        "--server",
+        &host_server,
     ]);
     assert!(
         secret.status.success(),
@@ -678,7 +774,14 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
         String::from_utf8_lossy(&secret.stderr)
     );
     let mut apply = Command::new(kubectl_binary())
-        .args(["apply", "-f", "-", "--context", "cluster01", "--cache-dir"])
+        .args([
+            "apply",
+            "-f",
+            "-",
+            "--context",
+            "kind-cluster01",
+            "--cache-dir",
+        ])
         .arg(lab.directory.path().join("kube-cache"))
         .env("KUBECONFIG", lab.kubeconfig())
         .stdin(std::process::Stdio::piped())
@@ -700,7 +803,7 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
     let jsonpath = r"jsonpath={.metadata.labels.istio/multiCluster} {.metadata.annotations.networking\.istio\.io/cluster}";
     assert_eq!(
         lab.ok(
-            "cluster01",
+            "kind-cluster01",
             &[
                 "get",
                 "secret",
@@ -714,7 +817,7 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
         "true cluster02"
     );
     let embedded = lab.ok(
-        "cluster01",
+        "kind-cluster01",
         &[
             "get",
             "secret",
@@ -759,7 +862,7 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
         .to_owned();
     let review: k8s_openapi::api::authentication::v1::TokenReview =
         serde_json::from_value(serde_json::json!({"spec": {"token": token}})).unwrap();
-    let admin02 = kube_client_for(&lab, "cluster02").await;
+    let admin02 = kube_client_for(&lab, "kind-cluster02").await;
     let reviewed = Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(admin02)
         .create(&PostParams::default(), &review)
         .await
@@ -773,7 +876,7 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
     );
     assert!(
         lab.ok(
-            "cluster02",
+            "kind-cluster02",
             &[
                 "get",
                 "clusterrolebinding",
@@ -862,6 +965,25 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
     );
 }
 
+/// The Secret's kubeconfig for `cluster`, from `create-remote-secret`'s output.
+fn embedded_kubeconfig(printed: &[u8], cluster: &str) -> serde_json::Value {
+    let text = String::from_utf8_lossy(printed);
+    let secret: serde_json::Value =
+        serde_saphyr::from_str(text.split("\n---").next().unwrap()).unwrap();
+    serde_saphyr::from_str(secret["stringData"][cluster].as_str().unwrap()).unwrap()
+}
+
+/// A cluster's node address, as `lab get-clusters` shows it.
+fn node_address(lab: &TestLab, cluster: &str) -> String {
+    let listed = String::from_utf8(lab.causeway(&["lab", "get-clusters"]).stdout).unwrap();
+    listed
+        .lines()
+        .find(|line| line.starts_with(&format!("{cluster} ")))
+        .and_then(|line| line.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("{cluster} is not listed: {listed}"))
+        .to_owned()
+}
+
 /// `causeway discovery` for cluster01 on loopback ports the system picks.
 struct Discovery {
     child: std::process::Child,
@@ -876,7 +998,7 @@ impl Discovery {
             .args([
                 "discovery",
                 "--context",
-                "cluster01",
+                "kind-cluster01",
                 "--cluster-id",
                 "cluster01",
                 "--network",

@@ -1,7 +1,8 @@
-//! Lab clusters on this machine: their records under the lab's state directory, and the API server
-//! process each one runs in the background (it outlives the command that started it).
+//! Lab clusters on this machine: their records under the lab's state directory, the lab network
+//! they share, and the process each one runs in the background (its node, API server, kubelet
+//! and service routing; it outlives the command that started it).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,13 +12,16 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::apiserver::{self, ApiServerConfig};
+use crate::apiserver;
 use crate::kubeconfig::ClusterAccess;
+use crate::network::{self, Bridge, LabNetwork, NetworkError, routes::ClusterAddresses};
 
 const RECORD_FILE: &str = "cluster.json";
 const ENDPOINT_FILE: &str = "apiserver.json";
 const LOG_FILE: &str = "apiserver.log";
-const DATA_DIR: &str = "data";
+pub(crate) const DATA_DIR: &str = "data";
+const NETWORK_FILE: &str = "lab.json";
+const LOCK_FILE: &str = "lab.lock";
 /// How long `create-cluster` waits for the API server to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +72,10 @@ pub enum LabError {
     NotRunning(String),
     #[error(transparent)]
     ApiServer(#[from] apiserver::StartError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LabError + 'a {
@@ -89,6 +97,31 @@ pub struct ClusterRecord {
     /// The port the API server last listened on; a restart tries it first so kubeconfigs stay valid.
     #[serde(default)]
     pub api_port: Option<u16>,
+    /// The node's address on the lab network (kind's `docker inspect ... IPAddress`).
+    #[serde(default)]
+    pub node_address: Option<Ipv4Addr>,
+    /// LoadBalancer addresses given at creation (`--load-balancer-pool`), as a metallb
+    /// IPAddressPool's `addresses` entry.
+    #[serde(default)]
+    pub load_balancer_pool: Option<String>,
+}
+
+impl ClusterRecord {
+    /// Where the cluster's addresses live, once it has a node address.
+    pub fn addresses(&self) -> Option<ClusterAddresses> {
+        Some(ClusterAddresses {
+            name: self.name.clone(),
+            node: self.node_address?,
+            pod_subnet: self.pod_subnet,
+            service_subnet: self.service_subnet,
+        })
+    }
+}
+
+/// Optional settings of a new cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    pub load_balancer_pool: Option<String>,
 }
 
 /// Written by a running API server process.
@@ -165,8 +198,130 @@ impl Lab {
         self.clusters_dir().join(name)
     }
 
+    pub(crate) fn endpoint_path(&self, name: &str) -> PathBuf {
+        self.cluster_dir(name).join(ENDPOINT_FILE)
+    }
+
+    pub(crate) fn record_path(&self, name: &str) -> PathBuf {
+        self.cluster_dir(name).join(RECORD_FILE)
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.cluster_dir(name).join(LOG_FILE)
+    }
+
+    /// Holds the lab's lock until dropped: lab-wide changes (a new cluster's node address, the
+    /// bridge, connections) are made one at a time, also across processes.
+    pub fn lock(&self) -> Result<std::fs::File, LabError> {
+        std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        let path = self.root.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        file.lock().map_err(io("lock", &path))?;
+        Ok(file)
+    }
+
+    /// The lab network: its subnet, its bridge's namespace and the clusters' connections.
+    pub fn network(&self) -> Result<LabNetwork, LabError> {
+        let path = self.root.join(NETWORK_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| LabError::BadRecord {
+                path,
+                reason: error.to_string(),
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(LabNetwork::new(
+                &self.root,
+                network::DEFAULT_LAB_SUBNET
+                    .parse()
+                    .expect("the default lab subnet is valid"),
+            )),
+            Err(error) => Err(io("read", &path)(error)),
+        }
+    }
+
+    fn save_network(&self, network: &LabNetwork) -> Result<(), LabError> {
+        std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        Self::write_json(&self.root.join(NETWORK_FILE), network)
+    }
+
+    /// The lab's bridge, made when missing.
+    pub fn bridge(&self) -> Result<Bridge, LabError> {
+        let _lock = self.lock()?;
+        let network = self.network()?;
+        self.save_network(&network)?;
+        Ok(Bridge::ensure(&network.bridge_namespace)?)
+    }
+
+    /// Every cluster's addresses (those with a node).
+    pub fn addresses(&self) -> Result<Vec<ClusterAddresses>, LabError> {
+        Ok(self
+            .clusters()?
+            .iter()
+            .filter_map(ClusterRecord::addresses)
+            .collect())
+    }
+
+    /// Routes `a` and `b` to each other's pod and service subnets through their nodes (the seeds'
+    /// `ip route add ... via <node> dev eth0` on both nodes), now if they run and whenever they
+    /// start again. Returns false when they were connected already.
+    pub fn connect(&self, a: &str, b: &str) -> Result<bool, LabError> {
+        self.change_connection(a, b, true)
+    }
+
+    /// Removes what [`Lab::connect`] added. Returns false when they were not connected.
+    pub fn disconnect(&self, a: &str, b: &str) -> Result<bool, LabError> {
+        self.change_connection(a, b, false)
+    }
+
+    fn change_connection(&self, a: &str, b: &str, connect: bool) -> Result<bool, LabError> {
+        if a == b {
+            return Err(LabError::Refused(format!(
+                "a cluster cannot be connected to itself ({a})"
+            )));
+        }
+        let _lock = self.lock()?;
+        let (left, right) = (self.record(a)?, self.record(b)?);
+        let (Some(left), Some(right)) = (left.addresses(), right.addresses()) else {
+            return Err(LabError::Refused(format!(
+                "{a} or {b} has no node yet; start it with `causeway lab start-cluster`"
+            )));
+        };
+        let mut network = self.network()?;
+        let changed = if connect {
+            network.connect(a, b)
+        } else {
+            network.disconnect(a, b)
+        };
+        self.save_network(&network)?;
+        for (from, to) in [(&left, &right), (&right, &left)] {
+            let node = network::node_namespace(&from.name);
+            if !crate::netns::Netns::exists(&node) {
+                continue;
+            }
+            let node = crate::netns::Netns::open(&node);
+            for (prefix, via) in network::routes::routes_to(to) {
+                let command = if connect {
+                    format!(
+                        "route replace {prefix} via {via} dev {}",
+                        network::NODE_INTERFACE
+                    )
+                } else {
+                    format!(
+                        "route del {prefix} via {via} dev {}",
+                        network::NODE_INTERFACE
+                    )
+                };
+                let result = node.ip_batch(&[command]);
+                if connect {
+                    result.map_err(NetworkError::from)?;
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// Every cluster's record, by name.
@@ -220,7 +375,7 @@ impl Lab {
         })
     }
 
-    fn write_json(path: &Path, value: &impl Serialize) -> Result<(), LabError> {
+    pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), LabError> {
         let bytes = serde_json::to_vec_pretty(value).expect("records always serialize");
         causeway_ca::files::write_atomically(path, &bytes, causeway_ca::files::Visibility::Public)
             .map_err(|error| io("write", path)(error.source))
@@ -244,10 +399,12 @@ impl Lab {
         name: &str,
         pod_subnet: Ipv4Net,
         service_subnet: Ipv4Net,
+        options: ClusterOptions,
     ) -> Result<ClusterRecord, LabError> {
         if !valid_name(name) {
             return Err(LabError::BadName(name.to_owned()));
         }
+        let _lock = self.lock()?;
         let overlap =
             |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
         if overlap(&pod_subnet, &service_subnet) {
@@ -264,6 +421,25 @@ impl Lab {
         if existing.iter().any(|record| record.name == name) {
             return Err(LabError::Exists(name.to_owned()));
         }
+        let node = network::node_namespace(name);
+        if crate::netns::Netns::exists(&node) {
+            return Err(NetworkError::Taken { name: node }.into());
+        }
+        let network = self.network()?;
+        let lab_subnet = network.subnet;
+        for (what, subnet) in [("pod", pod_subnet), ("service", service_subnet)] {
+            if overlap(&subnet, &lab_subnet) {
+                return Err(LabError::Refused(format!(
+                    "the {what} subnet {subnet} of cluster {name:?} overlaps the lab network \
+                     {lab_subnet}; pick another (--pod-subnet, --service-subnet)"
+                )));
+            }
+        }
+        let taken: Vec<Ipv4Addr> = existing
+            .iter()
+            .filter_map(|record| record.node_address)
+            .collect();
+        let node_address = network.free_node_address(&taken)?;
         for record in &existing {
             for (what, subnet) in [("pod", pod_subnet), ("service", service_subnet)] {
                 for (other_what, other_subnet) in [
@@ -299,6 +475,8 @@ impl Lab {
             service_subnet,
             created: crate::apiserver::metadata::now(),
             api_port: None,
+            node_address: Some(node_address),
+            load_balancer_pool: options.load_balancer_pool,
         };
         Self::write_json(&directory.join(RECORD_FILE), &record)?;
         Ok(record)
@@ -311,6 +489,7 @@ impl Lab {
         if let ClusterStatus::Running(_) = self.status(name) {
             return self.access(name);
         }
+        self.remove_leftovers(name)?;
         let directory = self.cluster_dir(name);
         let endpoint_path = directory.join(ENDPOINT_FILE);
         let _ = std::fs::remove_file(&endpoint_path);
@@ -363,7 +542,9 @@ impl Lab {
         }
     }
 
-    /// Stops the cluster's API server (TERM, then KILL after a grace period).
+    /// Stops the cluster's process (TERM, then KILL after a grace period), then removes whatever
+    /// it left: its node's and pods' namespaces and the processes in them (all of it after a
+    /// `kill -9`, nothing after a clean stop). The cluster's objects are kept.
     pub fn stop(&self, name: &str) -> Result<(), LabError> {
         self.record(name)?;
         if let ClusterStatus::Running(endpoint) = self.status(name) {
@@ -379,14 +560,40 @@ impl Lab {
             }
         }
         let _ = std::fs::remove_file(self.cluster_dir(name).join(ENDPOINT_FILE));
+        self.remove_leftovers(name)?;
         Ok(())
     }
 
-    /// Stops the cluster and removes everything it stored.
+    /// Removes the namespaces (and processes) a cluster whose process is gone left behind.
+    pub fn remove_leftovers(&self, name: &str) -> Result<Vec<String>, LabError> {
+        let removed = network::remove_cluster_namespaces(name)?;
+        if !removed.is_empty() {
+            tracing::info!(cluster = name, namespaces = ?removed, "removed what a stopped cluster left");
+        }
+        Ok(removed)
+    }
+
+    /// Stops the cluster and removes everything it stored; with the lab's last cluster, the lab
+    /// network goes too.
     pub fn delete(&self, name: &str) -> Result<(), LabError> {
         self.stop(name)?;
         let directory = self.cluster_dir(name);
-        std::fs::remove_dir_all(&directory).map_err(io("remove", &directory))
+        std::fs::remove_dir_all(&directory).map_err(io("remove", &directory))?;
+        let _lock = self.lock()?;
+        let mut network = self.network()?;
+        network.forget(name);
+        if self.clusters()?.is_empty() {
+            Bridge::remove(&network.bridge_namespace)?;
+            let path = self.root.join(NETWORK_FILE);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io("remove", &path)(error)),
+            }
+        } else {
+            self.save_network(&network)?;
+        }
+        Ok(())
     }
 
     /// Server address, CA and admin token of a running cluster.
@@ -406,44 +613,6 @@ impl Lab {
             token: read("admin-token")?.trim().to_owned(),
         })
     }
-
-    /// Runs the cluster's API server in this process until SIGTERM or SIGINT (`lab serve-cluster`).
-    pub async fn serve(&self, name: &str) -> Result<(), LabError> {
-        let mut record = self.record(name)?;
-        let directory = self.cluster_dir(name);
-        let mut config =
-            ApiServerConfig::new(name, directory.join(DATA_DIR), record.service_subnet);
-        if let Some(port) = record.api_port {
-            config.listen.set_port(port);
-        }
-        let server = match apiserver::start(config.clone()).await {
-            Ok(server) => server,
-            Err(apiserver::StartError::Listen { address, source }) if record.api_port.is_some() => {
-                tracing::warn!(%address, %source, "the previous port is taken; listening on a new one (kubeconfigs need `causeway lab start-cluster` to refresh)");
-                config.listen.set_port(0);
-                apiserver::start(config).await?
-            }
-            Err(error) => return Err(error.into()),
-        };
-        record.api_port = Some(server.address.port());
-        Self::write_json(&directory.join(RECORD_FILE), &record)?;
-        let endpoint = Endpoint {
-            pid: std::process::id(),
-            address: server.address,
-        };
-        Self::write_json(&directory.join(ENDPOINT_FILE), &endpoint)?;
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(io("listen for signals in", &directory))?;
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!(cluster = name, "stopping");
-        let _ = std::fs::remove_file(directory.join(ENDPOINT_FILE));
-        server.shutdown().await;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -455,31 +624,83 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let lab = Lab::new(directory.path());
         let net = |text: &str| text.parse::<Ipv4Net>().unwrap();
-        lab.add("cluster01", net("10.10.0.0/16"), net("10.11.0.0/16"))
-            .unwrap();
+        lab.add(
+            "unit-one",
+            net("10.10.0.0/16"),
+            net("10.11.0.0/16"),
+            ClusterOptions::default(),
+        )
+        .unwrap();
         let error = lab
-            .add("cluster02", net("10.20.0.0/16"), net("10.11.128.0/17"))
+            .add(
+                "unit-two",
+                net("10.20.0.0/16"),
+                net("10.11.128.0/17"),
+                ClusterOptions::default(),
+            )
             .unwrap_err();
         assert!(
             error
                 .to_string()
-                .contains("overlaps the service subnet 10.11.0.0/16 of cluster01"),
+                .contains("overlaps the service subnet 10.11.0.0/16 of unit-one"),
             "{error}"
         );
         assert!(matches!(
-            lab.add("cluster01", net("10.30.0.0/16"), net("10.31.0.0/16")),
+            lab.add(
+                "unit-one",
+                net("10.30.0.0/16"),
+                net("10.31.0.0/16"),
+                ClusterOptions::default()
+            ),
             Err(LabError::Exists(_))
         ));
         assert!(matches!(
-            lab.add("Cluster_3", net("10.30.0.0/16"), net("10.31.0.0/16")),
+            lab.add(
+                "Cluster_3",
+                net("10.30.0.0/16"),
+                net("10.31.0.0/16"),
+                ClusterOptions::default()
+            ),
             Err(LabError::BadName(_))
         ));
         assert!(
-            lab.add("same", net("10.40.0.0/16"), net("10.40.0.0/24"))
-                .is_err()
+            lab.add(
+                "same",
+                net("10.40.0.0/16"),
+                net("10.40.0.0/24"),
+                ClusterOptions::default()
+            )
+            .is_err()
+        );
+        let error = lab
+            .add(
+                "unit-three",
+                net("172.18.64.0/24"),
+                net("10.50.0.0/16"),
+                ClusterOptions::default(),
+            )
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("overlaps the lab network 172.18.0.0/16"),
+            "{error}"
         );
         assert_eq!(lab.clusters().unwrap().len(), 1);
-        assert!(matches!(lab.status("cluster01"), ClusterStatus::Stopped));
+        let second = lab
+            .add(
+                "unit-two",
+                net("10.20.0.0/16"),
+                net("10.21.0.0/16"),
+                ClusterOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            lab.record("unit-one").unwrap().node_address,
+            Some(Ipv4Addr::new(172, 18, 0, 2))
+        );
+        assert_eq!(second.node_address, Some(Ipv4Addr::new(172, 18, 0, 3)));
+        assert!(matches!(lab.status("unit-one"), ClusterStatus::Stopped));
         assert!(matches!(lab.record("nope"), Err(LabError::Unknown { .. })));
     }
 }

@@ -1,5 +1,6 @@
-//! The lab's kubeconfig entries: one cluster, user and context per lab cluster, all named after the
-//! cluster (the seeds use `--context cluster01`). Merging keeps everything else in the file.
+//! The lab's kubeconfig entries: one cluster, user and context per lab cluster, named as kind names
+//! them (`kind-cluster01`, which the seeds' `--context kind-cluster01` uses). Merging keeps
+//! everything else in the file.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,11 @@ pub enum KubeconfigError {
     Read { path: PathBuf, reason: String },
     #[error("cannot write the kubeconfig {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+}
+
+/// The name of a lab cluster's kubeconfig cluster, user and context, as kind names them.
+pub fn context_name(cluster: &str) -> String {
+    format!("kind-{cluster}")
 }
 
 /// How to reach one lab cluster's API server.
@@ -35,12 +41,24 @@ pub fn for_clusters(clusters: &[ClusterAccess]) -> Kubeconfig {
     for access in clusters {
         upsert(&mut config, access);
     }
-    config.current_context = clusters.first().map(|access| access.name.clone());
+    config.current_context = clusters.first().map(|access| context_name(&access.name));
+    config
+}
+
+/// A kubeconfig for one cluster whose cluster, user and context are all named `name`, as a remote
+/// secret carries it.
+pub fn named(access: &ClusterAccess, name: &str) -> Kubeconfig {
+    let mut config = for_clusters(&[]);
+    upsert_as(&mut config, access, name.to_owned());
+    config.current_context = Some(name.to_owned());
     config
 }
 
 fn upsert(config: &mut Kubeconfig, access: &ClusterAccess) {
-    let name = access.name.clone();
+    upsert_as(config, access, context_name(&access.name));
+}
+
+fn upsert_as(config: &mut Kubeconfig, access: &ClusterAccess, name: String) {
     config.clusters.retain(|entry| entry.name != name);
     config.auth_infos.retain(|entry| entry.name != name);
     config.contexts.retain(|entry| entry.name != name);
@@ -117,16 +135,18 @@ pub fn merge(path: &Path, access: &ClusterAccess) -> Result<(), KubeconfigError>
     let mut config = read_or_empty(path)?;
     upsert(&mut config, access);
     if config.current_context.as_deref().is_none_or(str::is_empty) {
-        config.current_context = Some(access.name.clone());
+        config.current_context = Some(context_name(&access.name));
     }
     write(path, &config)
 }
 
 /// Removes a cluster's entries; a current context naming it is cleared.
-pub fn remove(path: &Path, name: &str) -> Result<(), KubeconfigError> {
+pub fn remove(path: &Path, cluster: &str) -> Result<(), KubeconfigError> {
     if !path.exists() {
         return Ok(());
     }
+    let name = context_name(cluster);
+    let name = name.as_str();
     let mut config = read_or_empty(path)?;
     config.clusters.retain(|entry| entry.name != name);
     config.auth_infos.retain(|entry| entry.name != name);
@@ -179,7 +199,7 @@ mod tests {
             .iter()
             .map(|context| context.name.as_str())
             .collect();
-        assert_eq!(names, ["prod", "cluster01", "cluster02"]);
+        assert_eq!(names, ["prod", "kind-cluster01", "kind-cluster02"]);
         remove(&path, "cluster01").unwrap();
         let config = Kubeconfig::read_from(&path).unwrap();
         assert_eq!(config.clusters.len(), 2);
@@ -195,7 +215,7 @@ mod tests {
                 .unwrap()
                 .current_context
                 .as_deref(),
-            Some("cluster01")
+            Some("kind-cluster01")
         );
         remove(&path, "cluster01").unwrap();
         assert_eq!(Kubeconfig::read_from(&path).unwrap().current_context, None);

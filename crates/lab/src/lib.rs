@@ -3,9 +3,11 @@
 //! background and [`kubeconfig`] tells clients where they are.
 
 pub mod apiserver;
+pub mod cluster_process;
 pub mod clusters;
 pub mod kind_config;
 pub mod kubeconfig;
 pub mod netns;
+pub mod network;
 #[cfg(feature = "testing")]
 pub mod testing;

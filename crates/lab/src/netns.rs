@@ -6,9 +6,11 @@
 //! every later command find it. Both ends of every link live in namespaces made here, so the
 //! host's own network is never touched, and deleting a namespace deletes its links.
 //!
-//! Names are `cw-<pid>-<sequence>-<label>`. A [`Namespace`] kills the processes inside it and
-//! deletes itself when dropped (also when a test panics); [`sweep_stale`] removes what a process
-//! that was killed outright left behind, by checking that the pid in the name is gone.
+//! A [`Netns`] is a named namespace that outlives the process that made it (a lab node or pod,
+//! deleted explicitly). A [`Namespace`] is a temporary one for tests, named
+//! `cw-<pid>-<sequence>-<label>`: it kills the processes inside it and deletes itself when dropped
+//! (also when a test panics), and [`sweep_stale`] removes what a process that was killed outright
+//! left behind, by checking that the pid in the name is gone.
 
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -86,34 +88,83 @@ fn describe(command: &Command) -> String {
         .join(" ")
 }
 
-/// A network namespace made here, deleted (with every process inside) when dropped.
-#[derive(Debug)]
-pub struct Namespace {
+/// A named network namespace pinned under `/run/netns`. It stays until [`Netns::delete`], also
+/// after the process that made it is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
     name: String,
 }
 
-impl Namespace {
-    /// A new namespace with its loopback up. `label` says what it is for (`pod-sleep`, say).
-    pub fn create(label: &str) -> Result<Namespace, NetnsError> {
-        let label: String = label
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(MAX_LABEL)
-            .collect();
-        let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        Self::create_named(format!("{PREFIX}{}-{sequence}-{label}", std::process::id()))
+impl Netns {
+    /// A new namespace `name` with its loopback up. If making it fails half way, it is removed.
+    pub fn create(name: &str) -> Result<Netns, NetnsError> {
+        ip(&["netns", "add", name])?;
+        let namespace = Netns {
+            name: name.to_owned(),
+        };
+        if let Err(error) = namespace.ip(&["link", "set", "lo", "up"]) {
+            let _ = namespace.delete();
+            return Err(error);
+        }
+        Ok(namespace)
     }
 
-    fn create_named(name: String) -> Result<Namespace, NetnsError> {
-        ip(&["netns", "add", &name])?;
-        // From here on, dropping the value deletes the namespace again.
-        let namespace = Namespace { name };
-        namespace.ip(&["link", "set", "lo", "up"])?;
-        Ok(namespace)
+    /// A handle on an existing namespace `name` (see [`Netns::exists`]).
+    pub fn open(name: &str) -> Netns {
+        Netns {
+            name: name.to_owned(),
+        }
+    }
+
+    /// Whether a namespace `name` is pinned under `/run/netns`.
+    pub fn exists(name: &str) -> bool {
+        std::path::Path::new("/run/netns").join(name).exists()
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the namespace is pinned; `setns(2)` takes it.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs several `ip` commands (one per line, without the leading `ip`) inside the namespace
+    /// with a single `ip -batch`, stopping at the first that fails.
+    pub fn ip_batch(&self, commands: &[String]) -> Result<(), NetnsError> {
+        use std::io::Write;
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let mut child = Command::new("ip")
+            .args(["-netns", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NetnsError::Spawn {
+                command: format!("ip -netns {} -batch -", self.name),
+                source,
+            })?;
+        let script = commands.join("\n") + "\n";
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|source| NetnsError::Spawn {
+                command: format!("ip -netns {} -batch -", self.name),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(NetnsError::Failed {
+                command: format!("ip -netns {} -batch: {}", self.name, commands.join("; ")),
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Runs `ip` inside the namespace.
@@ -142,7 +193,7 @@ impl Namespace {
         &self,
         name: &str,
         address: &str,
-        peer: &Namespace,
+        peer: &Netns,
         peer_name: &str,
         peer_address: &str,
     ) -> Result<(), NetnsError> {
@@ -207,19 +258,63 @@ impl Namespace {
         Ok(parse_pids(&ip(&["netns", "pids", &self.name])?))
     }
 
-    fn delete(&self) -> Result<(), NetnsError> {
+    /// Kills every process inside, then removes the namespace (and its links, and its files
+    /// under `/etc/netns`). A namespace that is already gone is no error.
+    pub fn delete(&self) -> Result<(), NetnsError> {
         kill_all(&self.name);
         let _ = std::fs::remove_dir_all(etc_dir(&self.name));
+        if !Self::exists(&self.name) {
+            return Ok(());
+        }
         ip(&["netns", "del", &self.name]).map(drop)
+    }
+}
+
+/// A temporary network namespace for tests, deleted (with every process inside) when dropped.
+#[derive(Debug)]
+pub struct Namespace {
+    inner: Netns,
+}
+
+impl Namespace {
+    /// A new namespace with its loopback up. `label` says what it is for (`pod-sleep`, say).
+    pub fn create(label: &str) -> Result<Namespace, NetnsError> {
+        let label: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(MAX_LABEL)
+            .collect();
+        let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}{}-{sequence}-{label}", std::process::id());
+        Ok(Namespace {
+            inner: Netns::create(&name)?,
+        })
+    }
+}
+
+impl std::ops::Deref for Namespace {
+    type Target = Netns;
+
+    fn deref(&self) -> &Netns {
+        &self.inner
     }
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        if let Err(error) = self.delete() {
-            tracing::warn!(namespace = %self.name, %error, "could not delete a network namespace; `causeway lab down` or the next sweep removes it");
+        if let Err(error) = self.inner.delete() {
+            tracing::warn!(namespace = %self.inner.name, %error, "could not delete a network namespace; `causeway lab down` or the next sweep removes it");
         }
     }
+}
+
+/// Every namespace pinned under `/run/netns`, by name.
+pub fn list() -> Result<Vec<String>, NetnsError> {
+    Ok(ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Where `ip netns exec` finds files to mount over `/etc` for namespace `name`.
@@ -257,10 +352,8 @@ fn kill_all(name: &str) {
 /// the processes inside are killed and the namespaces deleted. Returns their names.
 pub fn sweep_stale() -> Result<Vec<String>, NetnsError> {
     let mut swept = Vec::new();
-    for name in ip(&["netns", "list"])?
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-    {
+    for name in list()? {
+        let name = name.as_str();
         let Some(owner) = owner_pid(name) else {
             continue;
         };

@@ -76,7 +76,7 @@ pub mod fixtures {
     use serde_json::{Value, json};
 
     use super::ClusterAccess;
-    use crate::kubeconfig::{for_clusters, render};
+    use crate::kubeconfig::{named, render};
 
     async fn create<K>(api: Api<K>, object: Value) -> K
     where
@@ -258,7 +258,7 @@ pub mod fixtures {
 
     /// The remote secret `create-remote-secret --name <cluster>` prints, for `access`.
     pub fn remote_secret(cluster: &str, access: &ClusterAccess) -> Secret {
-        let kubeconfig = render(&for_clusters(std::slice::from_ref(access)));
+        let kubeconfig = render(&named(access, cluster));
         serde_json::from_value(json!({
             "metadata": {"name": format!("istio-remote-secret-{cluster}"), "namespace": "istio-system",
                          "labels": {"istio/multiCluster": "true"},

@@ -11,16 +11,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::config::ApiServerConfig;
+use super::config::{ApiServerConfig, NODE_API_PORT};
 use super::http::REQUEST_READ_TIMEOUT;
 use super::resources::id_of;
 use super::routing::Target;
 use super::service_ips::ServiceIps;
 use super::state::ApiState;
+use super::status::ApiError;
 use super::store::{Store, StoreError, StoreOptions};
 use super::tls::{self, TlsError};
 use super::tokens::{TokenKeyError, TokenSigner};
-use super::writes::create_if_absent;
+use super::writes::{self, create_if_absent};
 use super::{controllers, handlers, service_ips};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,7 @@ pub struct RunningApiServer {
     pub ca_pem: String,
     pub admin_token: String,
     shared: Arc<ApiState>,
+    tls: Arc<rustls::ServerConfig>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// Held while serving: two API servers on one data directory would interleave their logs.
@@ -64,6 +66,17 @@ pub struct RunningApiServer {
 impl RunningApiServer {
     pub fn shared(&self) -> &Arc<ApiState> {
         &self.shared
+    }
+
+    /// Serves on one more listener (the node's, bound inside its namespace); its address.
+    pub fn serve_also(&mut self, listener: std::net::TcpListener) -> std::io::Result<SocketAddr> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let address = listener.local_addr()?;
+        self.tasks
+            .spawn(accept_loop(self.shared.clone(), listener, self.tls.clone()));
+        tracing::info!(cluster = %self.shared.config.cluster, %address, "API server listening");
+        Ok(address)
     }
 
     /// Stops accepting, ends every watch and waits for the tasks to finish.
@@ -140,6 +153,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
         IpAddr::V4(service_ips.api_server_ip()),
     ];
     addresses.extend(config.extra_addresses.iter().copied());
+    addresses.extend(config.node_address.map(IpAddr::V4));
     let serving = tls::load(&config.data_dir, &config.cluster, &dns_names, &addresses)?;
 
     let services = id_of("", "Service");
@@ -174,11 +188,16 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
 
     let mut tasks = JoinSet::new();
     tasks.spawn(controllers::start(shared.clone()));
-    tasks.spawn(accept_loop(shared.clone(), listener, serving.config));
+    tasks.spawn(accept_loop(
+        shared.clone(),
+        listener,
+        serving.config.clone(),
+    ));
     tracing::info!(cluster = %shared.config.cluster, %address, "API server listening");
     Ok(RunningApiServer {
         address,
         ca_pem: serving.ca_pem,
+        tls: serving.config,
         admin_token,
         shared,
         stop,
@@ -208,7 +227,7 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, StartError
 }
 
 /// The objects every cluster has: its system namespaces, its node, and the `kubernetes` Service.
-fn bootstrap(shared: &ApiState) -> Result<(), super::status::ApiError> {
+fn bootstrap(shared: &ApiState) -> Result<(), ApiError> {
     for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let object =
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
@@ -231,18 +250,82 @@ fn bootstrap(shared: &ApiState) -> Result<(), super::status::ApiError> {
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]},
     });
     create_if_absent(shared, &Target::collection(id_of("", "Node"), ""), node)?;
-    let api_ip = shared.service_ips().api_server_ip().to_string();
+    kubernetes_service(shared)
+}
+
+/// The `kubernetes` Service in `default` and where it leads: the node's listener when there is a
+/// node (its Endpoints and EndpointSlice name it, as a kube-apiserver keeps them), else the
+/// host's. Made on the first start, brought up to date on later ones.
+fn kubernetes_service(state: &ApiState) -> Result<(), ApiError> {
+    let api_ip = state.service_ips().api_server_ip().to_string();
+    let target_port = match state.config.node_address {
+        Some(_) => NODE_API_PORT,
+        None => state.address.port(),
+    };
+    let ports =
+        json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": target_port}]);
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"clusterIP": api_ip, "clusterIPs": [api_ip], "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": shared.address.port()}]},
+        "spec": {"clusterIP": api_ip, "clusterIPs": [api_ip], "ports": ports},
     });
-    create_if_absent(
-        shared,
-        &Target::collection(id_of("", "Service"), "default"),
-        service,
+    let services = id_of("", "Service");
+    create_if_absent(state, &Target::collection(services, "default"), service)?;
+    writes::update(
+        state,
+        &Target::object(services, "default", "kubernetes"),
+        |current| {
+            let changed = current.data["spec"]["ports"] != ports;
+            current.data["spec"]["ports"] = ports.clone();
+            changed
+        },
     )?;
+    let Some(node_address) = state.config.node_address else {
+        return Ok(());
+    };
+    let endpoints = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": node_address.to_string()}], "ports": [{"name": "https", "port": NODE_API_PORT, "protocol": "TCP"}]}],
+    });
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [node_address.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": NODE_API_PORT, "protocol": "TCP"}],
+    });
+    for (resource, object, fields) in [
+        (id_of("", "Endpoints"), endpoints, &["subsets"][..]),
+        (
+            id_of("discovery.k8s.io", "EndpointSlice"),
+            slice,
+            &["endpoints", "ports"][..],
+        ),
+    ] {
+        create_if_absent(
+            state,
+            &Target::collection(resource, "default"),
+            object.clone(),
+        )?;
+        writes::update(
+            state,
+            &Target::object(resource, "default", "kubernetes"),
+            |current| {
+                let mut changed = false;
+                for field in fields {
+                    if current.data[*field] != object[*field] {
+                        current.data[*field] = object[*field].clone();
+                        changed = true;
+                    }
+                }
+                changed
+            },
+        )?;
+    }
     Ok(())
 }
 
