@@ -181,8 +181,10 @@ pub mod fixtures {
         pub labels: Value,
     }
 
-    /// A running, injected (`security.istio.io/tlsMode=istio`) pod with its IP and readiness set.
+    /// A running, injected (`security.istio.io/tlsMode=istio`) pod with its IP and readiness set;
+    /// its service account is made when missing, as the API server requires one.
     pub async fn pod(client: &kube::Client, namespace: &str, pod: TestPod<'_>) -> Pod {
+        service_account(client, namespace, pod.service_account).await;
         let mut labels = json!({"app": pod.app, "security.istio.io/tlsMode": "istio"});
         if let (Some(all), Some(extra)) = (labels.as_object_mut(), pod.labels.as_object()) {
             all.extend(extra.clone());
@@ -235,14 +237,7 @@ pub mod fixtures {
         use k8s_openapi::api::authentication::v1::TokenRequest;
         use k8s_openapi::api::core::v1::ServiceAccount;
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-        if accounts
-            .get_opt(name)
-            .await
-            .expect("service accounts can be read")
-            .is_none()
-        {
-            create(accounts.clone(), json!({"metadata": {"name": name}})).await;
-        }
+        service_account(client, namespace, name).await;
         let request: TokenRequest = serde_json::from_value(
             json!({"spec": {"audiences": audiences, "expirationSeconds": 600}}),
         )
@@ -254,6 +249,20 @@ pub mod fixtures {
             .status
             .expect("an issued token")
             .token
+    }
+
+    /// Service account `namespace/name`, made when missing.
+    pub async fn service_account(client: &kube::Client, namespace: &str, name: &str) {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        if accounts
+            .get_opt(name)
+            .await
+            .expect("service accounts can be read")
+            .is_none()
+        {
+            create(accounts, json!({"metadata": {"name": name}})).await;
+        }
     }
 
     /// The remote secret `create-remote-secret --name <cluster>` prints, for `access`.

@@ -47,7 +47,7 @@ pub fn apply_defaults(resource: &Resource, object: &mut DynamicObject) {
             {
                 spec["externalTrafficPolicy"] = json!("Cluster");
             }
-            if let Some(ports) = spec["ports"].as_array_mut() {
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                 for port in ports {
                     if port["protocol"].is_null() {
                         port["protocol"] = json!("TCP");
@@ -85,15 +85,20 @@ pub fn apply_defaults(resource: &Resource, object: &mut DynamicObject) {
             }
         }
         ("", "Pod") => {
-            if object["spec"]["serviceAccountName"].is_null() {
-                object["spec"]["serviceAccountName"] = json!("default");
-            }
-            if object["spec"]["restartPolicy"].is_null() {
-                object["spec"]["restartPolicy"] = json!("Always");
-            }
+            pod_spec(&mut object["spec"]);
             if object["status"]["phase"].is_null() {
                 object["status"]["phase"] = json!("Pending");
             }
+            if object["status"]["qosClass"].is_null() {
+                object["status"]["qosClass"] = json!(qos_class(&object["spec"]));
+            }
+        }
+        ("apps", "ReplicaSet") => {
+            let spec = &mut object["spec"];
+            if spec["replicas"].is_null() {
+                spec["replicas"] = json!(1);
+            }
+            pod_spec(&mut spec["template"]["spec"]);
         }
         ("apps", "Deployment") => {
             let spec = &mut object["spec"];
@@ -108,9 +113,112 @@ pub fn apply_defaults(resource: &Resource, object: &mut DynamicObject) {
             }
             if spec["strategy"].is_null() {
                 spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}});
+            } else if spec["strategy"]["type"].is_null() {
+                spec["strategy"]["type"] = json!("RollingUpdate");
             }
+            if spec["strategy"]["type"] == "RollingUpdate" {
+                let rolling = &mut spec["strategy"]["rollingUpdate"];
+                for field in ["maxSurge", "maxUnavailable"] {
+                    if rolling[field].is_null() {
+                        rolling[field] = json!("25%");
+                    }
+                }
+            }
+            pod_spec(&mut spec["template"]["spec"]);
         }
         _ => {}
+    }
+}
+
+/// Sets `field` to `value` when it is absent.
+fn default(object: &mut Value, field: &str, value: Value) {
+    if object[field].is_null() {
+        object[field] = value;
+    }
+}
+
+/// A pod spec's defaults (a pod's, or a template's), as the API server fills them in, so that
+/// `kubectl get -o yaml` and `describe` show what they show on Kubernetes.
+fn pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    default(spec, "serviceAccountName", json!("default"));
+    let account = spec["serviceAccountName"].clone();
+    default(spec, "serviceAccount", account);
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "enableServiceLinks", json!(true));
+    default(spec, "priority", json!(0));
+    for list in ["initContainers", "containers"] {
+        for container in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            default(
+                container,
+                "terminationMessagePath",
+                json!("/dev/termination-log"),
+            );
+            default(container, "terminationMessagePolicy", json!("File"));
+            default(container, "resources", json!({}));
+            let image = container["image"].as_str().unwrap_or("");
+            let tag = image
+                .rsplit('/')
+                .next()
+                .and_then(|last| last.split_once(':'))
+                .map(|(_, tag)| tag);
+            let pull = if tag.is_none_or(|tag| tag == "latest") && !image.contains('@') {
+                "Always"
+            } else {
+                "IfNotPresent"
+            };
+            default(container, "imagePullPolicy", json!(pull));
+            for port in container
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                default(port, "protocol", json!("TCP"));
+            }
+        }
+    }
+}
+
+/// The pod's quality of service class, from its containers' requests and limits.
+fn qos_class(spec: &Value) -> &'static str {
+    let containers = spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let resources = |container: &Value, kind: &str| {
+        container["resources"][kind]
+            .as_object()
+            .is_some_and(|map| !map.is_empty())
+    };
+    if containers
+        .iter()
+        .all(|container| !resources(container, "requests") && !resources(container, "limits"))
+    {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|container| {
+        ["cpu", "memory"].iter().all(|resource| {
+            let limit = &container["resources"]["limits"][*resource];
+            let request = &container["resources"]["requests"][*resource];
+            !limit.is_null() && (request.is_null() || request == limit)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
     }
 }
 

@@ -126,8 +126,15 @@ pub static RESOURCES: &[Resource] = &[
     Resource {
         field_selectors: &[
             "involvedObject.name",
+            "involvedObject.namespace",
             "involvedObject.kind",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
             "reason",
+            "reportingComponent",
+            "source",
             "type",
         ],
         ..objects("", V1, "Event", "events", "event", true, &["ev"], false)

@@ -183,6 +183,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
         service_ips: Mutex::new(service_ips),
         address,
         shutdown,
+        pod_runtime: std::sync::OnceLock::new(),
     });
     bootstrap(&shared).map_err(|error| StartError::Bootstrap(error.message))?;
 

@@ -2,11 +2,12 @@
 //! keys and allocators, and the signal to stop.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::watch;
 
 use super::config::ApiServerConfig;
+use super::pod_runtime::PodRuntime;
 use super::service_ips::ServiceIps;
 use super::store::Store;
 use super::tokens::TokenSigner;
@@ -21,6 +22,8 @@ pub struct ApiState {
     /// The address of the host's listener (`127.0.0.1:<port>`).
     pub address: SocketAddr,
     pub shutdown: watch::Receiver<bool>,
+    /// The kubelet running this cluster's pods, once it started.
+    pub pod_runtime: OnceLock<Arc<dyn PodRuntime>>,
 }
 
 impl ApiState {

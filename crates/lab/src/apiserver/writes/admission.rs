@@ -65,6 +65,9 @@ pub fn admit_new(
     check_shape(kind, &object)?;
     let mut object = into_object(kind, object)?;
     complete(kind, &mut object)?;
+    if kind.kind == "Pod" && kind.group.is_empty() {
+        super::pod_admission::admit(state, &mut object)?;
+    }
     let allocations = Allocations {
         cluster_ip: allocate_cluster_ip(state, kind, &mut object)?,
     };
