@@ -70,9 +70,71 @@ enum LabCommand {
     /// Run a cluster's API server in the foreground (what create-cluster starts in the background)
     #[command(hide = true)]
     ServeCluster { name: String },
+    /// A container's first process: what the kubelet starts each container with
+    #[command(hide = true)]
+    ContainerInit,
+    /// The built-in apps of Istio's sample images
+    #[command(hide = true, subcommand)]
+    App(AppCommand),
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Istio's helloworld sample: GET /hello answers `Hello version: <version>, instance: <pod>`
+    #[command(disable_version_flag = true)]
+    Helloworld {
+        #[arg(long)]
+        version: String,
+        #[arg(long, default_value_t = 5000)]
+        port: u16,
+    },
+    /// httpbin's basic endpoints
+    Httpbin {
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+    },
+}
+
+/// The container's first process: sets it up and executes its program, or says why it cannot.
+fn container_init() -> ! {
+    use causeway_lab::container_init::{EXIT_START_ERROR, run, spec_from_environment};
+    let error = match spec_from_environment() {
+        Ok(spec) => match run(&spec) {
+            Ok(never) => match never {},
+            Err(error) => error,
+        },
+        Err(error) => error,
+    };
+    eprintln!("causeway lab container-init: {error}");
+    std::process::exit(EXIT_START_ERROR);
+}
+
+fn run_app(command: AppCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match command {
+            AppCommand::Helloworld { version, port } => {
+                println!("helloworld {version} listening on 0.0.0.0:{port}");
+                causeway_lab::apps::serve(causeway_lab::apps::HelloWorld::new(&version), port).await
+            }
+            AppCommand::Httpbin { port } => {
+                println!("httpbin listening on 0.0.0.0:{port}");
+                causeway_lab::apps::serve(causeway_lab::apps::HttpBin, port).await
+            }
+        }
+    })?;
+    Ok(())
 }
 
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
+    match args.command {
+        LabCommand::ContainerInit => container_init(),
+        LabCommand::App(command) => return run_app(command),
+        _ => {}
+    }
     let lab = Lab::new(args.state_dir.unwrap_or_else(Lab::default_root));
     let kubeconfig_path = args.kubeconfig.unwrap_or_else(kubeconfig::default_path);
     let executable = std::env::current_exe()
@@ -262,6 +324,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot run {:?} in {node}", command[0]))?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        LabCommand::ContainerInit | LabCommand::App(_) => unreachable!("handled above"),
         LabCommand::ServeCluster { name } => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -6,10 +6,16 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
+use std::sync::Arc;
+
+use crate::apiserver::controllers::scheduler::node_name;
 use crate::apiserver::{self, ApiServerConfig, config::NODE_API_PORT};
 use crate::clusters::{ClusterRecord, DATA_DIR, Endpoint, Lab, LabError};
+use crate::kubelet::{Kubelet, KubeletConfig, Prefixes};
 use crate::network::node::NodeSpec;
+use crate::network::node_runtime::NodeRuntime;
 use crate::network::{Node, routes};
+use crate::services::{ServiceRouting, ServicesConfig};
 
 /// Runs cluster `name` in this process until SIGTERM or SIGINT.
 pub async fn serve(lab: &Lab, name: &str) -> Result<(), LabError> {
@@ -74,6 +80,44 @@ async fn serve_on(lab: &Lab, mut record: ClusterRecord, node: &Node) -> Result<(
             source,
         })?;
 
+    let node_runtime =
+        NodeRuntime::start(&node.netns).map_err(|error| LabError::Network(error.into()))?;
+    let services = ServiceRouting::start(
+        server.shared().clone(),
+        ServicesConfig {
+            node: node.netns.clone(),
+            node_name: node_name(&name),
+            node_address,
+            lab_subnet: network.subnet,
+            dns_address: cluster_dns_address(record.service_subnet),
+            load_balancer_pool: record.load_balancer_pool.clone(),
+        },
+        &node_runtime.handle(),
+    )
+    .map_err(|error| LabError::Refused(error.to_string()))?;
+    let kubelet = Kubelet::start(
+        server.shared().clone(),
+        KubeletConfig {
+            cluster: name.clone(),
+            node_name: node_name(&name),
+            node: node.netns.clone(),
+            node_address,
+            pod_subnet: record.pod_subnet,
+            dns: cluster_dns_address(record.service_subnet),
+            pods_dir: directory.join("pods"),
+            causeway: std::env::current_exe().map_err(|source| LabError::Io {
+                action: "find the causeway executable for",
+                path: directory.clone(),
+                source,
+            })?,
+            node_runtime: node_runtime.handle(),
+            node_cpus: std::thread::available_parallelism()
+                .map_or(1, |cpus| u32::try_from(cpus.get()).unwrap_or(1)),
+            node_memory_bytes: memory_bytes(),
+        },
+        lab_prefixes(lab),
+    );
+
     record.api_port = Some(server.address.port());
     Lab::write_json(&lab.record_path(&name), &record)?;
     let endpoint = Endpoint {
@@ -95,8 +139,51 @@ async fn serve_on(lab: &Lab, mut record: ClusterRecord, node: &Node) -> Result<(
     }
     tracing::info!(cluster = %name, "stopping");
     let _ = std::fs::remove_file(lab.endpoint_path(&name));
+    kubelet.stop().await;
+    services.stop().await;
+    drop(node_runtime);
     server.shutdown().await;
     Ok(())
+}
+
+/// The cluster DNS's address: the service subnet's tenth, as kube-dns's is (`10.96.0.10`).
+pub fn cluster_dns_address(service_subnet: ipnet::Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(service_subnet.network()) + 10)
+}
+
+/// The prefixes pods route through their node, read from the lab's clusters each time.
+fn lab_prefixes(lab: &Lab) -> Prefixes {
+    let lab = Lab::new(lab.root());
+    Arc::new(move || {
+        let subnet = lab
+            .network()
+            .map(|network| network.subnet)
+            .unwrap_or_else(|_| {
+                crate::network::DEFAULT_LAB_SUBNET
+                    .parse()
+                    .expect("a valid subnet")
+            });
+        let clusters = lab.addresses().unwrap_or_default();
+        routes::pod_prefixes(subnet, &clusters)
+    })
+}
+
+/// The machine's memory, as a node reports its capacity.
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kilobytes| kilobytes * 1024)
 }
 
 /// One process per cluster: held while it runs (the API server's own lock comes too late, after

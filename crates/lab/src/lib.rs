@@ -3,11 +3,15 @@
 //! background and [`kubeconfig`] tells clients where they are.
 
 pub mod apiserver;
+pub mod apps;
 pub mod cluster_process;
 pub mod clusters;
+pub mod container_init;
 pub mod kind_config;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod netns;
 pub mod network;
+pub mod services;
 #[cfg(feature = "testing")]
 pub mod testing;

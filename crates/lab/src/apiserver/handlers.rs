@@ -16,7 +16,7 @@ use super::http::{Body, Query, error_response, full, json_response, read_body, v
 use super::paging::ContinueToken;
 use super::patch::{self, PatchType};
 use super::render::{render, render_object};
-use super::resources::{Resource, Storage};
+use super::resources::Storage;
 use super::routing::{Route, Target, route};
 use super::selectors::Filter;
 use super::state::ApiState;
@@ -268,10 +268,6 @@ fn update(
     ))
 }
 
-fn is_custom_resource(kind: &Resource) -> bool {
-    kind.group.ends_with(".istio.io")
-}
-
 fn patch(
     state: &ApiState,
     target: &Target,
@@ -280,7 +276,7 @@ fn patch(
     dry_run: bool,
 ) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
-    if patch_type == PatchType::Strategic && is_custom_resource(kind) {
+    if patch_type == PatchType::Strategic && kind.is_custom() {
         return Err(ApiError::unsupported_media_type(
             "application/strategic-merge-patch+json: strategic merge patch is not supported for custom resources; send a JSON merge patch",
         ));

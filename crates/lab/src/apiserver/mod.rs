@@ -10,6 +10,7 @@ pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod metadata;
+pub mod node_ports;
 pub mod openapi_v2;
 pub mod paging;
 pub mod patch;

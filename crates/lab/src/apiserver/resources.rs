@@ -63,6 +63,8 @@ const fn objects(
 const V1: &[&str] = &["v1"];
 const ISTIO_NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const ISTIO_SECURITY: &[&str] = &["v1", "v1beta1"];
+/// metallb's CRDs, which the seeds apply with kubectl (the lab's metallb is built in).
+const METALLB: &[&str] = &["v1beta1"];
 
 pub static RESOURCES: &[Resource] = &[
     objects(
@@ -284,6 +286,26 @@ pub static RESOURCES: &[Resource] = &[
         true,
     ),
     objects(
+        "metallb.io",
+        METALLB,
+        "IPAddressPool",
+        "ipaddresspools",
+        "ipaddresspool",
+        true,
+        &[],
+        false,
+    ),
+    objects(
+        "metallb.io",
+        METALLB,
+        "L2Advertisement",
+        "l2advertisements",
+        "l2advertisement",
+        true,
+        &[],
+        false,
+    ),
+    objects(
         "networking.istio.io",
         ISTIO_NETWORKING,
         "Gateway",
@@ -448,6 +470,12 @@ impl Resource {
         } else {
             format!("{}/{}", self.group, version)
         }
+    }
+
+    /// Kinds a real cluster has as custom resources (Istio's, metallb's): they take merge
+    /// patches, not strategic ones.
+    pub fn is_custom(&self) -> bool {
+        self.group.ends_with(".istio.io") || self.group == "metallb.io"
     }
 
     pub fn preferred_version(&self) -> &'static str {

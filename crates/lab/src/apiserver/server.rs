@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use super::config::{ApiServerConfig, NODE_API_PORT};
 use super::http::REQUEST_READ_TIMEOUT;
+use super::node_ports::{NodePorts, node_ports_of};
 use super::resources::id_of;
 use super::routing::Target;
 use super::service_ips::ServiceIps;
@@ -157,9 +158,13 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
     let serving = tls::load(&config.data_dir, &config.cluster, &dns_names, &addresses)?;
 
     let services = id_of("", "Service");
+    let mut node_ports = NodePorts::default();
     for service in store.list(services, None).0 {
         for address in service_ips::cluster_ips(&service.object) {
             service_ips.mark_used(address);
+        }
+        for port in node_ports_of(&service.object) {
+            node_ports.mark_used(port);
         }
     }
 
@@ -181,6 +186,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
         admin_token: admin_token.clone(),
         ca_pem: serving.ca_pem.clone(),
         service_ips: Mutex::new(service_ips),
+        node_ports: Mutex::new(node_ports),
         address,
         shutdown,
         pod_runtime: std::sync::OnceLock::new(),

@@ -1,5 +1,6 @@
 //! ClusterIP allocation from the cluster's service subnet. The first host address is the
-//! `kubernetes` Service's, as in every cluster.
+//! `kubernetes` Service's and the tenth the cluster DNS's, as in every kubeadm and kind cluster:
+//! neither is handed out unless asked for.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -8,6 +9,9 @@ use ipnet::Ipv4Net;
 use kube::core::DynamicObject;
 
 use super::status::Cause;
+
+/// Offsets only given when asked for: the `kubernetes` Service's and `kube-dns`'s.
+const RESERVED: [u32; 2] = [1, 10];
 
 pub struct ServiceIps {
     subnet: Ipv4Net,
@@ -27,6 +31,11 @@ impl ServiceIps {
     /// The address of the `kubernetes` Service.
     pub fn api_server_ip(&self) -> Ipv4Addr {
         self.nth(1)
+    }
+
+    /// The address of the cluster DNS (`kube-dns`).
+    pub fn dns_ip(&self) -> Ipv4Addr {
+        self.nth(10)
     }
 
     fn nth(&self, offset: u32) -> Ipv4Addr {
@@ -75,7 +84,7 @@ impl ServiceIps {
         for step in 0..hosts {
             let offset = (self.next - 1 + step) % hosts + 1;
             let address = self.nth(offset);
-            if offset != 1 && self.used.insert(address) {
+            if !RESERVED.contains(&offset) && self.used.insert(address) {
                 self.next = offset % hosts + 1;
                 return Ok(address);
             }
@@ -107,6 +116,7 @@ mod tests {
     fn addresses_are_unique_skip_the_api_server_and_run_out_cleanly() {
         let mut ips = ServiceIps::new("10.11.0.0/29".parse().unwrap());
         assert_eq!(ips.api_server_ip(), Ipv4Addr::new(10, 11, 0, 1));
+        assert_eq!(ips.dns_ip(), Ipv4Addr::new(10, 11, 0, 10));
         let mut seen: Vec<Ipv4Addr> = (0..5).map(|_| ips.allocate(None).unwrap()).collect();
         seen.sort();
         assert_eq!(seen.first(), Some(&Ipv4Addr::new(10, 11, 0, 2)));
@@ -119,6 +129,16 @@ mod tests {
         );
         ips.release(Ipv4Addr::new(10, 11, 0, 4));
         assert_eq!(ips.allocate(None).unwrap(), Ipv4Addr::new(10, 11, 0, 4));
+    }
+
+    #[test]
+    fn the_dns_address_is_only_given_when_asked_for() {
+        let mut ips = ServiceIps::new("10.11.0.0/28".parse().unwrap());
+        let handed: Vec<Ipv4Addr> = std::iter::from_fn(|| ips.allocate(None).ok()).collect();
+        assert!(!handed.contains(&Ipv4Addr::new(10, 11, 0, 10)));
+        assert!(!handed.contains(&Ipv4Addr::new(10, 11, 0, 1)));
+        assert_eq!(handed.len(), 12);
+        assert!(ips.allocate(Some(Ipv4Addr::new(10, 11, 0, 10))).is_ok());
     }
 
     #[test]

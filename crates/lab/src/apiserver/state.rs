@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::watch;
 
 use super::config::ApiServerConfig;
+use super::node_ports::NodePorts;
 use super::pod_runtime::PodRuntime;
 use super::service_ips::ServiceIps;
 use super::store::Store;
@@ -19,6 +20,7 @@ pub struct ApiState {
     pub admin_token: String,
     pub ca_pem: String,
     pub service_ips: Mutex<ServiceIps>,
+    pub node_ports: Mutex<NodePorts>,
     /// The address of the host's listener (`127.0.0.1:<port>`).
     pub address: SocketAddr,
     pub shutdown: watch::Receiver<bool>,
@@ -27,6 +29,13 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// The NodePort allocator; like the ClusterIP one, consistent through a panic elsewhere.
+    pub fn node_ports(&self) -> MutexGuard<'_, NodePorts> {
+        self.node_ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The ClusterIP allocator. Its state stays consistent through a panic elsewhere: every
     /// operation on it is a single set insert or remove.
     pub fn service_ips(&self) -> MutexGuard<'_, ServiceIps> {

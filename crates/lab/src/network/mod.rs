@@ -9,6 +9,7 @@
 
 mod bridge;
 pub mod node;
+pub mod node_runtime;
 pub mod routes;
 
 use std::net::Ipv4Addr;

@@ -86,10 +86,14 @@ impl Node {
     /// Loads iptables rules (`iptables-restore` input) into the node, leaving other chains as they
     /// are.
     pub fn restore_tables(&self, rules: &str) -> Result<(), NetworkError> {
+        Self::restore_into(&self.netns, rules)
+    }
+
+    /// [`Node::restore_tables`] for a node known by its namespace.
+    pub fn restore_into(netns: &Netns, rules: &str) -> Result<(), NetworkError> {
         use std::io::Write;
         use std::process::Stdio;
-        let mut child = self
-            .netns
+        let mut child = netns
             .command("iptables-restore")
             .arg("--noflush")
             .stdin(Stdio::piped())
@@ -98,7 +102,7 @@ impl Node {
             .spawn()
             .map_err(|source| NetworkError::Io {
                 action: "run iptables-restore (Debian package iptables) in",
-                path: self.name().to_owned(),
+                path: netns.name().to_owned(),
                 source,
             })?;
         if let Some(mut stdin) = child.stdin.take() {
@@ -108,13 +112,13 @@ impl Node {
             .wait_with_output()
             .map_err(|source| NetworkError::Io {
                 action: "run iptables-restore in",
-                path: self.name().to_owned(),
+                path: netns.name().to_owned(),
                 source,
             })?;
         if !output.status.success() {
             return Err(NetworkError::Io {
                 action: "load iptables rules into",
-                path: self.name().to_owned(),
+                path: netns.name().to_owned(),
                 source: std::io::Error::other(format!(
                     "{}; the rules were:\n{rules}",
                     String::from_utf8_lossy(&output.stderr).trim()

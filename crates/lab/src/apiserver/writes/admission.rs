@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::super::defaults::apply_defaults;
 use super::super::metadata::{carry_over, name_suffix, stamp_new};
+use super::super::node_ports::{node_ports_of, wants_node_ports};
 use super::super::resources::{Resource, id_of};
 use super::super::routing::Target;
 use super::super::state::ApiState;
@@ -22,16 +23,21 @@ pub struct Admitted {
     pub allocations: Allocations,
 }
 
-/// Addresses reserved for an object on its way in.
+/// Addresses and ports reserved for an object on its way in.
 #[derive(Default)]
 pub struct Allocations {
     cluster_ip: Option<Ipv4Addr>,
+    node_ports: Vec<u16>,
 }
 
 impl Allocations {
     pub fn release(self, state: &ApiState) {
         if let Some(address) = self.cluster_ip {
             state.service_ips().release(address);
+        }
+        let mut node_ports = state.node_ports();
+        for port in self.node_ports {
+            node_ports.release(port);
         }
     }
 }
@@ -68,9 +74,16 @@ pub fn admit_new(
     if kind.kind == "Pod" && kind.group.is_empty() {
         super::pod_admission::admit(state, &mut object)?;
     }
-    let allocations = Allocations {
+    let mut allocations = Allocations {
         cluster_ip: allocate_cluster_ip(state, kind, &mut object)?,
+        node_ports: Vec::new(),
     };
+    if let Err(error) =
+        allocate_node_ports(state, kind, &mut object, &[], &mut allocations.node_ports)
+    {
+        allocations.release(state);
+        return Err(error);
+    }
     stamp_new(&mut object, kind);
     Ok(Admitted {
         object,
@@ -81,9 +94,11 @@ pub fn admit_new(
 /// Checks and completes `new`, the replacement of `current` (a PUT's body, a patched copy, a
 /// controller's update). An unchanged object is kept as it is.
 pub fn admit_replacement(
+    state: &ApiState,
     target: &Target,
     current: &StoredObject,
     mut new: Value,
+    dry_run: bool,
 ) -> Result<Change, ApiError> {
     let kind = target.kind();
     let name = target.name.as_deref().unwrap_or("");
@@ -131,6 +146,19 @@ pub fn admit_replacement(
         keep_cluster_ips(kind, &current.object, &mut new, name)?;
     }
     complete(kind, &mut new)?;
+    if target.subresource.is_none() && is_service(kind) {
+        let held = node_ports_of(&current.object);
+        keep_node_ports(&current.object, &mut new);
+        let mut taken = Vec::new();
+        if !dry_run {
+            allocate_node_ports(state, kind, &mut new, &held, &mut taken)?;
+            let kept = node_ports_of(&new);
+            let mut node_ports = state.node_ports();
+            for port in held.iter().filter(|port| !kept.contains(port)) {
+                node_ports.release(*port);
+            }
+        }
+    }
     new.metadata.resource_version = Some(current.revision.to_string());
     if new == *current.object {
         return Ok(Change::Keep);
@@ -250,6 +278,84 @@ fn allocate_cluster_ip(
     object.data["spec"]["clusterIP"] = json!(address.to_string());
     object.data["spec"]["clusterIPs"] = json!([address.to_string()]);
     Ok(Some(address))
+}
+
+/// Gives every port of a `NodePort` or `LoadBalancer` Service a node port (or the one it asks
+/// for); ports in `held` are the Service's already. Those taken go into `taken`.
+fn allocate_node_ports(
+    state: &ApiState,
+    kind: &Resource,
+    object: &mut DynamicObject,
+    held: &[u16],
+    taken: &mut Vec<u16>,
+) -> Result<(), ApiError> {
+    if !is_service(kind) {
+        return Ok(());
+    }
+    let wanted = wants_node_ports(object);
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let Some(ports) = object.data["spec"]
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+    else {
+        return Ok(());
+    };
+    let mut node_ports = state.node_ports();
+    for (index, port) in ports.iter_mut().enumerate() {
+        if !wanted {
+            if let Some(port) = port.as_object_mut() {
+                port.remove("nodePort");
+            }
+            continue;
+        }
+        let requested = port["nodePort"]
+            .as_u64()
+            .and_then(|number| u16::try_from(number).ok());
+        if requested.is_some_and(|requested| held.contains(&requested)) {
+            continue;
+        }
+        match node_ports.allocate(requested, &format!("spec.ports[{index}].nodePort")) {
+            Ok(allocated) => {
+                port["nodePort"] = json!(allocated);
+                taken.push(allocated);
+            }
+            Err(cause) => {
+                for port in taken.drain(..) {
+                    node_ports.release(port);
+                }
+                return Err(ApiError::invalid(kind.kind, kind.group, &name, vec![cause]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A port an update leaves without a node port keeps the one it had (matched by port and
+/// protocol), as on Kubernetes.
+fn keep_node_ports(current: &DynamicObject, new: &mut DynamicObject) {
+    let old_ports = current.data["spec"]["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let Some(ports) = new.data["spec"]
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for port in ports {
+        if !port["nodePort"].is_null() {
+            continue;
+        }
+        if let Some(old) = old_ports.iter().find(|old| {
+            old["port"] == port["port"]
+                && old["protocol"].as_str().unwrap_or("TCP")
+                    == port["protocol"].as_str().unwrap_or("TCP")
+        }) && !old["nodePort"].is_null()
+        {
+            port["nodePort"] = old["nodePort"].clone();
+        }
+    }
 }
 
 /// A Service's cluster IP is immutable; an update that leaves it out keeps it.

@@ -7,6 +7,7 @@
 use serde_json::{Value, json};
 
 use super::super::metadata::now_time;
+use super::super::node_ports::node_ports_of;
 use super::super::resources::{RESOURCES, id_of};
 use super::super::routing::Target;
 use super::super::service_ips::cluster_ips;
@@ -140,6 +141,10 @@ pub fn delete(
         let mut service_ips = state.service_ips();
         for address in cluster_ips(&deleted.object) {
             service_ips.release(address);
+        }
+        let mut node_ports = state.node_ports();
+        for port in node_ports_of(&deleted.object) {
+            node_ports.release(port);
         }
     }
     Ok(deleted)

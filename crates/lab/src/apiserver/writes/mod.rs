@@ -86,7 +86,7 @@ pub fn replace(
         dry_run,
         |current| {
             let current = current.ok_or_else(|| not_found(kind, &name))?;
-            admission::admit_replacement(target, current, make(current)?)
+            admission::admit_replacement(state, target, current, make(current)?, dry_run)
         },
     )?;
     Ok(outcome.current.expect("a replacement leaves an object"))
@@ -116,7 +116,7 @@ pub fn update(
             let object = serde_json::to_value(&object).map_err(|error| {
                 ApiError::internal(format!("cannot encode the updated object: {error}"))
             })?;
-            admission::admit_replacement(target, current, object)
+            admission::admit_replacement(state, target, current, object, false)
         },
     )?;
     Ok(outcome.current.expect("an update leaves an object"))
