@@ -7,6 +7,7 @@ pub mod apps;
 pub mod cluster_process;
 pub mod clusters;
 pub mod container_init;
+pub mod container_log;
 pub mod kind_config;
 pub mod kubeconfig;
 pub mod kubelet;

@@ -115,6 +115,31 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if matches!(resource.kind, "Deployment" | "ReplicaSet") {
+            resources.push(json!({
+                "name": format!("{}/scale", resource.plural),
+                "singularName": "",
+                "namespaced": true,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if resource.kind == "Pod" && resource.group.is_empty() {
+            for (subresource, kind, verbs) in [
+                ("exec", "PodExecOptions", &["create", "get"][..]),
+                ("log", "Pod", &["get"][..]),
+            ] {
+                resources.push(json!({
+                    "name": format!("pods/{subresource}"),
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": kind,
+                    "verbs": verbs,
+                }));
+            }
+        }
         if resource.kind == "ServiceAccount" {
             resources.push(json!({
                 "name": "serviceaccounts/token",

@@ -23,7 +23,7 @@ use super::state::ApiState;
 use super::status::{self, ApiError};
 use super::store::StoredObject;
 use super::writes::{self, DeleteOptions, PROTECTED_NAMESPACES};
-use super::{discovery, tables, token_api, watch};
+use super::{discovery, pod_exec, pod_log, scale, tables, token_api, watch};
 
 pub async fn handle(shared: Arc<ApiState>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
@@ -91,6 +91,50 @@ async fn serve(
         .unwrap_or("")
         .to_owned();
     let method = request.method().clone();
+    match target.subresource.as_deref() {
+        Some("exec") if matches!(method, Method::GET | Method::POST) => {
+            return pod_exec::serve(shared, &target, &query, request);
+        }
+        Some("log") if method == Method::GET => return pod_log::serve(shared, &target, &query),
+        Some("attach" | "portforward") => {
+            return Err(ApiError::method_not_allowed(format!(
+                "pods/{} is not served by the lab's API server (exec and log are)",
+                target.subresource.as_deref().unwrap_or("")
+            )));
+        }
+        Some("scale") => {
+            let scaled = match method {
+                Method::GET => scale::get(&shared, &target)?,
+                Method::PUT => {
+                    let body = read_body(request, shared.config.max_body_bytes).await?;
+                    let new = parse_body(&body, &content_type)?;
+                    scale::change(&shared, &target, scale::ScaleUpdate::Replace(new))?
+                }
+                Method::PATCH => {
+                    let patch_type = PatchType::from_content_type(&content_type)?;
+                    let body = read_body(request, shared.config.max_body_bytes).await?;
+                    scale::change(
+                        &shared,
+                        &target,
+                        scale::ScaleUpdate::Patch(patch_type, &body),
+                    )?
+                }
+                other => {
+                    return Err(ApiError::method_not_allowed(format!(
+                        "{other} is not supported on the scale subresource"
+                    )));
+                }
+            };
+            return Ok(value_response(StatusCode::OK, &scaled));
+        }
+        Some("exec" | "log") => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on pods/{}",
+                target.subresource.as_deref().unwrap_or("")
+            )));
+        }
+        _ => {}
+    }
     if target.kind().storage == Storage::Review {
         if method != Method::POST || target.name.is_some() {
             return Err(ApiError::method_not_allowed(

@@ -1,7 +1,6 @@
 //! HTTP plumbing of the API server: response bodies, JSON and `Status` answers, query parameters,
 //! and request bodies read with a size limit and a deadline.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -41,8 +40,8 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
     value_response(error.code, &error.to_status())
 }
 
-/// The request's query parameters, decoded.
-pub struct Query(HashMap<String, String>);
+/// The request's query parameters, decoded, in order.
+pub struct Query(Vec<(String, String)>);
 
 impl Query {
     pub fn parse(query: Option<&str>) -> Self {
@@ -53,8 +52,20 @@ impl Query {
         )
     }
 
+    /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Every value of `key`, in order (`command=curl&command=-s`).
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
     }
 
     pub fn flag(&self, key: &str) -> bool {

@@ -113,7 +113,11 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     }
     if let Some(subresource) = subresource {
         let known = (subresource == "status" && kind.has_status)
-            || (subresource == "token" && kind.kind == "ServiceAccount");
+            || (subresource == "token" && kind.kind == "ServiceAccount")
+            || (subresource == "scale" && matches!(kind.kind, "Deployment" | "ReplicaSet"))
+            || (kind.kind == "Pod"
+                && kind.group.is_empty()
+                && matches!(subresource, "exec" | "log" | "attach" | "portforward"));
         if !known {
             return Err(not_found());
         }

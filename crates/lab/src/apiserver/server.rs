@@ -379,7 +379,7 @@ async fn accept_loop(shared: Arc<ApiState>, listener: TcpListener, tls: Arc<rust
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(REQUEST_READ_TIMEOUT);
-            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {

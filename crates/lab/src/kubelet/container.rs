@@ -8,11 +8,11 @@ use std::process::{ExitStatus, Stdio};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::logs::{self, Stream};
 use super::status::Terminated;
 use crate::container_init::{
     EXIT_START_ERROR, Identity, LaunchSpec, Mount, Namespaces, SPEC_VARIABLE,
 };
+use crate::container_log::{self as logs, Stream};
 
 /// Who a container runs as, from its security context over the pod's.
 pub fn identity(pod: &Pod, container: &Container) -> Identity {

@@ -7,7 +7,6 @@ mod context;
 pub mod env;
 pub mod images;
 pub mod ipam;
-pub mod logs;
 mod pod;
 pub mod probes;
 pub mod sandbox;
@@ -58,6 +57,7 @@ impl Kubelet {
             stopped: Mutex::new(None),
         });
         let _ = state.pod_runtime.set(kubelet.clone());
+        register_node(&context);
         let (changes, _) = state.store.subscribe();
         let task = tokio::spawn(run(context, changes, stopping, prefixes));
         *kubelet
@@ -189,6 +189,74 @@ impl PodRuntime for Kubelet {
             path: info.current,
             ended: Some(info.ended),
         })
+    }
+}
+
+/// Writes what the kubelet reports of its node: its pod CIDR, addresses, capacity, what runs it,
+/// and that it is ready.
+fn register_node(context: &Context) {
+    use crate::apiserver::metadata::now;
+    use crate::apiserver::routing::Target;
+    use crate::apiserver::writes;
+    use serde_json::json;
+    let config = &context.config;
+    let nodes = id_of("", "Node");
+    let subnet = config.pod_subnet.to_string();
+    let spec = writes::update(
+        &context.state,
+        &Target::object(nodes, "", &config.node_name),
+        |node| {
+            let wanted = json!({"podCIDR": subnet, "podCIDRs": [subnet]});
+            let changed = node.data["spec"] != wanted;
+            node.data["spec"] = wanted;
+            changed
+        },
+    );
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("PRETTY_NAME="))
+                .map(|name| name.trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| "Linux".into());
+    let memory_kib = config.node_memory_bytes / 1024;
+    let capacity = json!({"cpu": config.node_cpus.to_string(), "memory": format!("{memory_kib}Ki"), "pods": "110", "ephemeral-storage": "0"});
+    let stamp = now();
+    let status = json!({
+        "addresses": [{"type": "InternalIP", "address": config.node_address.to_string()}, {"type": "Hostname", "address": config.node_name}],
+        "capacity": capacity,
+        "allocatable": capacity,
+        "conditions": [
+            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "message": "kubelet has sufficient memory available", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp},
+            {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "kubelet has no disk pressure", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp},
+            {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "message": "kubelet has sufficient PID available", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp},
+            {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp},
+        ],
+        "nodeInfo": {
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "bootID": "", "machineID": "", "systemUUID": "",
+            "containerRuntimeVersion": format!("causeway://{}", env!("CARGO_PKG_VERSION")),
+            "kernelVersion": kernel.trim(),
+            "kubeProxyVersion": "v1.33.0",
+            "kubeletVersion": "v1.33.0",
+            "operatingSystem": "linux",
+            "osImage": os,
+        },
+    });
+    let written = writes::update(
+        &context.state,
+        &Target::status(nodes, "", &config.node_name),
+        |node| {
+            node.data["status"] = status.clone();
+            true
+        },
+    );
+    for result in [spec.map(drop), written.map(drop)] {
+        if let Err(error) = result {
+            tracing::warn!(node = %config.node_name, %error, "cannot write the node's status");
+        }
     }
 }
 

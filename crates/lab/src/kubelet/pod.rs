@@ -124,6 +124,13 @@ fn containers_of(pod: &Pod, init: bool) -> Vec<Container> {
         .unwrap_or_default()
 }
 
+/// A time of a stored status as the status writes it (now, when there is none).
+fn time_text(time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+    time.and_then(|time| serde_json::to_value(time).ok())
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_else(now)
+}
+
 fn restart_policy(pod: &Pod) -> String {
     pod.spec
         .as_ref()
@@ -213,8 +220,8 @@ impl Worker {
                         signal: ended.signal,
                         reason: ended.reason.clone().unwrap_or_default(),
                         message: ended.message.clone(),
-                        started_at: String::new(),
-                        finished_at: String::new(),
+                        started_at: time_text(ended.started_at.as_ref()),
+                        finished_at: time_text(ended.finished_at.as_ref()),
                         container_id: ended.container_id.clone().unwrap_or_default(),
                     });
                 let was_running = previous
@@ -224,12 +231,17 @@ impl Worker {
                 if was_running {
                     // It was running when the kubelet went away: it starts again, as after a
                     // node restart.
+                    let started = previous
+                        .state
+                        .as_ref()
+                        .and_then(|state| state.running.as_ref())
+                        .and_then(|running| running.started_at.as_ref());
                     record.last = Some(status::Terminated {
                         exit_code: 255,
                         signal: None,
                         reason: "Unknown".into(),
                         message: None,
-                        started_at: String::new(),
+                        started_at: time_text(started),
                         finished_at: now(),
                         container_id: previous.container_id.clone().unwrap_or_default(),
                     });
@@ -252,8 +264,7 @@ impl Worker {
                 .status
                 .as_ref()
                 .and_then(|status| status.start_time.as_ref())
-                .and_then(|time| serde_json::to_value(time).ok())
-                .and_then(|value| value.as_str().map(str::to_owned)),
+                .map(|time| time_text(Some(time))),
             sandbox_ready: false,
         }
     }
