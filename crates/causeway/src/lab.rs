@@ -60,6 +60,24 @@ enum LabCommand {
     Connect { first: String, second: String },
     /// Remove the routes `connect` added
     Disconnect { first: String, second: String },
+    /// Run a command in a pod's container, as `kubectl exec` does
+    Exec {
+        /// The kubeconfig context (default: the current one)
+        #[arg(long)]
+        context: Option<String>,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// The pod: NAME, pod/NAME, or deploy/NAME for one of the Deployment's running pods
+        target: String,
+        /// The container (default: the pod's default container, else its first)
+        #[arg(long, short = 'c')]
+        container: Option<String>,
+        /// Pass this command's standard input to the container's command
+        #[arg(long, short = 'i')]
+        stdin: bool,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Run a command in a cluster's node namespace (the seeds' `docker container exec
     /// cluster01-control-plane ...`)
     NodeExec {
@@ -308,6 +326,25 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 println!("{first} and {second} were not connected");
             }
             Ok(())
+        }
+        LabCommand::Exec {
+            context,
+            namespace,
+            target,
+            container,
+            stdin,
+            command,
+        } => {
+            let code = crate::lab_exec::run(crate::lab_exec::ExecArgs {
+                kubeconfig: kubeconfig_path,
+                context,
+                namespace,
+                target,
+                container,
+                stdin,
+                command,
+            })?;
+            std::process::exit(code);
         }
         LabCommand::NodeExec { cluster, command } => {
             lab.record(&cluster)?;

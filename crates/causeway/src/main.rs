@@ -13,6 +13,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod certs;
 mod discovery;
 mod lab;
+mod lab_exec;
 mod mesh_status;
 mod proxy;
 mod remote_secret;

@@ -1,148 +1,19 @@
 //! `causeway lab` as a user drives it: clusters from the seeds' kind configs, then a real
 //! `kubectl` replaying the seed walkthrough's commands, and an API server killed mid-write.
 
+mod fixtures;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use fixtures::lab::{TestLab, kubectl_binary, samples};
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
-
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/samples")
-}
-
-fn kubectl_binary() -> String {
-    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned())
-}
-
-/// Lab clusters are machine-wide by name, as kind's are on a docker host: the tests that make the
-/// seeds' `cluster01` and `cluster02` take turns (nextest's `lab-clusters` group does the same
-/// across test binaries).
-static SEED_NAMES: Mutex<()> = Mutex::new(());
-
-/// A lab in a temporary directory, with its own kubeconfig; deletes its clusters when dropped.
-struct TestLab {
-    directory: tempfile::TempDir,
-    clusters: Mutex<Vec<String>>,
-    _turn: std::sync::MutexGuard<'static, ()>,
-}
-
-impl TestLab {
-    fn new() -> Self {
-        Self {
-            directory: tempfile::tempdir().unwrap(),
-            clusters: Mutex::new(Vec::new()),
-            _turn: SEED_NAMES
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        }
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.directory.path().join("state")
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.directory.path().join("kubeconfig")
-    }
-
-    fn causeway(&self, args: &[&str]) -> Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_causeway"))
-            .args(args)
-            .env("CAUSEWAY_LAB_DIR", self.state_dir())
-            .env("KUBECONFIG", self.kubeconfig())
-            .current_dir(self.directory.path())
-            .output()
-            .unwrap();
-        if args.first() == Some(&"lab")
-            && args.get(1) == Some(&"create-cluster")
-            && output.status.success()
-        {
-            let name = String::from_utf8_lossy(&output.stdout)
-                .split('"')
-                .nth(1)
-                .map(str::to_owned)
-                .unwrap();
-            self.clusters.lock().unwrap().push(name);
-        }
-        output
-    }
-
-    fn create(&self, config: &str) -> String {
-        let config = samples().join("topologies").join(config);
-        let output = self.causeway(&[
-            "lab",
-            "create-cluster",
-            "--config",
-            config.to_str().unwrap(),
-        ]);
-        assert!(
-            output.status.success(),
-            "create-cluster failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-
-    fn kubectl(&self, context: &str, args: &[&str]) -> Output {
-        Command::new(kubectl_binary())
-            .arg("--context")
-            .arg(context)
-            .arg("--cache-dir")
-            .arg(self.directory.path().join("kube-cache"))
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig())
-            .current_dir(self.directory.path())
-            .output()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot run kubectl ({}): {error}; scripts/test installs it",
-                    kubectl_binary()
-                )
-            })
-    }
-
-    /// Runs kubectl, expecting success; returns stdout.
-    fn ok(&self, context: &str, args: &[&str]) -> String {
-        let output = self.kubectl(context, args);
-        assert!(
-            output.status.success(),
-            "kubectl {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-
-    fn api_server_pid(&self, cluster: &str) -> u32 {
-        let endpoint = std::fs::read(
-            self.state_dir()
-                .join("clusters")
-                .join(cluster)
-                .join("apiserver.json"),
-        )
-        .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&endpoint).unwrap()["pid"]
-            .as_u64()
-            .unwrap() as u32
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        for name in self.clusters.lock().unwrap().drain(..) {
-            let _ = Command::new(env!("CARGO_BIN_EXE_causeway"))
-                .args(["lab", "delete-cluster", &name])
-                .env("CAUSEWAY_LAB_DIR", self.state_dir())
-                .env("KUBECONFIG", self.kubeconfig())
-                .output();
-        }
-    }
-}
 
 /// The network namespaces of the seeds' clusters (nodes and pods) on this machine.
 fn lab_namespaces() -> Vec<String> {
@@ -710,7 +581,7 @@ async fn a_remote_secret_piped_into_kubectl_gives_the_other_cluster_read_access(
         String::from_utf8_lossy(&in_lab.stderr)
     );
     let in_lab = embedded_kubeconfig(&in_lab.stdout, "cluster02");
-    let node02 = node_address(&lab, "cluster02");
+    let node02 = lab.node_address("cluster02");
     assert_eq!(
         in_lab["clusters"][0]["cluster"]["server"],
         format!("https://{node02}:6443")
@@ -971,17 +842,6 @@ fn embedded_kubeconfig(printed: &[u8], cluster: &str) -> serde_json::Value {
     let secret: serde_json::Value =
         serde_saphyr::from_str(text.split("\n---").next().unwrap()).unwrap();
     serde_saphyr::from_str(secret["stringData"][cluster].as_str().unwrap()).unwrap()
-}
-
-/// A cluster's node address, as `lab get-clusters` shows it.
-fn node_address(lab: &TestLab, cluster: &str) -> String {
-    let listed = String::from_utf8(lab.causeway(&["lab", "get-clusters"]).stdout).unwrap();
-    listed
-        .lines()
-        .find(|line| line.starts_with(&format!("{cluster} ")))
-        .and_then(|line| line.split_whitespace().nth(2))
-        .unwrap_or_else(|| panic!("{cluster} is not listed: {listed}"))
-        .to_owned()
 }
 
 /// `causeway discovery` for cluster01 on loopback ports the system picks.

@@ -145,7 +145,7 @@ async fn serve(
         return token_api::token_review(&shared, &body, &content_type);
     }
     match (method, target.name.is_some()) {
-        (Method::GET, true) => get(&shared, &target),
+        (Method::GET, true) => get(&shared, &target, &accept),
         (Method::GET, false) if query.flag("watch") => {
             watch::serve(shared, target, &query, &accept)
         }
@@ -182,13 +182,20 @@ async fn serve(
     }
 }
 
-fn get(shared: &ApiState, target: &Target) -> Result<Response<Body>, ApiError> {
+fn get(shared: &ApiState, target: &Target, accept: &str) -> Result<Response<Body>, ApiError> {
     let kind = target.kind();
     let name = target.name.as_deref().unwrap_or("");
     let stored = shared
         .store
         .get(target.resource, target.namespace(), name)
         .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))?;
+    if tables::wants_table(accept) {
+        let object = render_object(&stored, kind, &target.version);
+        return Ok(value_response(
+            StatusCode::OK,
+            &tables::table(kind, &[object], stored.revision, None),
+        ));
+    }
     Ok(json_response(
         StatusCode::OK,
         render(&stored, kind, &target.version),

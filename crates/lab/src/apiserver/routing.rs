@@ -111,6 +111,10 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
     if namespace.is_some() && !kind.namespaced {
         return Err(not_found());
     }
+    // A namespaced object is named inside its namespace.
+    if namespace.is_none() && kind.namespaced && name.is_some() {
+        return Err(not_found());
+    }
     if let Some(subresource) = subresource {
         let known = (subresource == "status" && kind.has_status)
             || (subresource == "token" && kind.kind == "ServiceAccount")
@@ -158,6 +162,10 @@ mod tests {
         assert_eq!(gateways.version, "v1alpha3");
         assert!(route("/api/v1/namespaces/a/nodes").is_err());
         assert!(route("/api/v1/pods/x/exec").is_err());
+        assert!(route("/api/v1/pods/x").is_err());
+        let exec = target("/api/v1/namespaces/sample/pods/sleep-1/exec");
+        assert_eq!(exec.subresource.as_deref(), Some("exec"));
+        assert!(route("/api/v1/namespaces/sample/services/x/exec").is_err());
         assert!(route("/apis/apps/v1/widgets").is_err());
     }
 }
