@@ -225,15 +225,7 @@ fn qos_class(spec: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::{RESOURCES, id_of};
-
-    fn resource(group: &str, kind: &str) -> &'static Resource {
-        &RESOURCES[id_of(group, kind)]
-    }
-
-    fn object(value: Value) -> DynamicObject {
-        serde_json::from_value(value).unwrap()
-    }
+    use crate::apiserver::test_objects::{object, resource};
 
     #[test]
     fn secrets_string_data_becomes_data() {

@@ -94,16 +94,8 @@ pub fn carry_over(resource: &Resource, old: &DynamicObject, new: &mut DynamicObj
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::{RESOURCES, id_of};
+    use crate::apiserver::test_objects::{object, resource};
     use serde_json::json;
-
-    fn resource(group: &str, kind: &str) -> &'static Resource {
-        &RESOURCES[id_of(group, kind)]
-    }
-
-    fn object(value: Value) -> DynamicObject {
-        serde_json::from_value(value).unwrap()
-    }
 
     #[test]
     fn generation_moves_only_with_the_spec() {

@@ -29,6 +29,8 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod tables;
+#[cfg(test)]
+mod test_objects;
 pub mod tls;
 pub mod token_api;
 pub mod tokens;

@@ -506,11 +506,8 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::apiserver::resources::id_of;
-    use serde_json::{Value, json};
-
-    fn object(value: Value) -> DynamicObject {
-        serde_json::from_value(value).unwrap()
-    }
+    use crate::apiserver::test_objects::object;
+    use serde_json::json;
 
     // Cluster-scoped objects, so that revisions count only the test's own writes.
     fn role(name: &str, value: &str) -> DynamicObject {

@@ -567,10 +567,7 @@ pub fn wants_table(accept: &str) -> bool {
 mod tests {
     use super::*;
     use crate::apiserver::resources::{RESOURCES, id_of};
-
-    fn object(value: Value) -> DynamicObject {
-        serde_json::from_value(value).unwrap()
-    }
+    use crate::apiserver::test_objects::object;
 
     fn cells(kind: (&str, &str), value: Value) -> Vec<String> {
         let table = table(&RESOURCES[id_of(kind.0, kind.1)], &[object(value)], 9, None);

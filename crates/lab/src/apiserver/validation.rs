@@ -330,15 +330,7 @@ pub fn into_object(resource: &Resource, value: Value) -> Result<DynamicObject, A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::{RESOURCES, id_of};
-
-    fn resource(group: &str, kind: &str) -> &'static Resource {
-        &RESOURCES[id_of(group, kind)]
-    }
-
-    fn object(value: Value) -> DynamicObject {
-        serde_json::from_value(value).unwrap()
-    }
+    use crate::apiserver::test_objects::{object, resource};
 
     #[test]
     fn names_labels_and_service_ports_are_validated() {

@@ -80,17 +80,38 @@ fn mode_of(mode: Option<i32>, default: u32) -> u32 {
         .map_or(default, |mode| mode & 0o777)
 }
 
-/// Picks `items` out of `data` (all keys when there are none); a missing key is an error unless
-/// the source is optional.
+/// The keys of a ConfigMap or Secret that a volume shows.
+struct KeySource<'a> {
+    /// `configmap "name"` or `secret "name"`, for errors.
+    what: String,
+    /// The object's data; `None` when it does not exist.
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: Option<&'a Vec<KeyToPath>>,
+    optional: Option<bool>,
+}
+
+/// Picks the source's `items` out of its data (all keys when there are none) into `files`; a
+/// missing object or key is an error unless the source is optional.
 fn select(
     volume: &str,
-    data: &BTreeMap<String, Vec<u8>>,
-    items: Option<&Vec<KeyToPath>>,
+    source: KeySource<'_>,
     default_mode: u32,
-    what: &str,
-    optional: bool,
     files: &mut Files,
 ) -> Result<(), VolumeError> {
+    let KeySource {
+        what,
+        data,
+        items,
+        optional,
+    } = source;
+    let optional = optional == Some(true);
+    let Some(data) = data else {
+        return if optional {
+            Ok(())
+        } else {
+            Err(error(volume, format!("{what} not found")))
+        };
+    };
     match items {
         None => {
             for (key, value) in data {
@@ -189,43 +210,27 @@ pub fn kind_of(volume: &Volume, sources: &Sources<'_>) -> Result<Kind, VolumeErr
         return Ok(Kind::Host(PathBuf::from(&host.path)));
     }
     let mut projection = Projection::default();
-    if let Some(source) = &volume.config_map {
-        let default_mode = mode_of(source.default_mode, DEFAULT_MODE);
-        let optional = source.optional == Some(true);
-        let what = format!("configmap \"{}\"", source.name);
-        match sources.data.config_map_bytes(&source.name) {
-            Some(data) => select(
-                name,
-                &data,
-                source.items.as_ref(),
-                default_mode,
-                &what,
-                optional,
-                &mut projection.files,
-            )?,
-            None if optional => {}
-            None => return Err(error(name, format!("{what} not found"))),
-        }
+    if let Some(config_map) = &volume.config_map {
+        let source = KeySource {
+            what: format!("configmap \"{}\"", config_map.name),
+            data: sources.data.config_map_bytes(&config_map.name),
+            items: config_map.items.as_ref(),
+            optional: config_map.optional,
+        };
+        let default_mode = mode_of(config_map.default_mode, DEFAULT_MODE);
+        select(name, source, default_mode, &mut projection.files)?;
         return Ok(Kind::Projected(projection));
     }
-    if let Some(source) = &volume.secret {
-        let default_mode = mode_of(source.default_mode, DEFAULT_MODE);
-        let secret_name = source.secret_name.clone().unwrap_or_default();
-        let optional = source.optional == Some(true);
-        let what = format!("secret \"{secret_name}\"");
-        match sources.data.secret_bytes(&secret_name) {
-            Some(data) => select(
-                name,
-                &data,
-                source.items.as_ref(),
-                default_mode,
-                &what,
-                optional,
-                &mut projection.files,
-            )?,
-            None if optional => {}
-            None => return Err(error(name, format!("{what} not found"))),
-        }
+    if let Some(secret) = &volume.secret {
+        let secret_name = secret.secret_name.as_deref().unwrap_or_default();
+        let source = KeySource {
+            what: format!("secret \"{secret_name}\""),
+            data: sources.data.secret_bytes(secret_name),
+            items: secret.items.as_ref(),
+            optional: secret.optional,
+        };
+        let default_mode = mode_of(secret.default_mode, DEFAULT_MODE);
+        select(name, source, default_mode, &mut projection.files)?;
         return Ok(Kind::Projected(projection));
     }
     if let Some(source) = &volume.downward_api {
@@ -263,38 +268,22 @@ pub fn kind_of(volume: &Volume, sources: &Sources<'_>) -> Result<Kind, VolumeErr
                     Some(projection.refresh_at.map_or(refresh, |at| at.min(refresh)));
             }
             if let Some(config_map) = &part.config_map {
-                let optional = config_map.optional == Some(true);
-                let what = format!("configmap \"{}\"", config_map.name);
-                match sources.data.config_map_bytes(&config_map.name) {
-                    Some(data) => select(
-                        name,
-                        &data,
-                        config_map.items.as_ref(),
-                        default_mode,
-                        &what,
-                        optional,
-                        &mut projection.files,
-                    )?,
-                    None if optional => {}
-                    None => return Err(error(name, format!("{what} not found"))),
-                }
+                let source = KeySource {
+                    what: format!("configmap \"{}\"", config_map.name),
+                    data: sources.data.config_map_bytes(&config_map.name),
+                    items: config_map.items.as_ref(),
+                    optional: config_map.optional,
+                };
+                select(name, source, default_mode, &mut projection.files)?;
             }
             if let Some(secret) = &part.secret {
-                let optional = secret.optional == Some(true);
-                let what = format!("secret \"{}\"", secret.name);
-                match sources.data.secret_bytes(&secret.name) {
-                    Some(data) => select(
-                        name,
-                        &data,
-                        secret.items.as_ref(),
-                        default_mode,
-                        &what,
-                        optional,
-                        &mut projection.files,
-                    )?,
-                    None if optional => {}
-                    None => return Err(error(name, format!("{what} not found"))),
-                }
+                let source = KeySource {
+                    what: format!("secret \"{}\"", secret.name),
+                    data: sources.data.secret_bytes(&secret.name),
+                    items: secret.items.as_ref(),
+                    optional: secret.optional,
+                };
+                select(name, source, default_mode, &mut projection.files)?;
             }
             if let Some(downward) = &part.downward_api {
                 downward_files(
