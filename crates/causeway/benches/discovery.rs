@@ -18,7 +18,7 @@
 //! keep their state in memory (`/dev/shm`), so that the VM disk's occasional slow sync is not
 //! counted as convergence.
 
-use causeway_lab::kubeconfig::{for_clusters, render};
+use causeway_lab::kubeconfig::{context_name, for_clusters, render};
 use causeway_lab::testing::{self as lab, fixtures};
 use causeway_xds::resources::{CLUSTER, ENDPOINT, outbound_cluster};
 use causeway_xds::testing::decode;
@@ -134,15 +134,8 @@ impl DiscoveryProcess {
         let mut command = Command::new(&words[0]);
         command.args(&words[1..]);
         let mut child = command
-            .args([
-                "discovery",
-                "--context",
-                "cluster01",
-                "--cluster-id",
-                "cluster01",
-                "--debounce",
-                debounce,
-            ])
+            .args(["discovery", "--context", &context_name("cluster01")])
+            .args(["--cluster-id", "cluster01", "--debounce", debounce])
             .args([
                 "--xds-address",
                 "127.0.0.1:0",

@@ -1,6 +1,7 @@
 //! `causeway lab`: clusters on this machine, standing in for kind.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use causeway_lab::clusters::{ClusterOptions, ClusterStatus, Lab};
@@ -128,23 +129,33 @@ fn container_init() -> ! {
 }
 
 fn run_app(command: AppCommand) -> anyhow::Result<()> {
+    // Several apps run in every lab cluster; their memory is mostly the binary's start-up pages.
+    causeway_proxy::resident::no_fault_around();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let port = match &command {
+            AppCommand::Helloworld { port, .. } | AppCommand::Httpbin { port } => *port,
+        };
+        let listener = causeway_lab::apps::listen(port)
+            .await
+            .with_context(|| format!("cannot listen on port {port}"))?;
+        causeway_proxy::resident::drop_startup_pages();
         match command {
-            AppCommand::Helloworld { version, port } => {
+            AppCommand::Helloworld { version, .. } => {
                 println!("helloworld {version} listening on 0.0.0.0:{port}");
-                causeway_lab::apps::serve(causeway_lab::apps::HelloWorld::new(&version), port).await
+                let app = causeway_lab::apps::HelloWorld::new(&version);
+                causeway_lab::apps::serve(app, listener).await
             }
-            AppCommand::Httpbin { port } => {
+            AppCommand::Httpbin { .. } => {
                 println!("httpbin listening on 0.0.0.0:{port}");
-                causeway_lab::apps::serve(causeway_lab::apps::HttpBin, port).await
+                causeway_lab::apps::serve(causeway_lab::apps::HttpBin, listener).await
             }
         }
-    })?;
-    Ok(())
+        .context("the app stopped")
+    })
 }
 
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
@@ -375,7 +386,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(causeway_lab::cluster_process::serve(&lab, &name))?;
+            // Most of an idle cluster process's memory is the binary's pages: start-up (TLS, the
+            // store), then code run now and then (a `kubectl apply`, a rollout). They are given
+            // back once the cluster serves, and again every 10 s.
+            causeway_proxy::resident::no_fault_around();
+            runtime.block_on(causeway_lab::cluster_process::serve(&lab, &name, || {
+                causeway_proxy::resident::drop_startup_pages();
+                causeway_proxy::resident::drop_code_pages_every(Duration::from_secs(10));
+            }))?;
             Ok(())
         }
     }

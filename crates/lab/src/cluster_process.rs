@@ -17,8 +17,8 @@ use crate::network::node_runtime::NodeRuntime;
 use crate::network::{Node, routes};
 use crate::services::{ServiceRouting, ServicesConfig};
 
-/// Runs cluster `name` in this process until SIGTERM or SIGINT.
-pub async fn serve(lab: &Lab, name: &str) -> Result<(), LabError> {
+/// Runs cluster `name` in this process until SIGTERM or SIGINT; `ready` runs once it serves.
+pub async fn serve(lab: &Lab, name: &str, ready: impl FnOnce()) -> Result<(), LabError> {
     let directory = lab.cluster_dir(name);
     let _running = lock_process(&directory)?;
     let record = with_node_address(lab, lab.record(name)?)?;
@@ -36,14 +36,19 @@ pub async fn serve(lab: &Lab, name: &str) -> Result<(), LabError> {
         service_subnet: record.service_subnet,
     };
     let node = Node::create(spec, &bridge)?;
-    let result = serve_on(lab, record, &node).await;
+    let result = serve_on(lab, record, &node, ready).await;
     if let Err(error) = node.delete() {
         tracing::warn!(cluster = name, %error, "cannot delete the node's namespace; `causeway lab stop-cluster` removes it");
     }
     result
 }
 
-async fn serve_on(lab: &Lab, mut record: ClusterRecord, node: &Node) -> Result<(), LabError> {
+async fn serve_on(
+    lab: &Lab,
+    mut record: ClusterRecord,
+    node: &Node,
+    ready: impl FnOnce(),
+) -> Result<(), LabError> {
     let name = record.name.clone();
     let node_address = node.spec.address;
     let network = lab.network()?;
@@ -126,6 +131,7 @@ async fn serve_on(lab: &Lab, mut record: ClusterRecord, node: &Node) -> Result<(
     };
     Lab::write_json(&lab.endpoint_path(&name), &endpoint)?;
     tracing::info!(cluster = %name, node = %node.name(), address = %node_address, "node ready");
+    ready();
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| LabError::Io {

@@ -99,6 +99,23 @@ pub fn drop_startup_pages() {
     }
 }
 
+/// For a process that runs much code now and then (the lab's cluster processes: a `kubectl
+/// apply`, a rollout) and little while idle: gives the executable's pages back every `interval`,
+/// from a thread of its own. Bringing back the pages in use costs a few thousand minor faults.
+pub fn drop_code_pages_every(interval: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("drop-code-pages".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                drop_startup_pages();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the thread that gives code pages back; memory stays higher");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

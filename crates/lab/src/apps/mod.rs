@@ -25,9 +25,13 @@ pub trait App: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
-/// Serves `app` on every address of the container, port `port`, until the process is stopped.
-pub async fn serve<A: App>(app: A, port: u16) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+/// Listens on every address of the container, port `port`.
+pub async fn listen(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(("0.0.0.0", port)).await
+}
+
+/// Serves `app` on `listener` until the process is stopped.
+pub async fn serve<A: App>(app: A, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let app = std::sync::Arc::new(app);
     loop {
         let (stream, peer) = match listener.accept().await {
