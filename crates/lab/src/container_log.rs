@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Longest record; a longer line is split into partial records, as containerd does.
 const MAX_RECORD: usize = 16 * 1024;
@@ -83,8 +83,6 @@ pub async fn pump(source: impl AsyncRead + Unpin, stream: Stream, path: PathBuf)
     }
 }
 
-use tokio::io::AsyncReadExt;
-
 async fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if tokio::fs::metadata(path)
         .await
@@ -99,7 +97,10 @@ async fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .append(true)
         .open(path)
         .await?;
-    file.write_all(bytes).await
+    file.write_all(bytes).await?;
+    // tokio's `write_all` returns once the bytes are handed to a blocking thread; without the
+    // flush the next record's handle could land first, and a reader could miss the last record.
+    file.flush().await
 }
 
 /// A record read back.
