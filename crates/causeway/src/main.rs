@@ -12,6 +12,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod certs;
 mod discovery;
+mod install;
 mod lab;
 mod lab_exec;
 mod mesh_status;
@@ -52,6 +53,13 @@ enum Command {
     /// The data plane: traffic capture for sidecars (istio-init)
     #[command(subcommand)]
     Proxy(proxy::ProxyCommand),
+    /// Install the mesh into a cluster from IstioOperator files and --set flags (istioctl install)
+    Install(Box<install::InstallArgs>),
+    /// Remove what install made (istioctl uninstall)
+    Uninstall(Box<install::UninstallArgs>),
+    /// The objects install applies: `generate` prints them, `apply` installs them
+    #[command(subcommand)]
+    Manifest(Box<install::ManifestCommand>),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +72,9 @@ fn main() -> ExitCode {
         Command::RemoteClusters(args) => mesh_status::remote_clusters(args),
         Command::ProxyStatus(args) => mesh_status::proxy_status(args),
         Command::Proxy(command) => proxy::run(command),
+        Command::Install(args) => install::install(*args),
+        Command::Uninstall(args) => install::uninstall(*args),
+        Command::Manifest(command) => install::manifest(*command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,19 @@
+//! Installing Causeway the way Istio is installed: IstioOperator files, `--set` flags and Helm
+//! value names in, Kubernetes objects out (`manifest generate`), applied to a cluster or removed
+//! from it (`install`, `uninstall`).
+
+pub mod cluster;
+mod input;
+mod path;
+mod profiles;
+pub mod render;
+mod schema;
+mod settings;
+
+pub use input::{InputError, OperatorInput};
+pub use profiles::PROFILES;
+pub use render::{Component, Ownership, Rendered, render, to_yaml};
+pub use schema::{Ignored, WrongSetting};
+pub use settings::{
+    Gateway, MeshIdentity, Pilot, ProxyValues, Remote, Settings, SettingsError, load,
+};
