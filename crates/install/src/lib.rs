@@ -3,6 +3,7 @@
 //! from it (`install`, `uninstall`).
 
 pub mod cluster;
+pub mod inject;
 mod input;
 mod path;
 mod profiles;

@@ -522,7 +522,7 @@ mod tests {
 
     fn sample(path: &str) -> (String, String) {
         let full = format!(
-            "{}/../../../shared/samples/{path}",
+            "{}/../../testdata/samples/{path}",
             env!("CARGO_MANIFEST_DIR")
         );
         (

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 fn sample(path: &str) -> (String, String) {
     let full = format!(
-        "{}/../../../shared/samples/{path}",
+        "{}/../../testdata/samples/{path}",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&full).unwrap_or_else(|error| panic!("{full}: {error}"));
