@@ -4,10 +4,9 @@
 use anyhow::{Context, bail};
 use causeway_install::cluster::{self, Change, UninstallScope};
 use causeway_install::{Component, Rendered, Settings, render, to_yaml};
+use crate::cluster_client::{TargetArgs, connect};
 use clap::{Args, Subcommand};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::io::{BufRead, Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug, Default)]
@@ -21,15 +20,6 @@ pub struct InputArgs {
     sets: Vec<String>,
 }
 
-#[derive(Args, Debug)]
-pub struct TargetArgs {
-    /// Kubeconfig to use (default: $KUBECONFIG, else ~/.kube/config)
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context of the cluster (default: the current context)
-    #[arg(long)]
-    context: Option<String>,
-}
 
 #[derive(Args, Debug)]
 pub struct InstallArgs {
@@ -116,40 +106,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-/// A client for the context, checked to answer before anything is changed.
-async fn connect(target: &TargetArgs) -> anyhow::Result<kube::Client> {
-    let kubeconfig = match &target.kubeconfig {
-        Some(path) => Kubeconfig::read_from(path)
-            .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?,
-        None => Kubeconfig::read().context(
-            "cannot read the kubeconfig ($KUBECONFIG or ~/.kube/config); pass --kubeconfig",
-        )?,
-    };
-    let options = KubeConfigOptions {
-        context: target.context.clone(),
-        ..KubeConfigOptions::default()
-    };
-    let context = target
-        .context
-        .clone()
-        .or_else(|| kubeconfig.current_context.clone())
-        .unwrap_or_default();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-        .await
-        .with_context(|| format!("cannot use context {context:?} of the kubeconfig"))?;
-    let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).context("cannot make a client for the cluster")?;
-    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok(client),
-        Ok(Err(error)) => bail!(
-            "cannot reach the cluster of context {context:?} at {server}: {error}; is it running? (`causeway lab get-clusters` lists lab clusters)"
-        ),
-        Err(_) => bail!(
-            "the cluster of context {context:?} at {server} did not answer within 10 s; is it running?"
-        ),
-    }
 }
 
 /// istioctl's question; anything but y/yes cancels. Standard input that holds the file (`-f -`)

@@ -11,8 +11,10 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod certs;
+mod cluster_client;
 mod discovery;
 mod install;
+mod kube_inject;
 mod lab;
 mod lab_exec;
 mod mesh_status;
@@ -57,6 +59,8 @@ enum Command {
     Install(Box<install::InstallArgs>),
     /// Remove what install made (istioctl uninstall)
     Uninstall(Box<install::UninstallArgs>),
+    /// Add the proxy to the workloads of a manifest (istioctl kube-inject)
+    KubeInject(Box<kube_inject::KubeInjectArgs>),
     /// The objects install applies: `generate` prints them, `apply` installs them
     #[command(subcommand)]
     Manifest(Box<install::ManifestCommand>),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Install(args) => install::install(*args),
         Command::Uninstall(args) => install::uninstall(*args),
         Command::Manifest(command) => install::manifest(*command),
+        Command::KubeInject(args) => kube_inject::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod inject;
 mod input;
+pub mod kube_inject;
 mod path;
 mod profiles;
 pub mod render;

@@ -20,6 +20,19 @@ pub enum ProxyCommand {
     /// Run the east-west gateway (`ISTIO_META_ROUTER_MODE=sni-dnat`): routes mTLS by SNI to
     /// this network's endpoints without terminating it
     Router(Box<sidecar::RouterArgs>),
+    /// Wait until the proxy in this pod is ready (pilot-agent wait): the injected postStart hook
+    /// that holds the application's start until its proxy serves
+    Wait(WaitArgs),
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// Give up after this long
+    #[arg(long, default_value = "60s", value_parser = crate::discovery::parse_duration)]
+    timeout: std::time::Duration,
+    /// The proxy's health port (`/healthz/ready`)
+    #[arg(long, default_value_t = 15021)]
+    port: u16,
 }
 
 #[derive(Args)]
@@ -78,7 +91,42 @@ pub fn run(command: ProxyCommand) -> anyhow::Result<()> {
         ProxyCommand::Init(args) => init(args),
         ProxyCommand::Sidecar(args) => sidecar::run_sidecar(*args),
         ProxyCommand::Router(args) => sidecar::run_router(*args),
+        ProxyCommand::Wait(args) => wait(args),
     }
+}
+
+/// One readiness check: the proxy answers `GET /healthz/ready` with 200.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    if stream
+        .write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+}
+
+fn wait(args: WaitArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    while !ready(args.port) {
+        if started.elapsed() >= args.timeout {
+            anyhow::bail!(
+                "the proxy is not ready after {:?} (http://127.0.0.1:{}/healthz/ready); see its log (`kubectl logs <pod> -c istio-proxy`)",
+                args.timeout,
+                args.port
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("the proxy is ready after {:.2} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn init(args: InitArgs) -> anyhow::Result<()> {

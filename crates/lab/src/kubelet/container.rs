@@ -103,7 +103,7 @@ pub fn exec(
         environment: context.environment.clone(),
         working_dir: context.working_dir.clone(),
         identity: context.identity.clone(),
-        argv: command.to_vec(),
+        argv: exec_argv(causeway, command),
     };
     let encoded = serde_json::to_string(&spec).map_err(std::io::Error::other)?;
     tokio::process::Command::new(causeway)
@@ -115,6 +115,19 @@ pub fn exec(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
+}
+
+/// `causeway` by any path is this build's, as in a `causeway` image (the injected proxy's
+/// postStart hook runs `causeway proxy wait`); anything else is looked up in the container.
+fn exec_argv(causeway: &Path, command: &[String]) -> Vec<String> {
+    match command.split_first() {
+        Some((program, rest)) if Path::new(program).file_name().is_some_and(|name| name == "causeway") => {
+            std::iter::once(causeway.display().to_string())
+                .chain(rest.iter().cloned())
+                .collect()
+        }
+        _ => command.to_vec(),
+    }
 }
 
 /// The new container's spec.

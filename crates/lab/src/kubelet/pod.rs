@@ -52,6 +52,12 @@ enum Happening {
         status: std::process::ExitStatus,
     },
     Probe(ProbeChange),
+    /// A container's postStart hook finished (`Err` with the hook's output when it failed).
+    PostStart {
+        name: String,
+        container_id: String,
+        result: Result<(), String>,
+    },
 }
 
 /// Kubernetes' restart back-off: 10 s doubling to 5 minutes; the first restart is at once, and
@@ -101,6 +107,9 @@ pub struct Worker {
     stopping: bool,
     happenings: mpsc::UnboundedSender<Happening>,
     readiness: HashMap<String, bool>,
+    /// Containers whose postStart hook still runs: the containers after them wait, as the
+    /// kubelet starts a pod's containers in order and each hook blocks the next start.
+    post_start_pending: HashMap<String, String>,
     written_status: Option<Value>,
 }
 
@@ -174,6 +183,7 @@ impl Worker {
             stopping: false,
             happenings,
             readiness: HashMap::new(),
+            post_start_pending: HashMap::new(),
             written_status: previous_status,
         };
         let uid = worker.uid.clone();
@@ -595,6 +605,12 @@ impl Worker {
         }
         let containers = containers_of(&self.pod, false);
         for (index, container) in containers.iter().enumerate() {
+            if containers[..index]
+                .iter()
+                .any(|earlier| self.post_start_pending.contains_key(&earlier.name))
+            {
+                break;
+            }
             let state = self.record.containers[index].state.clone();
             let start = match &state {
                 State::Running { .. } => false,
@@ -845,6 +861,9 @@ impl Worker {
         self.running.insert(container.name.clone(), running);
         self.readiness
             .insert(container.name.clone(), !has_readiness);
+        if !init {
+            self.run_post_start(container, &id);
+        }
         let record = self.record_mut(init, index);
         record.state = State::Running { started_at };
         record.container_id = Some(id);
@@ -953,6 +972,60 @@ impl Worker {
                 status,
             } => self.exited(&name, &container_id, status),
             Happening::Probe(change) => self.probed(change),
+            Happening::PostStart {
+                name,
+                container_id,
+                result,
+            } => self.post_started(&name, &container_id, result),
+        }
+    }
+
+    /// Runs the container's postStart exec hook in it, if it has one; the next containers start
+    /// when it is done.
+    fn run_post_start(&mut self, container: &Container, container_id: &str) {
+        let Some(command) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|lifecycle| lifecycle.post_start.as_ref())
+            .and_then(|hook| hook.exec.as_ref())
+            .and_then(|exec| exec.command.clone())
+        else {
+            return;
+        };
+        self.post_start_pending
+            .insert(container.name.clone(), container_id.to_owned());
+        let context = self.context.clone();
+        let uid = self.uid.clone();
+        let name = container.name.clone();
+        let container_id = container_id.to_owned();
+        let happenings = self.happenings.clone();
+        tokio::spawn(async move {
+            let result = match run_in_container(&context, &uid, &name, command).await {
+                Ok((0, _)) => Ok(()),
+                Ok((code, output)) => Err(format!("exited with {code}: {}", output.trim())),
+                Err(error) => Err(error),
+            };
+            let _ = happenings.send(Happening::PostStart {
+                name,
+                container_id,
+                result,
+            });
+        });
+    }
+
+    fn post_started(&mut self, name: &str, container_id: &str, result: Result<(), String>) {
+        if self.post_start_pending.get(name).map(String::as_str) != Some(container_id) {
+            return;
+        }
+        self.post_start_pending.remove(name);
+        if let Err(message) = result {
+            // As the kubelet does: the container is killed and restarted under its policy.
+            self.event(
+                EventType::Warning,
+                "FailedPostStartHook",
+                &format!("PostStartHookError: {message}"),
+            );
+            self.signal(name, nix::sys::signal::Signal::SIGKILL);
         }
     }
 
