@@ -143,6 +143,8 @@ impl DiscoveryProcess {
                 "127.0.0.1:0",
                 "--monitoring-address",
                 "127.0.0.1:0",
+                "--webhook-address",
+                "127.0.0.1:0",
             ])
             .env("KUBECONFIG", kubeconfig)
             .env(

@@ -50,4 +50,3 @@ pub async fn connect(target: &TargetArgs) -> anyhow::Result<kube::Client> {
         ),
     }
 }
-

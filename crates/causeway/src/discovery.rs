@@ -41,6 +41,12 @@ pub struct DiscoveryArgs {
     /// Debug endpoints, readiness and Prometheus metrics
     #[arg(long, default_value = ":15014", value_parser = parse_listen_address)]
     monitoring_address: SocketAddr,
+    /// The sidecar injection webhook (HTTPS, the serving certificate of 15012)
+    #[arg(long, default_value = ":15017", value_parser = parse_listen_address)]
+    webhook_address: SocketAddr,
+    /// The install revision whose injector config and webhooks this discovery serves
+    #[arg(long, env = "REVISION", default_value = "default")]
+    revision: String,
     /// Quiet time after a change before pushing (e.g. 100ms; 0 pushes at once)
     #[arg(long, env = "PILOT_DEBOUNCE_AFTER", default_value = "100ms", value_parser = parse_duration)]
     debounce: Duration,
@@ -137,6 +143,8 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             xds_address: args.xds_address,
             secure_xds_address: args.secure_xds_address,
             monitoring_address: args.monitoring_address,
+            webhook_address: args.webhook_address,
+            revision: args.revision,
             debounce: args.debounce,
             debounce_max: args.debounce_max,
             remote_cluster_timeout: args.remote_cluster_timeout,
@@ -153,6 +161,7 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
                 "xds": discovery.xds_address.to_string(),
                 "secure_xds": discovery.secure_xds_address.to_string(),
                 "monitoring": discovery.monitoring_address.to_string(),
+                "webhook": discovery.webhook_address.to_string(),
                 "ca": discovery.ca_origin.to_string(),
             })
         );

@@ -1,10 +1,10 @@
 //! `causeway install`, `uninstall` and `manifest generate|apply`: istioctl's commands of the same
 //! names, with its flags, merge rules and step lines.
 
+use crate::cluster_client::{TargetArgs, connect};
 use anyhow::{Context, bail};
 use causeway_install::cluster::{self, Change, UninstallScope};
 use causeway_install::{Component, Rendered, Settings, render, to_yaml};
-use crate::cluster_client::{TargetArgs, connect};
 use clap::{Args, Subcommand};
 use std::io::{BufRead, Read, Write};
 use std::time::{Duration, Instant};
@@ -19,7 +19,6 @@ pub struct InputArgs {
     #[arg(short = 's', long = "set", value_name = "PATH=VALUE")]
     sets: Vec<String>,
 }
-
 
 #[derive(Args, Debug)]
 pub struct InstallArgs {

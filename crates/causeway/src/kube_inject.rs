@@ -43,7 +43,8 @@ pub struct KubeInjectArgs {
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<(String, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok((path.display().to_string(), text))
 }
 
@@ -67,8 +68,13 @@ async fn config_from_cluster(args: &KubeInjectArgs) -> anyhow::Result<InjectionC
 
 fn config_from_files(args: &KubeInjectArgs) -> anyhow::Result<Option<InjectionConfig>> {
     let (Some(values), Some(config)) = (&args.values_file, &args.inject_config_file) else {
-        if args.values_file.is_some() || args.inject_config_file.is_some() || args.mesh_config_file.is_some() {
-            bail!("--valuesFile and --injectConfigFile go together (and --meshConfigFile with them); give both, or neither to read the cluster's ConfigMaps");
+        if args.values_file.is_some()
+            || args.inject_config_file.is_some()
+            || args.mesh_config_file.is_some()
+        {
+            bail!(
+                "--valuesFile and --injectConfigFile go together (and --meshConfigFile with them); give both, or neither to read the cluster's ConfigMaps"
+            );
         }
         return Ok(None);
     };
@@ -88,7 +94,9 @@ fn config_from_files(args: &KubeInjectArgs) -> anyhow::Result<Option<InjectionCo
 pub fn run(args: KubeInjectArgs) -> anyhow::Result<()> {
     let (origin, text) = if args.file == "-" {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("cannot read the manifest from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the manifest from standard input")?;
         ("<stdin>".to_owned(), text)
     } else {
         read(&PathBuf::from(&args.file))?
@@ -103,8 +111,11 @@ pub fn run(args: KubeInjectArgs) -> anyhow::Result<()> {
     };
     let injected = kube_inject(&origin, &text, &config)?;
     match &args.output {
-        Some(path) => std::fs::write(path, injected).with_context(|| format!("cannot write {}", path.display()))?,
-        None => std::io::stdout().write_all(injected.as_bytes()).context("cannot write the result")?,
+        Some(path) => std::fs::write(path, injected)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::stdout()
+            .write_all(injected.as_bytes())
+            .context("cannot write the result")?,
     }
     Ok(())
 }

@@ -873,6 +873,8 @@ impl Discovery {
                 "127.0.0.1:0",
                 "--monitoring-address",
                 "127.0.0.1:0",
+                "--webhook-address",
+                "127.0.0.1:0",
             ])
             .env("KUBECONFIG", lab.kubeconfig())
             .stdout(std::process::Stdio::piped())

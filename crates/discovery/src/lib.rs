@@ -4,6 +4,7 @@
 pub mod ca_service;
 pub mod ca_source;
 pub mod debug;
+pub mod injection_webhook;
 pub mod root_cert_configmaps;
 mod serve;
 #[cfg(feature = "testing")]
@@ -32,6 +33,10 @@ pub struct DiscoveryConfig {
     pub xds_address: SocketAddr,
     pub secure_xds_address: SocketAddr,
     pub monitoring_address: SocketAddr,
+    /// The sidecar injection webhook (HTTPS).
+    pub webhook_address: SocketAddr,
+    /// The install revision whose injector ConfigMaps and webhooks this discovery serves.
+    pub revision: String,
     pub debounce: Duration,
     pub debounce_max: Duration,
     pub remote_cluster_timeout: Duration,
@@ -56,6 +61,8 @@ impl DiscoveryConfig {
             xds_address: any(15010),
             secure_xds_address: any(15012),
             monitoring_address: any(15014),
+            webhook_address: any(15017),
+            revision: "default".into(),
             debounce: Duration::from_millis(100),
             debounce_max: Duration::from_secs(10),
             remote_cluster_timeout: Duration::from_secs(30),
@@ -87,6 +94,7 @@ pub struct Discovery {
     pub xds_address: SocketAddr,
     pub secure_xds_address: SocketAddr,
     pub monitoring_address: SocketAddr,
+    pub webhook_address: SocketAddr,
     pub authority: Arc<CertificateAuthority>,
     pub ca_origin: ca_source::CaOrigin,
     pub registry: Registry,
@@ -114,6 +122,7 @@ impl Discovery {
         let tls_config = tls::serving_config(&authority, &dns_names)
             .context("cannot make the 15012 serving certificate")?;
 
+        let webhook_client = client.clone();
         let registry = Registry::start(
             RegistryConfig {
                 cluster_id: config.cluster_id.clone(),
@@ -159,6 +168,19 @@ impl Discovery {
         let xds_address =
             serve::grpc_plaintext(&mut tasks, config.xds_address, xds.clone(), stopped.clone())
                 .await?;
+        let webhook_address = injection_webhook::serve(
+            &mut tasks,
+            config.webhook_address,
+            tls_config.clone(),
+            webhook_client,
+            injection_webhook::WebhookSettings {
+                namespace: config.namespace.clone(),
+                revision: config.revision.clone(),
+                roots_pem: authority.roots_pem(),
+            },
+            stopped.clone(),
+        )
+        .await?;
         let secure_xds_address = serve::grpc_tls(
             &mut tasks,
             config.secure_xds_address,
@@ -181,11 +203,12 @@ impl Discovery {
             roots_pem: authority.roots_pem().into(),
         };
         tasks.spawn(publisher.run(registry.clients.clone(), stopped));
-        tracing::info!(%xds_address, %secure_xds_address, %monitoring_address, cluster = %config.cluster_id, "discovery serving");
+        tracing::info!(%xds_address, %secure_xds_address, %monitoring_address, %webhook_address, cluster = %config.cluster_id, "discovery serving");
         Ok(Discovery {
             xds_address,
             secure_xds_address,
             monitoring_address,
+            webhook_address,
             authority,
             ca_origin,
             registry,

@@ -13,6 +13,7 @@ pub fn config(cluster_id: &str, network: &str) -> DiscoveryConfig {
         xds_address: any_port,
         secure_xds_address: any_port,
         monitoring_address: any_port,
+        webhook_address: any_port,
         debounce: Duration::ZERO,
         remote_cluster_timeout: Duration::from_secs(5),
         ..DiscoveryConfig::new(cluster_id)

@@ -21,7 +21,12 @@ pub enum KubeInjectError {
 /// JSON pointers to the pod template of each workload kind.
 fn template_pointer(kind: &str) -> Option<&'static str> {
     match kind {
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "ReplicationController"
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "ReplicationController"
         | "DeploymentConfig" => Some("/spec/template"),
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
         "Pod" => Some(""),
@@ -43,7 +48,8 @@ fn inject_object(object: &mut Value, config: &InjectionConfig) -> Result<(), Str
     if kind == "List" || kind.ends_with("List") {
         if let Some(items) = object.get_mut("items").and_then(Value::as_array_mut) {
             for item in items {
-                inject_object(item, config).map_err(|reason| format!("{}: {reason}", describe(item)))?;
+                inject_object(item, config)
+                    .map_err(|reason| format!("{}: {reason}", describe(item)))?;
             }
         }
         return Ok(());
@@ -51,7 +57,10 @@ fn inject_object(object: &mut Value, config: &InjectionConfig) -> Result<(), Str
     let Some(pointer) = template_pointer(&kind) else {
         return Ok(());
     };
-    let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_owned();
     let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
     let Some(template) = object.pointer_mut(pointer) else {
         return Err("has no pod template".into());
@@ -64,7 +73,9 @@ fn inject_object(object: &mut Value, config: &InjectionConfig) -> Result<(), Str
     if kind != "Pod" && pod.metadata.generate_name.is_none() {
         pod.metadata.generate_name = Some(format!("{name}-"));
     }
-    let injected = match inject(&pod, &namespace, config, &Target::default()).map_err(|error: InjectError| error.to_string())? {
+    let injected = match inject(&pod, &namespace, config, &Target::default())
+        .map_err(|error: InjectError| error.to_string())?
+    {
         Outcome::Injected(injected) => injected,
         Outcome::Skipped(_) => return Ok(()),
     };
@@ -83,11 +94,16 @@ fn inject_object(object: &mut Value, config: &InjectionConfig) -> Result<(), Str
 }
 
 /// The manifest `text` (named `origin` in errors) with its workloads injected, as YAML documents.
-pub fn kube_inject(origin: &str, text: &str, config: &InjectionConfig) -> Result<String, KubeInjectError> {
-    let documents: Vec<Value> = serde_saphyr::from_str_multiple(text).map_err(|error| KubeInjectError::Yaml {
-        origin: origin.to_owned(),
-        reason: error.to_string(),
-    })?;
+pub fn kube_inject(
+    origin: &str,
+    text: &str,
+    config: &InjectionConfig,
+) -> Result<String, KubeInjectError> {
+    let documents: Vec<Value> =
+        serde_saphyr::from_str_multiple(text).map_err(|error| KubeInjectError::Yaml {
+            origin: origin.to_owned(),
+            reason: error.to_string(),
+        })?;
     let mut out = Vec::new();
     for (index, mut document) in documents.into_iter().enumerate() {
         if document.is_null() {
@@ -111,15 +127,28 @@ mod tests {
     use k8s_openapi::api::core::v1::ConfigMap;
 
     fn sample(path: &str) -> String {
-        let full = format!("{}/../../testdata/samples/{path}", env!("CARGO_MANIFEST_DIR"));
+        let full = format!(
+            "{}/../../testdata/samples/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read_to_string(&full).unwrap_or_else(|error| panic!("{full}: {error}"))
     }
 
     fn config() -> InjectionConfig {
-        let settings = crate::settings::load(&[("f".into(), sample("topologies/multi-primary/cluster01.yaml"))], &[]).unwrap();
+        let settings = crate::settings::load(
+            &[(
+                "f".into(),
+                sample("topologies/multi-primary/cluster01.yaml"),
+            )],
+            &[],
+        )
+        .unwrap();
         let objects = render(&settings);
         let map = |name: &str| -> ConfigMap {
-            let object = objects.iter().find(|o| o.kind() == "ConfigMap" && o.name() == name).unwrap();
+            let object = objects
+                .iter()
+                .find(|o| o.kind() == "ConfigMap" && o.name() == name)
+                .unwrap();
             serde_json::from_value(serde_json::to_value(&object.object).unwrap()).unwrap()
         };
         InjectionConfig::from_config_maps(&map(INJECTOR_CONFIG_MAP), &map(MESH_CONFIG_MAP)).unwrap()
@@ -151,7 +180,10 @@ mod tests {
                 assert_eq!(containers(template), ["istio-proxy", "sleep"]);
                 assert_eq!(template["spec"]["initContainers"][0]["name"], "istio-init");
                 assert!(template["metadata"].get("generateName").is_none());
-                assert_eq!(template["metadata"]["labels"]["security.istio.io/tlsMode"], "istio");
+                assert_eq!(
+                    template["metadata"]["labels"]["security.istio.io/tlsMode"],
+                    "istio"
+                );
                 assert_eq!(after["spec"]["selector"], before["spec"]["selector"]);
             } else {
                 assert_eq!(before, after, "{} passes through", before["kind"]);
@@ -189,16 +221,29 @@ data: {k: v}
         assert_eq!(output.len(), 2);
         let items = output[0]["items"].as_array().unwrap();
         assert_eq!(containers(&items[0]), ["istio-proxy", "app"]);
-        assert_eq!(containers(&items[1]["spec"]["template"]), ["app"], "opted out");
+        assert_eq!(
+            containers(&items[1]["spec"]["template"]),
+            ["app"],
+            "opted out"
+        );
         assert_eq!(output[1]["data"]["k"], "v");
     }
 
     #[test]
     fn broken_documents_are_named() {
-        let error = kube_inject("x.yaml", "a: [", &config()).unwrap_err().to_string();
+        let error = kube_inject("x.yaml", "a: [", &config())
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("x.yaml: not valid YAML"), "{error}");
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: broken}\nspec: {template: {spec: {containers: 5}}}\n";
-        let error = kube_inject("x.yaml", text, &config()).unwrap_err().to_string();
-        assert!(error.starts_with("x.yaml: document 2 (Deployment broken): the pod template is not a valid pod"), "{error}");
+        let error = kube_inject("x.yaml", text, &config())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(
+                "x.yaml: document 2 (Deployment broken): the pod template is not a valid pod"
+            ),
+            "{error}"
+        );
     }
 }

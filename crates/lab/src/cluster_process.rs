@@ -85,6 +85,17 @@ async fn serve_on(
             source,
         })?;
 
+    let dialing_node = node.netns.clone();
+    let _ = server
+        .shared()
+        .dialer
+        .set(std::sync::Arc::new(move |address, timeout| {
+            dialing_node
+                .spawn_inside(move || std::net::TcpStream::connect_timeout(&address, timeout))
+                .join()
+                .map_err(|_| std::io::Error::other("the thread dialing from the node panicked"))?
+                .map_err(std::io::Error::other)?
+        }));
     let node_runtime =
         NodeRuntime::start(&node.netns).map_err(|error| LabError::Network(error.into()))?;
     let services = ServiceRouting::start(

@@ -99,7 +99,9 @@ pub fn run(command: ProxyCommand) -> anyhow::Result<()> {
 fn ready(port: u16) -> bool {
     use std::io::{Read, Write};
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(1)) else {
+    let Ok(mut stream) =
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(1))
+    else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
@@ -125,7 +127,10 @@ fn wait(args: WaitArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    eprintln!("the proxy is ready after {:.2} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "the proxy is ready after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

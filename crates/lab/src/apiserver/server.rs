@@ -190,6 +190,7 @@ pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartErr
         address,
         shutdown,
         pod_runtime: std::sync::OnceLock::new(),
+        dialer: std::sync::OnceLock::new(),
     });
     bootstrap(&shared).map_err(|error| StartError::Bootstrap(error.message))?;
 

@@ -26,6 +26,9 @@ pub struct ApiState {
     pub shutdown: watch::Receiver<bool>,
     /// The kubelet running this cluster's pods, once it started.
     pub pod_runtime: OnceLock<Arc<dyn PodRuntime>>,
+    /// How the API server reaches into the lab (admission webhooks): from its node once it has
+    /// one, else from where it runs.
+    pub dialer: OnceLock<super::writes::mutating_webhooks::Dialer>,
 }
 
 impl ApiState {

@@ -121,7 +121,11 @@ pub fn exec(
 /// postStart hook runs `causeway proxy wait`); anything else is looked up in the container.
 fn exec_argv(causeway: &Path, command: &[String]) -> Vec<String> {
     match command.split_first() {
-        Some((program, rest)) if Path::new(program).file_name().is_some_and(|name| name == "causeway") => {
+        Some((program, rest))
+            if Path::new(program)
+                .file_name()
+                .is_some_and(|name| name == "causeway") =>
+        {
             std::iter::once(causeway.display().to_string())
                 .chain(rest.iter().cloned())
                 .collect()

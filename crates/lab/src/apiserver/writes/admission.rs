@@ -73,6 +73,7 @@ pub fn admit_new(
     complete(kind, &mut object)?;
     if kind.kind == "Pod" && kind.group.is_empty() {
         super::pod_admission::admit(state, &mut object)?;
+        super::mutating_webhooks::admit(state, kind, &target.version, &mut object)?;
     }
     let mut allocations = Allocations {
         cluster_ip: allocate_cluster_ip(state, kind, &mut object)?,

@@ -6,6 +6,7 @@
 
 mod admission;
 mod deletion;
+pub mod mutating_webhooks;
 pub mod pod_admission;
 
 use kube::core::DynamicObject;

@@ -1,0 +1,303 @@
+//! The sidecar injection webhook on 15017 (`/inject`, and `/inject/cluster/<c>/net/<n>` for
+//! remote clusters): AdmissionReview in, a JSON patch out, from the injector ConfigMaps install
+//! wrote. Alongside, the `caBundle` of this revision's MutatingWebhookConfigurations is kept equal
+//! to the roots that signed the serving certificate, as istiod keeps it.
+
+use base64::Engine;
+use bytes::Bytes;
+use causeway_install::inject::{InjectionConfig, Outcome, Target, inject, patch};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How often the injector's ConfigMaps and the webhook's caBundle are checked.
+const REFRESH: Duration = Duration::from_secs(1);
+const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
+
+/// The injector's config as last read, or why it could not be.
+type Loaded = Arc<RwLock<Result<Arc<InjectionConfig>, String>>>;
+
+#[derive(Clone)]
+pub struct WebhookSettings {
+    pub namespace: String,
+    pub revision: String,
+    pub roots_pem: String,
+}
+
+fn revisioned(name: &str, revision: &str) -> String {
+    if revision == "default" || revision.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}-{revision}")
+    }
+}
+
+async fn load(
+    client: &kube::Client,
+    settings: &WebhookSettings,
+) -> Result<InjectionConfig, String> {
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), &settings.namespace);
+    let get = |name: String| {
+        let maps = maps.clone();
+        let namespace = settings.namespace.clone();
+        async move {
+            maps.get_opt(&name)
+                .await
+                .map_err(|error| format!("cannot read ConfigMap {namespace}/{name}: {error}"))?
+                .ok_or_else(|| format!("ConfigMap {namespace}/{name} does not exist; install writes it (`causeway install`)"))
+        }
+    };
+    let injector = get(revisioned("istio-sidecar-injector", &settings.revision)).await?;
+    let mesh = get(revisioned("istio", &settings.revision)).await?;
+    InjectionConfig::from_config_maps(&injector, &mesh).map_err(|error| error.to_string())
+}
+
+/// Sets `caBundle` on this revision's injection webhooks that call this namespace's discovery.
+async fn keep_ca_bundle(
+    client: &kube::Client,
+    settings: &WebhookSettings,
+) -> Result<(), kube::Error> {
+    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let selector = format!("app=sidecar-injector,istio.io/rev={}", settings.revision);
+    let bundle = ByteString(settings.roots_pem.clone().into_bytes());
+    for mut configuration in api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let mut changed = false;
+        for webhook in configuration.webhooks.iter_mut().flatten() {
+            let ours = webhook
+                .client_config
+                .service
+                .as_ref()
+                .is_some_and(|service| service.namespace == settings.namespace);
+            if ours && webhook.client_config.ca_bundle.as_ref() != Some(&bundle) {
+                webhook.client_config.ca_bundle = Some(bundle.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            let name = configuration.metadata.name.clone().unwrap_or_default();
+            match api
+                .replace(&name, &PostParams::default(), &configuration)
+                .await
+            {
+                Ok(_) => tracing::info!(webhook = %name, "caBundle set to the mesh roots"),
+                // Someone wrote it meanwhile: the next round sees their version.
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn refresh(
+    client: kube::Client,
+    settings: WebhookSettings,
+    loaded: Loaded,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut last_error = String::new();
+    loop {
+        let result = load(&client, &settings).await.map(Arc::new);
+        if let Err(error) = &result
+            && *error != last_error
+        {
+            tracing::warn!(%error, "the injector has no usable config");
+            last_error = error.clone();
+        }
+        if result.is_ok() {
+            last_error.clear();
+        }
+        *loaded
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = result;
+        if let Err(error) = keep_ca_bundle(&client, &settings).await {
+            tracing::warn!(%error, "cannot update the injection webhook's caBundle");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REFRESH) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The AdmissionReview answer for `review` posted to `path` (decisions only; no I/O).
+pub fn review(
+    path: &str,
+    review: &Value,
+    config: &InjectionConfig,
+) -> Result<Value, (StatusCode, String)> {
+    let target =
+        Target::from_path(path).map_err(|error| (StatusCode::NOT_FOUND, error.to_string()))?;
+    let request = &review["request"];
+    let uid = request["uid"].as_str().ok_or((
+        StatusCode::BAD_REQUEST,
+        "the AdmissionReview has no request.uid".to_owned(),
+    ))?;
+    let api_version = review["apiVersion"]
+        .as_str()
+        .unwrap_or("admission.k8s.io/v1");
+    let answer = |response: Value| json!({"apiVersion": api_version, "kind": "AdmissionReview", "response": response});
+    let pod: Pod = serde_json::from_value(request["object"].clone()).map_err(|error| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("request.object is not a pod: {error}"),
+        )
+    })?;
+    let namespace = request["namespace"]
+        .as_str()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or("default")
+        .to_owned();
+    Ok(match inject(&pod, &namespace, config, &target) {
+        Ok(Outcome::Injected(injected)) => {
+            let patch = serde_json::to_vec(&patch(&pod, &injected)).expect("a patch serializes");
+            answer(json!({
+                "uid": uid,
+                "allowed": true,
+                "patchType": "JSONPatch",
+                "patch": base64::engine::general_purpose::STANDARD.encode(patch),
+            }))
+        }
+        Ok(Outcome::Skipped(reason)) => {
+            tracing::debug!(%namespace, %reason, "not injected");
+            answer(json!({"uid": uid, "allowed": true}))
+        }
+        Err(error) => answer(json!({
+            "uid": uid,
+            "allowed": false,
+            "status": {"code": 400, "message": format!("sidecar injection failed: {error}")},
+        })),
+    })
+}
+
+async fn handle(request: Request<Incoming>, loaded: Loaded) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    if request.method() != Method::POST {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"error": "POST an AdmissionReview"}),
+        );
+    }
+    let body = match Limited::new(request.into_body(), MAX_REVIEW_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("cannot read the body: {error}")}),
+            );
+        }
+    };
+    let document: Value = match serde_json::from_slice(&body) {
+        Ok(document) => document,
+        Err(error) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("not an AdmissionReview: {error}")}),
+            );
+        }
+    };
+    let config = match &*loaded
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    {
+        Ok(config) => config.clone(),
+        Err(error) => return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": error})),
+    };
+    match review(&path, &document, &config) {
+        Ok(answer) => reply(StatusCode::OK, answer),
+        Err((status, error)) => reply(status, json!({"error": error})),
+    }
+}
+
+/// Serves the webhook on `address` with `tls` and keeps its config and caBundle current.
+pub async fn serve(
+    tasks: &mut JoinSet<()>,
+    address: SocketAddr,
+    mut tls: rustls::ServerConfig,
+    client: kube::Client,
+    settings: WebhookSettings,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!("cannot listen on {address} for the injection webhook: {error}")
+        })?;
+    let bound = listener.local_addr()?;
+    let loaded: Loaded = Arc::new(RwLock::new(Err(
+        "the injector's config is not read yet".into()
+    )));
+    tasks.spawn(refresh(client, settings, loaded.clone(), stopped.clone()));
+    let mut stop = stopped;
+    tasks.spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accepting a webhook connection failed");
+                        continue;
+                    }
+                },
+                _ = stop.wait_for(|stop| *stop) => break,
+            };
+            let acceptor = acceptor.clone();
+            let loaded = loaded.clone();
+            connections.spawn(async move {
+                let stream =
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "webhook TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                let service = service_fn(move |request| {
+                    let loaded = loaded.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(request, loaded).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+        connections.abort_all();
+    });
+    Ok(bound)
+}
