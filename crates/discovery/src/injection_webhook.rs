@@ -301,3 +301,115 @@ pub async fn serve(
     });
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> InjectionConfig {
+        let values = r#"{"global": {"network": "network1", "meshID": "mesh1", "multiCluster": {"clusterName": "cluster01"}}}"#;
+        InjectionConfig::parse(("values", values), ("config", ""), ("mesh", "")).unwrap()
+    }
+
+    fn admission(api_version: &str, uid: Option<&str>, annotations: Value) -> Value {
+        json!({
+            "apiVersion": api_version,
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "namespace": "sample",
+                "object": {
+                    "metadata": {"generateName": "sleep-7d8f-", "labels": {"app": "sleep"}, "annotations": annotations},
+                    "spec": {"containers": [{"name": "sleep", "image": "curlimages/curl"}]},
+                },
+            },
+        })
+    }
+
+    #[test]
+    fn reviews_are_answered_with_a_patch_a_plain_yes_or_an_error() {
+        let config = config();
+        let answer = review(
+            "/inject",
+            &admission("admission.k8s.io/v1", Some("u1"), json!({})),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["response"]["uid"], "u1");
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        assert!(!patch.0.is_empty());
+
+        let remote = review(
+            "/inject/cluster/cluster02/net/network2",
+            &admission("admission.k8s.io/v1beta1", Some("u2"), json!({})),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(
+            remote["apiVersion"], "admission.k8s.io/v1beta1",
+            "answered in the request's version"
+        );
+        let patch = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(remote["response"]["patch"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            patch.contains("network2") && patch.contains("cluster02"),
+            "{patch}"
+        );
+
+        let opted_out = review(
+            "/inject",
+            &admission(
+                "admission.k8s.io/v1",
+                Some("u3"),
+                json!({"sidecar.istio.io/inject": "false"}),
+            ),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(opted_out["response"], json!({"uid": "u3", "allowed": true}));
+
+        let broken = review(
+            "/inject",
+            &admission(
+                "admission.k8s.io/v1",
+                Some("u4"),
+                json!({"proxy.istio.io/config": "[x"}),
+            ),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(broken["response"]["allowed"], false);
+        assert!(
+            broken["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("proxy.istio.io/config")
+        );
+
+        let (status, error) = review(
+            "/mutate",
+            &admission("admission.k8s.io/v1", Some("u5"), json!({})),
+            &config,
+        )
+        .unwrap_err();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+        let (status, error) = review(
+            "/inject",
+            &admission("admission.k8s.io/v1", None, json!({})),
+            &config,
+        )
+        .unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(error.contains("uid"), "{error}");
+    }
+}

@@ -1,0 +1,495 @@
+//! Installing the mesh into a lab cluster as the seeds install Istio, judged with a real
+//! `kubectl`: `causeway install` with a topology file, `kubectl rollout status` of istiod, plain
+//! `kubectl apply` of the samples into a labelled namespace giving 2/2 pods whose requests cross
+//! both sidecars (their access logs say so), opt-outs, `kube-inject`, uninstall leaving the
+//! cluster as it was, and bad inputs refused with the input named. These need root, as CI has.
+
+mod fixtures;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fixtures::lab::{TestLab, eventually, printed, samples};
+
+const C1: &str = "kind-cluster01";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sample(name: &str) -> String {
+    std::fs::read_to_string(samples().join(name)).unwrap()
+}
+
+fn topology(path: &str) -> String {
+    samples()
+        .join("topologies")
+        .join(path)
+        .display()
+        .to_string()
+}
+
+/// Every object of the kinds install makes, as `kind/name` lines with their namespace.
+fn objects(lab: &TestLab) -> BTreeSet<String> {
+    let kinds = "serviceaccounts,configmaps,deployments,services,endpoints,roles,rolebindings";
+    let namespaced = lab.ok(
+        C1,
+        &["get", kinds, "-A", "-o", "jsonpath={range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}"],
+    );
+    let cluster = lab.ok(
+        C1,
+        &[
+            "get",
+            "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,namespaces",
+            "-o",
+            "name",
+        ],
+    );
+    namespaced
+        .lines()
+        .chain(cluster.lines())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn ready_containers(lab: &TestLab, namespace: &str, pod: &str) -> String {
+    lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "-n",
+            namespace,
+            pod,
+            "-o",
+            "jsonpath={range .status.containerStatuses[*]}{.name}={.ready} {end}",
+        ],
+    )
+}
+
+fn curl(lab: &TestLab, namespace: &str, pod: &str, url: &str) -> Result<String, String> {
+    let output = lab.exec(
+        C1,
+        namespace,
+        pod,
+        "sleep",
+        &["curl", "-sS", "--max-time", "3", url],
+    );
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(printed(&output))
+    }
+}
+
+#[test]
+fn installed_mesh_injects_labelled_namespaces_and_uninstall_leaves_the_cluster_as_it_was() {
+    let lab = TestLab::new();
+    lab.create("cluster01-kind.yaml");
+    // As the guides do, for cacerts: install keeps a namespace that exists.
+    lab.ok(C1, &["create", "namespace", "istio-system"]);
+    let before = objects(&lab);
+
+    let file = topology("multi-primary/cluster01.yaml");
+    let installed = lab.causeway(&["install", "-y", "-f", &file, "--context", C1]);
+    let text = printed(&installed);
+    assert!(installed.status.success(), "{text}");
+    for line in [
+        "✔ Istio core installed",
+        "✔ Istiod installed",
+        "✔ Installation complete",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    assert!(
+        text.contains("istio-ingressgateway is not installed"),
+        "the default profile's gateway is named: {text}"
+    );
+    lab.ok(
+        C1,
+        &[
+            "rollout",
+            "status",
+            "deploy/istiod",
+            "-n",
+            "istio-system",
+            "--timeout=60s",
+        ],
+    );
+    let after_install = objects(&lab);
+    for expected in [
+        "Deployment/istio-system/istiod",
+        "Service/istio-system/istiod",
+        "ConfigMap/istio-system/istio",
+        "ConfigMap/istio-system/istio-sidecar-injector",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/istio-sidecar-injector",
+    ] {
+        assert!(
+            after_install.contains(expected),
+            "{expected} not installed: {after_install:?}"
+        );
+    }
+    let again = lab.causeway(&["install", "-y", "-f", &file, "--context", C1]);
+    assert!(again.status.success(), "install twice: {}", printed(&again));
+    assert_eq!(
+        objects(&lab),
+        after_install,
+        "a second install changes nothing"
+    );
+    eventually("discovery to set the webhook's caBundle", WAIT, || {
+        let bundle = lab.ok(
+            C1,
+            &[
+                "get",
+                "mutatingwebhookconfiguration",
+                "istio-sidecar-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ],
+        );
+        if bundle.is_empty() {
+            Err("empty".into())
+        } else {
+            Ok(())
+        }
+    });
+
+    // The seeds' steps: label, plain kubectl apply, wait.
+    lab.ok(C1, &["create", "namespace", "sample"]);
+    lab.ok(
+        C1,
+        &["label", "namespace", "sample", "istio-injection=enabled"],
+    );
+    lab.apply(C1, "sample", &sample("helloworld.yaml"));
+    lab.apply(C1, "sample", &sample("sleep.yaml"));
+    lab.ok(
+        C1,
+        &[
+            "run",
+            "plain",
+            "-n",
+            "sample",
+            "--image=curlimages/curl",
+            "--annotations=sidecar.istio.io/inject=false",
+            "--command",
+            "--",
+            "sleep",
+            "infinity",
+        ],
+    );
+    lab.wait_ready(C1, "sample", "app=sleep");
+    lab.wait_ready(C1, "sample", "app=helloworld");
+    lab.ok(
+        C1,
+        &[
+            "wait",
+            "-n",
+            "sample",
+            "--for=condition=Ready",
+            "pods",
+            "-l",
+            "topology.istio.io/network=network1",
+            "--timeout=60s",
+        ],
+    );
+    let sleep = lab.pod(C1, "sample", "app=sleep");
+    assert_eq!(
+        ready_containers(&lab, "sample", &sleep),
+        "istio-proxy=true sleep=true "
+    );
+    let init = lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "sample",
+            &sleep,
+            "-o",
+            "jsonpath={.spec.initContainers[*].name}",
+        ],
+    );
+    assert_eq!(init, "istio-init");
+    let plain = lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "sample",
+            "plain",
+            "-o",
+            "jsonpath={.spec.containers[*].name}",
+        ],
+    );
+    assert_eq!(plain, "plain", "an opted-out pod gets no sidecar");
+
+    // The seeds' verification, through both sidecars.
+    let mut versions = BTreeSet::new();
+    for _ in 0..10 {
+        let answer = curl(&lab, "sample", &sleep, "helloworld.sample:5000/hello").unwrap();
+        assert!(answer.starts_with("Hello version: v"), "{answer}");
+        versions.insert(answer[..17].to_owned());
+    }
+    assert!(!versions.is_empty());
+    let outbound = eventually("the client sidecar's access log", WAIT, || {
+        let log = lab.ok(C1, &["logs", "-n", "sample", &sleep, "-c", "istio-proxy"]);
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|entry| {
+                entry["upstream_cluster"] == "outbound|5000||helloworld.sample.svc.cluster.local"
+            })
+            .ok_or(log)
+    });
+    assert_eq!(outbound["response_code"], "200");
+    assert_eq!(outbound["path"], "/hello");
+    let server = lab.pod(C1, "sample", "app=helloworld");
+    let inbound = eventually("a server sidecar's access log", WAIT, || {
+        let log = lab.ok(
+            C1,
+            &[
+                "logs",
+                "-n",
+                "sample",
+                "-l",
+                "app=helloworld",
+                "-c",
+                "istio-proxy",
+                "--tail=-1",
+            ],
+        );
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|entry| entry["upstream_cluster"] == "inbound|5000||")
+            .ok_or(format!("{server}: {log}"))
+    });
+    assert_eq!(
+        inbound["requested_server_name"], "outbound_.5000_._.helloworld.sample.svc.cluster.local",
+        "mTLS between the sidecars"
+    );
+
+    // kube-inject into a namespace without the label.
+    lab.ok(C1, &["create", "namespace", "manual"]);
+    let injected = lab.causeway(&[
+        "kube-inject",
+        "-f",
+        samples().join("sleep.yaml").to_str().unwrap(),
+        "--context",
+        C1,
+    ]);
+    assert!(injected.status.success(), "{}", printed(&injected));
+    lab.apply(C1, "manual", &String::from_utf8(injected.stdout).unwrap());
+    lab.wait_ready(C1, "manual", "app=sleep");
+    let manual = lab.pod(C1, "manual", "app=sleep");
+    assert_eq!(
+        ready_containers(&lab, "manual", &manual),
+        "istio-proxy=true sleep=true "
+    );
+    let answer = curl(&lab, "manual", &manual, "helloworld.sample:5000/hello").unwrap();
+    assert!(answer.starts_with("Hello version: v"), "{answer}");
+
+    // Uninstall: what install made goes, users' namespaces and workloads stay.
+    let removed = lab.causeway(&["uninstall", "-y", "--purge", "--context", C1]);
+    assert!(removed.status.success(), "{}", printed(&removed));
+    assert!(
+        printed(&removed).contains("✔ Uninstall complete"),
+        "{}",
+        printed(&removed)
+    );
+    let users = [
+        "/sample/",
+        "/manual/",
+        "namespace/sample",
+        "namespace/manual",
+    ];
+    // Discovery's root-certificate ConfigMaps stay, as Istio's do.
+    let left: BTreeSet<String> = objects(&lab)
+        .into_iter()
+        .filter(|object| !users.iter().any(|user| object.contains(user)))
+        .filter(|object| !object.ends_with("/istio-ca-root-cert"))
+        .collect();
+    assert_eq!(
+        left, before,
+        "uninstall --purge leaves the cluster as it was before install"
+    );
+    assert_eq!(
+        ready_containers(&lab, "sample", &sleep),
+        "istio-proxy=true sleep=true ",
+        "workloads stay"
+    );
+    let twice = lab.causeway(&["uninstall", "-y", "--purge", "--context", C1]);
+    assert!(twice.status.success());
+    assert!(
+        printed(&twice).contains("Nothing to remove"),
+        "{}",
+        printed(&twice)
+    );
+}
+
+#[test]
+fn failures_name_the_input_the_object_or_the_webhook() {
+    let lab = TestLab::new();
+    let refused = |args: &[&str], expected: &str| {
+        let output = lab.causeway(args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let text = printed(&output);
+        assert!(text.contains(expected), "{args:?}: {text}");
+    };
+    let helloworld = samples().join("helloworld.yaml").display().to_string();
+    refused(
+        &["manifest", "generate", "-f", &helloworld],
+        "helloworld.yaml: document 1 is a v1 Service, not an IstioOperator",
+    );
+    refused(
+        &["manifest", "generate", "--set", "profile=bogus"],
+        "profile \"bogus\" does not exist",
+    );
+    refused(
+        &["manifest", "generate", "--set", "values.global.meshId=x"],
+        "values.global.meshId is not a setting Causeway knows",
+    );
+    refused(
+        &[
+            "manifest",
+            "generate",
+            "--set",
+            "values.pilot.replicaCount=many",
+        ],
+        "values.pilot.replicaCount: expected a whole number",
+    );
+    let remote = topology("primary-remote/cluster02.yaml");
+    refused(
+        &["manifest", "generate", "-f", &remote],
+        "unexpanded shell variable",
+    );
+
+    let unreachable = lab.state_dir().with_file_name("unreachable-kubeconfig");
+    std::fs::write(
+        &unreachable,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}\ncontexts:\n- name: gone\n  context: {cluster: gone, user: gone}\nusers:\n- name: gone\n  user: {token: x}\ncurrent-context: gone\n",
+    )
+    .unwrap();
+    let file = topology("multi-primary/cluster01.yaml");
+    refused(
+        &[
+            "install",
+            "-y",
+            "-f",
+            &file,
+            "--kubeconfig",
+            unreachable.to_str().unwrap(),
+        ],
+        "cannot reach the cluster of context \"gone\" at https://127.0.0.1:1/",
+    );
+
+    lab.create("cluster01-kind.yaml");
+    // Too short a wait: the step and the Deployment are named, and what is left is said.
+    let hurried = lab.causeway(&[
+        "install",
+        "-y",
+        "-f",
+        &file,
+        "--context",
+        C1,
+        "--readiness-timeout",
+        "1ms",
+    ]);
+    let text = printed(&hurried);
+    assert!(!hurried.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "✘ Istiod encountered an error: Deployment istio-system/istiod is not available after"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("installation incomplete (created so far:")
+            && text.contains("causeway uninstall --purge"),
+        "{text}"
+    );
+    let finished = lab.causeway(&["install", "-y", "-f", &file, "--context", C1]);
+    assert!(finished.status.success(), "{}", printed(&finished));
+
+    // A webhook without a server: failurePolicy Fail refuses the pod, Ignore lets it in bare.
+    lab.ok(C1, &["create", "namespace", "sample"]);
+    lab.ok(
+        C1,
+        &["label", "namespace", "sample", "istio-injection=enabled"],
+    );
+    lab.ok(
+        C1,
+        &[
+            "scale",
+            "deploy/istiod",
+            "-n",
+            "istio-system",
+            "--replicas=0",
+        ],
+    );
+    eventually("istiod's endpoints to go", WAIT, || {
+        let output = lab.kubectl(
+            C1,
+            &[
+                "run",
+                "refused",
+                "-n",
+                "sample",
+                "--image=curlimages/curl",
+                "--command",
+                "--",
+                "sleep",
+                "infinity",
+            ],
+        );
+        let text = printed(&output);
+        if !output.status.success()
+            && text.contains("failed calling webhook \"namespace.sidecar-injector.istio.io\"")
+        {
+            Ok(())
+        } else {
+            if output.status.success() {
+                lab.ok(
+                    C1,
+                    &["delete", "pod", "refused", "-n", "sample", "--wait=false"],
+                );
+            }
+            Err(text)
+        }
+    });
+    let patch = r#"[{"op": "replace", "path": "/webhooks/2/failurePolicy", "value": "Ignore"}]"#;
+    lab.ok(
+        C1,
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "istio-sidecar-injector",
+            "--type=json",
+            "-p",
+            patch,
+        ],
+    );
+    lab.ok(
+        C1,
+        &[
+            "run",
+            "bare",
+            "-n",
+            "sample",
+            "--image=curlimages/curl",
+            "--command",
+            "--",
+            "sleep",
+            "infinity",
+        ],
+    );
+    let containers = lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "bare",
+            "-n",
+            "sample",
+            "-o",
+            "jsonpath={.spec.containers[*].name}",
+        ],
+    );
+    assert_eq!(containers, "bare");
+}
