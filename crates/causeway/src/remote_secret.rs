@@ -17,7 +17,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
-const READER_ACCOUNT: &str = "istio-reader-service-account";
+use causeway_install::render::READER_ACCOUNT;
 
 #[derive(Args)]
 pub struct CreateRemoteSecretArgs {
@@ -226,15 +226,7 @@ async fn create_reader(
     let role_name = format!("istio-reader-clusterrole-{namespace}");
     let role: ClusterRole = serde_json::from_value(json!({
         "metadata": {"name": role_name, "labels": labels},
-        "rules": [
-            {"apiGroups": ["config.istio.io", "security.istio.io", "networking.istio.io", "authentication.istio.io", "rbac.istio.io", "telemetry.istio.io", "extensions.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["endpoints", "pods", "services", "nodes", "replicationcontrollers", "namespaces", "secrets"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["networking.istio.io"], "verbs": ["get", "watch", "list"], "resources": ["workloadentries"]},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
-            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
-        ],
+        "rules": causeway_install::render::reader_rules(),
     }))?;
     let binding: ClusterRoleBinding = serde_json::from_value(json!({
         "metadata": {"name": role_name, "labels": labels},

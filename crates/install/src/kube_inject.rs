@@ -123,8 +123,6 @@ pub fn kube_inject(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{INJECTOR_CONFIG_MAP, MESH_CONFIG_MAP, render};
-    use k8s_openapi::api::core::v1::ConfigMap;
 
     fn sample(path: &str) -> String {
         let full = format!(
@@ -135,23 +133,7 @@ mod tests {
     }
 
     fn config() -> InjectionConfig {
-        let settings = crate::settings::load(
-            &[(
-                "f".into(),
-                sample("topologies/multi-primary/cluster01.yaml"),
-            )],
-            &[],
-        )
-        .unwrap();
-        let objects = render(&settings);
-        let map = |name: &str| -> ConfigMap {
-            let object = objects
-                .iter()
-                .find(|o| o.kind() == "ConfigMap" && o.name() == name)
-                .unwrap();
-            serde_json::from_value(serde_json::to_value(&object.object).unwrap()).unwrap()
-        };
-        InjectionConfig::from_config_maps(&map(INJECTOR_CONFIG_MAP), &map(MESH_CONFIG_MAP)).unwrap()
+        crate::render::sample_injection_config("topologies/multi-primary/cluster01.yaml", &[])
     }
 
     fn documents(text: &str) -> Vec<Value> {

@@ -333,6 +333,8 @@ fn serve(settings: ProxySettings, workers: usize) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A container's log is a file: colour codes only for a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -1,7 +1,4 @@
 use super::*;
-use crate::render::{INJECTOR_CONFIG_MAP, MESH_CONFIG_MAP, render};
-use crate::settings::load;
-use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
 
 fn sample(path: &str) -> String {
@@ -13,20 +10,10 @@ fn sample(path: &str) -> String {
 }
 
 fn config_for(sets: &[&str]) -> InjectionConfig {
-    let file = (
-        "cluster01.yaml".to_owned(),
-        sample("topologies/multi-primary-multi-network/cluster01.yaml"),
-    );
-    let sets: Vec<String> = sets.iter().map(|set| (*set).to_owned()).collect();
-    let objects = render(&load(&[file], &sets).unwrap());
-    let map = |name: &str| -> ConfigMap {
-        let object = objects
-            .iter()
-            .find(|object| object.kind() == "ConfigMap" && object.name() == name)
-            .unwrap();
-        serde_json::from_value(serde_json::to_value(&object.object).unwrap()).unwrap()
-    };
-    InjectionConfig::from_config_maps(&map(INJECTOR_CONFIG_MAP), &map(MESH_CONFIG_MAP)).unwrap()
+    crate::render::sample_injection_config(
+        "topologies/multi-primary-multi-network/cluster01.yaml",
+        sets,
+    )
 }
 
 /// The pod template of the first Deployment in a sample, as a pod.
