@@ -148,7 +148,7 @@ fn main() {
     let discovery = memory(&processes_running(&lab, "bench-mesh", &["discovery"]));
     let sidecars = processes_running(&lab, "bench-mesh", &["proxy", "sidecar"]);
     let one_sidecar = memory(&sidecars[..1]);
-    let sleeps = processes_running(&lab, "bench-mesh", &["sleep", "infinity"]);
+    let sleeps = processes_running(&lab, "bench-mesh", &["/bin/sleep", "infinity"]);
     let one_app = memory(&sleeps[..1]);
     let install_p50 = median(&mut installs.clone());
     let meshed_p50 = median(&mut meshed.clone());
