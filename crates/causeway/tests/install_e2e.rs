@@ -407,6 +407,93 @@ fn failures_name_the_input_the_object_or_the_webhook() {
     let finished = lab.causeway(&["install", "-y", "-f", &file, "--context", C1]);
     assert!(finished.status.success(), "{}", printed(&finished));
 
+    // The remote profile's selector-less istiod Service routes to remotePilotAddress (here the
+    // primary's discovery pod, as on a flat network) through the mirrored EndpointSlice.
+    let istiod_ip = lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "istio-system",
+            "-l",
+            "app=istiod",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+    );
+    let remote_address = format!("values.global.remotePilotAddress={istiod_ip}");
+    let remote = lab.causeway(&[
+        "install",
+        "-y",
+        "--context",
+        C1,
+        "--set",
+        "profile=remote",
+        "--set",
+        &remote_address,
+        "--set",
+        "namespace=istio-remote",
+        "--set",
+        "revision=remote",
+    ]);
+    assert!(remote.status.success(), "{}", printed(&remote));
+    let mirrored = eventually("the mirrored EndpointSlice", WAIT, || {
+        let address = lab.ok(
+            C1,
+            &[
+                "get",
+                "endpointslices",
+                "-n",
+                "istio-remote",
+                "-l",
+                "kubernetes.io/service-name=istiod-remote",
+                "-o",
+                "jsonpath={.items[0].endpoints[0].addresses[0]}",
+            ],
+        );
+        if address.is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(address)
+        }
+    });
+    assert_eq!(mirrored, istiod_ip);
+    lab.ok(C1, &["create", "namespace", "probe"]);
+    lab.apply(C1, "probe", &sample("sleep.yaml"));
+    lab.wait_ready(C1, "probe", "app=sleep");
+    let prober = lab.pod(C1, "probe", "app=sleep");
+    let code = eventually(
+        "a TLS answer through the remote istiod Service",
+        WAIT,
+        || {
+            let output = lab.exec(
+                C1,
+                "probe",
+                &prober,
+                "sleep",
+                &[
+                    "curl",
+                    "-sk",
+                    "--max-time",
+                    "3",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "https://istiod-remote.istio-remote.svc:15012/",
+                ],
+            );
+            let code = String::from_utf8_lossy(&output.stdout).into_owned();
+            if code.is_empty() || code == "000" {
+                Err(printed(&output))
+            } else {
+                Ok(code)
+            }
+        },
+    );
+    assert_ne!(code, "000");
+
     // A webhook without a server: failurePolicy Fail refuses the pod, Ignore lets it in bare.
     lab.ok(C1, &["create", "namespace", "sample"]);
     lab.ok(

@@ -5,6 +5,7 @@
 //! of its own and writes through [`super::writes`], as any client would.
 
 mod deployments;
+mod endpoint_mirroring;
 mod endpoints;
 mod garbage_collector;
 mod replica_sets;
@@ -244,6 +245,9 @@ fn on_event(state: &ApiState, kinds: &Kinds, event: &Event, later: &mut Later) {
         root_ca::publish(state, kinds, &event.namespace);
     } else if resource == kinds.services {
         endpoints::reconcile_service(state, kinds, &event.namespace, &event.name);
+        endpoint_mirroring::reconcile(state, kinds, &event.namespace, &event.name);
+    } else if resource == kinds.endpoints {
+        endpoint_mirroring::reconcile(state, kinds, &event.namespace, &event.name);
     } else if resource == kinds.pods {
         endpoints::on_pod_change(state, kinds, event);
         if event.kind != EventType::Deleted {
