@@ -10,11 +10,9 @@ use k8s_openapi::api::discovery::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::super::state::ApiState;
-use super::super::store::StoredObject;
+use super::endpoints::{MANAGED_BY_LABEL, SERVICE_NAME_LABEL, is_slice_of};
 use super::{Kinds, delete_owned, write_owned};
 
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "endpointslicemirroring-controller.k8s.io";
 
 /// The mirrored slices of `endpoints` for `service`: one per subset with addresses.
@@ -88,15 +86,6 @@ fn mirror(service: &str, endpoints: &Endpoints, uid: &str) -> Vec<EndpointSlice>
 
 /// Brings the mirrored slices of Service `name` in line with its Endpoints.
 pub(super) fn reconcile(state: &ApiState, kinds: &Kinds, namespace: &str, name: &str) {
-    let mirrored = |object: &StoredObject| {
-        let labels = object.object.metadata.labels.as_ref();
-        let label = |key: &str| {
-            labels
-                .and_then(|labels| labels.get(key))
-                .map(String::as_str)
-        };
-        label(SERVICE_NAME_LABEL) == Some(name) && label(MANAGED_BY_LABEL) == Some(MANAGED_BY)
-    };
     let selectorless = state
         .store
         .get(kinds.services, namespace, name)
@@ -124,7 +113,7 @@ pub(super) fn reconcile(state: &ApiState, kinds: &Kinds, namespace: &str, name: 
         );
     }
     delete_owned(state, kinds.slices, namespace, |object| {
-        mirrored(object)
+        is_slice_of(object, name, MANAGED_BY)
             && !wanted
                 .iter()
                 .any(|slice| slice.metadata.name.as_deref() == Some(object.name()))

@@ -20,8 +20,8 @@ use super::super::state::ApiState;
 use super::super::store::{Event, StoredObject};
 use super::{Kinds, delete_owned, write_owned};
 
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
@@ -147,16 +147,19 @@ fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
     (!items.is_empty()).then_some(items)
 }
 
-pub(super) fn reconcile_service(state: &ApiState, kinds: &Kinds, namespace: &str, name: &str) {
-    let owned_slice = |object: &StoredObject| {
-        let labels = object.object.metadata.labels.as_ref();
-        let label = |key: &str| {
-            labels
-                .and_then(|labels| labels.get(key))
-                .map(String::as_str)
-        };
-        label(SERVICE_NAME_LABEL) == Some(name) && label(MANAGED_BY_LABEL) == Some(MANAGED_BY)
+/// Whether `object` is an EndpointSlice of Service `service` written by controller `manager`.
+pub(super) fn is_slice_of(object: &StoredObject, service: &str, manager: &str) -> bool {
+    let labels = object.object.metadata.labels.as_ref();
+    let label = |key: &str| {
+        labels
+            .and_then(|labels| labels.get(key))
+            .map(String::as_str)
     };
+    label(SERVICE_NAME_LABEL) == Some(service) && label(MANAGED_BY_LABEL) == Some(manager)
+}
+
+pub(super) fn reconcile_service(state: &ApiState, kinds: &Kinds, namespace: &str, name: &str) {
+    let owned_slice = |object: &StoredObject| is_slice_of(object, name, MANAGED_BY);
     let Some(stored) = state.store.get(kinds.services, namespace, name) else {
         delete_owned(state, kinds.endpoints, namespace, |object| {
             object.name() == name
