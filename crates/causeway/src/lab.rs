@@ -143,15 +143,24 @@ fn run_app(command: AppCommand) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on port {port}"))?;
         causeway_proxy::resident::drop_startup_pages();
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot watch for SIGTERM")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
         match command {
             AppCommand::Helloworld { version, .. } => {
                 println!("helloworld {version} listening on 0.0.0.0:{port}");
                 let app = causeway_lab::apps::HelloWorld::new(&version);
-                causeway_lab::apps::serve(app, listener).await
+                causeway_lab::apps::serve(app, listener, shutdown).await
             }
             AppCommand::Httpbin { .. } => {
                 println!("httpbin listening on 0.0.0.0:{port}");
-                causeway_lab::apps::serve(causeway_lab::apps::HttpBin, listener).await
+                causeway_lab::apps::serve(causeway_lab::apps::HttpBin, listener, shutdown).await
             }
         }
         .context("the app stopped")

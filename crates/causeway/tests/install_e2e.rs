@@ -265,6 +265,60 @@ fn installed_mesh_injects_labelled_namespaces_and_uninstall_leaves_the_cluster_a
         "mTLS between the sidecars"
     );
 
+    // Deleting one of two httpbin pods while requests are in flight loses none of them: its
+    // sidecar stops taking connections and drains while the application answers what it
+    // has, and the client's sidecar sends new requests to the other pod. POSTs, because a
+    // proxy may not send one again after a broken connection: each must be answered where it
+    // first went.
+    lab.apply(C1, "sample", &sample("httpbin.yaml"));
+    lab.ok(
+        C1,
+        &["scale", "-n", "sample", "deploy/httpbin", "--replicas=2"],
+    );
+    eventually("two httpbin pods", WAIT, || {
+        let names = lab.ok(
+            C1,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "sample",
+                "-l",
+                "app=httpbin",
+                "-o",
+                "name",
+            ],
+        );
+        (names.lines().count() == 2).then_some(()).ok_or(names)
+    });
+    lab.wait_ready(C1, "sample", "app=httpbin");
+    let victim = lab.pod(C1, "sample", "app=httpbin");
+    const CLIENTS: usize = 4;
+    const REQUESTS_EACH: usize = 12;
+    let load = format!(
+        "for c in $(seq 1 {CLIENTS}); do (for i in $(seq 1 {REQUESTS_EACH}); do curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 8 -X POST -d order=$c-$i httpbin.sample:8000/delay/0.4; done) & done; wait"
+    );
+    let (codes, deleted) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| lab.exec(C1, "sample", &sleep, "sleep", &["sh", "-c", &load]));
+        std::thread::sleep(Duration::from_millis(1500));
+        let deleted = lab.kubectl(
+            C1,
+            &["delete", "pod", "-n", "sample", &victim, "--timeout=60s"],
+        );
+        (client.join().expect("the load thread"), deleted)
+    });
+    assert!(deleted.status.success(), "{}", printed(&deleted));
+    assert!(codes.status.success(), "{}", printed(&codes));
+    let codes = String::from_utf8_lossy(&codes.stdout).into_owned();
+    let total = CLIENTS * REQUESTS_EACH;
+    assert_eq!(codes.lines().count(), total, "{codes}");
+    let failed: Vec<&str> = codes.lines().filter(|code| *code != "200").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {total} requests failed while {victim} was deleted: {failed:?}",
+        failed.len()
+    );
+
     // kube-inject into a namespace without the label.
     lab.ok(C1, &["create", "namespace", "manual"]);
     let injected = lab.causeway(&[

@@ -31,12 +31,18 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// Ready to take traffic: configured, with a certificate when it needs one, and not
+    /// draining (a draining pod is taken out of its Services' endpoints as Kubernetes does).
     pub fn ready(&self) -> bool {
-        self.ads.warm.load(Ordering::Relaxed)
+        !self.dataplane.drain.is_draining()
+            && self.ads.warm.load(Ordering::Relaxed)
             && (!self.needs_certificate || self.dataplane.current_tls().is_some())
     }
 
     fn not_ready_reason(&self) -> String {
+        if self.dataplane.drain.is_draining() {
+            return "not ready: draining\n".into();
+        }
         let mut missing = Vec::new();
         if !self.ads.warm.load(Ordering::Relaxed) {
             missing.push("configuration from discovery");
@@ -144,7 +150,7 @@ fn stats(state: &AdminState) -> String {
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let config = state.dataplane.current_config();
     format!(
-        "control_plane.connected_state: {}\ncontrol_plane.connects: {}\nxds.update_success: {}\nxds.update_rejected: {}\ncluster_manager.active_clusters: {}\nlistener_manager.outbound_routes: {}\nserver.live: {}\n{}",
+        "control_plane.connected_state: {}\ncontrol_plane.connects: {}\nxds.update_success: {}\nxds.update_rejected: {}\ncluster_manager.active_clusters: {}\nlistener_manager.outbound_routes: {}\nserver.live: {}\nserver.state: {}\nserver.total_connections: {}\n{}",
         u8::from(ads.connected.load(Ordering::Relaxed)),
         load(&ads.connects),
         load(&ads.acks),
@@ -152,6 +158,9 @@ fn stats(state: &AdminState) -> String {
         config.clusters.len(),
         config.outbound.len(),
         u8::from(state.ready()),
+        // Envoy's values: 0 live, 1 draining.
+        u8::from(state.dataplane.drain.is_draining()),
+        state.dataplane.drain.active_connections(),
         state.dataplane.telemetry.encode(),
     )
 }

@@ -6,6 +6,7 @@ use crate::access_log::AccessLog;
 use crate::balancer::{Balancer, Pick};
 use crate::bootstrap::Workload;
 use crate::config::{ProxyConfig, UpstreamCluster};
+use crate::drain::Drain;
 use crate::identity::{MeshTls, TlsWatch};
 use crate::passthrough::connect_marked;
 use crate::peer_metadata::{OwnMetadata, app_and_version};
@@ -37,6 +38,18 @@ pub struct DataPlane {
     pub protocol_detection_timeout: Duration,
     /// Idle HTTP/1.x connections to endpoints, shared by every client connection.
     pub upstream_pool: Arc<UpstreamPool>,
+    /// Shutdown: the drain signal and the count of open connections.
+    pub drain: Drain,
+}
+
+/// What a listener does once the proxy drains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDrain {
+    /// The listeners the pod's callers reach (inbound, router ports): no new connection, so
+    /// that callers pick another endpoint.
+    StopAccepting,
+    /// The application's own calls (outbound) work until the proxy exits.
+    KeepAccepting,
 }
 
 /// Why no upstream connection was made, as Envoy's response flags say it.
@@ -167,19 +180,39 @@ impl DataPlane {
     }
 }
 
-/// Accepts connections on `listener` until the task is dropped, each handled on its own task
-/// with Nagle off. `what` names the listener in logs.
+/// Accepts connections on `listener` until the task is dropped (or, with
+/// [`OnDrain::StopAccepting`], until the proxy drains, closing the listening socket), each
+/// handled on its own task with Nagle off and counted while it lives. `what` names the listener
+/// in logs.
 pub async fn accept_each<F, Fut>(
     listener: TcpListener,
     what: &'static str,
+    on_drain: OnDrain,
     dataplane: Arc<DataPlane>,
     handle: F,
 ) where
     F: Fn(TcpStream, Arc<DataPlane>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let drain = dataplane.drain.clone();
+    let draining = async {
+        match on_drain {
+            OnDrain::StopAccepting => drain.started().await,
+            OnDrain::KeepAccepting => std::future::pending().await,
+        }
+    };
+    tokio::pin!(draining);
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut draining => {
+                tracing::info!(listener = what, "draining: no new connections");
+                drop(listener);
+                // The proxy's tasks end only when something fails; this one has not.
+                return std::future::pending().await;
+            }
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
                 // Out of file descriptors, usually: wait a little rather than spin.
@@ -189,7 +222,12 @@ pub async fn accept_each<F, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(handle(stream, dataplane.clone()));
+        let counted = drain.track();
+        let handled = handle(stream, dataplane.clone());
+        tokio::spawn(async move {
+            handled.await;
+            drop(counted);
+        });
     }
 }
 

@@ -303,6 +303,8 @@ struct RequestHead {
     http10: bool,
     head_method: bool,
     connect: bool,
+    /// RFC 9110's idempotent methods: a proxy may send them again after a connection failed.
+    idempotent: bool,
     keep_alive: bool,
     upgrade: bool,
     request_id: bool,
@@ -375,6 +377,10 @@ fn parse_request(buffer: &[u8], wanted: Wanted) -> Result<Option<RequestHead>, R
         http10,
         head_method: method == "HEAD",
         connect: method == "CONNECT",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
         keep_alive: !facts.close && (!http10 || facts.keep_alive),
         upgrade: facts.upgrade && facts.connection_upgrade,
         request_id: facts.request_id,
@@ -585,6 +591,45 @@ pub trait Upstreams {
     ) -> impl Future<Output = Result<(Self::Stream, Arc<Exchange>), NoUpstream>> + Send;
     /// A connection whose last exchange ended cleanly, ready for another request.
     fn checkin(&mut self, stream: Self::Stream, exchange: Arc<Exchange>);
+    /// How many more times one request may be sent, each time to another endpoint, after an
+    /// attempt failed (see [`should_retry`]); none where there is no other endpoint.
+    fn retries(&self) -> u32 {
+        0
+    }
+    /// The last connection checked out failed its request: the next checkout avoids its
+    /// endpoint.
+    fn failed(&mut self) {}
+}
+
+/// Istio's default route retry policy: two more attempts.
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// How an attempt failed before any of its response reached the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AttemptFailure {
+    /// The connection closed or broke before a response head: `reset reason` in Envoy's words.
+    Reset(&'static str),
+    /// The server answered 503.
+    Unavailable,
+}
+
+/// Whether a request is sent again after `failure`, as Istio's default policy
+/// (`connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503)
+/// decides, narrowed by RFC 9110: a request whose body is not all at hand cannot be sent
+/// again, and after a reset the server may have acted on it, so only idempotent methods go
+/// again. Connect failures never reach here: connecting already tries other endpoints.
+fn should_retry(
+    failure: AttemptFailure,
+    idempotent: bool,
+    whole_request_kept: bool,
+    retries_left: u32,
+) -> bool {
+    retries_left > 0
+        && whole_request_kept
+        && match failure {
+            AttemptFailure::Reset(_) => idempotent,
+            AttemptFailure::Unavailable => true,
+        }
 }
 
 /// One upstream connection for every request (the application, or a passthrough destination).
@@ -656,7 +701,9 @@ where
             log,
             peer: exchange.metadata_exchange() && !outbound && exchange.peer.get().is_none(),
         };
-        let request = match read_request(&mut downstream, &mut from_client, wanted).await? {
+        let idle = from_client.is_empty();
+        let next = read_request(&mut downstream, &mut from_client, wanted);
+        let request = match drained_while_idle(&exchange, !outbound && idle, next).await? {
             None => return Ok(()),
             Some(Ok(request)) => request,
             Some(Err(rejected)) => {
@@ -685,37 +732,16 @@ where
                 });
             }
         };
-        let (mut upstream, target) = match upstreams.checkout().await {
-            Ok(checked_out) => checked_out,
-            Err(none) => {
-                let body = format!(
-                    "upstream connect error or disconnect/reset before headers. reset reason: {}",
-                    none.reason
-                );
-                local_reply(&mut downstream, 503, "Service Unavailable", &body).await;
-                let mut finished = begin(&exchange, "HTTP/1.1", request.grpc, request.logged);
-                finished.status = 503;
-                finished.response_flags = none.response_flags;
-                finished.response_bytes = body.len() as u64;
-                finished.upstream_failure = Some(none.reason);
-                finished.report();
-                return Ok(());
-            }
-        };
-        from_server.clear();
         let outcome = exchange_one(
             &mut downstream,
-            &mut upstream,
+            &mut upstreams,
             &mut from_client,
             &mut from_server,
             &mut out,
             request,
-            &target,
         )
         .await?;
         match outcome {
-            // A server that sent more than its response cannot be trusted with another request.
-            Next::KeepAlive if from_server.is_empty() => upstreams.checkin(upstream, target),
             Next::KeepAlive => {}
             Next::Close => {
                 let _ = downstream.shutdown().await;
@@ -724,6 +750,49 @@ where
             Next::Finished => return Ok(()),
         }
     }
+}
+
+/// The next request, or `None` when the proxy drains while this server-side connection is
+/// between requests: closing it then makes the client open its next one elsewhere.
+async fn drained_while_idle<F>(
+    exchange: &Exchange,
+    idle_server_side: bool,
+    next: F,
+) -> Result<Option<Result<RequestHead, Rejected>>, Http1Error>
+where
+    F: Future<Output = Result<Option<Result<RequestHead, Rejected>>, Http1Error>>,
+{
+    let drain = &exchange.dataplane.drain;
+    if !idle_server_side {
+        return next.await;
+    }
+    if drain.is_draining() {
+        return Ok(None);
+    }
+    // A request that arrived with the drain is served, not dropped.
+    tokio::select! {
+        biased;
+        read = next => read,
+        () = drain.started() => Ok(None),
+    }
+}
+
+/// The 503 a request gets when no upstream connection could be made for it.
+async fn no_upstream<D: AsyncWrite + Unpin>(
+    downstream: &mut D,
+    mut finished: Finished,
+    none: NoUpstream,
+) {
+    let body = format!(
+        "upstream connect error or disconnect/reset before headers. reset reason: {}",
+        none.reason
+    );
+    local_reply(downstream, 503, "Service Unavailable", &body).await;
+    finished.status = 503;
+    finished.response_flags = none.response_flags;
+    finished.response_bytes = body.len() as u64;
+    finished.upstream_failure = Some(none.reason);
+    finished.report();
 }
 
 fn begin(
@@ -744,20 +813,29 @@ enum Next {
     Finished,
 }
 
-/// One request and its response (and what follows an upgrade).
-async fn exchange_one<D, U>(
+/// One request and its response (and what follows an upgrade), sent again to another endpoint
+/// when an attempt fails and [`should_retry`] allows it.
+async fn exchange_one<D, S>(
     downstream: &mut D,
-    upstream: &mut U,
+    upstreams: &mut S,
     from_client: &mut BytesMut,
     from_server: &mut BytesMut,
     out: &mut Vec<u8>,
     mut request: RequestHead,
-    exchange: &Arc<Exchange>,
 ) -> Result<Next, Http1Error>
 where
     D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    S: Upstreams,
 {
+    let (mut upstream, target) = match upstreams.checkout().await {
+        Ok(checked_out) => checked_out,
+        Err(none) => {
+            let finished = begin(upstreams.base(), "HTTP/1.1", request.grpc, request.logged);
+            no_upstream(downstream, finished, none).await;
+            return Ok(Next::Finished);
+        }
+    };
+    let mut exchange = &target;
     let outbound = exchange.labels.reporter == "source";
     let wanted = Wanted {
         log: request.logged.is_some(),
@@ -816,46 +894,73 @@ where
     from_client.advance(request.len);
     let mut request_body = request.body.take();
     finished.request_bytes += body_into(out, from_client, &mut request_body, Side::Downstream)?;
-    if send(upstream, out, Side::Upstream).await.is_err() {
-        return Ok(upstream_reset(downstream, finished, "connection failure").await);
-    }
+    // With the whole request in `out`, a failed attempt can be sent again as it was.
+    let whole_request_kept = request_body.is_none() && !request.upgrade && !request.connect;
+    let mut retries_left = upstreams.retries();
+    let mut attempt_target;
 
     // The response head, forwarding the rest of the request body meanwhile.
     let response = loop {
-        if !from_server.is_empty() {
-            match parse_response(from_server, &request, wanted) {
-                Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
-                    // 100 Continue, 103 Early Hints: passed on, the final response follows.
-                    send(downstream, &from_server[..head.len], Side::Downstream).await?;
-                    from_server.advance(head.len);
-                    continue;
-                }
-                Ok(Some(head)) => break head,
-                Ok(None) => {}
-                Err(reason) => {
+        from_server.clear();
+        let failure = if send(&mut upstream, out, Side::Upstream).await.is_err() {
+            AttemptFailure::Reset("connection failure")
+        } else {
+            match response_head(
+                downstream,
+                &mut upstream,
+                from_client,
+                from_server,
+                &mut request_body,
+                &request,
+                wanted,
+                &mut finished,
+            )
+            .await?
+            {
+                HeadRead::ClientGone => return Err(client_gone(finished)),
+                HeadRead::Malformed(reason) => {
                     return Err(upstream_protocol_error(downstream, finished, reason).await);
                 }
-            }
-        }
-        tokio::select! {
-            biased;
-            read = fill(upstream, from_server, Side::Upstream) => {
-                if !matches!(read, Ok(n) if n > 0) {
-                    return Ok(upstream_reset(downstream, finished, "connection termination").await);
-                }
-            }
-            read = fill(downstream, from_client, Side::Downstream), if request_body.is_some() => {
-                if !matches!(read, Ok(n) if n > 0) {
-                    return Err(client_gone(finished));
-                }
-                if let Some(framing) = &mut request_body {
-                    let (payload, done) =
-                        pass_body(from_client, framing, upstream, Side::Downstream, Side::Upstream).await?;
-                    finished.request_bytes += payload;
-                    if done {
-                        request_body = None;
+                HeadRead::Head(head) if head.status == 503 => {
+                    if !should_retry(
+                        AttemptFailure::Unavailable,
+                        request.idempotent,
+                        whole_request_kept,
+                        retries_left,
+                    ) {
+                        break head;
                     }
+                    AttemptFailure::Unavailable
                 }
+                HeadRead::Head(head) => break head,
+                HeadRead::Closed => AttemptFailure::Reset("connection termination"),
+            }
+        };
+        if !should_retry(
+            failure,
+            request.idempotent,
+            whole_request_kept,
+            retries_left,
+        ) {
+            let reason = match failure {
+                AttemptFailure::Reset(reason) => reason,
+                AttemptFailure::Unavailable => "503",
+            };
+            return Ok(upstream_reset(downstream, finished, reason).await);
+        }
+        retries_left -= 1;
+        tracing::debug!(?failure, upstream = ?exchange.upstream_host, "request sent again to another endpoint");
+        upstreams.failed();
+        match upstreams.checkout().await {
+            Ok((next, next_target)) => {
+                upstream = next;
+                attempt_target = next_target;
+                exchange = &attempt_target;
+                finished.exchange = exchange.clone();
+            }
+            Err(none) => {
+                no_upstream(downstream, finished, none).await;
+                return Ok(Next::Finished);
             }
         }
     };
@@ -876,10 +981,10 @@ where
     if tunnel {
         // The rest is opaque: what each side already sent goes first, then bytes both ways.
         send(downstream, from_server, Side::Downstream).await?;
-        send(upstream, from_client, Side::Upstream).await?;
+        send(&mut upstream, from_client, Side::Upstream).await?;
         from_server.clear();
         from_client.clear();
-        let copied = tokio::io::copy_bidirectional(downstream, upstream).await;
+        let copied = tokio::io::copy_bidirectional(downstream, &mut upstream).await;
         if let Ok((sent_up, sent_down)) = copied {
             finished.request_bytes += sent_up;
             finished.response_bytes += sent_down;
@@ -907,6 +1012,11 @@ where
     if !outbound && exchange.metadata_exchange() {
         out.extend_from_slice(&exchange.dataplane.own_metadata.head_lines);
     }
+    // A draining server side asks its client to go elsewhere for the next request.
+    let closing = !outbound && exchange.dataplane.drain.is_draining();
+    if closing {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     out.extend_from_slice(b"\r\n");
     from_server.advance(response.len);
     let mut response_body = response.body;
@@ -918,7 +1028,7 @@ where
     while let Some(framing) = &mut response_body {
         tokio::select! {
             biased;
-            read = fill(upstream, from_server, Side::Upstream) => {
+            read = fill(&mut upstream, from_server, Side::Upstream) => {
                 match read {
                     Ok(0) if matches!(framing, Framing::UntilClose) => break,
                     Ok(0) | Err(_) => {
@@ -942,7 +1052,7 @@ where
                 }
                 if let Some(request_framing) = &mut request_body {
                     let (payload, done) = pass_body(
-                        from_client, request_framing, upstream, Side::Downstream, Side::Upstream,
+                        from_client, request_framing, &mut upstream, Side::Downstream, Side::Upstream,
                     ).await?;
                     finished.request_bytes += payload;
                     if done {
@@ -954,13 +1064,83 @@ where
     }
     finished.report();
     // A request body the server did not wait for leaves the connection mid-message.
-    Ok(
-        if request.keep_alive && response.keep_alive && request_body.is_none() {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        },
-    )
+    if !(request.keep_alive && response.keep_alive && request_body.is_none()) || closing {
+        return Ok(Next::Close);
+    }
+    // A server that sent more than its response cannot be trusted with another request.
+    if from_server.is_empty() {
+        upstreams.checkin(upstream, exchange.clone());
+    }
+    Ok(Next::KeepAlive)
+}
+
+/// How reading an attempt's response head ended.
+// Returned once per request and matched at once: boxing the head would cost an allocation per
+// request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum HeadRead {
+    Head(ResponseHead),
+    /// The server closed or broke the connection first.
+    Closed,
+    /// The server's response cannot be parsed, for this reason.
+    Malformed(String),
+    /// The client went away while its request body was still coming.
+    ClientGone,
+}
+
+/// Reads the final response head of one attempt, passing 1xx heads on and the rest of the
+/// request body up meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn response_head<D, U>(
+    downstream: &mut D,
+    upstream: &mut U,
+    from_client: &mut BytesMut,
+    from_server: &mut BytesMut,
+    request_body: &mut Option<Framing>,
+    request: &RequestHead,
+    wanted: Wanted,
+    finished: &mut Finished,
+) -> Result<HeadRead, Http1Error>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        if !from_server.is_empty() {
+            match parse_response(from_server, request, wanted) {
+                Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
+                    // 100 Continue, 103 Early Hints: passed on, the final response follows.
+                    send(downstream, &from_server[..head.len], Side::Downstream).await?;
+                    from_server.advance(head.len);
+                    continue;
+                }
+                Ok(Some(head)) => return Ok(HeadRead::Head(head)),
+                Ok(None) => {}
+                Err(reason) => return Ok(HeadRead::Malformed(reason)),
+            }
+        }
+        tokio::select! {
+            biased;
+            read = fill(upstream, from_server, Side::Upstream) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Ok(HeadRead::Closed);
+                }
+            }
+            read = fill(downstream, from_client, Side::Downstream), if request_body.is_some() => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Ok(HeadRead::ClientGone);
+                }
+                if let Some(framing) = request_body {
+                    let (payload, done) =
+                        pass_body(from_client, framing, upstream, Side::Downstream, Side::Upstream).await?;
+                    finished.request_bytes += payload;
+                    if done {
+                        *request_body = None;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The server closed or reset before its response head: Envoy's 503 with `UC`.
@@ -1711,5 +1891,236 @@ mod tests {
                 .unwrap()
                 .ends_with("has no endpoints")
         );
+    }
+
+    #[test]
+    fn retries_follow_istios_default_policy_within_rfc_9110() {
+        let reset = AttemptFailure::Reset("connection termination");
+        let unavailable = AttemptFailure::Unavailable;
+        let table = [
+            // failure, idempotent, whole request kept, retries left, sent again
+            (reset, true, true, 2, true),
+            (reset, false, true, 2, false),
+            (reset, true, false, 2, false),
+            (reset, true, true, 0, false),
+            (unavailable, false, true, 1, true),
+            (unavailable, true, false, 1, false),
+            (unavailable, true, true, 0, false),
+        ];
+        for (failure, idempotent, kept, left, again) in table {
+            assert_eq!(
+                should_retry(failure, idempotent, kept, left),
+                again,
+                "{failure:?} idempotent={idempotent} kept={kept} left={left}"
+            );
+        }
+    }
+
+    /// Endpoints, each one server end; a failed one is never handed out again.
+    struct Endpoints {
+        exchange: Arc<Exchange>,
+        streams: std::collections::VecDeque<DuplexStream>,
+        failures: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Upstreams for Endpoints {
+        type Stream = DuplexStream;
+
+        fn base(&self) -> &Arc<Exchange> {
+            &self.exchange
+        }
+
+        async fn checkout(&mut self) -> Result<(DuplexStream, Arc<Exchange>), NoUpstream> {
+            self.streams
+                .pop_front()
+                .map(|stream| (stream, self.exchange.clone()))
+                .ok_or_else(|| NoUpstream {
+                    response_flags: "UH",
+                    reason: "no endpoint left".into(),
+                })
+        }
+
+        fn checkin(&mut self, stream: DuplexStream, _exchange: Arc<Exchange>) {
+            self.streams.push_front(stream);
+        }
+
+        fn retries(&self) -> u32 {
+            DEFAULT_RETRIES
+        }
+
+        fn failed(&mut self) {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A client relayed to three endpoints whose servers `serve` plays, one task each.
+    async fn with_three_endpoints<F, Fut>(
+        request: &[u8],
+        serve: F,
+    ) -> (String, Arc<Exchange>, usize)
+    where
+        F: Fn(usize, DuplexStream) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let exchange = exchange(None, "source", false);
+        let mut streams = std::collections::VecDeque::new();
+        for index in 0..3 {
+            let (upstream, server) = tokio::io::duplex(64 * 1024);
+            streams.push_back(upstream);
+            tokio::spawn(serve(index, server));
+        }
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let endpoints = Endpoints {
+            exchange: exchange.clone(),
+            streams,
+            failures: failures.clone(),
+        };
+        let (mut client, downstream) = tokio::io::duplex(64 * 1024);
+        let relay = tokio::spawn(relay_to(downstream, endpoints));
+        client.write_all(request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let reply = read_until(&mut client, |_| false).await;
+        let _ = tokio::time::timeout(WAIT, relay)
+            .await
+            .expect("the relay ends");
+        let failed = failures.load(std::sync::atomic::Ordering::Relaxed);
+        (String::from_utf8(reply).unwrap(), exchange, failed)
+    }
+
+    /// Reads one request head and answers it with `response`, or closes at once with `None`.
+    async fn answer(mut server: DuplexStream, response: Option<&'static [u8]>) {
+        let _ = read_until(&mut server, ends_head).await;
+        if let Some(response) = response {
+            let _ = server.write_all(response).await;
+        }
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    const UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ngone";
+
+    #[tokio::test]
+    async fn a_get_whose_endpoint_closes_or_answers_503_goes_to_the_next_one() {
+        let (reply, exchange, failed) = with_three_endpoints(
+            b"GET / HTTP/1.1\r\nx-request-id: r\r\n\r\n",
+            |index, server| answer(server, [None, Some(UNAVAILABLE), Some(OK)][index]),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(reply.ends_with("ok"), "{reply}");
+        assert_eq!(failed, 2);
+        assert_eq!(requests_counted(&exchange, 200, "-"), 1);
+        assert_eq!(requests_counted(&exchange, 503, "UC"), 0);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_after_two_and_the_last_503_is_passed_on() {
+        let (reply, exchange, failed) =
+            with_three_endpoints(b"GET / HTTP/1.1\r\nx-request-id: r\r\n\r\n", |_, server| {
+                answer(server, Some(UNAVAILABLE))
+            })
+            .await;
+        assert!(
+            reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with("gone"), "{reply}");
+        assert_eq!(failed, 2);
+        assert_eq!(requests_counted(&exchange, 503, "-"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_post_is_not_sent_again_after_a_reset_but_is_after_a_503() {
+        let post = b"POST /orders HTTP/1.1\r\nx-request-id: r\r\ncontent-length: 3\r\n\r\nabc";
+        let (reply, exchange, failed) =
+            with_three_endpoints(post, |_, server| answer(server, None)).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{reply}"
+        );
+        assert!(
+            reply.contains("reset reason: connection termination"),
+            "{reply}"
+        );
+        assert_eq!(failed, 0);
+        assert_eq!(requests_counted(&exchange, 503, "UC"), 1);
+
+        let (reply, _, failed) = with_three_endpoints(post, |index, server| {
+            answer(server, [Some(UNAVAILABLE), Some(OK), None][index])
+        })
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert_eq!(failed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_draining_server_side_closes_idle_connections_and_asks_busy_ones_to_close() {
+        let Relayed {
+            mut client,
+            mut server,
+            relay,
+            exchange,
+        } = relayed_as(None, "destination", false);
+        // Busy: the response in flight when the drain starts says `connection: close`.
+        let _ = pass(
+            &mut client,
+            b"GET / HTTP/1.1\r\nx-request-id: d\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
+        exchange.dataplane.drain.start();
+        let reply = pass(&mut server, OK, &mut client, |_| false).await;
+        let reply = text(&reply);
+        assert_eq!(header(reply, "connection"), Some("close"), "{reply}");
+        assert!(reply.ends_with("ok"), "{reply}");
+        tokio::time::timeout(WAIT, relay)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+
+        // Idle: a keep-alive connection waiting for its next request is closed.
+        let Relayed {
+            mut client,
+            mut server,
+            relay,
+            exchange,
+        } = relayed_as(None, "destination", false);
+        let reply = pass(
+            &mut client,
+            b"GET / HTTP/1.1\r\nx-request-id: e\r\n\r\n",
+            &mut server,
+            ends_head,
+        )
+        .await;
+        assert!(!reply.is_empty());
+        let reply = pass(&mut server, OK, &mut client, |got| got.ends_with(b"ok")).await;
+        assert_eq!(header(text(&reply), "connection"), None);
+        exchange.dataplane.drain.start();
+        tokio::time::timeout(WAIT, relay)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(read_until(&mut client, |_| false).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_client_side_keeps_its_connections_while_the_proxy_drains() {
+        let Relayed {
+            mut client,
+            mut server,
+            relay,
+            exchange,
+        } = relayed_as(None, "source", false);
+        exchange.dataplane.drain.start();
+        for id in ["f", "g"] {
+            let request = format!("GET / HTTP/1.1\r\nx-request-id: {id}\r\n\r\n");
+            let _ = pass(&mut client, request.as_bytes(), &mut server, ends_head).await;
+            let reply = pass(&mut server, OK, &mut client, |got| got.ends_with(b"ok")).await;
+            assert_eq!(header(text(&reply), "connection"), None);
+        }
+        assert!(!relay.is_finished());
     }
 }

@@ -508,11 +508,25 @@ where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     R: StreamRoutes,
 {
+    // A draining server side sends GOAWAY: streams in flight finish, new ones go elsewhere.
+    let base = routes.base();
+    let drain = (base.labels.reporter == "destination").then(|| base.dataplane.drain.clone());
     let routes = Arc::new(routes);
     let service = service_fn(move |request| forward(request, routes.clone(), "HTTP/2"));
-    server2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(downstream), service)
-        .await?;
+    let connection = server2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(downstream), service);
+    tokio::pin!(connection);
+    let Some(drain) = drain else {
+        connection.await?;
+        return Ok(());
+    };
+    tokio::select! {
+        served = connection.as_mut() => served?,
+        () = drain.started() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await?;
+        }
+    }
     Ok(())
 }
 
@@ -544,6 +558,7 @@ pub(crate) mod test_support {
             access_log,
             protocol_detection_timeout: Duration::from_millis(100),
             upstream_pool: Default::default(),
+            drain: Default::default(),
         });
         let mut labels = TrafficLabels::unknown(reporter);
         if metadata_exchange {

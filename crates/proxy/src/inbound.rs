@@ -4,7 +4,7 @@
 
 use crate::access_log::Entry;
 use crate::config::ClusterKind;
-use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
+use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, OnDrain, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange};
 use crate::http1::{self, NoUpstream, Upstreams};
 use crate::identity::MeshTls;
@@ -25,7 +25,14 @@ use tokio::net::{TcpListener, TcpStream};
 const TLS_HANDSHAKE: u8 = 0x16;
 
 pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
-    accept_each(listener, "inbound", dataplane, handle).await;
+    accept_each(
+        listener,
+        "inbound",
+        OnDrain::StopAccepting,
+        dataplane,
+        handle,
+    )
+    .await;
 }
 
 /// Whether the client opens with a TLS handshake; `None` when it sent nothing in `wait`.

@@ -9,6 +9,7 @@ use crate::balancer::Balancer;
 use crate::bootstrap::{Role, Workload};
 use crate::dataplane::DataPlane;
 use crate::dns::{self, DnsSettings};
+use crate::drain::DrainPolicy;
 use crate::identity::{self, CaSettings};
 use crate::peer_metadata::OwnMetadata;
 use crate::telemetry::Telemetry;
@@ -107,6 +108,20 @@ impl RunningProxy {
     pub async fn wait(&mut self) {
         let _ = self.tasks.join_next().await;
     }
+
+    /// Drains as `policy` says (see [`crate::drain`]); the proxy keeps serving meanwhile.
+    pub async fn drain(&mut self, policy: DrainPolicy) {
+        tracing::info!(
+            active = self.dataplane.drain.active_connections(),
+            ?policy,
+            "draining"
+        );
+        let drain = self.dataplane.drain.clone();
+        tokio::select! {
+            () = policy.run(&drain) => {}
+            _ = self.tasks.join_next() => tracing::warn!("a proxy task stopped while draining"),
+        }
+    }
 }
 
 async fn bind(address: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
@@ -194,6 +209,7 @@ pub async fn start(settings: ProxySettings) -> Result<RunningProxy, StartError> 
         own_metadata: OwnMetadata::of(&workload),
         protocol_detection_timeout: settings.protocol_detection_timeout,
         upstream_pool: Default::default(),
+        drain: Default::default(),
     });
     tasks.spawn(dataplane.upstream_pool.clone().sweep_forever());
     let bound = Bound {

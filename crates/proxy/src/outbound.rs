@@ -5,7 +5,7 @@
 use crate::access_log::Entry;
 use crate::balancer::Pick;
 use crate::config::{PortProtocol, UpstreamCluster, UpstreamEndpoint};
-use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, accept_each, peer_of};
+use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, OnDrain, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange, Routed, StreamRoutes};
 use crate::http1::{self, NoUpstream, Upstreams};
 use crate::identity::MeshTls;
@@ -28,7 +28,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::either::Either;
 
 pub async fn serve(listener: TcpListener, dataplane: Arc<DataPlane>) {
-    accept_each(listener, "outbound", dataplane, handle).await;
+    accept_each(
+        listener,
+        "outbound",
+        OnDrain::KeepAccepting,
+        dataplane,
+        handle,
+    )
+    .await;
 }
 
 /// What a connection's log line and metrics need, filled in as it goes.
@@ -221,6 +228,7 @@ async fn to_cluster(
                 endpoints,
                 current: None,
                 in_use: None,
+                failed: Vec::new(),
             };
             http1::relay_to(connection.downstream, upstreams)
                 .await
@@ -337,6 +345,8 @@ struct PerRequest {
     current: Option<(Arc<Destination>, Arc<Exchange>)>,
     /// The endpoint of the request in flight (counted as active for least-request balancing).
     in_use: Option<Pick>,
+    /// Endpoints that failed the request in flight, which its retries avoid.
+    failed: Vec<SocketAddr>,
 }
 
 /// HTTP/2 (gRPC) to a service, balanced per request as Envoy balances it: each stream goes to
@@ -350,11 +360,14 @@ struct PerStream {
 type Http2Sender = hyper::client::conn::http2::SendRequest<http_proxy::UpstreamBody>;
 
 impl EndpointConnector {
-    /// The balancer's choice for the next request.
-    fn pick(&self) -> Result<Pick, NoUpstream> {
+    /// The balancer's choice for the next request, among the endpoints discovery names now (a
+    /// client's connection outlives endpoint changes) except `avoid`.
+    fn pick(&self, avoid: &[SocketAddr]) -> Result<Pick, NoUpstream> {
+        let config = self.dataplane.current_config();
+        let cluster = config.cluster(&self.cluster.name).unwrap_or(&self.cluster);
         self.dataplane
             .balancer
-            .pick(&self.cluster, &[])
+            .pick(cluster, avoid)
             .ok_or_else(|| NoUpstream {
                 response_flags: "UH",
                 reason: format!("cluster `{}` has no endpoints", self.cluster.name),
@@ -376,9 +389,11 @@ impl EndpointConnector {
         &self,
         pick: Pick,
     ) -> Result<(Pick, EndpointStream, Arc<Destination>), NoUpstream> {
+        let config = self.dataplane.current_config();
+        let cluster = config.cluster(&self.cluster.name).unwrap_or(&self.cluster);
         let (pick, tcp) = self
             .dataplane
-            .connect_upstream_from(&self.cluster, Some(pick))
+            .connect_upstream_from(cluster, Some(pick))
             .await
             .map_err(|error| NoUpstream {
                 response_flags: error.response_flag(),
@@ -444,7 +459,7 @@ impl Upstreams for PerRequest {
 
     async fn checkout(&mut self) -> Result<(EndpointStream, Arc<Exchange>), NoUpstream> {
         self.in_use = None;
-        let pick = self.endpoints.pick()?;
+        let pick = self.endpoints.pick(&self.failed)?;
         let pool = &self.endpoints.dataplane.upstream_pool;
         let (pick, stream, destination) = match pool.take(&self.endpoints.pool_key(&pick.endpoint))
         {
@@ -462,11 +477,23 @@ impl Upstreams for PerRequest {
 
     fn checkin(&mut self, stream: EndpointStream, _exchange: Arc<Exchange>) {
         self.in_use = None;
+        self.failed.clear();
         if let Some((destination, _)) = &self.current {
             self.endpoints
                 .dataplane
                 .upstream_pool
                 .put(stream, destination.clone());
+        }
+    }
+
+    fn retries(&self) -> u32 {
+        http1::DEFAULT_RETRIES
+    }
+
+    fn failed(&mut self) {
+        self.in_use = None;
+        if let Some((destination, _)) = &self.current {
+            self.failed.push(destination.key.endpoint);
         }
     }
 }
@@ -477,7 +504,7 @@ impl StreamRoutes for PerStream {
     }
 
     async fn route(&self) -> Result<Routed, NoUpstream> {
-        let pick = self.endpoints.pick()?;
+        let pick = self.endpoints.pick(&[])?;
         // Held while connecting, so that concurrent streams share the new connection.
         let mut senders = self.senders.lock().await;
         if let Some((sender, exchange)) = senders.get(&pick.endpoint.address)

@@ -5,7 +5,7 @@
 //! and is counted.
 
 use crate::access_log::Entry;
-use crate::dataplane::{DataPlane, accept_each, peer_of};
+use crate::dataplane::{DataPlane, OnDrain, accept_each, peer_of};
 use crate::relay::relay_tcp;
 use rustls::server::Acceptor;
 use std::collections::{BTreeSet, HashMap};
@@ -121,6 +121,7 @@ async fn serve(listener: TcpListener, port: u16, dataplane: Arc<DataPlane>) {
     accept_each(
         listener,
         "router",
+        OnDrain::StopAccepting,
         dataplane,
         move |stream, dataplane| async move {
             handle(stream, port, &dataplane).await;

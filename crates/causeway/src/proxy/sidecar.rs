@@ -5,6 +5,7 @@
 use anyhow::Context;
 use causeway_proxy::ads::{AdsSettings, Protocol};
 use causeway_proxy::bootstrap::{Role, Workload, parse_labels_file};
+use causeway_proxy::drain::{DEFAULT_TERMINATION_DRAIN_DURATION, DrainPolicy};
 use causeway_proxy::identity::CaSettings;
 use causeway_proxy::launch::{Listen, ProxySettings};
 use clap::{Args, ValueEnum};
@@ -94,6 +95,20 @@ pub struct CommonArgs {
     /// Worker threads (Istio's `concurrency`)
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// The pod's proxy configuration as the injector writes it (JSON); its
+    /// `terminationDrainDuration` is read
+    #[arg(long, env = "PROXY_CONFIG")]
+    proxy_config: Option<String>,
+    /// How long the drain after SIGTERM lasts (default: `PROXY_CONFIG`'s
+    /// `terminationDrainDuration`, else 5s)
+    #[arg(long, value_parser = parse_duration)]
+    termination_drain_duration: Option<Duration>,
+    /// End the drain as soon as no connection is left (Istio's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`)
+    #[arg(long, env = "EXIT_ON_ZERO_ACTIVE_CONNECTIONS", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    exit_on_zero_active_connections: bool,
+    /// With `--exit-on-zero-active-connections`, the shortest drain (Istio's `MINIMUM_DRAIN_DURATION`)
+    #[arg(long, env = "MINIMUM_DRAIN_DURATION", default_value = "5s", value_parser = parse_duration)]
+    minimum_drain_duration: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +176,47 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs(number * unit_seconds))
+}
+
+/// A protobuf JSON duration as `PROXY_CONFIG` carries them (`"5s"`, `"2.500s"`).
+fn parse_json_duration(text: &str) -> Result<Duration, String> {
+    text.strip_suffix('s')
+        .and_then(|seconds| seconds.parse::<f64>().ok())
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("`{text}` is not a duration in seconds such as \"5s\""))
+}
+
+/// When a draining proxy exits: the flag, else `PROXY_CONFIG`'s `terminationDrainDuration`,
+/// else Istio's 5 s.
+fn drain_policy(args: &CommonArgs) -> anyhow::Result<DrainPolicy> {
+    let from_proxy_config = match &args.proxy_config {
+        Some(json) if !json.trim().is_empty() => {
+            let config: serde_json::Value = serde_json::from_str(json).context(
+                "PROXY_CONFIG / --proxy-config is not JSON; the injector writes it as JSON",
+            )?;
+            match config.get("terminationDrainDuration") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(text)) => {
+                    Some(parse_json_duration(text).map_err(|e| {
+                        anyhow::anyhow!("PROXY_CONFIG terminationDrainDuration: {e}")
+                    })?)
+                }
+                Some(other) => anyhow::bail!(
+                    "PROXY_CONFIG terminationDrainDuration is {other}; write a duration such as \"5s\""
+                ),
+            }
+        }
+        _ => None,
+    };
+    Ok(DrainPolicy {
+        termination_drain_duration: args
+            .termination_drain_duration
+            .or(from_proxy_config)
+            .unwrap_or(DEFAULT_TERMINATION_DRAIN_DURATION),
+        exit_on_zero_active: args.exit_on_zero_active_connections,
+        minimum_drain_duration: args.minimum_drain_duration,
+    })
 }
 
 fn host_of(address: &str) -> &str {
@@ -325,7 +381,7 @@ fn router_settings(args: &RouterArgs) -> anyhow::Result<ProxySettings> {
     Ok(settings)
 }
 
-fn serve(settings: ProxySettings, workers: usize) -> anyhow::Result<()> {
+fn serve(settings: ProxySettings, workers: usize, drain: DrainPolicy) -> anyhow::Result<()> {
     causeway_proxy::resident::no_fault_around();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -354,20 +410,36 @@ fn serve(settings: ProxySettings, workers: usize) -> anyhow::Result<()> {
                 .context("cannot watch for SIGTERM")?;
         tokio::select! {
             _ = proxy.wait() => anyhow::bail!("a proxy task stopped unexpectedly"),
-            _ = tokio::signal::ctrl_c() => Ok(()),
-            _ = terminate.recv() => Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => {}
         }
+        // Kubernetes stops a pod with SIGTERM: let callers go elsewhere first. A second signal
+        // ends the drain at once.
+        tokio::select! {
+            () = proxy.drain(drain) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => tracing::info!("second SIGTERM: drain cut short"),
+        }
+        Ok(())
     })
 }
 
 pub fn run_sidecar(args: SidecarArgs) -> anyhow::Result<()> {
     let settings = sidecar_settings(&args)?;
-    serve(settings, args.common.concurrency)
+    serve(
+        settings,
+        args.common.concurrency,
+        drain_policy(&args.common)?,
+    )
 }
 
 pub fn run_router(args: RouterArgs) -> anyhow::Result<()> {
     let settings = router_settings(&args)?;
-    serve(settings, args.common.concurrency)
+    serve(
+        settings,
+        args.common.concurrency,
+        drain_policy(&args.common)?,
+    )
 }
 
 #[cfg(test)]
@@ -386,6 +458,73 @@ mod tests {
                 .unwrap_err()
                 .contains("not a duration")
         );
+    }
+
+    #[test]
+    fn the_drain_follows_the_flag_then_proxy_config_then_istios_default() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "sidecar",
+                "--pod-name",
+                "p",
+                "--pod-namespace",
+                "n",
+                "--pod-ip",
+                "10.0.0.1",
+            ];
+            argv.extend_from_slice(extra);
+            drain_policy(&Cli::try_parse_from(argv).expect("flags parse").common)
+        };
+        let s = Duration::from_secs;
+        let table: [(&[&str], Duration, bool); 5] = [
+            (&[], s(5), false),
+            (
+                &["--proxy-config", r#"{"terminationDrainDuration":"12s"}"#],
+                s(12),
+                false,
+            ),
+            (
+                &["--proxy-config", r#"{"terminationDrainDuration":"2.500s"}"#],
+                Duration::from_millis(2500),
+                false,
+            ),
+            (
+                &[
+                    "--proxy-config",
+                    r#"{"terminationDrainDuration":"12s"}"#,
+                    "--termination-drain-duration",
+                    "1s",
+                ],
+                s(1),
+                false,
+            ),
+            (
+                &[
+                    "--exit-on-zero-active-connections",
+                    "true",
+                    "--proxy-config",
+                    "{}",
+                ],
+                s(5),
+                true,
+            ),
+        ];
+        for (flags, duration, on_zero) in table {
+            let policy = parse(flags).unwrap();
+            assert_eq!(policy.termination_drain_duration, duration, "{flags:?}");
+            assert_eq!(policy.exit_on_zero_active, on_zero, "{flags:?}");
+        }
+        let error =
+            parse(&["--proxy-config", r#"{"terminationDrainDuration":"soon"}"#]).unwrap_err();
+        assert!(error.to_string().contains("`soon`"), "{error}");
+        let error = parse(&["--proxy-config", "{not json"]).unwrap_err();
+        assert!(error.to_string().contains("PROXY_CONFIG"), "{error}");
     }
 
     #[test]
