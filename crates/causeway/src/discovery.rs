@@ -4,7 +4,6 @@
 use anyhow::Context;
 use causeway_discovery::{Discovery, DiscoveryConfig, parse_listen_address};
 use clap::Args;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,28 +96,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 async fn cluster_client(args: &DiscoveryArgs) -> anyhow::Result<kube::Client> {
-    let config = match (&args.kubeconfig, &args.context) {
-        (None, None) => kube::Config::infer()
-            .await
-            .context("no in-cluster config and no kubeconfig; pass --kubeconfig and --context")?,
-        (path, context) => {
-            let kubeconfig = match path {
-                Some(path) => Kubeconfig::read_from(path)
-                    .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?,
-                None => {
-                    Kubeconfig::read().context("cannot read the kubeconfig; pass --kubeconfig")?
-                }
-            };
-            let options = KubeConfigOptions {
-                context: context.clone(),
-                ..KubeConfigOptions::default()
-            };
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .with_context(|| format!("cannot use context {context:?} of the kubeconfig"))?
-        }
-    };
-    kube::Client::try_from(config).context("cannot build a client for the control plane's cluster")
+    let cluster = crate::cluster_client::client_for(
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        crate::cluster_client::WhenUnset::InCluster,
+    )
+    .await?;
+    Ok(cluster.client)
 }
 
 pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {

@@ -18,6 +18,7 @@ mod kube_inject;
 mod lab;
 mod lab_exec;
 mod mesh_status;
+mod operator;
 mod proxy;
 mod remote_secret;
 
@@ -64,6 +65,10 @@ enum Command {
     /// The objects install applies: `generate` prints them, `apply` installs them
     #[command(subcommand)]
     Manifest(Box<install::ManifestCommand>),
+    /// Reconcile Sail's `Istio` and `IstioCNI` resources into the mesh (the Sail operator)
+    Operator(operator::OperatorArgs),
+    /// Install the Sail operator: its CRDs, rights and Deployment
+    InstallOperator(operator::InstallOperatorArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +85,8 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => install::uninstall(*args),
         Command::Manifest(command) => install::manifest(*command),
         Command::KubeInject(args) => kube_inject::run(*args),
+        Command::Operator(args) => operator::run(args),
+        Command::InstallOperator(args) => operator::install_operator(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -634,3 +634,149 @@ fn failures_name_the_input_the_object_or_the_webhook() {
     );
     assert_eq!(containers, "bare");
 }
+
+/// Seed 003's Istio resource for the East cluster, as the seed pipes it to `kubectl apply`.
+const SAIL_ISTIO: &str = "apiVersion: sailoperator.io/v1alpha1
+kind: Istio
+metadata:
+  name: default
+spec:
+  version: v1.24.1
+  namespace: istio-system
+  values:
+    global:
+      meshID: mesh1
+      multiCluster:
+        clusterName: cluster1
+      network: network1
+";
+
+const SAIL_CNI: &str = "apiVersion: sailoperator.io/v1
+kind: IstioCNI
+metadata:
+  name: default
+spec:
+  version: v1.24.1
+  namespace: istio-cni
+";
+
+#[test]
+fn the_sail_operator_reconciles_the_seeds_istio_resource_into_a_working_mesh() {
+    let lab = TestLab::new();
+    lab.create("cluster01-kind.yaml");
+    let installed = lab.causeway(&["install-operator", "--context", C1]);
+    assert!(installed.status.success(), "{}", printed(&installed));
+    assert!(
+        printed(&installed).contains("✔ Sail operator installed"),
+        "{}",
+        printed(&installed)
+    );
+    lab.ok(C1, &["get", "crd", "istios.sailoperator.io"]);
+    lab.ok(C1, &["create", "namespace", "istio-system"]);
+    lab.apply(C1, "default", SAIL_CNI);
+    lab.apply(C1, "default", SAIL_ISTIO);
+    // The seed's wait.
+    lab.ok(
+        C1,
+        &[
+            "wait",
+            "--for",
+            "condition=Ready",
+            "istio/default",
+            "--timeout=3m",
+        ],
+    );
+    lab.ok(
+        C1,
+        &[
+            "wait",
+            "--for",
+            "condition=Ready",
+            "istiocni/default",
+            "--timeout=60s",
+        ],
+    );
+    let listed = lab.ok(C1, &["get", "istio"]);
+    assert!(
+        listed.contains("Healthy") && listed.contains("v1.24.1"),
+        "{listed}"
+    );
+    let owner = lab.ok(
+        C1,
+        &[
+            "get",
+            "deploy",
+            "istiod",
+            "-n",
+            "istio-system",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+        ],
+    );
+    assert_eq!(owner, "Istio/default");
+
+    // The mesh works as after `causeway install`.
+    lab.ok(C1, &["create", "namespace", "sample"]);
+    lab.ok(
+        C1,
+        &["label", "namespace", "sample", "istio-injection=enabled"],
+    );
+    lab.apply(C1, "sample", &sample("helloworld.yaml"));
+    lab.apply(C1, "sample", &sample("sleep.yaml"));
+    lab.wait_ready(C1, "sample", "app=sleep");
+    lab.wait_ready(C1, "sample", "app=helloworld");
+    let sleep = lab.pod(C1, "sample", "app=sleep");
+    assert_eq!(
+        ready_containers(&lab, "sample", &sleep),
+        "istio-proxy=true sleep=true "
+    );
+    let answer = curl(&lab, "sample", &sleep, "helloworld.sample:5000/hello").unwrap();
+    assert!(answer.starts_with("Hello version: v"), "{answer}");
+
+    // A wrong resource is reported in its status, by field.
+    lab.apply(
+        C1,
+        "default",
+        "apiVersion: sailoperator.io/v1\nkind: Istio\nmetadata:\n  name: broken\nspec:\n  profile: galaxy\n",
+    );
+    let message = eventually("the broken Istio's status", WAIT, || {
+        let message = lab.ok(
+            C1,
+            &[
+                "get",
+                "istio",
+                "broken",
+                "-o",
+                "jsonpath={.status.state}: {.status.conditions[?(@.type==\"Reconciled\")].message}",
+            ],
+        );
+        if message.starts_with("ReconcileError") {
+            Ok(message)
+        } else {
+            Err(message)
+        }
+    });
+    assert!(message.contains("galaxy"), "{message}");
+
+    // Deleting the Istio removes what it made; the namespace and the workloads stay.
+    lab.ok(C1, &["delete", "istio", "default", "broken"]);
+    eventually("istiod and the webhook to go", WAIT, || {
+        let left = lab.ok(
+            C1,
+            &[
+                "get",
+                "deploy,svc,mutatingwebhookconfiguration",
+                "-n",
+                "istio-system",
+                "-o",
+                "name",
+            ],
+        );
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    });
+    lab.ok(C1, &["get", "namespace", "istio-system"]);
+    assert_eq!(
+        ready_containers(&lab, "sample", &sleep),
+        "istio-proxy=true sleep=true "
+    );
+}

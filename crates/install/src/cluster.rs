@@ -121,6 +121,30 @@ pub async fn wait_for_deployments(
     Ok(())
 }
 
+/// The Deployments among `objects` that are not available yet, each with why (`Deployment
+/// istio-system/istiod: pod istiod-x container discovery is not ready`); empty when all are.
+pub async fn unavailable_deployments(
+    client: &kube::Client,
+    objects: &[Rendered],
+) -> Result<Vec<String>, ClusterError> {
+    let mut waiting = Vec::new();
+    for rendered in objects
+        .iter()
+        .filter(|object| object.kind() == "Deployment")
+    {
+        let namespace = rendered.namespace().unwrap_or("default");
+        let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
+            .get(rendered.name())
+            .await
+            .map_err(api_error("read", rendered.describe()))?;
+        if !is_available(&deployment) {
+            let why = why_unavailable(client, &deployment).await;
+            waiting.push(format!("{}: {why}", rendered.describe()));
+        }
+    }
+    Ok(waiting)
+}
+
 fn is_available(deployment: &Deployment) -> bool {
     let wanted = deployment
         .spec
@@ -241,8 +265,12 @@ pub async fn uninstall(
     client: &kube::Client,
     scope: &UninstallScope,
 ) -> Result<Vec<String>, ClusterError> {
+    // The Sail operator is not part of the mesh it installs: `install-operator` made it.
     let selector = if scope.purge {
-        COMPONENT_LABEL.to_owned()
+        format!(
+            "{COMPONENT_LABEL},{COMPONENT_LABEL}!={}",
+            Component::Operator.label()
+        )
     } else {
         format!("{COMPONENT_LABEL},{REVISION_LABEL}={}", scope.revision)
     };

@@ -9,6 +9,7 @@ pub mod kube_inject;
 mod path;
 mod profiles;
 pub mod render;
+pub mod sail;
 mod schema;
 mod settings;
 

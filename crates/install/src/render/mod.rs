@@ -25,6 +25,8 @@ pub enum Component {
     Pilot,
     IstiodRemote,
     IngressGateways,
+    /// `causeway install-operator`: the Sail operator's CRDs and Deployment.
+    Operator,
 }
 
 impl Component {
@@ -34,6 +36,7 @@ impl Component {
             Component::Pilot => "Pilot",
             Component::IstiodRemote => "IstiodRemote",
             Component::IngressGateways => "IngressGateways",
+            Component::Operator => "Operator",
         }
     }
 
@@ -44,6 +47,7 @@ impl Component {
             Component::Pilot => "Istiod installed",
             Component::IstiodRemote => "Istiod remote installed",
             Component::IngressGateways => "Ingress gateways installed",
+            Component::Operator => "Sail operator installed",
         }
     }
 
@@ -78,7 +82,7 @@ pub struct Rendered {
 impl Rendered {
     /// `value` is checked against the Kubernetes type `K`, so a template mistake fails the
     /// renderer's tests rather than the API server.
-    fn typed<K>(component: Component, value: Value) -> Rendered
+    pub(crate) fn typed<K>(component: Component, value: Value) -> Rendered
     where
         K: Resource<DynamicType = ()> + DeserializeOwned + Serialize,
         K::Scope: ScopeName,

@@ -64,6 +64,7 @@ const V1: &[&str] = &["v1"];
 const ISTIO_NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const ISTIO_SECURITY: &[&str] = &["v1", "v1beta1"];
 /// metallb's CRDs, which the seeds apply with kubectl (the lab's metallb is built in).
+const SAIL: &[&str] = &["v1", "v1alpha1"];
 const METALLB: &[&str] = &["v1beta1"];
 
 pub static RESOURCES: &[Resource] = &[
@@ -423,6 +424,27 @@ pub static RESOURCES: &[Resource] = &[
         "telemetry",
         true,
         &["telemetry"],
+        true,
+    ),
+    // The Sail operator's kinds (its CRDs, which `causeway install-operator` also applies).
+    objects(
+        "sailoperator.io",
+        SAIL,
+        "Istio",
+        "istios",
+        "istio",
+        false,
+        &[],
+        true,
+    ),
+    objects(
+        "sailoperator.io",
+        SAIL,
+        "IstioCNI",
+        "istiocnis",
+        "istiocni",
+        false,
+        &[],
         true,
     ),
     objects(

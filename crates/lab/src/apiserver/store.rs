@@ -276,6 +276,16 @@ impl Store {
             .collect()
     }
 
+    /// Where every object is: its kind, namespace (empty for cluster-scoped ones) and name.
+    pub fn all_names(&self) -> Vec<(ResourceId, String, String)> {
+        let inner = self.lock();
+        inner
+            .objects
+            .keys()
+            .map(|key| (key.resource, key.namespace.clone(), key.name.clone()))
+            .collect()
+    }
+
     /// Changes one object. `decide` sees the current object under the store's lock, so a change
     /// computed from it (update, patch) cannot race another. With `dry_run` nothing is stored.
     pub fn change(

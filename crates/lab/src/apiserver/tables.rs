@@ -444,6 +444,11 @@ fn columns(resource: &Resource) -> Vec<Column> {
                 }
             }),
         ]),
+        // Sail's CRDs' printer columns.
+        ("sailoperator.io", "Istio" | "IstioCNI") => columns.extend([
+            column("Status", |p| text(&p.data()["status"]["state"])),
+            column("Version", |p| text(&p.data()["spec"]["version"])),
+        ]),
         ("metallb.io", "IPAddressPool") => columns.extend([
             column("Auto Assign", |p| {
                 (p.data()["spec"]["autoAssign"].as_bool() != Some(false)).to_string()

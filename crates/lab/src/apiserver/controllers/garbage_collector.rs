@@ -1,6 +1,8 @@
 //! Kubernetes' garbage collector, as far as the lab's objects own each other: when an object is
-//! deleted, the objects in its namespace that name it as an owner are deleted too (a
-//! Deployment's ReplicaSets, a ReplicaSet's pods), as `propagationPolicy: Background` does.
+//! deleted, the objects that name it as an owner are deleted too (a Deployment's ReplicaSets, a
+//! ReplicaSet's pods; everything an operator's cluster-scoped resource made, in any namespace),
+//! as `propagationPolicy: Background` does. A namespaced owner owns only objects of its own
+//! namespace, as in Kubernetes.
 
 use super::super::routing::Target;
 use super::super::state::ApiState;
@@ -10,11 +12,21 @@ use super::log_failure;
 
 pub(super) fn collect(state: &ApiState, deleted: &Event) {
     let uid = deleted.object.uid();
-    if uid.is_empty() || deleted.namespace.is_empty() {
+    if uid.is_empty() {
         return;
     }
-    for (resource, name) in state.store.names_in_namespace(&deleted.namespace) {
-        let Some(object) = state.store.get(resource, &deleted.namespace, &name) else {
+    let candidates: Vec<(_, String, String)> = if deleted.namespace.is_empty() {
+        state.store.all_names()
+    } else {
+        state
+            .store
+            .names_in_namespace(&deleted.namespace)
+            .into_iter()
+            .map(|(resource, name)| (resource, deleted.namespace.clone(), name))
+            .collect()
+    };
+    for (resource, namespace, name) in candidates {
+        let Some(object) = state.store.get(resource, &namespace, &name) else {
             continue;
         };
         let owned = object
@@ -27,7 +39,7 @@ pub(super) fn collect(state: &ApiState, deleted: &Event) {
         if !owned {
             continue;
         }
-        let target = Target::object(resource, &deleted.namespace, &name);
+        let target = Target::object(resource, &namespace, &name);
         if let Err(error) = writes::delete(state, &target, &DeleteOptions::default())
             && error.reason != "NotFound"
         {

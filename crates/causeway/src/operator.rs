@@ -1,0 +1,290 @@
+//! `causeway operator`: the Sail operator's job for Causeway. It reconciles `sailoperator.io`
+//! `Istio` resources into the objects `causeway install` makes (owned by the `Istio`, so
+//! deleting it removes them), reports `Reconciled`/`Ready` in their status, and accepts
+//! `IstioCNI`. What it decides lives in `causeway_install::sail`; this module does the I/O.
+//! `causeway install-operator` installs it into a cluster.
+
+use crate::cluster_client::{TargetArgs, WhenUnset, client_for, connect};
+use anyhow::Context;
+use causeway_install::cluster;
+use causeway_install::sail::{self, Observed};
+use clap::Args;
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct OperatorArgs {
+    /// Kubeconfig of the cluster to manage (default: in-cluster, else $KUBECONFIG)
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: in-cluster, else the current context)
+    #[arg(long)]
+    context: Option<String>,
+    /// Opened once the resources are listed: the Deployment's readiness probe
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_address: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct InstallOperatorArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The operator's image
+    #[arg(long, default_value = "causeway")]
+    image: String,
+    /// How long to wait for the operator to be available
+    #[arg(long, default_value = "300s", value_parser = crate::discovery::parse_duration)]
+    readiness_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum OperatorError {
+    #[error("cannot write the status of {kind} {name}: {source}")]
+    Status {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// How soon an `Istio` is looked at again, by what its last reconcile found.
+fn requeue_after(observed: &Observed) -> Duration {
+    match observed {
+        Observed::Ready => Duration::from_secs(60),
+        Observed::Waiting(_) => Duration::from_secs(1),
+        Observed::Failed(_) => Duration::from_secs(5),
+    }
+}
+
+struct Context_ {
+    client: kube::Client,
+    /// The generation of each `Istio` (by uid) whose objects were applied: unchanged ones are
+    /// only watched for readiness, not written again.
+    applied: Mutex<HashMap<String, i64>>,
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|time| time.to_string())
+        .unwrap_or_default()
+}
+
+async fn write_status(
+    api: &Api<DynamicObject>,
+    kind: &'static str,
+    name: &str,
+    status: Value,
+) -> Result<(), OperatorError> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| OperatorError::Status {
+        kind,
+        name: name.to_owned(),
+        source,
+    })
+}
+
+async fn observe(istio: &DynamicObject, context: &Context_) -> Observed {
+    let settings = match sail::settings(istio) {
+        Ok(settings) => settings,
+        Err(error) => return Observed::Failed(error.to_string()),
+    };
+    let objects = sail::owned_by(causeway_install::render(&settings), istio);
+    let uid = istio.metadata.uid.clone().unwrap_or_default();
+    let generation = istio.metadata.generation.unwrap_or(0);
+    let applied = context
+        .applied
+        .lock()
+        .ok()
+        .and_then(|applied| applied.get(&uid).copied());
+    if applied != Some(generation) {
+        for ignored in settings.ignored.iter().chain([]) {
+            tracing::warn!(istio = %settings.owner, "{ignored}");
+        }
+        for skipped in &settings.skipped {
+            tracing::warn!(istio = %settings.owner, "{skipped}");
+        }
+        for object in &objects {
+            if let Err(error) = cluster::apply_one(&context.client, object).await {
+                return Observed::Failed(error.to_string());
+            }
+        }
+        tracing::info!(istio = %settings.owner, generation, objects = objects.len(), "applied");
+        if let Ok(mut applied) = context.applied.lock() {
+            applied.insert(uid, generation);
+        }
+    }
+    match cluster::unavailable_deployments(&context.client, &objects).await {
+        Ok(waiting) if waiting.is_empty() => Observed::Ready,
+        Ok(waiting) => Observed::Waiting(waiting),
+        Err(error) => Observed::Failed(error.to_string()),
+    }
+}
+
+async fn reconcile_istio(
+    istio: Arc<DynamicObject>,
+    context: Arc<Context_>,
+) -> Result<Action, OperatorError> {
+    if istio.metadata.deletion_timestamp.is_some() {
+        // Its objects name it as their owner: the garbage collector removes them.
+        return Ok(Action::await_change());
+    }
+    let name = istio.metadata.name.clone().unwrap_or_default();
+    let observed = observe(&istio, &context).await;
+    let previous = istio.data.get("status").cloned().unwrap_or(Value::Null);
+    let version = istio.data["spec"]["version"].as_str();
+    let status = sail::istio_status(
+        &observed,
+        istio.metadata.generation,
+        version,
+        &previous,
+        &now(),
+    );
+    if status_changed(&previous, &status) {
+        tracing::info!(istio = %name, state = %status["state"], "status");
+        let api = Api::<DynamicObject>::all_with(context.client.clone(), &sail::istio_resource());
+        write_status(&api, "Istio", &name, status).await?;
+    }
+    Ok(Action::requeue(requeue_after(&observed)))
+}
+
+/// Whether a status differs in anything but time (a write per second while waiting would wake
+/// every watcher for nothing).
+fn status_changed(previous: &Value, next: &Value) -> bool {
+    previous != next
+}
+
+async fn reconcile_cni(
+    cni: Arc<DynamicObject>,
+    context: Arc<Context_>,
+) -> Result<Action, OperatorError> {
+    if cni.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let name = cni.metadata.name.clone().unwrap_or_default();
+    let previous = cni.data.get("status").cloned().unwrap_or(Value::Null);
+    let status = sail::istio_cni_status(cni.metadata.generation, &previous, &now());
+    if status_changed(&previous, &status) {
+        let api =
+            Api::<DynamicObject>::all_with(context.client.clone(), &sail::istio_cni_resource());
+        write_status(&api, "IstioCNI", &name, status).await?;
+    }
+    Ok(Action::await_change())
+}
+
+fn on_error(_object: Arc<DynamicObject>, error: &OperatorError, _context: Arc<Context_>) -> Action {
+    tracing::warn!(%error, "reconcile failed; trying again in 5 s");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Opens the health port once both kinds can be listed, so that the Deployment is available
+/// only when the operator can do its job.
+async fn open_health_port(client: kube::Client, address: SocketAddr) -> anyhow::Result<()> {
+    for resource in [sail::istio_resource(), sail::istio_cni_resource()] {
+        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        let started = Instant::now();
+        while let Err(error) = api.list(&Default::default()).await {
+            if started.elapsed() > Duration::from_secs(30) {
+                tracing::warn!(%error, kind = %resource.kind, "cannot list; are the CRDs installed? (`causeway install-operator`)");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for the health check"))?;
+    tracing::info!(%address, "ready");
+    loop {
+        // Accepted and dropped: the probe only connects.
+        let _ = listener.accept().await;
+    }
+}
+
+pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let cluster = client_for(
+            args.kubeconfig.as_deref(),
+            args.context.as_deref(),
+            WhenUnset::InCluster,
+        )
+        .await?;
+        tracing::info!(context = %cluster.context, server = %cluster.server, "operator started");
+        let client = cluster.client;
+        let context = Arc::new(Context_ {
+            client: client.clone(),
+            applied: Mutex::default(),
+        });
+        let istio = sail::istio_resource();
+        let istios = Controller::new_with(
+            Api::<DynamicObject>::all_with(client.clone(), &istio),
+            watcher::Config::default(),
+            istio,
+        )
+        .shutdown_on_signal()
+        .run(reconcile_istio, on_error, context.clone())
+        .for_each(|_| async {});
+        let cni = sail::istio_cni_resource();
+        let cnis = Controller::new_with(
+            Api::<DynamicObject>::all_with(client.clone(), &cni),
+            watcher::Config::default(),
+            cni,
+        )
+        .shutdown_on_signal()
+        .run(reconcile_cni, on_error, context)
+        .for_each(|_| async {});
+        tokio::select! {
+            ((), ()) = futures::future::join(istios, cnis) => Ok(()),
+            ended = open_health_port(client, args.health_address) => ended,
+        }
+    })
+}
+
+/// `causeway install-operator`: the CRDs, the operator's rights and its Deployment, then a wait
+/// until it is available.
+pub fn install_operator(args: InstallOperatorArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = connect(&args.target).await?;
+        let started = Instant::now();
+        let objects = sail::operator_objects(&args.image);
+        for object in &objects {
+            cluster::apply_one(&client, object).await?;
+        }
+        cluster::wait_for_deployments(&client, &objects, args.readiness_timeout).await?;
+        println!(
+            "✔ Sail operator installed ({:.1} s): apply an Istio resource (sailoperator.io/v1), then `kubectl wait --for condition=Ready istio/<name>`",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+}
