@@ -18,5 +18,5 @@ pub use profiles::PROFILES;
 pub use render::{Component, Ownership, Rendered, render, to_yaml};
 pub use schema::{Ignored, WrongSetting};
 pub use settings::{
-    Gateway, MeshIdentity, Pilot, ProxyValues, Remote, Settings, SettingsError, load,
+    Gateway, Injection, MeshIdentity, Pilot, ProxyValues, Remote, Settings, SettingsError, load,
 };

@@ -396,8 +396,8 @@ mod tests {
         let remote = west.remote.expect("the remote profile");
         assert_eq!(remote.pilot_address, "172.18.255.1");
         assert_eq!(
-            remote.injection_url,
-            "https://172.18.255.1:15017/inject/cluster/cluster2/net/network2"
+            remote.injection,
+            crate::Injection::ServicePath("/inject/cluster/cluster2/net/network2".into())
         );
 
         // meshConfig is a Helm value in Sail and an operator key in istioctl.

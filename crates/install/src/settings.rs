@@ -52,7 +52,19 @@ pub struct Pilot {
 pub struct Remote {
     pub pilot_address: String,
     /// Where the API server calls the injector.
-    pub injection_url: String,
+    pub injection: Injection,
+}
+
+/// How a remote cluster's API server reaches the injector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// Through the cluster's own `istiod` Service (whose endpoints are `remotePilotAddress`) at
+    /// this path (`values.istiodRemote.injectionPath`, default `/inject`), as Istio's chart does:
+    /// the API server then checks discovery's certificate for `istiod.<namespace>.svc`, which it
+    /// carries, where an address in a URL would need an IP SAN.
+    ServicePath(String),
+    /// `values.istiodRemote.injectionURL`, as given.
+    Url(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -270,19 +282,17 @@ fn read(
                 ),
             ));
         }
-        let injection_url = match (
+        let injection = match (
             tree.text("values.istiodRemote.injectionURL"),
             tree.text("values.istiodRemote.injectionPath"),
         ) {
-            (Some(url), _) if !url.is_empty() => url,
-            (_, Some(path)) if !path.is_empty() => {
-                format!("https://{}:15017{path}", host_for_url(&pilot_address))
-            }
-            _ => format!("https://{}:15017/inject", host_for_url(&pilot_address)),
+            (Some(url), _) if !url.is_empty() => Injection::Url(url),
+            (_, Some(path)) if !path.is_empty() => Injection::ServicePath(path),
+            _ => Injection::ServicePath("/inject".into()),
         };
         Some(Remote {
             pilot_address,
-            injection_url,
+            injection,
         })
     } else {
         None
@@ -343,14 +353,6 @@ fn is_dns_label(text: &str) -> bool {
             .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
         && !text.starts_with('-')
         && !text.ends_with('-')
-}
-
-fn host_for_url(address: &str) -> String {
-    if address.contains(':') && !address.starts_with('[') {
-        format!("[{address}]")
-    } else {
-        address.to_owned()
-    }
 }
 
 fn pilot_env(tree: &Tree) -> BTreeMap<String, String> {
@@ -578,8 +580,7 @@ mod tests {
             settings.remote,
             Some(Remote {
                 pilot_address: "172.18.11.1".into(),
-                injection_url: "https://172.18.11.1:15017/inject/cluster/cluster02/net/network2"
-                    .into(),
+                injection: Injection::ServicePath("/inject/cluster/cluster02/net/network2".into()),
             })
         );
         let error = load(&[], &["profile=remote".into()])

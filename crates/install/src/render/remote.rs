@@ -1,11 +1,11 @@
 //! Istio's `istiod-remote` chart (`profile: remote`): the cluster has no discovery of its own. Its
 //! `istiod` Service points at the primary's discovery (`remotePilotAddress`, reached through the
 //! primary's east-west gateway or directly on a flat network), and its injection webhook calls
-//! that discovery by URL.
+//! that discovery through the Service (or by `injectionURL` when one is given).
 
 use super::istiod::{discovery_ports, mesh_config, webhook};
 use super::{Component, Rendered, install_labels, revisioned};
-use crate::settings::{Remote, Settings};
+use crate::settings::{Injection, Remote, Settings};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Service};
 use serde_json::json;
 use std::net::IpAddr;
@@ -59,10 +59,12 @@ pub fn render(settings: &Settings, remote: &Remote) -> Vec<Rendered> {
             }),
         )),
     }
-    objects.push(webhook(
-        settings,
-        component,
-        json!({"url": remote.injection_url}),
-    ));
+    let client_config = match &remote.injection {
+        Injection::ServicePath(path) => json!({
+            "service": {"name": name, "namespace": namespace, "path": path, "port": 443},
+        }),
+        Injection::Url(url) => json!({"url": url}),
+    };
+    objects.push(webhook(settings, component, client_config));
     objects
 }

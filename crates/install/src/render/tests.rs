@@ -248,8 +248,21 @@ fn a_remote_points_its_istiod_service_and_webhook_at_the_primary() {
         "istio-sidecar-injector",
     );
     assert_eq!(
+        webhook["webhooks"][0]["clientConfig"],
+        json!({"service": {"name": "istiod", "namespace": "istio-system", "path": "/inject/cluster/cluster02/net/network2", "port": 443}})
+    );
+    let by_url = objects(
+        &["topologies/primary-remote-multi-network/cluster02.yaml"],
+        &["values.istiodRemote.injectionURL=https://istiod.example:15017/inject"],
+    );
+    let webhook = find(
+        &by_url,
+        "MutatingWebhookConfiguration",
+        "istio-sidecar-injector",
+    );
+    assert_eq!(
         webhook["webhooks"][0]["clientConfig"]["url"],
-        "https://172.18.11.1:15017/inject/cluster/cluster02/net/network2"
+        "https://istiod.example:15017/inject"
     );
     assert!(
         rendered
