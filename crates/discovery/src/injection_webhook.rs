@@ -1,8 +1,9 @@
 //! The sidecar injection webhook on 15017 (`/inject`, and `/inject/cluster/<c>/net/<n>` for
 //! remote clusters): AdmissionReview in, a JSON patch out, from the injector ConfigMaps install
-//! wrote. Alongside, the `caBundle` of this revision's MutatingWebhookConfigurations is kept equal
-//! to the roots that signed the serving certificate, as istiod keeps it.
+//! wrote, read again every second. The webhook configurations' `caBundle` is kept by
+//! [`crate::webhook_ca_bundles`].
 
+use crate::webhook_ca_bundles;
 use base64::Engine;
 use bytes::Bytes;
 use causeway_install::inject::{InjectionConfig, Outcome, Target, inject, patch};
@@ -11,11 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -65,47 +63,6 @@ async fn load(
     InjectionConfig::from_config_maps(&injector, &mesh).map_err(|error| error.to_string())
 }
 
-/// Sets `caBundle` on this revision's injection webhooks that call this namespace's discovery.
-async fn keep_ca_bundle(
-    client: &kube::Client,
-    settings: &WebhookSettings,
-) -> Result<(), kube::Error> {
-    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let selector = format!("app=sidecar-injector,istio.io/rev={}", settings.revision);
-    let bundle = ByteString(settings.roots_pem.clone().into_bytes());
-    for mut configuration in api
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-    {
-        let mut changed = false;
-        for webhook in configuration.webhooks.iter_mut().flatten() {
-            let ours = webhook
-                .client_config
-                .service
-                .as_ref()
-                .is_some_and(|service| service.namespace == settings.namespace);
-            if ours && webhook.client_config.ca_bundle.as_ref() != Some(&bundle) {
-                webhook.client_config.ca_bundle = Some(bundle.clone());
-                changed = true;
-            }
-        }
-        if changed {
-            let name = configuration.metadata.name.clone().unwrap_or_default();
-            match api
-                .replace(&name, &PostParams::default(), &configuration)
-                .await
-            {
-                Ok(_) => tracing::info!(webhook = %name, "caBundle set to the mesh roots"),
-                // Someone wrote it meanwhile: the next round sees their version.
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(error) => return Err(error),
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn refresh(
     client: kube::Client,
     settings: WebhookSettings,
@@ -127,7 +84,14 @@ async fn refresh(
         *loaded
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = result;
-        if let Err(error) = keep_ca_bundle(&client, &settings).await {
+        if let Err(error) = webhook_ca_bundles::keep(
+            &client,
+            &settings.namespace,
+            &settings.revision,
+            &settings.roots_pem,
+        )
+        .await
+        {
             tracing::warn!(%error, "cannot update the injection webhook's caBundle");
         }
         tokio::select! {

@@ -10,6 +10,7 @@ mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+pub mod webhook_ca_bundles;
 
 use anyhow::Context;
 use causeway_ca::{CertificateAuthority, SigningPolicy};
