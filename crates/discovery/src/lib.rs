@@ -203,7 +203,14 @@ impl Discovery {
             system_namespace: config.namespace.clone(),
             roots_pem: authority.roots_pem().into(),
         };
-        tasks.spawn(publisher.run(registry.clients.clone(), stopped));
+        tasks.spawn(publisher.run(registry.clients.clone(), stopped.clone()));
+        let remote_bundles = webhook_ca_bundles::RemoteCaBundles {
+            local_cluster: config.cluster_id.clone(),
+            namespace: config.namespace.clone(),
+            revision: config.revision.clone(),
+            roots_pem: authority.roots_pem(),
+        };
+        tasks.spawn(remote_bundles.run(registry.clients.clone(), stopped));
         tracing::info!(%xds_address, %secure_xds_address, %monitoring_address, %webhook_address, cluster = %config.cluster_id, "discovery serving");
         Ok(Discovery {
             xds_address,

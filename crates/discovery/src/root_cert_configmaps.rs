@@ -131,6 +131,17 @@ impl RootCertPublisher {
     }
 }
 
+/// Whether a `topology.istio.io/controlPlaneClusters` annotation (`cluster01`, `a, b`, `*`)
+/// names `cluster`: the remote cluster's consent to be managed by that control plane.
+pub fn names_control_plane(annotation: Option<&str>, cluster: &str) -> bool {
+    annotation.is_some_and(|clusters| {
+        clusters
+            .split(',')
+            .map(str::trim)
+            .any(|named| named == "*" || named == cluster)
+    })
+}
+
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
@@ -310,14 +321,7 @@ impl ClusterView {
     }
 
     fn names_control_plane(&self, cluster: &str) -> bool {
-        self.control_plane_clusters
-            .as_deref()
-            .is_some_and(|clusters| {
-                clusters
-                    .split(',')
-                    .map(str::trim)
-                    .any(|named| named == "*" || named == cluster)
-            })
+        names_control_plane(self.control_plane_clusters.as_deref(), cluster)
     }
 
     /// The namespaces whose ConfigMap is missing, or lacks our roots or label.

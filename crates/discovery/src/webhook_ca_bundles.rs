@@ -1,10 +1,84 @@
 //! The `caBundle` of the injection webhooks, kept equal to the roots that signed discovery's
-//! serving certificate, as istiod keeps it, so that the API server trusts 15017.
+//! serving certificate, as istiod keeps it, so that the API server trusts 15017: in this
+//! discovery's own cluster (by the webhook's refresh), and, as istiod with `EXTERNAL_ISTIOD`
+//! does, in every remote cluster whose system namespace names this cluster in
+//! `topology.istio.io/controlPlaneClusters` (the consent the seeds' primary-remote step gives;
+//! the same rule as for the root-certificate ConfigMaps). A remote cluster's webhook calls its
+//! `istiod` Service, whose endpoints are this discovery, so without its `caBundle` no pod of that
+//! cluster could be created.
 
+use crate::root_cert_configmaps::{CONTROL_PLANE_CLUSTERS, names_control_plane};
+use causeway_registry::ClusterClients;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often remote clusters are looked at; each look is two reads when nothing changed.
+const REMOTE_REFRESH: Duration = Duration::from_secs(2);
+/// One slow cluster does not hold up the others for longer than this.
+const PER_CLUSTER: Duration = Duration::from_secs(5);
+
+/// Keeps the injection webhooks' `caBundle` of remote clusters that name `local_cluster`.
+#[derive(Clone, Debug)]
+pub struct RemoteCaBundles {
+    pub local_cluster: String,
+    /// The system namespace: where the consent is read, and whose `istiod` the webhooks call.
+    pub namespace: String,
+    pub revision: String,
+    pub roots_pem: String,
+}
+
+impl RemoteCaBundles {
+    /// Runs until `stopped` turns true, following the clusters `clients` knows (remote
+    /// secrets come and go).
+    pub async fn run(self, clients: ClusterClients, mut stopped: watch::Receiver<bool>) {
+        let known = clients.subscribe();
+        loop {
+            let current = known.borrow().clone();
+            for (cluster, known) in current {
+                if cluster == self.local_cluster {
+                    continue;
+                }
+                match tokio::time::timeout(PER_CLUSTER, self.keep_cluster(&known.client)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(%cluster, %error, "cannot keep the remote injection webhook's caBundle; retrying");
+                    }
+                    Err(_) => {
+                        tracing::debug!(%cluster, "the remote cluster did not answer in time; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REMOTE_REFRESH) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    async fn keep_cluster(&self, client: &kube::Client) -> Result<(), kube::Error> {
+        let Some(namespace) = Api::<Namespace>::all(client.clone())
+            .get_opt(&self.namespace)
+            .await?
+        else {
+            return Ok(());
+        };
+        let consent = namespace
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(CONTROL_PLANE_CLUSTERS))
+            .map(String::as_str);
+        if !names_control_plane(consent, &self.local_cluster) {
+            return Ok(());
+        }
+        keep(client, &self.namespace, &self.revision, &self.roots_pem).await
+    }
+}
 
 /// Sets `caBundle` on `revision`'s injection webhooks that call discovery in `namespace`.
 pub async fn keep(
