@@ -780,3 +780,163 @@ fn the_sail_operator_reconciles_the_seeds_istio_resource_into_a_working_mesh() {
         "istio-proxy=true sleep=true "
     );
 }
+
+/// The seeds' primary-remote steps on a flat network: the remote cluster's pods get their sidecar
+/// from the primary's discovery, through the remote `istiod` Service (whose endpoints are the
+/// primary's discovery pod) and a webhook whose `caBundle` that discovery keeps once the remote
+/// `istio-system` names it; the sidecar then gets its configuration and certificate from there.
+#[test]
+fn a_remote_clusters_pods_get_their_sidecar_from_the_primarys_discovery() {
+    const C2: &str = "kind-cluster02";
+    let lab = TestLab::new();
+    lab.create("cluster01-kind.yaml");
+    lab.create("cluster02-kind.yaml");
+    let connected = lab.causeway(&["lab", "connect", "cluster01", "cluster02"]);
+    assert!(connected.status.success(), "{}", printed(&connected));
+    let primary = lab.causeway(&[
+        "install",
+        "-y",
+        "-f",
+        &topology("primary-remote/cluster01.yaml"),
+        "--context",
+        C1,
+    ]);
+    assert!(primary.status.success(), "{}", printed(&primary));
+    let discovery_address = lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "istio-system",
+            "-l",
+            "app=istiod",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+    );
+
+    lab.ok(C2, &["create", "namespace", "istio-system"]);
+    lab.ok(
+        C2,
+        &[
+            "annotate",
+            "namespace",
+            "istio-system",
+            "topology.istio.io/controlPlaneClusters=cluster01",
+        ],
+    );
+    let remote_file = lab.directory.path().join("cluster02.yaml");
+    std::fs::write(
+        &remote_file,
+        std::fs::read_to_string(topology("primary-remote/cluster02.yaml"))
+            .unwrap()
+            .replace("${DISCOVERY_ADDRESS}", &discovery_address),
+    )
+    .unwrap();
+    let remote = lab.causeway(&[
+        "install",
+        "-y",
+        "-f",
+        remote_file.to_str().unwrap(),
+        "--context",
+        C2,
+    ]);
+    assert!(remote.status.success(), "{}", printed(&remote));
+    assert!(
+        printed(&remote).contains("✔ Istiod remote installed"),
+        "{}",
+        printed(&remote)
+    );
+    let secret = lab.causeway(&[
+        "create-remote-secret",
+        "--context",
+        C2,
+        "--name",
+        "cluster02",
+    ]);
+    assert!(secret.status.success(), "{}", printed(&secret));
+    lab.apply(
+        C1,
+        "istio-system",
+        &String::from_utf8(secret.stdout).unwrap(),
+    );
+    eventually(
+        "the primary to set the remote webhook's caBundle",
+        WAIT,
+        || {
+            let bundle = lab.ok(
+                C2,
+                &[
+                    "get",
+                    "mutatingwebhookconfiguration",
+                    "istio-sidecar-injector",
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ],
+            );
+            if bundle.is_empty() {
+                Err("empty".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    );
+
+    lab.ok(C2, &["create", "namespace", "sample"]);
+    lab.ok(
+        C2,
+        &["label", "namespace", "sample", "istio-injection=enabled"],
+    );
+    lab.apply(C2, "sample", &sample("sleep.yaml"));
+    let sleep = eventually("an injected sleep pod in cluster02", WAIT, || {
+        let names = lab.ok(
+            C2,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "sample",
+                "-l",
+                "app=sleep",
+                "-o",
+                "name",
+            ],
+        );
+        names
+            .lines()
+            .next()
+            .map(|name| name.trim_start_matches("pod/").to_owned())
+            .ok_or(names)
+    });
+    lab.wait_ready(C2, "sample", "app=sleep");
+    let containers = lab.ok(
+        C2,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "sample",
+            &sleep,
+            "-o",
+            "jsonpath={range .status.containerStatuses[*]}{.name}={.ready} {end}|{.metadata.labels.topology\\.istio\\.io/network}",
+        ],
+    );
+    assert_eq!(containers, "istio-proxy=true sleep=true |network1");
+    let env = lab.ok(
+        C2,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "sample",
+            &sleep,
+            "-o",
+            "jsonpath={.spec.containers[?(@.name==\"istio-proxy\")].env[?(@.name==\"ISTIO_META_CLUSTER_ID\")].value}",
+        ],
+    );
+    assert_eq!(
+        env, "cluster02",
+        "the injection path names the remote cluster"
+    );
+}
