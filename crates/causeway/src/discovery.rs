@@ -58,7 +58,8 @@ pub struct DiscoveryArgs {
     /// More DNS names or IPs for the 15012 serving certificate (repeatable)
     #[arg(long = "dns-name", value_name = "NAME")]
     dns_names: Vec<String>,
-    /// A cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) instead of the cacerts Secret
+    /// A cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); default:
+    /// /etc/cacerts when the cacerts Secret is mounted there, else the Secret read through the API
     #[arg(long, value_name = "DIR")]
     cacerts_dir: Option<PathBuf>,
     /// Audiences a workload's token must carry (comma-separated)

@@ -83,8 +83,39 @@ fn curl(lab: &TestLab, namespace: &str, pod: &str, url: &str) -> Result<String, 
 fn installed_mesh_injects_labelled_namespaces_and_uninstall_leaves_the_cluster_as_it_was() {
     let lab = TestLab::new();
     lab.create("cluster01-kind.yaml");
-    // As the guides do, for cacerts: install keeps a namespace that exists.
+    // As the guides do: the namespace first (install keeps a namespace that exists), then the
+    // plugged-in CA, an intermediate of a shared root, as the `cacerts` Secret.
     lab.ok(C1, &["create", "namespace", "istio-system"]);
+    let certs = lab.directory.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let certs_dir = certs.to_str().unwrap();
+    for step in [["root-ca"], ["cluster01-cacerts"]] {
+        let made = lab.causeway(&[
+            "certs",
+            step[0],
+            "--dir",
+            certs_dir,
+            "--key-type",
+            "ecdsa-p256",
+        ]);
+        assert!(made.status.success(), "{}", printed(&made));
+    }
+    let file = |name: &str| format!("--from-file={certs_dir}/cluster01/{name}");
+    lab.ok(
+        C1,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "cacerts",
+            "-n",
+            "istio-system",
+            &file("ca-cert.pem"),
+            &file("ca-key.pem"),
+            &file("root-cert.pem"),
+            &file("cert-chain.pem"),
+        ],
+    );
     let before = objects(&lab);
 
     let file = topology("multi-primary/cluster01.yaml");
@@ -126,6 +157,33 @@ fn installed_mesh_injects_labelled_namespaces_and_uninstall_leaves_the_cluster_a
             "{expected} not installed: {after_install:?}"
         );
     }
+    // Discovery signs with the mounted intermediate: what pods trust is the shared root.
+    let logs = lab.ok(C1, &["logs", "-n", "istio-system", "deploy/istiod"]);
+    assert!(
+        logs.contains("origin=cacerts directory /etc/cacerts"),
+        "discovery reads the mounted cacerts: {logs}"
+    );
+    let root = std::fs::read_to_string(certs.join("root-cert.pem")).unwrap();
+    let published = eventually("the published roots", WAIT, || {
+        let roots = lab.ok(
+            C1,
+            &[
+                "get",
+                "configmap",
+                "istio-ca-root-cert",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.data.root-cert\\.pem}",
+            ],
+        );
+        if roots.is_empty() {
+            Err(roots)
+        } else {
+            Ok(roots)
+        }
+    });
+    assert_eq!(published.trim(), root.trim());
     let again = lab.causeway(&["install", "-y", "-f", &file, "--context", C1]);
     assert!(again.status.success(), "install twice: {}", printed(&again));
     assert_eq!(

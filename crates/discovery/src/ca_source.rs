@@ -1,6 +1,8 @@
 //! Where the mesh CA's signing certificate comes from, in Istio's order of preference: a
-//! `cacerts` directory given by flag, the `cacerts` Secret (the seeds' plugged-in intermediate),
-//! else the self-signed root kept in the `istio-ca-secret` Secret, created on first start.
+//! `cacerts` directory given by flag, else `/etc/cacerts` when the `cacerts` Secret is mounted
+//! there (istiod's `LocalCertDir`; install mounts it, optional), else the `cacerts` Secret read
+//! through the API (the seeds' plugged-in intermediate, for a discovery run outside a pod), else
+//! the self-signed root kept in the `istio-ca-secret` Secret, created on first start.
 
 use causeway_ca::authority::self_signed_root_profile;
 use causeway_ca::bundle::{BundleSources, CA_CERT, CA_KEY, CERT_CHAIN, PemSource, ROOT_CERT};
@@ -14,6 +16,20 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 pub const CACERTS_SECRET: &str = "cacerts";
+/// Where install mounts the `cacerts` Secret in discovery's pod, as Istio's chart does.
+pub const MOUNTED_CACERTS: &str = "/etc/cacerts";
+
+/// The directory to load the CA from: the one given, else `mounted` when it holds a signing
+/// certificate and key (an optional Secret volume of a missing Secret is an empty directory,
+/// which means "no plugged-in CA", not an error).
+pub fn cacerts_directory(given: Option<&Path>, mounted: &Path) -> Option<PathBuf> {
+    if let Some(given) = given {
+        return Some(given.to_owned());
+    }
+    let holds =
+        |name: &str| std::fs::metadata(mounted.join(name)).is_ok_and(|metadata| metadata.len() > 0);
+    (holds(CA_CERT) && holds(CA_KEY)).then(|| mounted.to_owned())
+}
 pub const SELF_SIGNED_SECRET: &str = "istio-ca-secret";
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +92,7 @@ pub async fn load(
     policy: SigningPolicy,
 ) -> Result<(CertificateAuthority, CaOrigin), CaSourceError> {
     let invalid = |origin: String, detail: String| CaSourceError::Invalid { origin, detail };
-    if let Some(directory) = directory {
+    if let Some(directory) = cacerts_directory(directory, Path::new(MOUNTED_CACERTS)).as_deref() {
         let authority = CertificateAuthority::from_cacerts_dir(directory, policy)
             .map_err(|e| invalid(directory.display().to_string(), e.to_string()))?;
         return Ok((authority, CaOrigin::Directory(directory.to_owned())));
@@ -191,4 +207,36 @@ fn from_secret(
         origin,
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_directory_wins_and_a_mounted_one_counts_only_when_it_holds_a_ca() {
+        let mounted = tempfile::tempdir().unwrap();
+        let given = Path::new("/opt/plugged");
+        let empty = mounted.path();
+        // An optional Secret volume without its Secret: empty.
+        assert_eq!(cacerts_directory(None, empty), None);
+        assert_eq!(
+            cacerts_directory(Some(given), empty),
+            Some(given.to_owned())
+        );
+        std::fs::write(empty.join(CA_CERT), "cert").unwrap();
+        assert_eq!(
+            cacerts_directory(None, empty),
+            None,
+            "a certificate without its key"
+        );
+        std::fs::write(empty.join(CA_KEY), "").unwrap();
+        assert_eq!(cacerts_directory(None, empty), None, "an empty key");
+        std::fs::write(empty.join(CA_KEY), "key").unwrap();
+        assert_eq!(cacerts_directory(None, empty), Some(empty.to_owned()));
+        assert_eq!(
+            cacerts_directory(Some(given), empty),
+            Some(given.to_owned())
+        );
+    }
 }
