@@ -164,25 +164,20 @@ fn installed_mesh_injects_labelled_namespaces_and_uninstall_leaves_the_cluster_a
         "discovery reads the mounted cacerts: {logs}"
     );
     let root = std::fs::read_to_string(certs.join("root-cert.pem")).unwrap();
-    let published = eventually("the published roots", WAIT, || {
-        let roots = lab.ok(
-            C1,
-            &[
-                "get",
-                "configmap",
-                "istio-ca-root-cert",
-                "-n",
-                "default",
-                "-o",
-                "jsonpath={.data.root-cert\\.pem}",
-            ],
-        );
-        if roots.is_empty() {
-            Err(roots)
-        } else {
-            Ok(roots)
-        }
-    });
+    let published = lab.eventually_printed(
+        "the published roots",
+        WAIT,
+        C1,
+        &[
+            "get",
+            "configmap",
+            "istio-ca-root-cert",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.data.root-cert\\.pem}",
+        ],
+    );
     assert_eq!(published.trim(), root.trim());
     let again = lab.causeway(&["install", "-y", "-f", &file, "--context", C1]);
     assert!(again.status.success(), "install twice: {}", printed(&again));
@@ -191,23 +186,18 @@ fn installed_mesh_injects_labelled_namespaces_and_uninstall_leaves_the_cluster_a
         after_install,
         "a second install changes nothing"
     );
-    eventually("discovery to set the webhook's caBundle", WAIT, || {
-        let bundle = lab.ok(
-            C1,
-            &[
-                "get",
-                "mutatingwebhookconfiguration",
-                "istio-sidecar-injector",
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ],
-        );
-        if bundle.is_empty() {
-            Err("empty".into())
-        } else {
-            Ok(())
-        }
-    });
+    lab.eventually_printed(
+        "discovery to set the webhook's caBundle",
+        WAIT,
+        C1,
+        &[
+            "get",
+            "mutatingwebhookconfiguration",
+            "istio-sidecar-injector",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ],
+    );
 
     // The seeds' steps: label, plain kubectl apply, wait.
     lab.ok(C1, &["create", "namespace", "sample"]);
@@ -919,26 +909,17 @@ fn a_remote_clusters_pods_get_their_sidecar_from_the_primarys_discovery() {
         "istio-system",
         &String::from_utf8(secret.stdout).unwrap(),
     );
-    eventually(
+    lab.eventually_printed(
         "the primary to set the remote webhook's caBundle",
         WAIT,
-        || {
-            let bundle = lab.ok(
-                C2,
-                &[
-                    "get",
-                    "mutatingwebhookconfiguration",
-                    "istio-sidecar-injector",
-                    "-o",
-                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
-                ],
-            );
-            if bundle.is_empty() {
-                Err("empty".to_owned())
-            } else {
-                Ok(())
-            }
-        },
+        C2,
+        &[
+            "get",
+            "mutatingwebhookconfiguration",
+            "istio-sidecar-injector",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ],
     );
 
     lab.ok(C2, &["create", "namespace", "sample"]);

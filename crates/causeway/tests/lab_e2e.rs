@@ -706,25 +706,20 @@ fn two_clusters_reach_each_others_pods_only_when_connected_and_load_balancers_al
             "5000",
         ],
     );
-    let address = eventually("a LoadBalancer address", WAIT, || {
-        let address = lab.ok(
-            C2,
-            &[
-                "get",
-                "svc",
-                "hw-lb",
-                "-n",
-                "sample",
-                "-o",
-                "jsonpath={.status.loadBalancer.ingress[0].ip}",
-            ],
-        );
-        if address.is_empty() {
-            Err("pending".into())
-        } else {
-            Ok(address)
-        }
-    });
+    let address = lab.eventually_printed(
+        "a LoadBalancer address",
+        WAIT,
+        C2,
+        &[
+            "get",
+            "svc",
+            "hw-lb",
+            "-n",
+            "sample",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ],
+    );
     assert_eq!(
         address, "172.18.12.0",
         "the first address of the seed's pool"

@@ -124,16 +124,10 @@ pub fn kube_inject(
 mod tests {
     use super::*;
 
-    fn sample(path: &str) -> String {
-        let full = format!(
-            "{}/../../testdata/samples/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read_to_string(&full).unwrap_or_else(|error| panic!("{full}: {error}"))
-    }
+    use crate::test_samples::sample_text as sample;
 
     fn config() -> InjectionConfig {
-        crate::render::sample_injection_config("topologies/multi-primary/cluster01.yaml", &[])
+        crate::test_samples::sample_injection_config("topologies/multi-primary/cluster01.yaml", &[])
     }
 
     fn documents(text: &str) -> Vec<Value> {

@@ -12,6 +12,8 @@ pub mod render;
 pub mod sail;
 mod schema;
 mod settings;
+#[cfg(test)]
+mod test_samples;
 
 pub use input::{InputError, OperatorInput};
 pub use profiles::PROFILES;

@@ -522,16 +522,7 @@ fn gateways(
 mod tests {
     use super::*;
 
-    fn sample(path: &str) -> (String, String) {
-        let full = format!(
-            "{}/../../testdata/samples/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        (
-            path.to_owned(),
-            std::fs::read_to_string(&full).unwrap_or_else(|error| panic!("{full}: {error}")),
-        )
-    }
+    use crate::test_samples::sample_file as sample;
 
     #[test]
     fn a_primary_sample_reads_into_its_identity_and_mesh_config() {

@@ -1,16 +1,10 @@
 use super::*;
 use serde_json::Value;
 
-fn sample(path: &str) -> String {
-    let full = format!(
-        "{}/../../testdata/samples/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(&full).unwrap_or_else(|error| panic!("{full}: {error}"))
-}
+use crate::test_samples::sample_text as sample;
 
 fn config_for(sets: &[&str]) -> InjectionConfig {
-    crate::render::sample_injection_config(
+    crate::test_samples::sample_injection_config(
         "topologies/multi-primary-multi-network/cluster01.yaml",
         sets,
     )

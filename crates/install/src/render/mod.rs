@@ -206,27 +206,3 @@ pub fn to_yaml(objects: &[Rendered]) -> String {
 
 #[cfg(test)]
 mod tests;
-
-/// The injector config install renders for a sample topology file (for tests).
-#[cfg(test)]
-pub(crate) fn sample_injection_config(path: &str, sets: &[&str]) -> crate::inject::InjectionConfig {
-    let full = format!(
-        "{}/../../testdata/samples/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&full).unwrap_or_else(|error| panic!("{full}: {error}"));
-    let sets: Vec<String> = sets.iter().map(|set| (*set).to_owned()).collect();
-    let objects = render(&crate::settings::load(&[(path.to_owned(), text)], &sets).unwrap());
-    let map = |name: &str| -> k8s_openapi::api::core::v1::ConfigMap {
-        let object = objects
-            .iter()
-            .find(|object| object.kind() == "ConfigMap" && object.name() == name)
-            .unwrap_or_else(|| panic!("{path} renders no ConfigMap {name}"));
-        serde_json::from_value(serde_json::to_value(&object.object).unwrap()).unwrap()
-    };
-    crate::inject::InjectionConfig::from_config_maps(
-        &map(INJECTOR_CONFIG_MAP),
-        &map(MESH_CONFIG_MAP),
-    )
-    .unwrap()
-}

@@ -3,11 +3,7 @@ use crate::settings::load;
 use serde_json::Value;
 
 fn sample(path: &str) -> (String, String) {
-    let full = format!(
-        "{}/../../testdata/samples/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&full).unwrap_or_else(|error| panic!("{full}: {error}"));
+    let text = crate::test_samples::sample_text(path);
     (
         path.to_owned(),
         text.replace("${DISCOVERY_ADDRESS}", "172.18.11.1"),
