@@ -1,6 +1,6 @@
 //! The sidecar injection webhook on 15017 (`/inject`, and `/inject/cluster/<c>/net/<n>` for
 //! remote clusters): AdmissionReview in, a JSON patch out, from the injector ConfigMaps install
-//! wrote, read again every second. The webhook configurations' `caBundle` is kept by
+//! wrote, read again whenever they change (watched). The webhook configurations' `caBundle` is kept by
 //! [`crate::webhook_ca_bundles`].
 
 use crate::webhook_ca_bundles;
@@ -13,7 +13,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -21,8 +25,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How often the injector's ConfigMaps and the webhook's caBundle are checked.
-const REFRESH: Duration = Duration::from_secs(1);
+/// The injector's ConfigMaps and the webhooks are watched; this is how often they are read
+/// again anyway, should a watch have missed something.
+const RESYNC: Duration = Duration::from_secs(60);
+/// Changes that come together (install writes both ConfigMaps, a relist sends every object)
+/// are read once.
+const SETTLE: Duration = Duration::from_millis(50);
 const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
 
 /// The injector's config as last read, or why it could not be.
@@ -63,6 +71,40 @@ async fn load(
     InjectionConfig::from_config_maps(&injector, &mesh).map_err(|error| error.to_string())
 }
 
+/// A signal for every change of the ConfigMaps in `namespace` (the injector's and the mesh
+/// config) and of the injection webhooks (`app=sidecar-injector`), whose `caBundle` is kept.
+fn watch_inputs(client: &kube::Client, namespace: &str) -> BoxStream<'static, ()> {
+    let config_maps = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|_| ());
+    let webhooks = watcher(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        watcher::Config::default().labels("app=sidecar-injector"),
+    )
+    .default_backoff()
+    .map(|_| ());
+    futures::stream::select(config_maps, webhooks).boxed()
+}
+
+/// Waits for a change, then for the ones that come with it. A stream that ended (it never does
+/// while the client lives) waits forever, leaving the resync.
+async fn changed(changes: &mut BoxStream<'static, ()>) {
+    if changes.next().await.is_none() {
+        return std::future::pending().await;
+    }
+    let settle = tokio::time::sleep(SETTLE);
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            () = &mut settle => return,
+            next = changes.next() => if next.is_none() { return },
+        }
+    }
+}
+
 async fn refresh(
     client: kube::Client,
     settings: WebhookSettings,
@@ -70,6 +112,7 @@ async fn refresh(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut last_error = String::new();
+    let mut changes = watch_inputs(&client, &settings.namespace);
     loop {
         let result = load(&client, &settings).await.map(Arc::new);
         if let Err(error) = &result
@@ -95,7 +138,8 @@ async fn refresh(
             tracing::warn!(%error, "cannot update the injection webhook's caBundle");
         }
         tokio::select! {
-            () = tokio::time::sleep(REFRESH) => {}
+            () = changed(&mut changes) => {}
+            () = tokio::time::sleep(RESYNC) => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
     }
