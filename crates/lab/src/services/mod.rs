@@ -222,8 +222,9 @@ impl Directory for StoreDirectory {
     }
 }
 
-/// A Service's ready endpoints: address, and port by port name.
-fn ready_endpoints(
+/// A Service's ready endpoints, from its EndpointSlices: address, and port by port name (for
+/// kube-proxy's rules and for the API server calling a webhook Service).
+pub(crate) fn ready_endpoints(
     state: &ApiState,
     namespace: &str,
     service: &str,

@@ -170,34 +170,11 @@ fn endpoint(state: &ApiState, webhook: &MutatingWebhook) -> Result<Endpoint, Str
             )
         })?;
     let port_name = service_port["name"].as_str().unwrap_or("").to_owned();
-    let (slices, _) = state.store.list(
-        id_of("discovery.k8s.io", "EndpointSlice"),
-        Some(&service.namespace),
-    );
-    let target =
-        slices.iter().find_map(|slice| {
-            let data = &slice.object.data;
-            let owner = slice
-                .object
-                .metadata
-                .labels
-                .as_ref()?
-                .get("kubernetes.io/service-name")?;
-            if owner != &service.name {
-                return None;
-            }
-            let target_port = data["ports"]
-                .as_array()?
-                .iter()
-                .find(|entry| entry["name"].as_str().unwrap_or("") == port_name)?["port"]
-                .as_u64()?;
-            let address = data["endpoints"].as_array()?.iter().find(|endpoint| {
-            endpoint["conditions"]["ready"].as_bool() != Some(false)
-        })?["addresses"][0]
-            .as_str()?
-            .parse::<IpAddr>()
-            .ok()?;
-            Some(SocketAddr::new(address, u16::try_from(target_port).ok()?))
+    let target = crate::services::ready_endpoints(state, &service.namespace, &service.name)
+        .into_iter()
+        .find_map(|(address, ports)| {
+            let port = ports.get(&port_name)?;
+            Some(SocketAddr::new(IpAddr::V4(address), *port))
         });
     let address = target.ok_or_else(|| {
         format!(
