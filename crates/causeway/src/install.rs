@@ -201,6 +201,7 @@ fn step_name(component: Component) -> &'static str {
         Component::Pilot => "Istiod",
         Component::IstiodRemote => "Istiod remote",
         Component::IngressGateways => "Ingress gateways",
+        Component::Cni => "CNI",
         Component::Operator => "Sail operator",
     }
 }

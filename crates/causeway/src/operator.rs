@@ -67,9 +67,9 @@ fn requeue_after(observed: &Observed) -> Duration {
 
 struct Context_ {
     client: kube::Client,
-    /// The generation of each `Istio` (by uid) whose objects were applied: unchanged ones are
-    /// only watched for readiness, not written again.
-    applied: Mutex<HashMap<String, i64>>,
+    /// What each `Istio` (by uid) was applied at (its generation, and whether an `IstioCNI`
+    /// was there): unchanged ones are only watched for readiness, not written again.
+    applied: Mutex<HashMap<String, (i64, bool)>>,
 }
 
 fn now() -> String {
@@ -99,14 +99,29 @@ async fn write_status(
     })
 }
 
+/// Whether the cluster has an `IstioCNI` (then the `Istio`'s pods are captured by the plugin).
+async fn cni_installed(client: &kube::Client) -> Result<bool, kube::Error> {
+    let api = Api::<DynamicObject>::all_with(client.clone(), &sail::istio_cni_resource());
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .any(|cni| cni.metadata.deletion_timestamp.is_none()))
+}
+
 async fn observe(istio: &DynamicObject, context: &Context_) -> Observed {
-    let settings = match sail::settings(istio) {
+    let cni = match cni_installed(&context.client).await {
+        Ok(cni) => cni,
+        Err(error) => return Observed::Failed(format!("cannot list IstioCNI resources: {error}")),
+    };
+    let settings = match sail::settings(istio, cni) {
         Ok(settings) => settings,
         Err(error) => return Observed::Failed(error.to_string()),
     };
     let objects = sail::owned_by(causeway_install::render(&settings), istio);
     let uid = istio.metadata.uid.clone().unwrap_or_default();
-    let generation = istio.metadata.generation.unwrap_or(0);
+    let generation = (istio.metadata.generation.unwrap_or(0), cni);
     let applied = context
         .applied
         .lock()
@@ -124,7 +139,7 @@ async fn observe(istio: &DynamicObject, context: &Context_) -> Observed {
                 return Observed::Failed(error.to_string());
             }
         }
-        tracing::info!(istio = %settings.owner, generation, objects = objects.len(), "applied");
+        tracing::info!(istio = %settings.owner, generation = generation.0, cni, objects = objects.len(), "applied");
         if let Ok(mut applied) = context.applied.lock() {
             applied.insert(uid, generation);
         }
@@ -174,17 +189,31 @@ async fn reconcile_cni(
     context: Arc<Context_>,
 ) -> Result<Action, OperatorError> {
     if cni.metadata.deletion_timestamp.is_some() {
+        // Its configuration names it as its owner: the garbage collector removes it.
         return Ok(Action::await_change());
     }
     let name = cni.metadata.name.clone().unwrap_or_default();
+    let observed = match sail::istio_cni_objects(&cni) {
+        Err(error) => Observed::Failed(error.to_string()),
+        Ok(objects) => {
+            let mut observed = Observed::Ready;
+            for object in &objects {
+                if let Err(error) = cluster::apply_one(&context.client, object).await {
+                    observed = Observed::Failed(error.to_string());
+                    break;
+                }
+            }
+            observed
+        }
+    };
     let previous = cni.data.get("status").cloned().unwrap_or(Value::Null);
-    let status = sail::istio_cni_status(cni.metadata.generation, &previous, &now());
+    let status = sail::istio_cni_status(&observed, cni.metadata.generation, &previous, &now());
     if status_changed(&previous, &status) {
         let api =
             Api::<DynamicObject>::all_with(context.client.clone(), &sail::istio_cni_resource());
         write_status(&api, "IstioCNI", &name, status).await?;
     }
-    Ok(Action::await_change())
+    Ok(Action::requeue(requeue_after(&observed)))
 }
 
 fn on_error(_object: Arc<DynamicObject>, error: &OperatorError, _context: Arc<Context_>) -> Action {

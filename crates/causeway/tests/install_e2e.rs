@@ -780,6 +780,40 @@ fn the_sail_operator_reconciles_the_seeds_istio_resource_into_a_working_mesh() {
     );
     let answer = curl(&lab, "sample", &sleep, "helloworld.sample:5000/hello").unwrap();
     assert!(answer.starts_with("Hello version: v"), "{answer}");
+    // With the IstioCNI there, the plugin captures: no init container, and the request still
+    // went through the sidecar.
+    lab.ok(
+        C1,
+        &["get", "configmap", "istio-cni-config", "-n", "istio-cni"],
+    );
+    let pod_spec = lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "sample",
+            &sleep,
+            "-o",
+            "jsonpath={.spec.initContainers[*].name}|{.metadata.annotations.traffic\\.sidecar\\.istio\\.io/excludeInboundPorts}",
+        ],
+    );
+    assert_eq!(pod_spec, "|15090,15021,15020");
+    let stats = lab.exec(
+        C1,
+        "sample",
+        &sleep,
+        "istio-proxy",
+        &["curl", "-s", "http://127.0.0.1:15090/stats/prometheus"],
+    );
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    assert!(
+        stats
+            .lines()
+            .any(|line| line.starts_with("istio_requests_total")
+                && line.contains("destination_service=\"helloworld.sample.svc.cluster.local\"")),
+        "the sidecar counted the request: {stats}"
+    );
 
     // A wrong resource is reported in its status, by field.
     lab.apply(

@@ -53,8 +53,13 @@ fn name_of(object: &DynamicObject) -> String {
 }
 
 /// The IstioOperator input an `Istio` stands for: `spec.values` are Helm values, which are an
-/// IstioOperator's `spec.values` apart from `meshConfig`, which is the operator's own key.
-pub fn operator_input(istio: &DynamicObject) -> Result<OperatorInput, SailError> {
+/// IstioOperator's `spec.values` apart from `meshConfig`, which is the operator's own key. With
+/// an `IstioCNI` in the cluster (`cni_installed`), pods are captured by the CNI plugin unless the
+/// values say otherwise, as Sail's OpenShift profile sets `pilot.cni.enabled`.
+pub fn operator_input(
+    istio: &DynamicObject,
+    cni_installed: bool,
+) -> Result<OperatorInput, SailError> {
     let name = name_of(istio);
     let wrong = |field, expected| SailError::WrongField {
         name: name.clone(),
@@ -93,6 +98,21 @@ pub fn operator_input(istio: &DynamicObject) -> Result<OperatorInput, SailError>
         }
         Some(_) => return Err(wrong("values", "a map of Helm values")),
     }
+    if cni_installed {
+        let values = operator
+            .entry("values")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if values.pointer("/pilot/cni/enabled").is_none()
+            && let Value::Object(values) = values
+        {
+            let pilot = values
+                .entry("pilot")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(pilot) = pilot {
+                pilot.insert("cni".into(), json!({"enabled": true}));
+            }
+        }
+    }
     Ok(OperatorInput {
         name: Some(name),
         spec: operator,
@@ -100,21 +120,25 @@ pub fn operator_input(istio: &DynamicObject) -> Result<OperatorInput, SailError>
 }
 
 /// The settings of an `Istio`, with its unknown and unused values listed in `ignored`.
-pub fn settings(istio: &DynamicObject) -> Result<Settings, SailError> {
-    let input = operator_input(istio)?;
+pub fn settings(istio: &DynamicObject, cni_installed: bool) -> Result<Settings, SailError> {
+    let input = operator_input(istio, cni_installed)?;
     from_input(input).map_err(|source| SailError::Settings {
         name: name_of(istio),
         source,
     })
 }
 
-/// `objects` as the operator applies them: each one it owns names the `Istio` as its
-/// controller, so deleting the `Istio` removes them. The namespace, which the guides create
-/// before (for `cacerts`), is left without an owner.
+/// `objects` as the operator applies them: each one it owns names `owner` (an `Istio` or an
+/// `IstioCNI`) as its controller, so deleting the owner removes them. A namespace, which the
+/// guides create before (for `cacerts`), is left without an owner.
 pub fn owned_by(objects: Vec<Rendered>, owner: &DynamicObject) -> Vec<Rendered> {
+    let kind = owner
+        .types
+        .as_ref()
+        .map_or("Istio", |types| types.kind.as_str());
     let reference = OwnerReference {
         api_version: format!("{GROUP}/v1"),
-        kind: "Istio".into(),
+        kind: kind.into(),
         name: name_of(owner),
         uid: owner.metadata.uid.clone().unwrap_or_default(),
         controller: Some(true),
@@ -225,16 +249,57 @@ pub fn istio_status(
     status
 }
 
-/// The status of an `IstioCNI`. Causeway's sidecars capture traffic from their `istio-init`
-/// container, so there is no node agent to deploy: the resource is accepted and says so.
-pub fn istio_cni_status(generation: Option<i64>, previous: &Value, now: &str) -> Value {
-    let message = "accepted: Causeway's sidecars capture traffic from their istio-init container, so no CNI node agent is deployed";
+/// The objects of an `IstioCNI`: the plugin's configuration in `spec.namespace` (default
+/// `istio-cni`, created when missing), which the lab's nodes read as the plugin installed.
+pub fn istio_cni_objects(cni: &DynamicObject) -> Result<Vec<Rendered>, SailError> {
+    let name = name_of(cni);
+    let namespace = match cni.data.pointer("/spec/namespace") {
+        None | Some(Value::Null) => "istio-cni".to_owned(),
+        Some(Value::String(namespace)) => namespace.clone(),
+        Some(_) => {
+            return Err(SailError::WrongField {
+                name,
+                field: "namespace",
+                expected: "a string",
+            });
+        }
+    };
+    let mut namespace_object =
+        Rendered::typed::<Namespace>(Component::Cni, json!({"metadata": {"name": namespace}}));
+    namespace_object.ownership = Ownership::CreateIfMissing;
+    let labels = match json!({
+        crate::render::COMPONENT_LABEL: Component::Cni.label(),
+        OWNER_LABEL: name,
+    }) {
+        Value::Object(labels) => labels,
+        _ => Map::new(),
+    };
+    let config = crate::render::cni::config_map(&namespace, labels);
+    Ok(owned_by(vec![namespace_object, config], cni))
+}
+
+/// The status of an `IstioCNI` after a reconcile that `observed` this.
+pub fn istio_cni_status(
+    observed: &Observed,
+    generation: Option<i64>,
+    previous: &Value,
+    now: &str,
+) -> Value {
+    let (ok, reason, message, state) = match observed {
+        Observed::Failed(why) => (false, "ReconcileError", why.as_str(), "ReconcileError"),
+        _ => (
+            true,
+            "Healthy",
+            "the plugin's configuration is installed; pods of meshed namespaces are captured when their network is made",
+            "Healthy",
+        ),
+    };
     let mut status = json!({
         "conditions": [
-            condition("Reconciled", true, "Reconciled", message, previous, now),
-            condition("Ready", true, "Healthy", message, previous, now),
+            condition("Reconciled", ok, if ok { "Reconciled" } else { reason }, message, previous, now),
+            condition("Ready", ok, reason, message, previous, now),
         ],
-        "state": "Healthy",
+        "state": state,
     });
     if let Some(generation) = generation {
         status["observedGeneration"] = json!(generation);
@@ -372,7 +437,7 @@ mod tests {
             "version": "v1.24.1",
             "namespace": "istio-system",
             "values": {"global": {"meshID": "mesh1", "multiCluster": {"clusterName": "cluster1"}, "network": "network1"}},
-        })))
+        })), false)
         .unwrap();
         assert_eq!(east.owner, "default");
         assert_eq!(east.namespace, "istio-system");
@@ -382,15 +447,18 @@ mod tests {
         assert!(east.pilot.is_some());
 
         // 003_*, West: a remote whose control plane is reached through East's gateway.
-        let west = settings(&istio(json!({
-            "version": "v1.24.1",
-            "namespace": "istio-system",
-            "profile": "remote",
-            "values": {
-                "istiodRemote": {"injectionPath": "/inject/cluster/cluster2/net/network2"},
-                "global": {"remotePilotAddress": "172.18.255.1"},
-            },
-        })))
+        let west = settings(
+            &istio(json!({
+                "version": "v1.24.1",
+                "namespace": "istio-system",
+                "profile": "remote",
+                "values": {
+                    "istiodRemote": {"injectionPath": "/inject/cluster/cluster2/net/network2"},
+                    "global": {"remotePilotAddress": "172.18.255.1"},
+                },
+            })),
+            false,
+        )
         .unwrap();
         assert!(west.pilot.is_none());
         let remote = west.remote.expect("the remote profile");
@@ -401,12 +469,73 @@ mod tests {
         );
 
         // meshConfig is a Helm value in Sail and an operator key in istioctl.
-        let logged = settings(&istio(json!({
-            "values": {"meshConfig": {"accessLogFile": "/dev/stdout"}},
-        })))
+        let logged = settings(
+            &istio(json!({
+                "values": {"meshConfig": {"accessLogFile": "/dev/stdout"}},
+            })),
+            false,
+        )
         .unwrap();
         assert_eq!(logged.namespace, "istio-system");
         assert_eq!(logged.mesh_config["accessLogFile"], "/dev/stdout");
+    }
+
+    #[test]
+    fn with_an_istio_cni_pods_are_captured_by_the_plugin_unless_the_values_say_otherwise() {
+        let plain = settings(&istio(json!({})), false).unwrap();
+        assert!(!plain.cni_capture);
+        let with_cni = settings(&istio(json!({})), true).unwrap();
+        assert!(with_cni.cni_capture);
+        assert!(
+            !with_cni.cni_agent,
+            "the IstioCNI provides the plugin, not the Istio"
+        );
+        assert_eq!(with_cni.values["istio_cni"]["enabled"], true);
+        let refused = settings(
+            &istio(json!({"values": {"pilot": {"cni": {"enabled": false}}}})),
+            true,
+        )
+        .unwrap();
+        assert!(!refused.cni_capture);
+
+        let cni: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "sailoperator.io/v1",
+            "kind": "IstioCNI",
+            "metadata": {"name": "default", "uid": "c-1"},
+            "spec": {"version": "v1.24.1", "namespace": "istio-cni"},
+        }))
+        .unwrap();
+        let objects = istio_cni_objects(&cni).unwrap();
+        let described: Vec<String> = objects.iter().map(Rendered::describe).collect();
+        assert_eq!(
+            described,
+            [
+                "Namespace istio-cni",
+                "ConfigMap istio-cni/istio-cni-config"
+            ]
+        );
+        let owner = &objects[1]
+            .object
+            .metadata
+            .owner_references
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("IstioCNI", "c-1")
+        );
+        assert_eq!(
+            objects[1].object.metadata.labels.as_ref().unwrap()["k8s-app"],
+            "istio-cni-node"
+        );
+        let status = istio_cni_status(
+            &Observed::Ready,
+            Some(1),
+            &Value::Null,
+            "2026-12-07T10:00:00Z",
+        );
+        assert_eq!(status["state"], "Healthy");
+        assert_eq!(status["conditions"][1]["status"], "True");
     }
 
     #[test]
@@ -424,7 +553,9 @@ mod tests {
             ),
         ];
         for (spec, expected) in table {
-            let error = settings(&istio(spec.clone())).unwrap_err().to_string();
+            let error = settings(&istio(spec.clone()), false)
+                .unwrap_err()
+                .to_string();
             assert!(error.starts_with("Istio default: "), "{spec}: {error}");
             assert!(error.contains(expected), "{spec}: {error}");
         }
@@ -433,7 +564,7 @@ mod tests {
     #[test]
     fn owned_objects_name_the_istio_and_the_namespace_stays_unowned() {
         let istio = istio(json!({}));
-        let objects = owned_by(crate::render(&settings(&istio).unwrap()), &istio);
+        let objects = owned_by(crate::render(&settings(&istio, false).unwrap()), &istio);
         for rendered in &objects {
             let owners = rendered.object.metadata.owner_references.as_ref();
             if rendered.kind() == "Namespace" {

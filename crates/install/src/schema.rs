@@ -199,6 +199,7 @@ const KNOWN: &[(&str, Kind)] = &[
     ("values.telemetry.v2.enabled", Kind::Unused(NOT_USED)),
     ("values.cni.enabled", Kind::Flag),
     ("values.istio_cni.enabled", Kind::Flag),
+    ("values.pilot.cni.enabled", Kind::Flag),
     ("components.base.enabled", Kind::Flag),
     ("components.pilot.enabled", Kind::Flag),
     ("components.pilot.k8s.env", Kind::Free),

@@ -107,6 +107,12 @@ pub struct Settings {
     pub gateways: Vec<Gateway>,
     pub proxy: ProxyValues,
     pub self_signed: bool,
+    /// Pods are captured by the CNI plugin, not an init container (`values.istio_cni.enabled`,
+    /// `values.pilot.cni.enabled`, or `components.cni.enabled`).
+    pub cni_capture: bool,
+    /// This install provides the CNI plugin's configuration (`components.cni.enabled`), as
+    /// istioctl installs the node agent.
+    pub cni_agent: bool,
     /// The merged `meshConfig`, written to the `istio` ConfigMap.
     pub mesh_config: Map<String, Value>,
     /// The merged `values`, written to the `istio-sidecar-injector` ConfigMap as Istio does.
@@ -325,6 +331,15 @@ fn read(
             .text("meshConfig.defaultConfig.terminationDrainDuration")
             .unwrap_or_else(|| "5s".into()),
     };
+    let cni_agent = tree.flag("components.cni.enabled").unwrap_or(false);
+    let cni_capture = cni_agent
+        || tree.flag("values.istio_cni.enabled").unwrap_or(false)
+        || tree.flag("values.pilot.cni.enabled").unwrap_or(false);
+    let mut values = tree.map("values");
+    if cni_capture {
+        // The injector reads it from its values, as Istio's does.
+        values.insert("istio_cni".into(), serde_json::json!({"enabled": true}));
+    }
     Ok(Settings {
         owner: name.unwrap_or_else(|| "unknown".into()),
         profile,
@@ -338,8 +353,10 @@ fn read(
         gateways,
         proxy,
         self_signed: tree.flag("values.security.selfSigned").unwrap_or(true),
+        cni_capture,
+        cni_agent,
         mesh_config: tree.map("meshConfig"),
-        values: tree.map("values"),
+        values,
         ignored,
         skipped,
     })

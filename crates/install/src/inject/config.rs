@@ -42,6 +42,9 @@ pub struct InjectionConfig {
     pub always_inject: Vec<LabelSelector>,
     pub injected_annotations: BTreeMap<String, String>,
     pub default_templates: Vec<String>,
+    /// The CNI plugin captures traffic (`istio_cni.enabled` or `pilot.cni.enabled`): no init
+    /// container, annotations for the plugin instead.
+    pub cni: bool,
 }
 
 /// `values.global.proxy` and friends.
@@ -190,6 +193,9 @@ impl InjectionConfig {
             always_inject: selectors("alwaysInjectSelector")?,
             injected_annotations,
             default_templates,
+            cni: flag(pointer(&values, "/istio_cni/enabled"))
+                .or_else(|| flag(pointer(&values, "/pilot/cni/enabled")))
+                .unwrap_or(false),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Istio's two injection templates, built in: `sidecar` (an init container that captures the pod's
-//! traffic and the `istio-proxy` container beside the app) and `gateway` (the pod's own
+//! traffic, or with the CNI plugin the annotations it captures by, and the `istio-proxy` container
+//! beside the app) and `gateway` (the pod's own
 //! `istio-proxy` container, `image: auto`, becomes the router).
 
 use super::config::InjectionConfig;
@@ -155,12 +156,19 @@ fn traffic_annotation(pod: &Pod, key: &str, default: &str) -> String {
         .to_owned()
 }
 
-/// istio-iptables' arguments, as `causeway proxy init` takes them.
-fn init_args(
-    pod: &Pod,
-    config: &InjectionConfig,
-    capture_dns: bool,
-) -> Result<Vec<String>, InjectError> {
+/// What capture a pod gets, from its `traffic.sidecar.istio.io/*` annotations over the mesh's
+/// defaults: the same for the init container's arguments and for the annotations the CNI
+/// plugin reads.
+struct Capture {
+    include_inbound_ports: String,
+    /// The proxy's own ports first, then the pod's.
+    exclude_inbound_ports: String,
+    exclude_outbound_ports: String,
+    exclude_outbound_ranges: String,
+    dns: bool,
+}
+
+fn capture(pod: &Pod, config: &InjectionConfig, dns: bool) -> Result<Capture, InjectError> {
     let include_ranges = traffic_annotation(
         pod,
         "includeOutboundIPRanges",
@@ -174,49 +182,92 @@ fn init_args(
             ),
         });
     }
-    let mut args: Vec<String> = ["proxy", "init", "-p", "15001", "-z", "15006"]
-        .iter()
-        .map(|word| (*word).to_owned())
-        .collect();
-    args.push("-b".into());
-    args.push(traffic_annotation(
-        pod,
-        "includeInboundPorts",
-        &config.proxy.include_inbound_ports,
-    ));
     let excluded_inbound = traffic_annotation(
         pod,
         "excludeInboundPorts",
         &config.proxy.exclude_inbound_ports,
     );
-    args.push("-d".into());
-    args.push(if excluded_inbound.is_empty() {
-        PROXY_PORTS.to_owned()
-    } else {
-        format!("{PROXY_PORTS},{excluded_inbound}")
-    });
-    let excluded_outbound = traffic_annotation(
-        pod,
-        "excludeOutboundPorts",
-        &config.proxy.exclude_outbound_ports,
-    );
-    if !excluded_outbound.is_empty() {
-        args.push("-o".into());
-        args.push(excluded_outbound);
+    Ok(Capture {
+        include_inbound_ports: traffic_annotation(
+            pod,
+            "includeInboundPorts",
+            &config.proxy.include_inbound_ports,
+        ),
+        exclude_inbound_ports: if excluded_inbound.is_empty() {
+            PROXY_PORTS.to_owned()
+        } else {
+            format!("{PROXY_PORTS},{excluded_inbound}")
+        },
+        exclude_outbound_ports: traffic_annotation(
+            pod,
+            "excludeOutboundPorts",
+            &config.proxy.exclude_outbound_ports,
+        ),
+        exclude_outbound_ranges: traffic_annotation(
+            pod,
+            "excludeOutboundIPRanges",
+            &config.proxy.exclude_ip_ranges,
+        ),
+        dns,
+    })
+}
+
+impl Capture {
+    /// istio-iptables' arguments, as `causeway proxy init` takes them.
+    fn init_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["proxy", "init", "-p", "15001", "-z", "15006"]
+            .iter()
+            .map(|word| (*word).to_owned())
+            .collect();
+        args.extend([
+            "-b".into(),
+            self.include_inbound_ports.clone(),
+            "-d".into(),
+            self.exclude_inbound_ports.clone(),
+        ]);
+        if !self.exclude_outbound_ports.is_empty() {
+            args.extend(["-o".into(), self.exclude_outbound_ports.clone()]);
+        }
+        if !self.exclude_outbound_ranges.is_empty() {
+            args.extend(["-x".into(), self.exclude_outbound_ranges.clone()]);
+        }
+        if self.dns {
+            args.push("--capture-dns".into());
+        }
+        args
     }
-    let excluded_ranges = traffic_annotation(
-        pod,
-        "excludeOutboundIPRanges",
-        &config.proxy.exclude_ip_ranges,
-    );
-    if !excluded_ranges.is_empty() {
-        args.push("-x".into());
-        args.push(excluded_ranges);
+
+    /// The annotations Istio's injector writes for its CNI plugin, which sets the same capture up
+    /// when the pod's network is made (and reads DNS capture from the proxy's environment).
+    fn cni_annotations(&self) -> BTreeMap<String, String> {
+        let traffic = |key: &str| format!("traffic.sidecar.istio.io/{key}");
+        let mut annotations = BTreeMap::from([
+            (
+                "sidecar.istio.io/interceptionMode".to_owned(),
+                "REDIRECT".to_owned(),
+            ),
+            (
+                traffic("includeInboundPorts"),
+                self.include_inbound_ports.clone(),
+            ),
+            (
+                traffic("excludeInboundPorts"),
+                self.exclude_inbound_ports.clone(),
+            ),
+            (traffic("includeOutboundIPRanges"), "*".to_owned()),
+            (
+                traffic("excludeOutboundIPRanges"),
+                self.exclude_outbound_ranges.clone(),
+            ),
+        ]);
+        if !self.exclude_outbound_ports.is_empty() {
+            annotations.insert(
+                traffic("excludeOutboundPorts"),
+                self.exclude_outbound_ports.clone(),
+            );
+        }
+        annotations
     }
-    if capture_dns {
-        args.push("--capture-dns".into());
-    }
-    Ok(args)
 }
 
 fn truthy(value: Option<&Value>) -> Option<bool> {
@@ -284,22 +335,37 @@ pub fn sidecar(
     } else {
         spec.containers.push(proxy);
     }
-    let init: Container = typed(json!({
-        "name": INIT_CONTAINER,
-        "image": config.image,
-        "args": init_args(pod, config, capture_dns)?,
-        "securityContext": {"allowPrivilegeEscalation": false, "runAsUser": 0, "runAsNonRoot": false, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
-        "resources": {"requests": {"cpu": "10m", "memory": "10Mi"}},
-    }));
-    let spec = pod.spec.as_mut().expect("made above");
-    spec.init_containers
-        .get_or_insert_with(Vec::new)
-        .insert(0, init);
-    spec.volumes
+    let capture = capture(pod, config, capture_dns)?;
+    let mut init_containers = Vec::new();
+    if config.cni {
+        pod.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .extend(capture.cni_annotations());
+    } else {
+        let init: Container = typed(json!({
+            "name": INIT_CONTAINER,
+            "image": config.image,
+            "args": capture.init_args(),
+            "securityContext": {"allowPrivilegeEscalation": false, "runAsUser": 0, "runAsNonRoot": false, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
+            "resources": {"requests": {"cpu": "10m", "memory": "10Mi"}},
+        }));
+        pod.spec
+            .as_mut()
+            .expect("made above")
+            .init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, init);
+        init_containers.push(INIT_CONTAINER.into());
+    }
+    pod.spec
+        .as_mut()
+        .expect("made above")
+        .volumes
         .get_or_insert_with(Vec::new)
         .extend(proxy_volumes());
     Ok(Injected {
-        init_containers: vec![INIT_CONTAINER.into()],
+        init_containers,
         containers: vec![PROXY_CONTAINER.into()],
         default_container: app_containers.first().cloned(),
     })

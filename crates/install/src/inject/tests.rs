@@ -403,3 +403,49 @@ fn the_gateway_template_turns_istio_proxy_into_the_router() {
             .contains_key("security.istio.io/tlsMode")
     );
 }
+
+#[test]
+fn with_the_cni_plugin_a_pod_gets_annotations_instead_of_an_init_container() {
+    for set in [
+        "values.istio_cni.enabled=true",
+        "values.pilot.cni.enabled=true",
+        "components.cni.enabled=true",
+    ] {
+        let config = config_for(&[set]);
+        assert!(config.cni, "{set}");
+        let mut pod = pod_of("sleep.yaml", "sleep");
+        pod.metadata.annotations = Some(
+            [(
+                "traffic.sidecar.istio.io/excludeOutboundPorts".to_owned(),
+                "5432".to_owned(),
+            )]
+            .into(),
+        );
+        let result = injected(inject(&pod, "sample", &config, &Target::default()).unwrap());
+        let spec = result.spec.as_ref().unwrap();
+        assert!(
+            spec.init_containers.as_ref().is_none_or(Vec::is_empty),
+            "{set}: {:?}",
+            spec.init_containers
+        );
+        let annotations = result.metadata.annotations.as_ref().unwrap();
+        for (key, value) in [
+            ("sidecar.istio.io/interceptionMode", "REDIRECT"),
+            ("traffic.sidecar.istio.io/includeInboundPorts", "*"),
+            (
+                "traffic.sidecar.istio.io/excludeInboundPorts",
+                "15090,15021,15020",
+            ),
+            ("traffic.sidecar.istio.io/includeOutboundIPRanges", "*"),
+            ("traffic.sidecar.istio.io/excludeOutboundPorts", "5432"),
+        ] {
+            assert_eq!(
+                annotations.get(key).map(String::as_str),
+                Some(value),
+                "{set}: {key}"
+            );
+        }
+        let status: Value = serde_json::from_str(&annotations["sidecar.istio.io/status"]).unwrap();
+        assert_eq!(status["initContainers"], serde_json::json!([]), "{set}");
+    }
+}

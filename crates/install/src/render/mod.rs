@@ -3,6 +3,7 @@
 //! uninstall finds exactly what install made.
 
 mod base;
+pub mod cni;
 mod gateways;
 mod istiod;
 mod remote;
@@ -25,6 +26,8 @@ pub enum Component {
     Pilot,
     IstiodRemote,
     IngressGateways,
+    /// The CNI plugin's configuration (`components.cni.enabled`, or an `IstioCNI`).
+    Cni,
     /// `causeway install-operator`: the Sail operator's CRDs and Deployment.
     Operator,
 }
@@ -36,6 +39,7 @@ impl Component {
             Component::Pilot => "Pilot",
             Component::IstiodRemote => "IstiodRemote",
             Component::IngressGateways => "IngressGateways",
+            Component::Cni => "Cni",
             Component::Operator => "Operator",
         }
     }
@@ -47,6 +51,7 @@ impl Component {
             Component::Pilot => "Istiod installed",
             Component::IstiodRemote => "Istiod remote installed",
             Component::IngressGateways => "Ingress gateways installed",
+            Component::Cni => "CNI installed",
             Component::Operator => "Sail operator installed",
         }
     }
@@ -188,6 +193,12 @@ pub fn render(settings: &Settings) -> Vec<Rendered> {
     }
     if let Some(remote) = &settings.remote {
         objects.extend(remote::render(settings, remote));
+    }
+    if settings.cni_agent {
+        objects.push(cni::config_map(
+            &settings.namespace,
+            install_labels(settings, Component::Cni),
+        ));
     }
     objects.extend(gateways::render(settings));
     objects

@@ -353,3 +353,35 @@ fn a_revision_renames_discovery_and_keeps_only_revision_webhooks() {
     );
     find(&rendered, "ConfigMap", "istio-canary");
 }
+
+#[test]
+fn components_cni_installs_the_plugins_configuration_and_turns_the_injector_to_it() {
+    let rendered = objects(
+        &["topologies/multi-primary/cluster01.yaml"],
+        &["components.cni.enabled=true"],
+    );
+    let config = find(&rendered, "ConfigMap", "istio-cni-config");
+    assert_eq!(config["metadata"]["namespace"], "istio-system");
+    assert_eq!(config["metadata"]["labels"]["k8s-app"], "istio-cni-node");
+    assert_eq!(
+        config["metadata"]["labels"]["operator.istio.io/component"],
+        "Cni"
+    );
+    let network: Value =
+        serde_json::from_str(config["data"]["cni_network_config"].as_str().unwrap()).unwrap();
+    assert_eq!(network["type"], "istio-cni");
+    let injector = find(&rendered, "ConfigMap", "istio-sidecar-injector");
+    let values: Value = serde_json::from_str(injector["data"]["values"].as_str().unwrap()).unwrap();
+    assert_eq!(values["istio_cni"]["enabled"], true);
+
+    // Capture by the plugin, installed by someone else: no configuration of ours.
+    let rendered = objects(
+        &["topologies/multi-primary/cluster01.yaml"],
+        &["values.istio_cni.enabled=true"],
+    );
+    assert!(
+        rendered
+            .iter()
+            .all(|object| object.name() != "istio-cni-config")
+    );
+}

@@ -2,6 +2,7 @@
 //! namespace with processes inside, see [`pod`]), reports what happens to them, and answers
 //! `kubectl exec` and `kubectl logs` for the API server.
 
+mod cni;
 pub mod container;
 mod context;
 pub mod env;

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::cni;
 use super::container::{self, ExecContext, NewContainer};
 use super::context::{Context, LogInfo, NamespaceData};
 use super::env::{self, PodPlacement};
@@ -456,6 +457,17 @@ impl Worker {
                 return false;
             }
         };
+        if let Err(error) = self.cni_capture(&sandbox).await {
+            let netns = sandbox.netns.clone();
+            let _ = tokio::task::spawn_blocking(move || netns.delete()).await;
+            self.context.release_address(address);
+            self.event(
+                EventType::Warning,
+                "FailedCreatePodSandBox",
+                &format!("Failed to create pod sandbox: plugin type=\"istio-cni\": {error}"),
+            );
+            return false;
+        }
         let dns = DnsConfig {
             nameserver: self.context.config.dns,
             namespace: self.namespace.clone(),
@@ -476,6 +488,37 @@ impl Worker {
         }
         self.sandbox = Some(sandbox);
         true
+    }
+
+    /// Istio's CNI plugin, when installed: the pod's capture, set up in its new network.
+    async fn cni_capture(&self, sandbox: &Sandbox) -> Result<(), String> {
+        let Some(plugin) = cni::installed(&self.context.state) else {
+            return Ok(());
+        };
+        let Some(args) = cni::capture_args(&self.pod, &plugin)? else {
+            return Ok(());
+        };
+        let netns = sandbox.netns.clone();
+        let causeway = self.context.config.causeway.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            netns
+                .command(&causeway.to_string_lossy())
+                .args(&args)
+                .output()
+        })
+        .await
+        .map_err(|error| format!("the capture task failed: {error}"))?
+        .map_err(|error| format!("cannot run causeway proxy init: {error}"))?;
+        if output.status.success() {
+            tracing::debug!(pod = %self.name, "captured by the CNI plugin");
+            Ok(())
+        } else {
+            Err(format!(
+                "causeway proxy init failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
     }
 
     async fn tear_down_sandbox(&mut self) {
