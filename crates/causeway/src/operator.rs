@@ -65,7 +65,7 @@ fn requeue_after(observed: &Observed) -> Duration {
     }
 }
 
-struct Context_ {
+struct OperatorContext {
     client: kube::Client,
     /// What each `Istio` (by uid) was applied at (its generation, and whether an `IstioCNI`
     /// was there): unchanged ones are only watched for readiness, not written again.
@@ -110,7 +110,7 @@ async fn cni_installed(client: &kube::Client) -> Result<bool, kube::Error> {
         .any(|cni| cni.metadata.deletion_timestamp.is_none()))
 }
 
-async fn observe(istio: &DynamicObject, context: &Context_) -> Observed {
+async fn observe(istio: &DynamicObject, context: &OperatorContext) -> Observed {
     let cni = match cni_installed(&context.client).await {
         Ok(cni) => cni,
         Err(error) => return Observed::Failed(format!("cannot list IstioCNI resources: {error}")),
@@ -128,7 +128,7 @@ async fn observe(istio: &DynamicObject, context: &Context_) -> Observed {
         .ok()
         .and_then(|applied| applied.get(&uid).copied());
     if applied != Some(generation) {
-        for ignored in settings.ignored.iter().chain([]) {
+        for ignored in &settings.ignored {
             tracing::warn!(istio = %settings.owner, "{ignored}");
         }
         for skipped in &settings.skipped {
@@ -153,7 +153,7 @@ async fn observe(istio: &DynamicObject, context: &Context_) -> Observed {
 
 async fn reconcile_istio(
     istio: Arc<DynamicObject>,
-    context: Arc<Context_>,
+    context: Arc<OperatorContext>,
 ) -> Result<Action, OperatorError> {
     if istio.metadata.deletion_timestamp.is_some() {
         // Its objects name it as their owner: the garbage collector removes them.
@@ -178,15 +178,15 @@ async fn reconcile_istio(
     Ok(Action::requeue(requeue_after(&observed)))
 }
 
-/// Whether a status differs in anything but time (a write per second while waiting would wake
-/// every watcher for nothing).
+/// Whether a status is worth writing. Transition times are carried over while a condition holds,
+/// so an unchanged status compares equal: no write per requeue to wake every watcher for nothing.
 fn status_changed(previous: &Value, next: &Value) -> bool {
     previous != next
 }
 
 async fn reconcile_cni(
     cni: Arc<DynamicObject>,
-    context: Arc<Context_>,
+    context: Arc<OperatorContext>,
 ) -> Result<Action, OperatorError> {
     if cni.metadata.deletion_timestamp.is_some() {
         // Its configuration names it as its owner: the garbage collector removes it.
@@ -216,7 +216,11 @@ async fn reconcile_cni(
     Ok(Action::requeue(requeue_after(&observed)))
 }
 
-fn on_error(_object: Arc<DynamicObject>, error: &OperatorError, _context: Arc<Context_>) -> Action {
+fn on_error(
+    _object: Arc<DynamicObject>,
+    error: &OperatorError,
+    _context: Arc<OperatorContext>,
+) -> Action {
     tracing::warn!(%error, "reconcile failed; trying again in 5 s");
     Action::requeue(Duration::from_secs(5))
 }
@@ -266,7 +270,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .await?;
         tracing::info!(context = %cluster.context, server = %cluster.server, "operator started");
         let client = cluster.client;
-        let context = Arc::new(Context_ {
+        let context = Arc::new(OperatorContext {
             client: client.clone(),
             applied: Mutex::default(),
         });

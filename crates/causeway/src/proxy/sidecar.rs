@@ -505,12 +505,7 @@ mod tests {
                 false,
             ),
             (
-                &[
-                    "--exit-on-zero-active-connections",
-                    "true",
-                    "--proxy-config",
-                    "{}",
-                ],
+                &["--exit-on-zero-active-connections", "--proxy-config", "{}"],
                 s(5),
                 true,
             ),
