@@ -12,6 +12,7 @@ use clap::Args;
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -275,14 +276,29 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             applied: Mutex::default(),
         });
         let istio = sail::istio_resource();
-        let istios = Controller::new_with(
+        let controller = Controller::new_with(
             Api::<DynamicObject>::all_with(client.clone(), &istio),
             watcher::Config::default(),
-            istio,
-        )
-        .shutdown_on_signal()
-        .run(reconcile_istio, on_error, context.clone())
-        .for_each(|_| async {});
+            istio.clone(),
+        );
+        // An IstioCNI coming or going changes how every Istio's pods are captured.
+        let known_istios = controller.store();
+        let istios = controller
+            .watches_with(
+                Api::<DynamicObject>::all_with(client.clone(), &sail::istio_cni_resource()),
+                sail::istio_cni_resource(),
+                watcher::Config::default(),
+                move |_cni| {
+                    known_istios
+                        .state()
+                        .iter()
+                        .map(|known| ObjectRef::from_obj_with(known.as_ref(), istio.clone()))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .shutdown_on_signal()
+            .run(reconcile_istio, on_error, context.clone())
+            .for_each(|_| async {});
         let cni = sail::istio_cni_resource();
         let cnis = Controller::new_with(
             Api::<DynamicObject>::all_with(client.clone(), &cni),

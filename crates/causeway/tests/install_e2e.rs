@@ -815,6 +815,73 @@ fn the_sail_operator_reconciles_the_seeds_istio_resource_into_a_working_mesh() {
         "the sidecar counted the request: {stats}"
     );
 
+    // Without the IstioCNI, the Istio is applied again and new pods bring their own capture.
+    lab.ok(C1, &["delete", "istiocni", "default"]);
+    eventually("the injector to leave the CNI plugin", WAIT, || {
+        let values = lab.ok(
+            C1,
+            &[
+                "get",
+                "configmap",
+                "istio-sidecar-injector",
+                "-n",
+                "istio-system",
+                "-o",
+                "jsonpath={.data.values}",
+            ],
+        );
+        if values.contains("istio_cni") {
+            Err(values)
+        } else {
+            Ok(())
+        }
+    });
+    lab.ok(C1, &["rollout", "restart", "deploy/sleep", "-n", "sample"]);
+    lab.ok(
+        C1,
+        &[
+            "rollout",
+            "status",
+            "deploy/sleep",
+            "-n",
+            "sample",
+            "--timeout=60s",
+        ],
+    );
+    // The old pod drains for a while; the restarted one is the only one left after.
+    let restarted = eventually("the old sleep pod to go", WAIT, || {
+        let names = lab.ok(
+            C1,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "sample",
+                "-l",
+                "app=sleep",
+                "-o",
+                "name",
+            ],
+        );
+        match names.lines().collect::<Vec<_>>().as_slice() {
+            [only] => Ok(only.trim_start_matches("pod/").to_owned()),
+            _ => Err(names),
+        }
+    });
+    let init = lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "sample",
+            &restarted,
+            "-o",
+            "jsonpath={.spec.initContainers[*].name}",
+        ],
+    );
+    assert_eq!(init, "istio-init");
+
     // A wrong resource is reported in its status, by field.
     lab.apply(
         C1,
@@ -858,7 +925,7 @@ fn the_sail_operator_reconciles_the_seeds_istio_resource_into_a_working_mesh() {
     });
     lab.ok(C1, &["get", "namespace", "istio-system"]);
     assert_eq!(
-        ready_containers(&lab, "sample", &sleep),
+        ready_containers(&lab, "sample", &restarted),
         "istio-proxy=true sleep=true "
     );
 }
