@@ -17,6 +17,7 @@ mod install;
 mod kube_inject;
 mod lab;
 mod lab_exec;
+mod logging;
 mod mesh_status;
 mod operator;
 mod proxy;

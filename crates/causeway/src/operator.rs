@@ -250,14 +250,7 @@ async fn open_health_port(client: kube::Client, address: SocketAddr) -> anyhow::
 }
 
 pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::logging::init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -383,15 +383,7 @@ fn router_settings(args: &RouterArgs) -> anyhow::Result<ProxySettings> {
 
 fn serve(settings: ProxySettings, workers: usize, drain: DrainPolicy) -> anyhow::Result<()> {
     causeway_proxy::resident::no_fault_around();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // A container's log is a file: colour codes only for a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::logging::init();
     let runtime = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
