@@ -4,11 +4,9 @@
 
 use crate::cluster_client::{TargetArgs, connect};
 use anyhow::{Context, bail};
-use causeway_install::inject::InjectionConfig;
+use causeway_install::inject::{ConfigError, InjectionConfig};
 use causeway_install::kube_inject::kube_inject;
 use clap::Args;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -50,20 +48,19 @@ fn read(path: &PathBuf) -> anyhow::Result<(String, String)> {
 
 async fn config_from_cluster(args: &KubeInjectArgs) -> anyhow::Result<InjectionConfig> {
     let client = connect(&args.target).await?;
-    let maps = Api::<ConfigMap>::namespaced(client, &args.istio_namespace);
-    let get = |name: String| {
-        let maps = maps.clone();
-        let namespace = args.istio_namespace.clone();
-        async move {
-            maps.get_opt(&name)
-                .await
-                .with_context(|| format!("cannot read ConfigMap {namespace}/{name}"))?
-                .with_context(|| format!("ConfigMap {namespace}/{name} does not exist; install the mesh first (`causeway install`), or pass --valuesFile and --injectConfigFile"))
-        }
-    };
-    let injector = get(args.inject_config_map.clone()).await?;
-    let mesh = get(args.mesh_config_map.clone()).await?;
-    Ok(InjectionConfig::from_config_maps(&injector, &mesh)?)
+    let config = InjectionConfig::from_cluster(
+        &client,
+        &args.istio_namespace,
+        &args.inject_config_map,
+        &args.mesh_config_map,
+    )
+    .await;
+    match config {
+        Err(missing @ ConfigError::Missing { .. }) => Err(anyhow::anyhow!(
+            "{missing}, or pass --valuesFile and --injectConfigFile"
+        )),
+        other => Ok(other?),
+    }
 }
 
 fn config_from_files(args: &KubeInjectArgs) -> anyhow::Result<Option<InjectionConfig>> {

@@ -55,20 +55,14 @@ async fn load(
     client: &kube::Client,
     settings: &WebhookSettings,
 ) -> Result<InjectionConfig, String> {
-    let maps = Api::<ConfigMap>::namespaced(client.clone(), &settings.namespace);
-    let get = |name: String| {
-        let maps = maps.clone();
-        let namespace = settings.namespace.clone();
-        async move {
-            maps.get_opt(&name)
-                .await
-                .map_err(|error| format!("cannot read ConfigMap {namespace}/{name}: {error}"))?
-                .ok_or_else(|| format!("ConfigMap {namespace}/{name} does not exist; install writes it (`causeway install`)"))
-        }
-    };
-    let injector = get(revisioned("istio-sidecar-injector", &settings.revision)).await?;
-    let mesh = get(revisioned("istio", &settings.revision)).await?;
-    InjectionConfig::from_config_maps(&injector, &mesh).map_err(|error| error.to_string())
+    InjectionConfig::from_cluster(
+        client,
+        &settings.namespace,
+        &revisioned("istio-sidecar-injector", &settings.revision),
+        &revisioned("istio", &settings.revision),
+    )
+    .await
+    .map_err(|error| error.to_string())
 }
 
 /// A signal for every change of the ConfigMaps in `namespace` (the injector's and the mesh

@@ -10,6 +10,15 @@ use std::collections::BTreeMap;
 pub enum ConfigError {
     #[error("{origin}: {reason}")]
     Malformed { origin: String, reason: String },
+    #[error("cannot read ConfigMap {namespace}/{name}: {source}")]
+    Read {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("ConfigMap {namespace}/{name} does not exist; install writes it (`causeway install`)")]
+    Missing { namespace: String, name: String },
 }
 
 fn malformed(origin: &str, reason: impl std::fmt::Display) -> ConfigError {
@@ -201,6 +210,40 @@ impl InjectionConfig {
 }
 
 impl InjectionConfig {
+    /// From the injector ConfigMap `injector` and the mesh ConfigMap `mesh` in `namespace`, as
+    /// istiod and `istioctl kube-inject --injectConfigMapName --meshConfigMapName` read them.
+    pub async fn from_cluster(
+        client: &kube::Client,
+        namespace: &str,
+        injector: &str,
+        mesh: &str,
+    ) -> Result<InjectionConfig, ConfigError> {
+        let maps = kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+            client.clone(),
+            namespace,
+        );
+        let get = |name: &str| {
+            let maps = maps.clone();
+            let name = name.to_owned();
+            async move {
+                maps.get_opt(&name)
+                    .await
+                    .map_err(|source| ConfigError::Read {
+                        namespace: namespace.to_owned(),
+                        name: name.clone(),
+                        source: Box::new(source),
+                    })?
+                    .ok_or_else(|| ConfigError::Missing {
+                        namespace: namespace.to_owned(),
+                        name,
+                    })
+            }
+        };
+        let injector = get(injector).await?;
+        let mesh = get(mesh).await?;
+        InjectionConfig::from_config_maps(&injector, &mesh)
+    }
+
     /// From the injector ConfigMap (`values`, `config`) and the mesh ConfigMap (`mesh`).
     pub fn from_config_maps(
         injector: &k8s_openapi::api::core::v1::ConfigMap,
