@@ -6,11 +6,12 @@
 
 use crate::cluster_client::{TargetArgs, WhenUnset, client_for, connect};
 use anyhow::Context;
-use causeway_install::cluster;
+use causeway_install::Rendered;
+use causeway_install::cluster::{self, ClusterError};
 use causeway_install::sail::{self, Observed};
 use clap::Args;
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -50,7 +51,7 @@ pub struct InstallOperatorArgs {
 enum OperatorError {
     #[error("cannot write the status of {kind} {name}: {source}")]
     Status {
-        kind: &'static str,
+        kind: String,
         name: String,
         #[source]
         source: kube::Error,
@@ -80,24 +81,41 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
+/// Writes `status` on the `resource` object `name` unless it equals `previous`. Transition times
+/// are carried over while a condition holds, so an unchanged status compares equal: no write per
+/// requeue to wake every watcher for nothing.
 async fn write_status(
-    api: &Api<DynamicObject>,
-    kind: &'static str,
+    client: &kube::Client,
+    resource: &ApiResource,
     name: &str,
+    previous: &Value,
     status: Value,
 ) -> Result<(), OperatorError> {
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| OperatorError::Status {
-        kind,
-        name: name.to_owned(),
-        source,
-    })
+    if *previous == status {
+        return Ok(());
+    }
+    tracing::info!(kind = %resource.kind, %name, state = %status["state"], "status");
+    Api::<DynamicObject>::all_with(client.clone(), resource)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|source| OperatorError::Status {
+            kind: resource.kind.clone(),
+            name: name.to_owned(),
+            source,
+        })
+}
+
+/// Applies `objects` in order, stopping at the first that fails.
+async fn apply_all(client: &kube::Client, objects: &[Rendered]) -> Result<(), ClusterError> {
+    for object in objects {
+        cluster::apply_one(client, object).await?;
+    }
+    Ok(())
 }
 
 /// Whether the cluster has an `IstioCNI` (then the `Istio`'s pods are captured by the plugin).
@@ -135,10 +153,8 @@ async fn observe(istio: &DynamicObject, context: &OperatorContext) -> Observed {
         for skipped in &settings.skipped {
             tracing::warn!(istio = %settings.owner, "{skipped}");
         }
-        for object in &objects {
-            if let Err(error) = cluster::apply_one(&context.client, object).await {
-                return Observed::Failed(error.to_string());
-            }
+        if let Err(error) = apply_all(&context.client, &objects).await {
+            return Observed::Failed(error.to_string());
         }
         tracing::info!(istio = %settings.owner, generation = generation.0, cni, objects = objects.len(), "applied");
         if let Ok(mut applied) = context.applied.lock() {
@@ -171,18 +187,9 @@ async fn reconcile_istio(
         &previous,
         &now(),
     );
-    if status_changed(&previous, &status) {
-        tracing::info!(istio = %name, state = %status["state"], "status");
-        let api = Api::<DynamicObject>::all_with(context.client.clone(), &sail::istio_resource());
-        write_status(&api, "Istio", &name, status).await?;
-    }
+    let resource = sail::istio_resource();
+    write_status(&context.client, &resource, &name, &previous, status).await?;
     Ok(Action::requeue(requeue_after(&observed)))
-}
-
-/// Whether a status is worth writing. Transition times are carried over while a condition holds,
-/// so an unchanged status compares equal: no write per requeue to wake every watcher for nothing.
-fn status_changed(previous: &Value, next: &Value) -> bool {
-    previous != next
 }
 
 async fn reconcile_cni(
@@ -194,26 +201,20 @@ async fn reconcile_cni(
         return Ok(Action::await_change());
     }
     let name = cni.metadata.name.clone().unwrap_or_default();
-    let observed = match sail::istio_cni_objects(&cni) {
-        Err(error) => Observed::Failed(error.to_string()),
-        Ok(objects) => {
-            let mut observed = Observed::Ready;
-            for object in &objects {
-                if let Err(error) = cluster::apply_one(&context.client, object).await {
-                    observed = Observed::Failed(error.to_string());
-                    break;
-                }
-            }
-            observed
-        }
+    let applied = match sail::istio_cni_objects(&cni) {
+        Err(error) => Err(error.to_string()),
+        Ok(objects) => apply_all(&context.client, &objects)
+            .await
+            .map_err(|error| error.to_string()),
+    };
+    let observed = match applied {
+        Ok(()) => Observed::Ready,
+        Err(why) => Observed::Failed(why),
     };
     let previous = cni.data.get("status").cloned().unwrap_or(Value::Null);
     let status = sail::istio_cni_status(&observed, cni.metadata.generation, &previous, &now());
-    if status_changed(&previous, &status) {
-        let api =
-            Api::<DynamicObject>::all_with(context.client.clone(), &sail::istio_cni_resource());
-        write_status(&api, "IstioCNI", &name, status).await?;
-    }
+    let resource = sail::istio_cni_resource();
+    write_status(&context.client, &resource, &name, &previous, status).await?;
     Ok(Action::requeue(requeue_after(&observed)))
 }
 
@@ -319,9 +320,7 @@ pub fn install_operator(args: InstallOperatorArgs) -> anyhow::Result<()> {
         let client = connect(&args.target).await?;
         let started = Instant::now();
         let objects = sail::operator_objects(&args.image);
-        for object in &objects {
-            cluster::apply_one(&client, object).await?;
-        }
+        apply_all(&client, &objects).await?;
         cluster::wait_for_deployments(&client, &objects, args.readiness_timeout).await?;
         println!(
             "✔ Sail operator installed ({:.1} s): apply an Istio resource (sailoperator.io/v1), then `kubectl wait --for condition=Ready istio/<name>`",
