@@ -6,8 +6,8 @@ mod common;
 
 use causeway_discovery::root_cert_configmaps::{CONFIG_MAP_NAME, DATA_KEY};
 use causeway_lab::testing::{eventually, fixtures};
-use common::{WAIT, two_cluster_mesh};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use common::{WAIT, name_control_planes, two_cluster_mesh};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -45,20 +45,6 @@ async fn namespaces_holding_it(client: &kube::Client) -> Vec<String> {
         .collect();
     namespaces.sort();
     namespaces
-}
-
-/// `kubectl annotate namespace istio-system topology.istio.io/controlPlaneClusters=<clusters>`.
-async fn name_control_planes(client: &kube::Client, clusters: &str) {
-    let annotation =
-        json!({"metadata": {"annotations": {"topology.istio.io/controlPlaneClusters": clusters}}});
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            "istio-system",
-            &PatchParams::default(),
-            &Patch::Merge(&annotation),
-        )
-        .await
-        .unwrap();
 }
 
 #[tokio::test]

@@ -6,11 +6,10 @@
 mod common;
 
 use causeway_lab::testing::eventually;
-use common::{WAIT, two_cluster_mesh};
+use common::{WAIT, name_control_planes, two_cluster_mesh};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 use std::time::Duration;
 
@@ -41,6 +40,14 @@ async fn bundle(client: &kube::Client, name: &str) -> Option<String> {
         .map(|bytes| String::from_utf8(bytes.0).unwrap())
 }
 
+/// Waits until the default revision's webhook trusts `roots`.
+async fn eventually_trusted(client: &kube::Client, roots: &str, what: &str) {
+    eventually(what, WAIT, || async {
+        (bundle(client, "istio-sidecar-injector").await.as_deref() == Some(roots)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_remote_clusters_webhooks_trust_discovery_once_it_names_this_control_plane() {
     let mesh = two_cluster_mesh(false).await;
@@ -65,23 +72,8 @@ async fn a_remote_clusters_webhooks_trust_discovery_once_it_names_this_control_p
     assert_eq!(bundle(&mesh.client02, "istio-sidecar-injector").await, None);
 
     // The seeds' step.
-    let consent = json!({"metadata": {"annotations": {"topology.istio.io/controlPlaneClusters": "cluster01"}}});
-    Api::<Namespace>::all(mesh.client02.clone())
-        .patch(
-            "istio-system",
-            &PatchParams::default(),
-            &Patch::Merge(&consent),
-        )
-        .await
-        .unwrap();
-    eventually("the remote webhook's caBundle", WAIT, || async {
-        (bundle(&mesh.client02, "istio-sidecar-injector")
-            .await
-            .as_deref()
-            == Some(roots.as_str()))
-        .then_some(())
-    })
-    .await;
+    name_control_planes(&mesh.client02, "cluster01").await;
+    eventually_trusted(&mesh.client02, &roots, "the remote webhook's caBundle").await;
     assert_eq!(
         bundle(&mesh.client02, "istio-sidecar-injector-canary").await,
         None,
@@ -101,12 +93,5 @@ async fn a_remote_clusters_webhooks_trust_discovery_once_it_names_this_control_p
         .replace("istio-sidecar-injector", &PostParams::default(), &edited)
         .await
         .unwrap();
-    eventually("the edited caBundle, restored", WAIT, || async {
-        (bundle(&mesh.client02, "istio-sidecar-injector")
-            .await
-            .as_deref()
-            == Some(roots.as_str()))
-        .then_some(())
-    })
-    .await;
+    eventually_trusted(&mesh.client02, &roots, "the edited caBundle, restored").await;
 }

@@ -22,3 +22,17 @@ pub async fn get(address: std::net::SocketAddr, path: &str) -> (u16, Value) {
     let body = serde_json::from_str(body).unwrap_or_else(|_| json!({"text": body}));
     (status, body)
 }
+
+/// `kubectl annotate namespace istio-system topology.istio.io/controlPlaneClusters=<clusters>`.
+pub async fn name_control_planes(client: &kube::Client, clusters: &str) {
+    let annotation =
+        json!({"metadata": {"annotations": {"topology.istio.io/controlPlaneClusters": clusters}}});
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            "istio-system",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&annotation),
+        )
+        .await
+        .unwrap();
+}
