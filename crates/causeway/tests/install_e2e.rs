@@ -64,6 +64,23 @@ fn ready_containers(lab: &TestLab, namespace: &str, pod: &str) -> String {
     )
 }
 
+/// The pod address of cluster01's discovery: `remotePilotAddress` on a flat network.
+fn istiod_pod_ip(lab: &TestLab) -> String {
+    lab.ok(
+        C1,
+        &[
+            "get",
+            "pod",
+            "-n",
+            "istio-system",
+            "-l",
+            "app=istiod",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+    )
+}
+
 fn curl(lab: &TestLab, namespace: &str, pod: &str, url: &str) -> Result<String, String> {
     let output = lab.exec(
         C1,
@@ -100,22 +117,7 @@ fn installed_mesh_injects_labelled_namespaces_and_uninstall_leaves_the_cluster_a
         ]);
         assert!(made.status.success(), "{}", printed(&made));
     }
-    let file = |name: &str| format!("--from-file={certs_dir}/cluster01/{name}");
-    lab.ok(
-        C1,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cacerts",
-            "-n",
-            "istio-system",
-            &file("ca-cert.pem"),
-            &file("ca-key.pem"),
-            &file("root-cert.pem"),
-            &file("cert-chain.pem"),
-        ],
-    );
+    lab.create_cacerts_secret(C1, &certs.join("cluster01"));
     let before = objects(&lab);
 
     let file = topology("multi-primary/cluster01.yaml");
@@ -511,19 +513,7 @@ fn failures_name_the_input_the_object_or_the_webhook() {
 
     // The remote profile's selector-less istiod Service routes to remotePilotAddress (here the
     // primary's discovery pod, as on a flat network) through the mirrored EndpointSlice.
-    let istiod_ip = lab.ok(
-        C1,
-        &[
-            "get",
-            "pod",
-            "-n",
-            "istio-system",
-            "-l",
-            "app=istiod",
-            "-o",
-            "jsonpath={.items[0].status.podIP}",
-        ],
-    );
+    let istiod_ip = istiod_pod_ip(&lab);
     let remote_address = format!("values.global.remotePilotAddress={istiod_ip}");
     let remote = lab.causeway(&[
         "install",
@@ -951,19 +941,7 @@ fn a_remote_clusters_pods_get_their_sidecar_from_the_primarys_discovery() {
         C1,
     ]);
     assert!(primary.status.success(), "{}", printed(&primary));
-    let discovery_address = lab.ok(
-        C1,
-        &[
-            "get",
-            "pod",
-            "-n",
-            "istio-system",
-            "-l",
-            "app=istiod",
-            "-o",
-            "jsonpath={.items[0].status.podIP}",
-        ],
-    );
+    let discovery_address = istiod_pod_ip(&lab);
 
     lab.ok(C2, &["create", "namespace", "istio-system"]);
     lab.ok(

@@ -111,26 +111,11 @@ fn the_seed_walkthrough_runs_with_a_real_kubectl() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let files = [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "root-cert.pem",
-        "cert-chain.pem",
-    ];
-    let mut args = vec![
-        "create",
-        "secret",
-        "generic",
-        "cacerts",
-        "-n",
-        "istio-system",
-    ];
-    let from_files: Vec<String> = files
-        .iter()
-        .map(|file| format!("--from-file=cluster01/{file}"))
-        .collect();
-    args.extend(from_files.iter().map(String::as_str));
-    assert_eq!(lab.ok(c1, &args).trim(), "secret/cacerts created");
+    assert_eq!(
+        lab.create_cacerts_secret(c1, &lab.directory.path().join("cluster01"))
+            .trim(),
+        "secret/cacerts created"
+    );
     let stored = lab.ok(
         c1,
         &[
