@@ -86,6 +86,15 @@ enum LabCommand {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Run a seed walkthrough from nothing to a verified mesh (default: multi-primary on two
+    /// networks); the lab stays up afterwards
+    Demo(crate::lab_demo::DemoArgs),
+    /// Memory of the running clusters' processes, by role (API servers, discovery, gateways,
+    /// sidecars, apps)
+    Memory,
+    /// What the proxies' access logs say about the client pods' requests: who answered, and
+    /// whether directly or through which cluster's east-west gateway
+    Traffic(crate::lab_traffic::TrafficArgs),
     /// Run a cluster's API server in the foreground (what create-cluster starts in the background)
     #[command(hide = true)]
     ServeCluster { name: String },
@@ -171,6 +180,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     match args.command {
         LabCommand::ContainerInit => container_init(),
         LabCommand::App(command) => return run_app(command),
+        LabCommand::Demo(demo) => {
+            let code = crate::lab_demo::run(demo)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            return Ok(());
+        }
         _ => {}
     }
     let lab = Lab::new(args.state_dir.unwrap_or_else(Lab::default_root));
@@ -241,6 +257,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 kubeconfig_path.display()
             );
             Ok(())
+        }
+        LabCommand::Memory => crate::lab_memory::run(&lab),
+        LabCommand::Traffic(traffic) => {
+            let names: Vec<String> = lab
+                .clusters()?
+                .into_iter()
+                .map(|record| record.name)
+                .collect();
+            crate::lab_traffic::run(&kubeconfig_path, &names, traffic)
         }
         LabCommand::GetClusters => {
             let records = lab.clusters()?;
@@ -381,7 +406,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot run {:?} in {node}", command[0]))?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        LabCommand::ContainerInit | LabCommand::App(_) => unreachable!("handled above"),
+        LabCommand::ContainerInit | LabCommand::App(_) | LabCommand::Demo(_) => {
+            unreachable!("handled above")
+        }
         LabCommand::ServeCluster { name } => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -8,18 +8,27 @@ use http_body_util::{BodyExt, Empty};
 use serde_json::Value;
 use std::time::Duration;
 
+use crate::cluster_client::{self, TargetArgs};
+use k8s_openapi::api::core::v1::Pod;
+
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// Discovery's monitoring address (its --monitoring-address)
-    #[arg(
-        long,
-        default_value = "127.0.0.1:15014",
-        env = "CAUSEWAY_DISCOVERY_MONITORING"
-    )]
-    discovery_address: String,
+    /// Discovery's monitoring address (its --monitoring-address), for a discovery that runs
+    /// outside any cluster; without it, the istiod pod of the kubeconfig's cluster is asked,
+    /// through its API server, as istioctl does
+    #[arg(long, env = "CAUSEWAY_DISCOVERY_MONITORING")]
+    discovery_address: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Namespace of the control plane's pods
+    #[arg(long, short = 'i', default_value = "istio-system")]
+    istio_namespace: String,
 }
+
+/// Discovery's monitoring port in its pod.
+const MONITORING_PORT: u16 = 15014;
 
 async fn get_json(address: &str, path: &str) -> anyhow::Result<Value> {
     let stream = tokio::net::TcpStream::connect(address)
@@ -55,16 +64,56 @@ async fn get_json(address: &str, path: &str) -> anyhow::Result<Value> {
         .with_context(|| format!("discovery's answer to {path} is not JSON"))
 }
 
-fn fetch(address: &str, path: &str) -> anyhow::Result<Value> {
+/// Asks a running istiod pod of the cluster, through the API server's pod proxy.
+async fn get_json_from_pod(args: &StatusArgs, path: &str) -> anyhow::Result<Value> {
+    let client = cluster_client::connect(&args.target).await?;
+    let context = args.target.context.as_deref().unwrap_or("(current)");
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &args.istio_namespace);
+    let listed = pods
+        .list(&kube::api::ListParams::default().labels("app=istiod"))
+        .await
+        .with_context(|| format!("cannot list the istiod pods of context {context}"))?;
+    let Some(pod) = listed.items.iter().find(|pod| {
+        pod.status
+            .as_ref()
+            .is_some_and(|status| status.phase.as_deref() == Some("Running"))
+    }) else {
+        bail!(
+            "no running istiod pod in {} of context {context}: in a remote cluster ask its control plane's cluster (--context), or pass --discovery-address for a discovery outside the clusters",
+            args.istio_namespace
+        );
+    };
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let request = http::Request::get(format!(
+        "/api/v1/namespaces/{}/pods/{name}:{MONITORING_PORT}/proxy{path}",
+        args.istio_namespace
+    ))
+    .body(Vec::new())
+    .context("building the request")?;
+    let text = client
+        .request_text(request)
+        .await
+        .with_context(|| format!("istiod pod {name} of context {context} did not answer {path}"))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("istiod pod {name}'s answer to {path} is not JSON"))
+}
+
+fn fetch(args: &StatusArgs, path: &str) -> anyhow::Result<Value> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        tokio::time::timeout(REQUEST_TIMEOUT, get_json(address, path))
+        let answer = async {
+            match &args.discovery_address {
+                Some(address) => get_json(address, path).await,
+                None => get_json_from_pod(args, path).await,
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, answer)
             .await
             .with_context(|| {
-                format!("discovery at {address} did not answer {path} within {REQUEST_TIMEOUT:?}")
+                format!("discovery did not answer {path} within {REQUEST_TIMEOUT:?}")
             })?
     })
 }
@@ -149,16 +198,13 @@ pub fn proxy_status_table(syncz: &Value) -> String {
 pub fn remote_clusters(args: StatusArgs) -> anyhow::Result<()> {
     print!(
         "{}",
-        remote_clusters_table(&fetch(&args.discovery_address, "/debug/clusterz")?)
+        remote_clusters_table(&fetch(&args, "/debug/clusterz")?)
     );
     Ok(())
 }
 
 pub fn proxy_status(args: StatusArgs) -> anyhow::Result<()> {
-    print!(
-        "{}",
-        proxy_status_table(&fetch(&args.discovery_address, "/debug/syncz")?)
-    );
+    print!("{}", proxy_status_table(&fetch(&args, "/debug/syncz")?));
     Ok(())
 }
 

@@ -130,6 +130,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             for (subresource, kind, verbs) in [
                 ("exec", "PodExecOptions", &["create", "get"][..]),
                 ("log", "Pod", &["get"][..]),
+                ("proxy", "PodProxyOptions", &["get"][..]),
             ] {
                 resources.push(json!({
                     "name": format!("pods/{subresource}"),

@@ -23,7 +23,7 @@ use super::state::ApiState;
 use super::status::{self, ApiError};
 use super::store::StoredObject;
 use super::writes::{self, DeleteOptions, PROTECTED_NAMESPACES};
-use super::{discovery, pod_exec, pod_log, scale, tables, token_api, watch};
+use super::{discovery, pod_exec, pod_log, pod_proxy, scale, tables, token_api, watch};
 
 pub async fn handle(shared: Arc<ApiState>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
@@ -63,6 +63,10 @@ async fn serve(
             StatusCode::OK,
             &discovery::core_versions(&shared.address.to_string()),
         ));
+    }
+    if let Some(target) = pod_proxy::parse(&path) {
+        let method = request.method().clone();
+        return pod_proxy::serve(shared, target?, &method, request.uri().query()).await;
     }
     let target = match route(&path)? {
         Route::Document(document) => {

@@ -16,6 +16,7 @@ pub mod paging;
 pub mod patch;
 pub mod pod_exec;
 pub mod pod_log;
+pub mod pod_proxy;
 pub mod pod_runtime;
 pub mod protobuf;
 pub mod render;
