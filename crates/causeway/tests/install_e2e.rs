@@ -288,7 +288,8 @@ fn installed_mesh_injects_labelled_namespaces_and_uninstall_leaves_the_cluster_a
             })
             .ok_or(log)
     });
-    assert_eq!(outbound["response_code"], "200");
+    // accessLogEncoding JSON: Envoy's json_format writes the code as a number.
+    assert_eq!(outbound["response_code"], 200);
     assert_eq!(outbound["path"], "/hello");
     let server = lab.pod(C1, "sample", "app=helloworld");
     let inbound = eventually("a server sidecar's access log", WAIT, || {

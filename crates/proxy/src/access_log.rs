@@ -2,6 +2,11 @@
 //! `%BYTES_SENT%` and the other operators the seeds use, each filled as Envoy fills it (`-`
 //! where Envoy has no value). Without a format, Istio's default text line.
 //!
+//! With `meshConfig.accessLogEncoding: JSON`, lines are JSON objects as Envoy's `json_format`
+//! writes them: the format is an object of operator strings (Istio's default JSON fields when
+//! unset), a field that is one numeric operator (`%RESPONSE_CODE%`, `%DURATION%`, ...) is a
+//! number, and a field with no value is `null`.
+//!
 //! One difference from Envoy, on purpose: values are JSON-escaped (`"` and `\`), so that a
 //! JSON-shaped format stays JSON whatever a client puts in its `User-Agent`.
 
@@ -13,6 +18,30 @@ use std::time::{Duration, SystemTime};
 
 /// Istio's default (`meshConfig.accessLogFormat` unset).
 pub const ISTIO_DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// Istio's default fields for `accessLogEncoding: JSON` (`meshConfig.accessLogFormat` unset).
+pub const ISTIO_DEFAULT_JSON_FORMAT: &str = r#"{"start_time":"%START_TIME%","route_name":"%ROUTE_NAME%","method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","protocol":"%PROTOCOL%","response_code":"%RESPONSE_CODE%","response_flags":"%RESPONSE_FLAGS%","response_code_details":"%RESPONSE_CODE_DETAILS%","connection_termination_details":"%CONNECTION_TERMINATION_DETAILS%","bytes_received":"%BYTES_RECEIVED%","bytes_sent":"%BYTES_SENT%","duration":"%DURATION%","upstream_service_time":"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%","x_forwarded_for":"%REQ(X-FORWARDED-FOR)%","user_agent":"%REQ(USER-AGENT)%","request_id":"%REQ(X-REQUEST-ID)%","authority":"%REQ(:AUTHORITY)%","upstream_host":"%UPSTREAM_HOST%","upstream_cluster":"%UPSTREAM_CLUSTER%","upstream_local_address":"%UPSTREAM_LOCAL_ADDRESS%","downstream_local_address":"%DOWNSTREAM_LOCAL_ADDRESS%","downstream_remote_address":"%DOWNSTREAM_REMOTE_ADDRESS%","requested_server_name":"%REQUESTED_SERVER_NAME%","upstream_transport_failure_reason":"%UPSTREAM_TRANSPORT_FAILURE_REASON%"}"#;
+
+/// `meshConfig.accessLogEncoding`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Encoding {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Encoding {
+    /// `TEXT` or `JSON` (any case); anything else is refused, naming the value.
+    pub fn parse(text: &str) -> Result<Encoding, FormatError> {
+        match text.trim().to_ascii_uppercase().as_str() {
+            "" | "TEXT" => Ok(Encoding::Text),
+            "JSON" => Ok(Encoding::Json),
+            _ => Err(FormatError::Encoding {
+                value: text.to_owned(),
+            }),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Operator {
@@ -53,6 +82,12 @@ pub enum FormatError {
     Unterminated { at: usize, rest: String },
     #[error("unknown access log operator `%{name}%`; see Envoy's access log format documentation")]
     Unknown { name: String },
+    #[error("accessLogEncoding {value:?} is neither TEXT nor JSON")]
+    Encoding { value: String },
+    #[error(
+        "with accessLogEncoding JSON, accessLogFormat must be a JSON object of strings: {reason}"
+    )]
+    NotJsonObject { reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -229,82 +264,158 @@ fn timestamp(time: SystemTime) -> String {
     )
 }
 
+impl Operator {
+    /// The operator's value for this entry; `None` where Envoy prints `-`.
+    fn value(&self, entry: &Entry<'_>) -> Option<String> {
+        let some = |value: Option<String>| value.filter(|v| !v.is_empty());
+        let address = |value: Option<SocketAddr>| value.map(|a| a.to_string());
+        match self {
+            Operator::Request(names, limit) | Operator::Response(names, limit) => {
+                let found = if matches!(self, Operator::Request(..)) {
+                    request_header(entry.request.as_ref(), names)
+                } else {
+                    response_header(entry.response_headers, names)
+                };
+                some(found.map(|v| match limit {
+                    Some(limit) => v.chars().take(*limit).collect(),
+                    None => v.to_owned(),
+                }))
+            }
+            Operator::StartTime => entry.start_time.map(timestamp),
+            Operator::Duration => Some(entry.duration.as_millis().to_string()),
+            Operator::BytesReceived => Some(entry.bytes_received.to_string()),
+            Operator::BytesSent => Some(entry.bytes_sent.to_string()),
+            Operator::Protocol => some(entry.protocol.map(str::to_owned)),
+            Operator::ResponseCode => Some(entry.response_code.to_string()),
+            Operator::ResponseCodeDetails => some(entry.response_code_details.map(str::to_owned)),
+            Operator::ResponseFlags => some(Some(entry.response_flags.to_owned())),
+            Operator::ConnectionTerminationDetails | Operator::Absent => None,
+            Operator::DownstreamLocalAddress => address(entry.downstream_local),
+            Operator::DownstreamRemoteAddress => address(entry.downstream_remote),
+            Operator::UpstreamHost => address(entry.upstream_host),
+            Operator::UpstreamLocalAddress => address(entry.upstream_local),
+            Operator::UpstreamCluster => some(entry.upstream_cluster.map(str::to_owned)),
+            Operator::UpstreamTransportFailureReason => {
+                some(entry.upstream_failure.map(str::to_owned))
+            }
+            Operator::RequestedServerName => some(entry.requested_server_name.map(str::to_owned)),
+            Operator::RouteName => some(entry.route_name.map(str::to_owned)),
+        }
+    }
+
+    /// Envoy's `json_format` writes these as numbers.
+    fn numeric(&self) -> bool {
+        matches!(
+            self,
+            Operator::Duration
+                | Operator::BytesReceived
+                | Operator::BytesSent
+                | Operator::ResponseCode
+        )
+    }
+}
+
 impl Format {
     pub fn render(&self, entry: &Entry<'_>) -> String {
         let mut out = String::with_capacity(512);
-        let dash = |value: Option<String>| {
-            value
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "-".into())
-        };
-        let address = |value: Option<SocketAddr>| dash(value.map(|a| a.to_string()));
         for piece in &self.pieces {
-            let value = match piece {
-                Piece::Text(text) => {
-                    out.push_str(text);
-                    continue;
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Value(operator) => {
+                    escaped(&mut out, operator.value(entry).as_deref().unwrap_or("-"))
                 }
-                Piece::Value(operator) => match operator {
-                    Operator::Request(names, limit) | Operator::Response(names, limit) => {
-                        let found = if matches!(operator, Operator::Request(..)) {
-                            request_header(entry.request.as_ref(), names)
-                        } else {
-                            response_header(entry.response_headers, names)
-                        };
-                        let value = found.map(|v| match limit {
-                            Some(limit) => v.chars().take(*limit).collect(),
-                            None => v.to_owned(),
-                        });
-                        dash(value)
-                    }
-                    Operator::StartTime => dash(entry.start_time.map(timestamp)),
-                    Operator::Duration => entry.duration.as_millis().to_string(),
-                    Operator::BytesReceived => entry.bytes_received.to_string(),
-                    Operator::BytesSent => entry.bytes_sent.to_string(),
-                    Operator::Protocol => dash(entry.protocol.map(str::to_owned)),
-                    Operator::ResponseCode => entry.response_code.to_string(),
-                    Operator::ResponseCodeDetails => {
-                        dash(entry.response_code_details.map(str::to_owned))
-                    }
-                    Operator::ResponseFlags => dash(Some(entry.response_flags.to_owned())),
-                    Operator::ConnectionTerminationDetails | Operator::Absent => "-".into(),
-                    Operator::DownstreamLocalAddress => address(entry.downstream_local),
-                    Operator::DownstreamRemoteAddress => address(entry.downstream_remote),
-                    Operator::UpstreamHost => address(entry.upstream_host),
-                    Operator::UpstreamLocalAddress => address(entry.upstream_local),
-                    Operator::UpstreamCluster => dash(entry.upstream_cluster.map(str::to_owned)),
-                    Operator::UpstreamTransportFailureReason => {
-                        dash(entry.upstream_failure.map(str::to_owned))
-                    }
-                    Operator::RequestedServerName => {
-                        dash(entry.requested_server_name.map(str::to_owned))
-                    }
-                    Operator::RouteName => dash(entry.route_name.map(str::to_owned)),
-                },
-            };
-            escaped(&mut out, &value);
+            }
         }
         if !out.ends_with('\n') {
             out.push('\n');
         }
         out
     }
+
+    /// One field of a `json_format`: a lone operator keeps its type (a number, or `null` with no
+    /// value); anything else is the text with `-` for missing values, as Envoy writes it.
+    fn json_value(&self, entry: &Entry<'_>) -> serde_json::Value {
+        if let [Piece::Value(operator)] = self.pieces.as_slice() {
+            return match operator.value(entry) {
+                None => serde_json::Value::Null,
+                Some(value) if operator.numeric() => value
+                    .parse::<u64>()
+                    .map(serde_json::Value::from)
+                    .unwrap_or(serde_json::Value::String(value)),
+                Some(value) => serde_json::Value::String(value),
+            };
+        }
+        let mut text = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(literal) => text.push_str(literal),
+                Piece::Value(operator) => {
+                    text.push_str(operator.value(entry).as_deref().unwrap_or("-"))
+                }
+            }
+        }
+        serde_json::Value::String(text)
+    }
+}
+
+/// A whole line's format: Envoy's text format, or its `json_format`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LineFormat {
+    Text(Format),
+    /// The fields in the order the format names them.
+    Json(Vec<(String, Format)>),
+}
+
+impl LineFormat {
+    /// `meshConfig.accessLogFormat` (Istio's default when unset) in `encoding`.
+    pub fn parse(format: Option<&str>, encoding: Encoding) -> Result<LineFormat, FormatError> {
+        let format = format.filter(|f| !f.trim().is_empty());
+        match encoding {
+            Encoding::Text => {
+                Format::parse(format.unwrap_or(ISTIO_DEFAULT_FORMAT)).map(LineFormat::Text)
+            }
+            Encoding::Json => {
+                let text = format.unwrap_or(ISTIO_DEFAULT_JSON_FORMAT);
+                let not_object = |reason: String| FormatError::NotJsonObject { reason };
+                let object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(text).map_err(|error| not_object(error.to_string()))?;
+                let mut fields = Vec::with_capacity(object.len());
+                for (name, value) in object {
+                    let serde_json::Value::String(template) = value else {
+                        return Err(not_object(format!("field {name:?} is not a string")));
+                    };
+                    fields.push((name, Format::parse(&template)?));
+                }
+                Ok(LineFormat::Json(fields))
+            }
+        }
+    }
+
+    pub fn render(&self, entry: &Entry<'_>) -> String {
+        match self {
+            LineFormat::Text(format) => format.render(entry),
+            LineFormat::Json(fields) => {
+                let object: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .map(|(name, format)| (name.clone(), format.json_value(entry)))
+                    .collect();
+                let mut line = serde_json::Value::Object(object).to_string();
+                line.push('\n');
+                line
+            }
+        }
+    }
 }
 
 /// Where lines go: stdout (`/dev/stdout`, Istio's usual `accessLogFile`) or a file.
 pub struct AccessLog {
-    pub format: Format,
+    pub format: LineFormat,
     sink: Mutex<Box<dyn Write + Send>>,
 }
 
 impl AccessLog {
-    pub fn open(path: &str, format: Option<&str>) -> Result<AccessLog, String> {
-        let format = Format::parse(
-            format
-                .filter(|f| !f.trim().is_empty())
-                .unwrap_or(ISTIO_DEFAULT_FORMAT),
-        )
-        .map_err(|error| error.to_string())?;
+    pub fn open(path: &str, format: Option<&str>, encoding: Encoding) -> Result<AccessLog, String> {
+        let format = LineFormat::parse(format, encoding).map_err(|error| error.to_string())?;
         let sink: Box<dyn Write + Send> = if path == "/dev/stdout" || path == "-" {
             Box::new(std::io::stdout())
         } else {
@@ -410,6 +521,84 @@ mod tests {
         assert_eq!(
             json["requested_server_name"],
             "outbound_.5000_._.helloworld.sample.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn json_encoding_writes_typed_fields_as_envoys_json_format_does() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "abc".parse().unwrap());
+        let request = RequestView {
+            method: "GET",
+            path: "/hello",
+            authority: "helloworld.sample:5000",
+            headers: &headers,
+        };
+        let entry = Entry {
+            duration: Duration::from_millis(3),
+            protocol: Some("HTTP/1.1"),
+            request: Some(request),
+            response_code: 200,
+            response_flags: "-",
+            bytes_sent: 60,
+            upstream_cluster: Some("outbound|5000||helloworld.sample.svc.cluster.local"),
+            ..Entry::default()
+        };
+        // Istio's default JSON fields, and the seeds' own format with JSON encoding.
+        for format in [None, Some(SEED_FORMAT)] {
+            let format = LineFormat::parse(format, Encoding::Json).unwrap();
+            let line = format.render(&entry);
+            assert!(line.ends_with("}\n"), "{line}");
+            let json: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+            assert_eq!(json["response_code"], 200, "{line}");
+            assert_eq!(json["bytes_sent"], 60, "{line}");
+            assert_eq!(json["duration"], 3, "{line}");
+            assert_eq!(json["request_id"], "abc", "{line}");
+            assert_eq!(json["method"], "GET", "{line}");
+            assert_eq!(json["upstream_host"], serde_json::Value::Null, "{line}");
+            assert_eq!(json["response_flags"], "-", "{line}");
+        }
+        // A field mixing text and operators stays text, `-` where a value is missing.
+        let mixed = LineFormat::parse(
+            Some(r#"{"route":"%REQ(:METHOD)% %UPSTREAM_HOST%","fixed":"mesh"}"#),
+            Encoding::Json,
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&mixed.render(&entry)).unwrap();
+        assert_eq!(json, serde_json::json!({"route": "GET -", "fixed": "mesh"}));
+        // Text encoding with no format: Istio's default text line.
+        let text = LineFormat::parse(None, Encoding::Text)
+            .unwrap()
+            .render(&entry);
+        assert!(
+            text.starts_with("[-] \"GET /hello HTTP/1.1\" 200"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_encoding_refuses_formats_that_are_not_objects_of_strings() {
+        let cases = [
+            (
+                "[%START_TIME%] %REQ(:METHOD)%",
+                "must be a JSON object of strings",
+            ),
+            (r#"{"code": 200}"#, "field \"code\" is not a string"),
+            (
+                r#"{"code": "%NO_SUCH%"}"#,
+                "unknown access log operator `%NO_SUCH%`",
+            ),
+        ];
+        for (format, message) in cases {
+            let error = LineFormat::parse(Some(format), Encoding::Json).unwrap_err();
+            assert!(error.to_string().contains(message), "{format}: {error}");
+        }
+        assert_eq!(Encoding::parse("json").unwrap(), Encoding::Json);
+        assert_eq!(Encoding::parse("TEXT").unwrap(), Encoding::Text);
+        let error = Encoding::parse("XML").unwrap_err().to_string();
+        assert!(
+            error.contains("\"XML\" is neither TEXT nor JSON"),
+            "{error}"
         );
     }
 

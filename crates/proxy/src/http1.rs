@@ -1188,7 +1188,7 @@ fn client_gone(mut finished: Finished) -> Http1Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access_log::AccessLog;
+    use crate::access_log::{AccessLog, Encoding};
     use crate::http_proxy::test_support::{exchange, requests_counted};
     use crate::peer_metadata::OwnMetadata;
     use std::time::Duration;
@@ -1671,7 +1671,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let format = r#"{"method":"%REQ(:METHOD)%","path":"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%","authority":"%REQ(:AUTHORITY)%","request_id":"%REQ(X-REQUEST-ID)%","code":"%RESPONSE_CODE%","received":"%BYTES_RECEIVED%","sent":"%BYTES_SENT%","protocol":"%PROTOCOL%","server":"%RESP(SERVER)%","service_time":"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"}"#;
-        let log = AccessLog::open(path.to_str().unwrap(), Some(format)).unwrap();
+        let log = AccessLog::open(path.to_str().unwrap(), Some(format), Encoding::Text).unwrap();
         let Relayed {
             mut client,
             mut server,
@@ -1860,7 +1860,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let format = r#"{"code":"%RESPONSE_CODE%","flags":"%RESPONSE_FLAGS%","reason":"%UPSTREAM_TRANSPORT_FAILURE_REASON%"}"#;
-        let log = AccessLog::open(path.to_str().unwrap(), Some(format)).unwrap();
+        let log = AccessLog::open(path.to_str().unwrap(), Some(format), Encoding::Text).unwrap();
         let (mut client, downstream) = tokio::io::duplex(64 * 1024);
         let exchange = exchange(Some(log), "source", false);
         let relay = tokio::spawn(relay_to(downstream, NoEndpoints(exchange.clone())));

@@ -597,7 +597,7 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{exchange, requests_counted};
     use super::*;
-    use crate::access_log::AccessLog;
+    use crate::access_log::{AccessLog, Encoding};
     use std::time::Duration;
 
     /// A service without endpoints.
@@ -623,7 +623,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let format = r#"{"code":"%RESPONSE_CODE%","flags":"%RESPONSE_FLAGS%","protocol":"%PROTOCOL%","reason":"%UPSTREAM_TRANSPORT_FAILURE_REASON%"}"#;
-        let log = AccessLog::open(path.to_str().unwrap(), Some(format)).unwrap();
+        let log = AccessLog::open(path.to_str().unwrap(), Some(format), Encoding::Text).unwrap();
         let exchange = exchange(Some(log), "source", false);
         let (client, downstream) = tokio::io::duplex(64 * 1024);
         let proxied = tokio::spawn(proxy_http2(downstream, NoEndpoints(exchange.clone())));

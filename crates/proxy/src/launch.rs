@@ -2,7 +2,7 @@
 //! 15006 inbound, 15053 DNS). A router: the ADS client and the router ports its configuration
 //! names. Both: 15000 admin, 15090/15020 metrics, 15021 health.
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Encoding};
 use crate::admin::{self, AdminState};
 use crate::ads::{self, AdsSettings, AdsStatus};
 use crate::balancer::Balancer;
@@ -48,6 +48,14 @@ impl Default for Listen {
     }
 }
 
+/// `meshConfig.accessLogFile`, `accessLogFormat` and `accessLogEncoding`.
+#[derive(Clone, Debug)]
+pub struct AccessLogSettings {
+    pub path: String,
+    pub format: Option<String>,
+    pub encoding: Encoding,
+}
+
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
     pub workload: Workload,
@@ -57,7 +65,7 @@ pub struct ProxySettings {
     pub listen: Listen,
     pub mark: u32,
     /// `meshConfig.accessLogFile` and `accessLogFormat`.
-    pub access_log: Option<(String, Option<String>)>,
+    pub access_log: Option<AccessLogSettings>,
     pub protocol_detection_timeout: Duration,
     /// Where names the mesh does not know are resolved (`resolv.conf`'s servers).
     pub upstream_dns: Vec<SocketAddr>,
@@ -150,7 +158,7 @@ pub async fn start(settings: ProxySettings) -> Result<RunningProxy, StartError> 
     let access_log = settings
         .access_log
         .as_ref()
-        .map(|(path, format)| AccessLog::open(path, format.as_deref()))
+        .map(|log| AccessLog::open(&log.path, log.format.as_deref(), log.encoding))
         .transpose()
         .map_err(StartError::AccessLog)?;
     let listen = &settings.listen;

@@ -126,8 +126,13 @@ fn filled(line: &Map<String, Value>, field: &str) -> bool {
     }
 }
 
-fn text<'a>(line: &'a Map<String, Value>, field: &str) -> &'a str {
-    line.get(field).and_then(Value::as_str).unwrap_or("-")
+/// A field as text: JSON-encoded logs write numbers as numbers and missing values as `null`.
+fn text(line: &Map<String, Value>, field: &str) -> String {
+    match line.get(field) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Number(number)) => number.to_string(),
+        _ => "-".to_owned(),
+    }
 }
 
 fn address_ip(address: &str) -> Option<IpAddr> {
@@ -228,7 +233,7 @@ pub fn analyse(
         })
         .collect();
     // Inbound lines by request id: the pod that answered, and who connected to it.
-    let mut answered: HashMap<&str, (&ProxyLog, &Map<String, Value>)> = HashMap::new();
+    let mut answered: HashMap<String, (&ProxyLog, &Map<String, Value>)> = HashMap::new();
     for (log, lines) in &parsed {
         if log.gateway {
             continue;
@@ -253,20 +258,20 @@ pub fn analyse(
                 continue;
             }
             let request_id = text(line, "request_id");
-            let upstream = address_ip(text(line, "upstream_host"));
+            let upstream = address_ip(&text(line, "upstream_host"));
             let towards_gateway = upstream.and_then(|ip| gateway_of_address.get(&ip).copied());
             let mut request = Request {
                 client_cluster: log.cluster.clone(),
                 client_pod: log.pod.clone(),
-                authority: text(line, "authority").to_owned(),
-                response_code: text(line, "response_code").to_owned(),
+                authority: text(line, "authority"),
+                response_code: text(line, "response_code"),
                 served_in: None,
                 served_by: None,
                 version: None,
                 path: Path::Unseen,
             };
-            if let Some((server, inbound)) = answered.get(request_id) {
-                let from = address_ip(text(inbound, "downstream_remote_address"));
+            if let Some((server, inbound)) = answered.get(&request_id) {
+                let from = address_ip(&text(inbound, "downstream_remote_address"));
                 let through = from.and_then(|ip| gateway_of_pod.get(&ip).copied());
                 request.path = match through {
                     Some(cluster) => Path::Gateway {
@@ -421,8 +426,9 @@ mod tests {
     fn http_line(id: &str, cluster: &str, upstream: &str, from: &str) -> Value {
         json!({
             "start_time": "2026-12-07T12:03:29.014Z", "method": "GET", "path": "/hello",
-            "protocol": "HTTP/1.1", "response_code": "200", "bytes_received": "0",
-            "bytes_sent": "60", "duration": "2", "request_id": id,
+            // Typed, as accessLogEncoding JSON writes them.
+            "protocol": "HTTP/1.1", "response_code": 200, "bytes_received": 0,
+            "bytes_sent": 60, "duration": 2, "request_id": id,
             "authority": "helloworld.sample:5000", "upstream_cluster": cluster,
             "upstream_host": upstream, "upstream_local_address": "10.10.0.5:5000",
             "downstream_local_address": "10.11.0.4:5000", "downstream_remote_address": from,
@@ -577,7 +583,7 @@ mod tests {
         let mut no_sni = http_line("b", IN, "10.10.0.4:5000", "10.10.0.5:1");
         no_sni["requested_server_name"] = json!("-");
         let mut failed = http_line("c", OUT, "10.10.0.4:5000", "10.10.0.5:1");
-        failed["response_code"] = json!("503");
+        failed["response_code"] = json!(503);
         failed["upstream_service_time"] = json!("-");
         let tcp = json!({"start_time": "t", "bytes_received": "1", "bytes_sent": "2",
             "duration": "3", "upstream_cluster": "outbound_.5000_._.helloworld.sample.svc.cluster.local",

@@ -3,10 +3,12 @@
 //! spec or the east-west gateway's Deployment runs them unchanged.
 
 use anyhow::Context;
+use causeway_proxy::access_log::Encoding;
 use causeway_proxy::ads::{AdsSettings, Protocol};
 use causeway_proxy::bootstrap::{Role, Workload, parse_labels_file};
 use causeway_proxy::drain::{DEFAULT_TERMINATION_DRAIN_DURATION, DrainPolicy};
 use causeway_proxy::identity::CaSettings;
+use causeway_proxy::launch::AccessLogSettings;
 use causeway_proxy::launch::{Listen, ProxySettings};
 use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
@@ -75,15 +77,19 @@ pub struct CommonArgs {
     root_cert: PathBuf,
     #[arg(long, value_enum, default_value = "delta")]
     xds_protocol: XdsProtocol,
-    /// The socket mark on the proxy's own connections (capture lets them pass)
+    /// The socket mark on a sidecar's own connections (capture lets them pass); a router, never
+    /// captured, marks nothing
     #[arg(long, default_value_t = 1337)]
     proxy_mark: u32,
     /// `meshConfig.accessLogFile` (`/dev/stdout` for the container log); no access log if unset
     #[arg(long, env = "ACCESS_LOG_FILE")]
     access_log_file: Option<String>,
-    /// `meshConfig.accessLogFormat`; Istio's default text format if unset
+    /// `meshConfig.accessLogFormat`; Istio's default text format (or JSON fields) if unset
     #[arg(long, env = "ACCESS_LOG_FORMAT")]
     access_log_format: Option<String>,
+    /// `meshConfig.accessLogEncoding`: TEXT, or JSON for Envoy's typed `json_format` lines
+    #[arg(long, env = "ACCESS_LOG_ENCODING", default_value = "TEXT", value_parser = parse_encoding)]
+    access_log_encoding: Encoding,
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
     #[arg(long, default_value_t = 15090)]
@@ -270,7 +276,18 @@ fn plaintext(args: &CommonArgs) -> bool {
 }
 
 /// The settings both roles share; the caller fills in the role's own.
+fn parse_encoding(text: &str) -> Result<Encoding, String> {
+    Encoding::parse(text).map_err(|error| error.to_string())
+}
+
 fn common_settings(args: &CommonArgs, role: Role) -> anyhow::Result<ProxySettings> {
+    // A gateway pod has no capture rules to steer its own connections past, and marking needs
+    // CAP_NET_ADMIN, which Istio's gateway pods drop: only a sidecar marks.
+    let mark = if role == Role::Sidecar {
+        args.proxy_mark
+    } else {
+        0
+    };
     let server_name = args
         .discovery_server_name
         .clone()
@@ -302,7 +319,7 @@ fn common_settings(args: &CommonArgs, role: Role) -> anyhow::Result<ProxySetting
                 XdsProtocol::Delta => Protocol::Delta,
                 XdsProtocol::Sotw => Protocol::StateOfTheWorld,
             },
-            mark: args.proxy_mark,
+            mark,
         },
         ca: None,
         workload,
@@ -313,12 +330,16 @@ fn common_settings(args: &CommonArgs, role: Role) -> anyhow::Result<ProxySetting
             health: any(args.health_port),
             ..Listen::default()
         },
-        mark: args.proxy_mark,
+        mark,
         access_log: args
             .access_log_file
             .clone()
             .filter(|path| !path.is_empty())
-            .map(|path| (path, args.access_log_format.clone())),
+            .map(|path| AccessLogSettings {
+                path,
+                format: args.access_log_format.clone(),
+                encoding: args.access_log_encoding,
+            }),
         protocol_detection_timeout: Duration::from_secs(1),
         upstream_dns: Vec::new(),
         trim_resident_pages: true,
