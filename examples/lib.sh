@@ -77,6 +77,8 @@ on_failure() {
     local status=$? line=$1 command=$2
     { set +x; } 2>/dev/null
     trap - ERR
+    # In a command substitution, the step that runs it reports the failure.
+    [ "$BASH_SUBSHELL" -gt 0 ] && exit "$status"
     {
         printf '✘ %s failed (exit %s) at %s line %s:\n    %s\n' \
             "${step_name:-setup}" "$status" "$(basename "$0")" "$line" "$command"
