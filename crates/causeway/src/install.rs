@@ -4,8 +4,10 @@
 use crate::cluster_client::{TargetArgs, connect};
 use anyhow::{Context, bail};
 use causeway_install::cluster::{self, Change, UninstallScope};
+use causeway_install::render::MESH_CONFIG_MAP;
 use causeway_install::{Component, Rendered, Settings, render, to_yaml};
 use clap::{Args, Subcommand};
+use k8s_openapi::api::core::v1::ConfigMap;
 use std::io::{BufRead, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -126,7 +128,12 @@ fn confirmed(question: &str, input: &InputArgs) -> anyhow::Result<bool> {
 }
 
 pub fn install(args: InstallArgs) -> anyhow::Result<()> {
-    let settings = settings(&args.input)?;
+    let mut settings = settings(&args.input)?;
+    let runtime = runtime()?;
+    let client = runtime.block_on(connect(&args.target))?;
+    if settings.pilot.is_none() && !settings.gateways.is_empty() {
+        runtime.block_on(adopt_control_plane_access_log(&client, &mut settings))?;
+    }
     let objects = render(&settings);
     if objects.is_empty() {
         bail!(
@@ -146,10 +153,42 @@ pub fn install(args: InstallArgs) -> anyhow::Result<()> {
         println!("Cancelled.");
         return Ok(());
     }
-    runtime()?.block_on(async {
-        let client = connect(&args.target).await?;
-        apply_components(&client, &objects, args.readiness_timeout).await
-    })
+    runtime.block_on(apply_components(&client, &objects, args.readiness_timeout))
+}
+
+/// A gateway installed on its own logs as the control plane's mesh config (the `istio` ConfigMap
+/// of its revision) says, as Istio's gateways do.
+async fn adopt_control_plane_access_log(
+    client: &kube::Client,
+    settings: &mut Settings,
+) -> anyhow::Result<()> {
+    let name = if settings.revision == "default" {
+        MESH_CONFIG_MAP.to_owned()
+    } else {
+        format!("{MESH_CONFIG_MAP}-{}", settings.revision)
+    };
+    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &settings.namespace);
+    let Some(map) = maps
+        .get_opt(&name)
+        .await
+        .with_context(|| format!("cannot read ConfigMap {}/{name}", settings.namespace))?
+    else {
+        return Ok(());
+    };
+    let mesh = map
+        .data
+        .and_then(|data| data.get("mesh").cloned())
+        .unwrap_or_default();
+    let adopted = settings
+        .adopt_control_plane_access_log(&mesh)
+        .map_err(|error| anyhow::anyhow!("ConfigMap {}/{name}: {error}", settings.namespace))?;
+    if adopted {
+        println!(
+            "  Gateways log as the control plane's mesh config ({}/{name}) says",
+            settings.namespace
+        );
+    }
+    Ok(())
 }
 
 async fn apply_components(

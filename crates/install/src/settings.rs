@@ -123,6 +123,37 @@ pub struct Settings {
     pub skipped: Vec<String>,
 }
 
+/// The `meshConfig` fields a gateway's proxy takes its access log from.
+const ACCESS_LOG_FIELDS: [&str; 3] = ["accessLogFile", "accessLogFormat", "accessLogEncoding"];
+
+impl Settings {
+    /// Gateways installed on their own (no control plane in these settings, as with the seeds'
+    /// east-west gateway files) log as the control plane's mesh config says, as Istio's gateways
+    /// do: its access-log fields are taken from `mesh` (the `istio` ConfigMap's `mesh` YAML) unless
+    /// these settings give their own. True when something was taken.
+    pub fn adopt_control_plane_access_log(&mut self, mesh: &str) -> Result<bool, String> {
+        if self.pilot.is_some() || self.gateways.is_empty() {
+            return Ok(false);
+        }
+        if ACCESS_LOG_FIELDS
+            .iter()
+            .any(|field| self.mesh_config.contains_key(*field))
+        {
+            return Ok(false);
+        }
+        let mesh: Value = serde_saphyr::from_str(mesh)
+            .map_err(|error| format!("the control plane's mesh config is not YAML: {error}"))?;
+        let mut adopted = false;
+        for field in ACCESS_LOG_FIELDS {
+            if let Some(value) = mesh.get(field) {
+                self.mesh_config.insert(field.to_owned(), value.clone());
+                adopted = true;
+            }
+        }
+        Ok(adopted)
+    }
+}
+
 /// Reads files (origin, text) and `--set` flags into settings.
 pub fn load(files: &[(String, String)], sets: &[String]) -> Result<Settings, SettingsError> {
     let mut input = OperatorInput::default();

@@ -67,6 +67,15 @@ fn deployment(
         json!({"name": "ISTIO_META_WORKLOAD_NAME", "value": gateway.name}),
         json!({"name": "ISTIO_METAJSON_LABELS", "value": serde_json::to_string(&gateway.labels).expect("labels serialize")}),
     ];
+    // The access log as meshConfig says, the same variables the injector gives sidecars.
+    let mesh_text = |field: &str| settings.mesh_config.get(field).and_then(Value::as_str);
+    if let Some(file) = mesh_text("accessLogFile").filter(|file| !file.is_empty()) {
+        env.push(json!({"name": "ACCESS_LOG_FILE", "value": file}));
+        env.push(json!({"name": "ACCESS_LOG_ENCODING", "value": mesh_text("accessLogEncoding").unwrap_or("TEXT")}));
+        if let Some(format) = mesh_text("accessLogFormat").filter(|format| !format.is_empty()) {
+            env.push(json!({"name": "ACCESS_LOG_FORMAT", "value": format}));
+        }
+    }
     for variable in &gateway.env {
         env.retain(|existing| existing["name"] != variable.name.as_str());
         env.push(serde_json::to_value(variable).expect("an EnvVar serializes"));

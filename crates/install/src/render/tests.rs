@@ -323,6 +323,47 @@ fn an_eastwest_gateway_runs_the_router_behind_a_load_balancer() {
 }
 
 #[test]
+fn a_gateway_installed_alone_logs_as_the_control_planes_mesh_config_says() {
+    let gateway_file = sample("topologies/eastwest-gateway-cluster01-network1.yaml");
+    let mut settings = load(&[gateway_file.clone()], &[]).unwrap();
+    let mesh = "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\ntrustDomain: cluster.local\n";
+    assert!(settings.adopt_control_plane_access_log(mesh).unwrap());
+    let rendered = render(&settings);
+    let deployment = find(&rendered, "Deployment", "istio-eastwestgateway");
+    let variables = env(&deployment["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(variables["ACCESS_LOG_FILE"], "/dev/stdout");
+    assert_eq!(variables["ACCESS_LOG_ENCODING"], "JSON");
+    assert!(!variables.contains_key("ACCESS_LOG_FORMAT"));
+    // Without a mesh config access log, the gateway logs nothing, as in Istio.
+    let mut quiet = load(&[gateway_file.clone()], &[]).unwrap();
+    assert!(
+        !quiet
+            .adopt_control_plane_access_log("trustDomain: cluster.local\n")
+            .unwrap()
+    );
+    let rendered = render(&quiet);
+    let deployment = find(&rendered, "Deployment", "istio-eastwestgateway");
+    assert!(
+        !env(&deployment["spec"]["template"]["spec"]["containers"][0])
+            .contains_key("ACCESS_LOG_FILE")
+    );
+    // The gateway's own settings win, a control plane install is left alone, and bad YAML is named.
+    let mut own = load(
+        &[gateway_file.clone()],
+        &["meshConfig.accessLogFile=/dev/null".to_owned()],
+    )
+    .unwrap();
+    assert!(!own.adopt_control_plane_access_log(mesh).unwrap());
+    let mut primary = load(&[sample("topologies/multi-primary/cluster01.yaml")], &[]).unwrap();
+    assert!(!primary.adopt_control_plane_access_log(mesh).unwrap());
+    let mut broken = load(&[gateway_file], &[]).unwrap();
+    let error = broken
+        .adopt_control_plane_access_log("accessLogFile: [")
+        .unwrap_err();
+    assert!(error.contains("not YAML"), "{error}");
+}
+
+#[test]
 fn a_revision_renames_discovery_and_keeps_only_revision_webhooks() {
     let rendered = objects(
         &["topologies/multi-primary/cluster01.yaml"],
