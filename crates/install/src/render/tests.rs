@@ -325,7 +325,7 @@ fn an_eastwest_gateway_runs_the_router_behind_a_load_balancer() {
 #[test]
 fn a_gateway_installed_alone_logs_as_the_control_planes_mesh_config_says() {
     let gateway_file = sample("topologies/eastwest-gateway-cluster01-network1.yaml");
-    let mut settings = load(&[gateway_file.clone()], &[]).unwrap();
+    let mut settings = load(std::slice::from_ref(&gateway_file), &[]).unwrap();
     let mesh = "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\ntrustDomain: cluster.local\n";
     assert!(settings.adopt_control_plane_access_log(mesh).unwrap());
     let rendered = render(&settings);
@@ -335,7 +335,7 @@ fn a_gateway_installed_alone_logs_as_the_control_planes_mesh_config_says() {
     assert_eq!(variables["ACCESS_LOG_ENCODING"], "JSON");
     assert!(!variables.contains_key("ACCESS_LOG_FORMAT"));
     // Without a mesh config access log, the gateway logs nothing, as in Istio.
-    let mut quiet = load(&[gateway_file.clone()], &[]).unwrap();
+    let mut quiet = load(std::slice::from_ref(&gateway_file), &[]).unwrap();
     assert!(
         !quiet
             .adopt_control_plane_access_log("trustDomain: cluster.local\n")
@@ -349,7 +349,7 @@ fn a_gateway_installed_alone_logs_as_the_control_planes_mesh_config_says() {
     );
     // The gateway's own settings win, a control plane install is left alone, and bad YAML is named.
     let mut own = load(
-        &[gateway_file.clone()],
+        std::slice::from_ref(&gateway_file),
         &["meshConfig.accessLogFile=/dev/null".to_owned()],
     )
     .unwrap();
