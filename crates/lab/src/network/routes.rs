@@ -5,6 +5,12 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+/// Addresses that exist only inside proxies (see [`pod_prefixes`]).
+const PROXY_ONLY_ADDRESSES: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(240, 0, 0, 0), 4) {
+    Ok(net) => net,
+    Err(_) => panic!("240.0.0.0/4 is a valid prefix"),
+};
+
 /// Where one cluster's addresses live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterAddresses {
@@ -18,8 +24,15 @@ pub struct ClusterAddresses {
 /// service subnets. Whether the node forwards to another cluster is the node's decision (its
 /// routes, `lab connect`, or the seeds' `ip route add`), as in kind, where pods route everything
 /// through their node. Nothing else is routed, so anything outside the lab is unreachable.
+///
+/// One more prefix: 240.0.0.0/4 (reserved, never routed on any network), where Istio puts
+/// addresses that exist only in proxies: ServiceEntry `addresses` such as the seeds'
+/// `240.0.0.2` and auto-allocated VIPs (240.240.0.0/16). A sidecar captures connections to them
+/// before they leave the pod, but the kernel needs a route to accept the `connect` at all, as a
+/// Kubernetes pod's default route gives it; what no sidecar captures dies at the node, which
+/// has no route there.
 pub fn pod_prefixes(lab_subnet: Ipv4Net, clusters: &[ClusterAddresses]) -> Vec<Ipv4Net> {
-    let mut prefixes = vec![lab_subnet];
+    let mut prefixes = vec![lab_subnet, PROXY_ONLY_ADDRESSES];
     for cluster in clusters {
         prefixes.push(cluster.pod_subnet);
         prefixes.push(cluster.service_subnet);
@@ -68,7 +81,8 @@ mod tests {
                 "10.11.0.0/16",
                 "10.20.0.0/16",
                 "10.21.0.0/16",
-                "172.18.0.0/16"
+                "172.18.0.0/16",
+                "240.0.0.0/4"
             ]
         );
         assert!(
