@@ -672,3 +672,81 @@ async fn a_proxy_that_stops_reading_does_not_hold_back_other_proxies_requests() 
     );
     drop(stuck_requests);
 }
+
+/// Seed 002: Istio 1.6's multicluster ingress gateway (`*.global`, AUTO_PASSTHROUGH on 15443)
+/// takes the other mesh's SNI for `helloworld.sample.global` to this mesh's helloworld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_gateway_takes_the_other_meshs_sni_to_the_local_service() {
+    let mesh = two_cluster_mesh(true).await;
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/samples/replicated/multicluster-gateway.yaml");
+    let object: kube::api::DynamicObject =
+        serde_saphyr::from_str(&std::fs::read_to_string(samples).unwrap()).unwrap();
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1alpha3",
+        "Gateway",
+    ));
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        mesh.client01.clone(),
+        "istio-system",
+        &resource,
+    )
+    .create(&PostParams::default(), &object)
+    .await
+    .unwrap();
+    let router_node = node(
+        "router",
+        "10.10.0.201",
+        "istio-ingressgateway-1",
+        "istio-system",
+        &[
+            ("CLUSTER_ID", "cluster01"),
+            ("NETWORK", "network1"),
+            ("ROUTER_MODE", "sni-dnat"),
+        ],
+        &[("istio", "ingressgateway")],
+    );
+    let mut router = SotwClient::connect(mesh.discovery.xds_address, router_node).await;
+    let listener = tokio::time::timeout(WAIT, async {
+        loop {
+            router.request(LISTENER, &[], "", "", None).await;
+            let response = router.recv_type(LISTENER).await;
+            if let Some(resource) = response.resources.first() {
+                return decode::<Listener>(resource);
+            }
+            router = SotwClient::connect(mesh.discovery.xds_address, router.node.clone()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the Gateway object reaches the router");
+    let chains: Vec<(Vec<String>, String)> = listener
+        .filter_chains
+        .iter()
+        .map(|chain| {
+            (
+                chain
+                    .filter_chain_match
+                    .clone()
+                    .unwrap_or_default()
+                    .server_names,
+                chain.name.clone(),
+            )
+        })
+        .collect();
+    assert!(
+        chains.contains(&(
+            vec!["outbound_.5000_._.helloworld.sample.global".to_owned()],
+            "outbound_.5000_._.helloworld.sample.svc.cluster.local".to_owned()
+        )),
+        "{chains:?}"
+    );
+    // `*.global` exposes only the `.global` names, not the `.local` ones.
+    assert!(
+        chains
+            .iter()
+            .all(|(names, _)| names.iter().all(|name| name.ends_with(".global"))),
+        "{chains:?}"
+    );
+}

@@ -5,6 +5,7 @@
 //! - [`gateway`]: network gateways (east-west) and Istio `Gateway` objects.
 //! - [`split_horizon`]: the endpoints of a service as a proxy on one network sees them.
 //! - [`vip`]: the address a service answers on in a cluster that does not define it.
+//! - [`service_entry`]: ServiceEntries, as the services and endpoints they define.
 //! - [`mesh`]: one immutable snapshot of all of the above.
 //!
 //! Nothing here does I/O; the registry fills these types from the clusters' APIs and the xDS
@@ -15,6 +16,7 @@ pub mod gateway;
 pub mod mesh;
 pub mod policy;
 pub mod service;
+pub mod service_entry;
 pub mod split_horizon;
 pub mod vip;
 
@@ -22,4 +24,5 @@ pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode, workload_of_pod};
 pub use gateway::{GatewayServer, IstioGateway, NetworkGateway, TlsRoute};
 pub use mesh::{ClusterStatus, MeshSnapshot, Push, ServiceEndpoints, SyncState};
 pub use policy::{MtlsMode, PeerAuthentication, WorkloadMtls, workload_mtls};
-pub use service::{ClusterService, Protocol, Service, ServicePort};
+pub use service::{ClusterService, DefinedBy, Protocol, Service, ServicePort};
+pub use service_entry::{Location, ServiceEntry, ServiceEntryError};

@@ -168,6 +168,7 @@ mod tests {
             ports: Service::merged_ports(&clusters),
             clusters,
             auto_vip: Ipv4Addr::new(240, 240, 1, 1),
+            defined_by: crate::service::DefinedBy::Kubernetes,
         };
         MeshSnapshot {
             domain_suffix: "cluster.local".into(),

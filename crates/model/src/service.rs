@@ -91,7 +91,18 @@ impl ClusterService {
     }
 }
 
-/// A mesh service: every cluster's Service of the same namespace and name.
+/// Where a mesh service comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum DefinedBy {
+    /// Kubernetes Services of the same namespace and name, merged across clusters.
+    #[default]
+    Kubernetes,
+    /// A ServiceEntry host, with the entry's `location`.
+    ServiceEntry(crate::service_entry::Location),
+}
+
+/// A mesh service: every cluster's Service of the same namespace and name, or a ServiceEntry
+/// host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Service {
     /// `<name>.<namespace>.svc.<domain suffix>`.
@@ -103,6 +114,7 @@ pub struct Service {
     pub clusters: BTreeMap<String, ClusterService>,
     /// The address used by proxies in clusters that do not define the service (see [`crate::vip`]).
     pub auto_vip: Ipv4Addr,
+    pub defined_by: DefinedBy,
 }
 
 impl Service {
@@ -114,6 +126,10 @@ impl Service {
     /// when it defines the service, else the auto-allocated VIP. `None` for a service that is
     /// headless wherever it is defined.
     pub fn vip_for(&self, cluster: &str) -> Option<IpAddr> {
+        if let DefinedBy::ServiceEntry(_) = self.defined_by {
+            // An entry's address is the same in every cluster.
+            return self.clusters.values().find_map(|local| local.cluster_ip);
+        }
         match self.clusters.get(cluster) {
             Some(local) => local.cluster_ip,
             None if self.clusters.values().all(|c| c.cluster_ip.is_none()) => None,
@@ -138,7 +154,11 @@ impl Service {
 
     /// The host names a client in `namespace` may use for this service, most specific first:
     /// the FQDN, `name.ns.svc`, `name.ns`, and `name` itself for clients in the same namespace.
+    /// A ServiceEntry host has no short forms: it is written as the entry names it.
     pub fn host_aliases(&self, client_namespace: Option<&str>) -> Vec<String> {
+        if self.defined_by != DefinedBy::Kubernetes {
+            return vec![self.fqdn.clone()];
+        }
         let mut hosts = vec![
             self.fqdn.clone(),
             format!("{}.{}.svc", self.name, self.namespace),
@@ -204,6 +224,7 @@ mod tests {
             ports: Service::merged_ports(&clusters),
             clusters,
             auto_vip: Ipv4Addr::new(240, 240, 0, 7),
+            defined_by: DefinedBy::Kubernetes,
         };
         assert_eq!(
             service.vip_for("cluster02"),

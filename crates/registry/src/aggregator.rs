@@ -7,7 +7,8 @@ use crate::records::{Kind, ObjectKey, Record};
 use crate::{ClusterClients, Push, RegistryConfig};
 use causeway_model::vip::VipAllocator;
 use causeway_model::{
-    ClusterStatus, IstioGateway, MeshSnapshot, NetworkGateway, Service, ServiceEndpoints, SyncState,
+    ClusterStatus, DefinedBy, Endpoint, IstioGateway, MeshSnapshot, NetworkGateway, Service,
+    ServiceEndpoints, ServiceEntry, SyncState,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub(crate) struct Aggregator {
     pub ready: watch::Sender<bool>,
     clusters: BTreeMap<String, ClusterEntry>,
     vips: VipAllocator,
+    /// The hosts the config cluster's ServiceEntries define in the published snapshot.
+    entry_hosts: BTreeSet<String>,
     pending: Dirty,
     first_change: Option<Instant>,
     last_change: Option<Instant>,
@@ -108,6 +111,7 @@ impl Aggregator {
             ready,
             clusters: BTreeMap::new(),
             vips: VipAllocator::default(),
+            entry_hosts: BTreeSet::new(),
             pending: Dirty::default(),
             first_change: None,
             last_change: None,
@@ -427,6 +431,14 @@ impl Aggregator {
                 changed_endpoints.insert(fqdn);
             }
         }
+        if dirty.service_entries || dirty.all_endpoints {
+            self.apply_service_entries(
+                &mut next,
+                dirty.service_entries,
+                &mut changed_services,
+                &mut changed_endpoints,
+            );
+        }
         if dirty.all_endpoints || !dirty.definitions.is_empty() {
             next.network_gateways = Arc::new(self.network_gateways());
         }
@@ -446,7 +458,7 @@ impl Aggregator {
             );
         }
         next.clusters = Arc::new(self.statuses());
-        let full = !dirty.definitions.is_empty() || dirty.gateways;
+        let full = !dirty.definitions.is_empty() || dirty.gateways || dirty.service_entries;
         let snapshot = Arc::new(next);
         self.snapshots.send_replace(snapshot.clone());
         if full || !changed_endpoints.is_empty() || dirty.all_endpoints {
@@ -460,6 +472,81 @@ impl Aggregator {
             };
             // No receivers (no proxies connected yet) is fine.
             let _ = self.pushes.send(Arc::new(push));
+        }
+    }
+
+    /// The config cluster's ServiceEntries into `next`: a service and its endpoints per exact
+    /// host of each routed entry. A host that a Kubernetes service already names keeps the
+    /// Kubernetes service (with a warning); of two entries naming one host, the first by
+    /// namespace and name wins, as Istio's oldest-first rule would pick one.
+    fn apply_service_entries(
+        &mut self,
+        next: &mut MeshSnapshot,
+        definitions_changed: bool,
+        changed_services: &mut BTreeSet<String>,
+        changed_endpoints: &mut BTreeSet<String>,
+    ) {
+        let cluster = self.config.cluster_id.clone();
+        let entries: Vec<ServiceEntry> = self
+            .clusters
+            .get(&cluster)
+            .map(|entry| entry.state.service_entries.values().cloned().collect())
+            .unwrap_or_default();
+        let mut defined: BTreeMap<String, (Service, Vec<Endpoint>)> = BTreeMap::new();
+        for entry in entries.iter().filter(|entry| entry.routed()) {
+            for host in &entry.hosts {
+                let kubernetes = next
+                    .services
+                    .get(host)
+                    .is_some_and(|service| service.defined_by == DefinedBy::Kubernetes);
+                if kubernetes {
+                    tracing::warn!(entry = %format!("{}/{}", entry.namespace, entry.name), %host, "ServiceEntry host is a Kubernetes service's name; the service is kept");
+                    continue;
+                }
+                if defined.contains_key(host) {
+                    tracing::warn!(entry = %format!("{}/{}", entry.namespace, entry.name), %host, "another ServiceEntry defines this host; the first (by namespace and name) is kept");
+                    continue;
+                }
+                let auto_vip = self
+                    .vips
+                    .assign(host)
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                defined.insert(
+                    host.clone(),
+                    (
+                        entry.service(host, &cluster, auto_vip),
+                        entry.endpoints(&cluster),
+                    ),
+                );
+            }
+        }
+        for gone in self
+            .entry_hosts
+            .difference(&defined.keys().cloned().collect())
+        {
+            self.vips.release(gone);
+            if next.services.remove(gone).is_some() {
+                changed_services.insert(gone.clone());
+            }
+            if next.endpoints.remove(gone).is_some() {
+                changed_endpoints.insert(gone.clone());
+            }
+        }
+        self.entry_hosts = defined.keys().cloned().collect();
+        for (host, (service, endpoints)) in defined {
+            if definitions_changed && next.services.get(&host).is_none_or(|old| **old != service) {
+                changed_services.insert(host.clone());
+            }
+            next.services.insert(host.clone(), Arc::new(service));
+            let fresh = ServiceEndpoints { endpoints };
+            if next.endpoints.get(&host).is_none_or(|old| **old != fresh) {
+                changed_endpoints.insert(host.clone());
+            }
+            if fresh.endpoints.is_empty() {
+                next.endpoints.remove(&host);
+            } else {
+                next.endpoints.insert(host, Arc::new(fresh));
+            }
         }
     }
 
@@ -485,6 +572,7 @@ impl Aggregator {
             ports: Service::merged_ports(&clusters),
             clusters,
             auto_vip,
+            defined_by: causeway_model::DefinedBy::Kubernetes,
         })
     }
 

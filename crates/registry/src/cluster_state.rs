@@ -5,7 +5,9 @@ use crate::records::{
     Kind, LOCALITY_LABEL, NETWORK_LABEL, NamespaceRecord, ObjectKey, PodRecord, REGION_LABEL,
     Record, ServiceRecord, SliceRecord, TLS_MODE_LABEL,
 };
-use causeway_model::{Endpoint, IstioGateway, Locality, PeerAuthentication, TlsMode, TlsRoute};
+use causeway_model::{
+    Endpoint, IstioGateway, Locality, PeerAuthentication, ServiceEntry, TlsMode, TlsRoute,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What a batch of changes touched, so that only that is rebuilt and pushed.
@@ -19,6 +21,8 @@ pub struct Dirty {
     pub all_endpoints: bool,
     /// Istio configuration (Gateway, VirtualService, PeerAuthentication) changed: a full push.
     pub gateways: bool,
+    /// A ServiceEntry changed: its services and endpoints are rebuilt, and a full push.
+    pub service_entries: bool,
 }
 
 impl Dirty {
@@ -27,6 +31,7 @@ impl Dirty {
             && self.endpoints.is_empty()
             && !self.all_endpoints
             && !self.gateways
+            && !self.service_entries
     }
 
     pub fn merge(&mut self, other: Dirty) {
@@ -34,6 +39,7 @@ impl Dirty {
         self.endpoints.extend(other.endpoints);
         self.all_endpoints |= other.all_endpoints;
         self.gateways |= other.gateways;
+        self.service_entries |= other.service_entries;
     }
 }
 
@@ -55,6 +61,7 @@ pub struct ClusterState {
     pub gateways: BTreeMap<ObjectKey, IstioGateway>,
     pub tls_routes: BTreeMap<ObjectKey, Vec<TlsRoute>>,
     pub peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
+    pub service_entries: BTreeMap<ObjectKey, ServiceEntry>,
 }
 
 impl ClusterState {
@@ -137,6 +144,13 @@ impl ClusterState {
                     self.peer_authentications.insert(key, policy);
                 }
             }
+            Record::ServiceEntry(entry) => {
+                let key = (entry.namespace.clone(), entry.name.clone());
+                if self.service_entries.get(&key) != Some(&entry) {
+                    dirty.service_entries = true;
+                    self.service_entries.insert(key, entry);
+                }
+            }
             Record::VirtualService(service) => {
                 let key = (service.namespace, service.name);
                 if self.tls_routes.get(&key) != Some(&service.tls_routes) {
@@ -178,6 +192,9 @@ impl ClusterState {
             Kind::PeerAuthentication => {
                 dirty.gateways |= self.peer_authentications.remove(key).is_some();
             }
+            Kind::ServiceEntry => {
+                dirty.service_entries |= self.service_entries.remove(key).is_some();
+            }
         }
         dirty
     }
@@ -193,6 +210,7 @@ impl ClusterState {
             Kind::Gateway => self.gateways.keys().cloned().collect(),
             Kind::VirtualService => self.tls_routes.keys().cloned().collect(),
             Kind::PeerAuthentication => self.peer_authentications.keys().cloned().collect(),
+            Kind::ServiceEntry => self.service_entries.keys().cloned().collect(),
         };
         let mut dirty = Dirty::default();
         for key in stale.iter().filter(|key| !listed.contains(*key)) {
@@ -216,6 +234,7 @@ impl ClusterState {
             gateways: !self.gateways.is_empty()
                 || !self.tls_routes.is_empty()
                 || !self.peer_authentications.is_empty(),
+            service_entries: !self.service_entries.is_empty(),
         };
         dirty.endpoints.extend(dirty.definitions.iter().cloned());
         *self = ClusterState::new(

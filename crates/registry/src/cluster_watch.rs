@@ -106,6 +106,17 @@ impl ClusterWatch {
                     ))
                 },
             ));
+            let service_entry = ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "networking.istio.io",
+                "v1beta1",
+                "ServiceEntry",
+            ));
+            streams.push(kind_stream(
+                Api::<DynamicObject>::all_with(client.clone(), &service_entry),
+                watcher::Config::default(),
+                Kind::ServiceEntry,
+                |e| records::service_entry_record(e).map(Record::ServiceEntry),
+            ));
         }
         streams
     }
@@ -151,7 +162,7 @@ impl ClusterWatch {
                             }),
                         }
                     }
-                    Some((kind, Err(error))) if matches!(kind, Kind::Gateway | Kind::VirtualService | Kind::PeerAuthentication) && is_not_found(&error) => {
+                    Some((kind, Err(error))) if matches!(kind, Kind::Gateway | Kind::VirtualService | Kind::PeerAuthentication | Kind::ServiceEntry) && is_not_found(&error) => {
                         // Istio's CRDs are not installed in this cluster: no Gateways, not a failure.
                         if listed.insert(kind) {
                             Some(Message::Reset { cluster: self.cluster.clone(), generation: self.generation, kind, records: Vec::new() })

@@ -3,7 +3,7 @@
 
 use causeway_model::{
     ClusterService, EndpointPort, GatewayServer, IstioGateway, MtlsMode, PeerAuthentication,
-    Protocol, ServicePort, TlsRoute,
+    Protocol, ServiceEntry, ServicePort, TlsRoute,
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,6 +32,7 @@ pub enum Kind {
     Gateway,
     VirtualService,
     PeerAuthentication,
+    ServiceEntry,
 }
 
 impl Kind {
@@ -44,6 +45,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::VirtualService => "VirtualService",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::ServiceEntry => "ServiceEntry",
         }
     }
 }
@@ -57,6 +59,7 @@ pub enum Record {
     Gateway(IstioGateway),
     VirtualService(VirtualServiceRecord),
     PeerAuthentication(PeerAuthentication),
+    ServiceEntry(ServiceEntry),
 }
 
 impl Record {
@@ -69,6 +72,7 @@ impl Record {
             Record::Gateway(g) => (g.namespace.clone(), g.name.clone()),
             Record::PeerAuthentication(p) => (p.namespace.clone(), p.name.clone()),
             Record::VirtualService(v) => (v.namespace.clone(), v.name.clone()),
+            Record::ServiceEntry(e) => (e.namespace.clone(), e.name.clone()),
         }
     }
 }
@@ -294,6 +298,26 @@ pub fn gateway_record(object: &DynamicObject) -> IstioGateway {
         name,
         selector,
         servers,
+    }
+}
+
+/// A ServiceEntry, or `None` (with a warning naming the bad field) for one that cannot be used,
+/// as Istio's validation would have refused it. What it asks for that is not followed yet is
+/// logged once per change.
+pub fn service_entry_record(object: &DynamicObject) -> Option<ServiceEntry> {
+    let (namespace, name) = name_of(&object.metadata);
+    let spec = object.data.get("spec").cloned().unwrap_or_default();
+    match ServiceEntry::from_spec(&namespace, &name, &spec) {
+        Ok(entry) => {
+            for unsupported in &entry.unsupported {
+                tracing::warn!(entry = %format!("{namespace}/{name}"), "ServiceEntry: {unsupported}");
+            }
+            Some(entry)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "ServiceEntry ignored; fix it and apply it again");
+            None
+        }
     }
 }
 

@@ -410,3 +410,126 @@ async fn unusable_remote_secrets_are_reported_not_fatal() {
         .unwrap()
         .unwrap();
 }
+
+async fn put_service_entry(client: &kube::Client, name: &str, spec: serde_json::Value) {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1beta1",
+        "ServiceEntry",
+    ));
+    let entries: Api<DynamicObject> = Api::namespaced_with(client.clone(), "sample", &resource);
+    let object = json!({
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name, "namespace": "sample"},
+        "spec": spec,
+    });
+    // Created, or changed with a merge patch (the lab does not serve server-side apply).
+    if entries.get_opt(name).await.unwrap().is_none() {
+        let object: DynamicObject = serde_json::from_value(object).unwrap();
+        entries
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+    } else {
+        entries
+            .patch(name, &PatchParams::default(), &Patch::Merge(&object))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_entries_define_services_until_they_are_deleted_or_broken() {
+    use causeway_model::{DefinedBy, Location, TlsMode};
+    let dir = tempfile::tempdir().unwrap();
+    let (_one, client01) = start_cluster("cluster01", "10.96.0.0/16", dir.path(), "network1").await;
+    let registry = Registry::start(registry_config(), client01.clone());
+    // Seed 002's entry: another mesh's httpbin behind its gateway.
+    let seed = json!({
+        "hosts": ["httpbin.bar.global"],
+        "location": "MESH_INTERNAL",
+        "ports": [{"name": "http1", "number": 8000, "protocol": "http"}],
+        "resolution": "DNS",
+        "addresses": ["240.0.0.2"],
+        "endpoints": [{"address": "172.18.12.0", "ports": {"http1": 15443}}],
+    });
+    put_service_entry(&client01, "httpbin-bar", seed.clone()).await;
+    let service = wait_for(&registry, "the entry's service", |s| {
+        s.services.get("httpbin.bar.global").cloned()
+    })
+    .await;
+    assert_eq!(
+        service.defined_by,
+        DefinedBy::ServiceEntry(Location::MeshInternal)
+    );
+    assert_eq!(
+        service.vip_for("cluster01"),
+        Some("240.0.0.2".parse().unwrap())
+    );
+    let snapshot = registry.snapshot();
+    let endpoints = snapshot.endpoints_of("httpbin.bar.global");
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].port_for("http1"), Some(15443));
+    assert_eq!(endpoints[0].tls_mode, TlsMode::Istio);
+
+    // Without addresses, an external entry gets one from Istio's auto-allocation range.
+    put_service_entry(
+        &client01,
+        "outside",
+        json!({"hosts": ["api.outside.example"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
+               "ports": [{"name": "http", "number": 80}], "endpoints": [{"address": "10.96.9.9"}]}),
+    )
+    .await;
+    let outside = wait_for(&registry, "the external entry", |s| {
+        s.services.get("api.outside.example").cloned()
+    })
+    .await;
+    let vip = outside.vip_for("cluster01").unwrap().to_string();
+    assert!(vip.starts_with("240.240."), "{vip}");
+    assert_eq!(
+        registry.snapshot().endpoints_of("api.outside.example")[0].tls_mode,
+        TlsMode::Disabled
+    );
+
+    // An entry made invalid is dropped, as Istio's validation would refuse it; fixed, it returns.
+    let mut broken = seed.clone();
+    broken["location"] = json!("INSIDE");
+    put_service_entry(&client01, "httpbin-bar", broken).await;
+    wait_for(&registry, "the broken entry gone", |s| {
+        (!s.services.contains_key("httpbin.bar.global")
+            && !s.endpoints.contains_key("httpbin.bar.global"))
+        .then_some(())
+    })
+    .await;
+    put_service_entry(&client01, "httpbin-bar", seed).await;
+    wait_for(&registry, "the entry back", |s| {
+        s.services.contains_key("httpbin.bar.global").then_some(())
+    })
+    .await;
+
+    // Deleted, its service and endpoints go; the other entry stays.
+    use kube::api::DynamicObject;
+    use kube::core::{ApiResource, GroupVersionKind};
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1beta1",
+        "ServiceEntry",
+    ));
+    Api::<DynamicObject>::namespaced_with(client01.clone(), "sample", &resource)
+        .delete("httpbin-bar", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(&registry, "the deleted entry gone", |s| {
+        (!s.services.contains_key("httpbin.bar.global")).then_some(())
+    })
+    .await;
+    assert!(
+        registry
+            .snapshot()
+            .services
+            .contains_key("api.outside.example")
+    );
+}

@@ -818,6 +818,7 @@ mod tests {
             ports: Service::merged_ports(&clusters),
             clusters,
             auto_vip: "240.240.0.1".parse().unwrap(),
+            defined_by: causeway_model::DefinedBy::Kubernetes,
         };
         let endpoints = ServiceEndpoints {
             endpoints: vec![

@@ -2,14 +2,16 @@
 //! `AUTO_PASSTHROUGH` server of a Gateway that selects the router, a cluster named by the SNI
 //! `outbound_.<port>_._.<fqdn>` whose endpoints are the local ones (the router's
 //! `REQUESTED_NETWORK_VIEW`), and a listener per server port choosing the cluster by SNI;
-//! `PASSTHROUGH` servers forward what their VirtualServices' `tls` routes say.
+//! `PASSTHROUGH` servers forward what their VirtualServices' `tls` routes say. A server exposing
+//! `*.global` also takes `outbound_.<port>_._.<name>.<namespace>.global` for the service
+//! `<name>.<namespace>`, as Istio 1.6's multicluster gateways did for replicated control planes.
 
 use super::common::{eds_cluster, tcp_proxy_filter};
 use super::sidecar::routable_ports;
 use crate::envoy::{any, socket_address};
 use crate::proxy::ProxyInfo;
 use crate::resources::{Resource, outbound_cluster, sni_cluster};
-use causeway_model::MeshSnapshot;
+use causeway_model::{DefinedBy, MeshSnapshot};
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
@@ -51,6 +53,21 @@ fn chains(snapshot: &MeshSnapshot, proxy: &ProxyInfo) -> BTreeMap<u16, Vec<Chain
                                 chains.push(Chain {
                                     server_names: vec![sni.clone()],
                                     cluster: sni,
+                                });
+                            }
+                        }
+                        // Istio 1.6's multicluster gateways: `<name>.<namespace>.global` (a
+                        // ServiceEntry host in the other mesh) is this mesh's service, when the
+                        // server exposes `*.global` (its EnvoyFilter rewrote the SNI so).
+                        if service.defined_by != DefinedBy::Kubernetes {
+                            continue;
+                        }
+                        let global = format!("{}.{}.global", service.name, service.namespace);
+                        if server.exposes(&gateway.namespace, &service.namespace, &global) {
+                            for port in routable_ports(service) {
+                                chains.push(Chain {
+                                    server_names: vec![sni_cluster(port.port, &global)],
+                                    cluster: sni_cluster(port.port, &service.fqdn),
                                 });
                             }
                         }

@@ -253,6 +253,7 @@ mod tests {
                 protocol: Protocol::Http,
             }],
             auto_vip: std::net::Ipv4Addr::UNSPECIFIED,
+            defined_by: causeway_model::DefinedBy::Kubernetes,
         };
         let mut snapshot = MeshSnapshot::default();
         snapshot.services.insert(fqdn.into(), Arc::new(service));

@@ -1,0 +1,527 @@
+//! Istio's `ServiceEntry` (`networking.istio.io` v1, v1beta1, v1alpha3): services the mesh knows
+//! from configuration instead of a cluster's Service objects, such as another mesh's service
+//! behind its gateway (`httpbin.bar.global`) or an API outside the mesh.
+//!
+//! Each exact host becomes a mesh [`Service`] with the entry's ports, and the entry's endpoints
+//! become its [`Endpoint`]s: `MESH_INTERNAL` endpoints are reached with Istio mTLS,
+//! `MESH_EXTERNAL` ones as they are. The address a proxy sends the host's traffic to (and its DNS
+//! proxy answers with) is the entry's first `addresses` entry, else one allocated as for a service
+//! that exists only in another cluster.
+//!
+//! Not followed yet, and said so where they are read: wildcard hosts and `resolution: NONE` (the
+//! traffic passes through to where the application sent it, as to any unknown destination),
+//! hostname endpoints, `workloadSelector`, endpoint `weight` and `exportTo` (every entry is
+//! visible mesh-wide).
+
+use crate::endpoint::{Endpoint, EndpointPort, Locality, TlsMode};
+use crate::service::{ClusterService, DefinedBy, Protocol, Service, ServicePort};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// `spec.location`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Location {
+    MeshExternal,
+    MeshInternal,
+}
+
+/// `spec.resolution`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Resolution {
+    None,
+    Static,
+    Dns,
+    DnsRoundRobin,
+}
+
+/// One of `spec.ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryPort {
+    pub port: ServicePort,
+    /// `targetPort`: where endpoints listen when they do not say.
+    pub target_port: Option<u16>,
+}
+
+/// One of `spec.endpoints` (a WorkloadEntry's spec).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryEndpoint {
+    pub address: IpAddr,
+    /// Port name to the endpoint's port.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub network: String,
+    pub locality: Locality,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceEntry {
+    pub namespace: String,
+    pub name: String,
+    /// The exact hosts; wildcard hosts are in [`ServiceEntry::unsupported`].
+    pub hosts: Vec<String>,
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<EntryPort>,
+    pub location: Location,
+    pub resolution: Resolution,
+    pub endpoints: Vec<EntryEndpoint>,
+    /// What the entry asks for that is not followed yet, one sentence each.
+    pub unsupported: Vec<String>,
+}
+
+/// A ServiceEntry that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ServiceEntry {namespace}/{name}: {field}: {problem}")]
+pub struct ServiceEntryError {
+    pub namespace: String,
+    pub name: String,
+    pub field: String,
+    pub problem: String,
+}
+
+fn text<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
+    value.get(field).and_then(Value::as_str)
+}
+
+fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    value
+        .and_then(Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn port_number(value: &Value) -> Option<u16> {
+    value
+        .as_u64()
+        .and_then(|number| u16::try_from(number).ok())
+        .filter(|number| *number > 0)
+}
+
+impl ServiceEntry {
+    /// Reads `spec` of the ServiceEntry `namespace/name`; every problem names its field.
+    pub fn from_spec(
+        namespace: &str,
+        name: &str,
+        spec: &Value,
+    ) -> Result<ServiceEntry, ServiceEntryError> {
+        let fail = |field: &str, problem: String| ServiceEntryError {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            field: field.to_owned(),
+            problem,
+        };
+        let mut unsupported = Vec::new();
+        let mut hosts = Vec::new();
+        let listed = spec.get("hosts").and_then(Value::as_array);
+        for (index, host) in listed.into_iter().flatten().enumerate() {
+            let Some(host) = host.as_str().filter(|host| !host.is_empty()) else {
+                return Err(fail(
+                    &format!("spec.hosts[{index}]"),
+                    "must be a host name".into(),
+                ));
+            };
+            if host.contains('*') {
+                unsupported.push(format!("wildcard host {host:?} is not routed yet"));
+            } else {
+                hosts.push(host.to_ascii_lowercase());
+            }
+        }
+        if listed.is_none_or(|hosts| hosts.is_empty()) {
+            return Err(fail("spec.hosts", "at least one host is required".into()));
+        }
+        let mut addresses = Vec::new();
+        for (index, address) in spec
+            .get("addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let text = address.as_str().unwrap_or_default();
+            // A CIDR of one address is an address; wider ranges match no single VIP.
+            let plain = text
+                .strip_suffix("/32")
+                .or_else(|| text.strip_suffix("/128"))
+                .unwrap_or(text);
+            match plain.parse::<IpAddr>() {
+                Ok(address) => addresses.push(address),
+                Err(_) if text.contains('/') => {
+                    unsupported.push(format!("address range {text} is not matched yet"))
+                }
+                Err(_) => {
+                    return Err(fail(
+                        &format!("spec.addresses[{index}]"),
+                        format!("{text:?} is not an IP address or CIDR"),
+                    ));
+                }
+            }
+        }
+        let mut ports = Vec::new();
+        for (index, port) in spec
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let field = format!("spec.ports[{index}]");
+            let number = port.get("number").and_then(port_number).ok_or_else(|| {
+                fail(
+                    &format!("{field}.number"),
+                    "must be a port (1-65535)".into(),
+                )
+            })?;
+            let port_name = text(port, "name").unwrap_or_default().to_owned();
+            if port_name.is_empty() {
+                return Err(fail(
+                    &format!("{field}.name"),
+                    "every port needs a name".into(),
+                ));
+            }
+            let protocol = Protocol::detect(text(port, "protocol"), &port_name, "TCP");
+            let target_port = match port.get("targetPort") {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(port_number(value).ok_or_else(|| {
+                    fail(
+                        &format!("{field}.targetPort"),
+                        "must be a port (1-65535)".into(),
+                    )
+                })?),
+            };
+            ports.push(EntryPort {
+                port: ServicePort {
+                    name: port_name,
+                    port: number,
+                    protocol,
+                },
+                target_port,
+            });
+        }
+        let location = match text(spec, "location").unwrap_or("MESH_EXTERNAL") {
+            "MESH_EXTERNAL" => Location::MeshExternal,
+            "MESH_INTERNAL" => Location::MeshInternal,
+            other => {
+                return Err(fail(
+                    "spec.location",
+                    format!("{other:?} is neither MESH_EXTERNAL nor MESH_INTERNAL"),
+                ));
+            }
+        };
+        let resolution = match text(spec, "resolution").unwrap_or("NONE") {
+            "NONE" => Resolution::None,
+            "STATIC" => Resolution::Static,
+            "DNS" => Resolution::Dns,
+            "DNS_ROUND_ROBIN" => Resolution::DnsRoundRobin,
+            other => {
+                return Err(fail(
+                    "spec.resolution",
+                    format!("{other:?} is none of NONE, STATIC, DNS, DNS_ROUND_ROBIN"),
+                ));
+            }
+        };
+        if resolution == Resolution::None {
+            unsupported.push(
+                "resolution NONE: traffic passes through to where the application sent it".into(),
+            );
+        }
+        let mut endpoints = Vec::new();
+        for (index, endpoint) in spec
+            .get("endpoints")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let field = format!("spec.endpoints[{index}]");
+            let address = text(endpoint, "address").unwrap_or_default();
+            let Ok(ip) = address.parse::<IpAddr>() else {
+                if address.is_empty() {
+                    return Err(fail(&format!("{field}.address"), "is required".into()));
+                }
+                unsupported.push(format!(
+                    "endpoint {address:?} is a host name; only IP endpoints are used yet"
+                ));
+                continue;
+            };
+            let mut endpoint_ports = BTreeMap::new();
+            if let Some(map) = endpoint.get("ports").and_then(Value::as_object) {
+                for (port_name, number) in map {
+                    let number = port_number(number).ok_or_else(|| {
+                        fail(
+                            &format!("{field}.ports.{port_name}"),
+                            "must be a port (1-65535)".into(),
+                        )
+                    })?;
+                    endpoint_ports.insert(port_name.clone(), number);
+                }
+            }
+            if endpoint.get("weight").is_some() {
+                unsupported.push(format!("{field}.weight is not followed yet"));
+            }
+            endpoints.push(EntryEndpoint {
+                address: ip,
+                ports: endpoint_ports,
+                labels: string_map(endpoint.get("labels")),
+                network: text(endpoint, "network").unwrap_or_default().to_owned(),
+                locality: Locality::parse(text(endpoint, "locality").unwrap_or_default()),
+            });
+        }
+        if spec.get("workloadSelector").is_some() {
+            unsupported
+                .push("workloadSelector is not followed yet: list the endpoints instead".into());
+        }
+        if let Some(export_to) = spec.get("exportTo").and_then(Value::as_array)
+            && !export_to.iter().all(|to| to.as_str() == Some("*"))
+        {
+            unsupported.push("exportTo is not followed yet: the entry is visible mesh-wide".into());
+        }
+        Ok(ServiceEntry {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            hosts,
+            addresses,
+            ports,
+            location,
+            resolution,
+            endpoints,
+            unsupported,
+        })
+    }
+
+    /// Whether the entry defines mesh services (it does unless its traffic passes through).
+    pub fn routed(&self) -> bool {
+        self.resolution != Resolution::None && !self.hosts.is_empty() && !self.ports.is_empty()
+    }
+
+    /// The mesh service of `host`, defined in `cluster` (the config cluster), with `auto_vip`
+    /// as its address unless the entry gives one.
+    pub fn service(&self, host: &str, cluster: &str, auto_vip: Ipv4Addr) -> Service {
+        let ports: Vec<ServicePort> = self.ports.iter().map(|port| port.port.clone()).collect();
+        let address = self.addresses.first().copied();
+        let auto_vip = match address {
+            Some(IpAddr::V4(v4)) => v4,
+            _ => auto_vip,
+        };
+        let local = ClusterService {
+            cluster: cluster.to_owned(),
+            cluster_ip: Some(address.unwrap_or(IpAddr::V4(auto_vip))),
+            ports: ports.clone(),
+            selector: None,
+            labels: BTreeMap::new(),
+            external_addresses: Vec::new(),
+        };
+        Service {
+            fqdn: host.to_owned(),
+            name: host.to_owned(),
+            namespace: self.namespace.clone(),
+            ports,
+            clusters: [(cluster.to_owned(), local)].into(),
+            auto_vip,
+            defined_by: DefinedBy::ServiceEntry(self.location),
+        }
+    }
+
+    /// The endpoints of every host of the entry, as seen from `cluster` (the config cluster).
+    pub fn endpoints(&self, cluster: &str) -> Vec<Endpoint> {
+        let tls_mode = match self.location {
+            Location::MeshInternal => TlsMode::Istio,
+            Location::MeshExternal => TlsMode::Disabled,
+        };
+        self.endpoints
+            .iter()
+            .map(|endpoint| Endpoint {
+                cluster: cluster.to_owned(),
+                network: endpoint.network.clone(),
+                address: endpoint.address,
+                ports: self
+                    .ports
+                    .iter()
+                    .map(|port| EndpointPort {
+                        name: port.port.name.clone(),
+                        port: endpoint
+                            .ports
+                            .get(&port.port.name)
+                            .copied()
+                            .or(port.target_port)
+                            .unwrap_or(port.port.port),
+                    })
+                    .collect(),
+                locality: endpoint.locality.clone(),
+                identity: None,
+                labels: endpoint.labels.clone(),
+                ready: true,
+                tls_mode,
+                pod: None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Seed 002's entry: cluster2's service behind its gateway, from cluster1.
+    fn seed_entry() -> Value {
+        json!({
+            "hosts": ["httpbin.bar.global"],
+            "location": "MESH_INTERNAL",
+            "ports": [{"name": "http1", "number": 8000, "protocol": "http"}],
+            "resolution": "DNS",
+            "addresses": ["240.0.0.2"],
+            "endpoints": [{"address": "172.18.12.0", "ports": {"http1": 15443}}],
+        })
+    }
+
+    #[test]
+    fn the_seeds_entry_becomes_a_service_behind_the_other_clusters_gateway() {
+        let entry = ServiceEntry::from_spec("foo", "httpbin-bar", &seed_entry()).unwrap();
+        assert!(entry.routed());
+        assert!(entry.unsupported.is_empty(), "{:?}", entry.unsupported);
+        let service = entry.service(
+            "httpbin.bar.global",
+            "cluster01",
+            Ipv4Addr::new(240, 240, 0, 9),
+        );
+        assert_eq!(service.fqdn, "httpbin.bar.global");
+        assert_eq!(
+            service.vip_for("cluster01"),
+            Some("240.0.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            service.vip_for("cluster02"),
+            Some("240.0.0.2".parse().unwrap())
+        );
+        assert_eq!(service.host_aliases(Some("foo")), ["httpbin.bar.global"]);
+        assert_eq!(service.ports[0].protocol, Protocol::Http);
+        let endpoints = entry.endpoints("cluster01");
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(
+            endpoints[0].address,
+            "172.18.12.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(endpoints[0].port_for("http1"), Some(15443));
+        assert_eq!(endpoints[0].tls_mode, TlsMode::Istio);
+        assert_eq!(endpoints[0].network, "", "reachable from every network");
+    }
+
+    #[test]
+    fn external_entries_are_plaintext_and_get_an_allocated_address_without_one() {
+        let entry = ServiceEntry::from_spec(
+            "sample",
+            "plain",
+            &json!({
+                "hosts": ["httpbin.external.example", "*.example"],
+                "ports": [{"name": "http", "number": 8000, "targetPort": 80}],
+                "resolution": "STATIC",
+                "endpoints": [{"address": "10.10.0.9"}, {"address": "10.10.0.10", "ports": {"http": 8080}, "network": "network1"}],
+            }),
+        )
+        .unwrap();
+        assert_eq!(entry.location, Location::MeshExternal);
+        assert_eq!(entry.hosts, ["httpbin.external.example"]);
+        assert_eq!(entry.unsupported.len(), 1, "{:?}", entry.unsupported);
+        assert!(entry.unsupported[0].contains("wildcard host \"*.example\""));
+        let service = entry.service(
+            "httpbin.external.example",
+            "cluster01",
+            Ipv4Addr::new(240, 240, 0, 3),
+        );
+        assert_eq!(
+            service.vip_for("cluster01"),
+            Some("240.240.0.3".parse().unwrap())
+        );
+        assert_eq!(
+            service.defined_by,
+            DefinedBy::ServiceEntry(Location::MeshExternal)
+        );
+        let ports: Vec<Option<u16>> = entry
+            .endpoints("cluster01")
+            .iter()
+            .map(|endpoint| endpoint.port_for("http"))
+            .collect();
+        assert_eq!(
+            ports,
+            [Some(80), Some(8080)],
+            "targetPort, then the endpoint's own"
+        );
+        assert!(
+            entry
+                .endpoints("cluster01")
+                .iter()
+                .all(|e| e.tls_mode == TlsMode::Disabled)
+        );
+    }
+
+    #[test]
+    fn what_is_not_followed_is_named_and_bad_fields_are_refused() {
+        let partly = ServiceEntry::from_spec(
+            "sample",
+            "partly",
+            &json!({
+                "hosts": ["api.example.com"], "ports": [{"name": "https", "number": 443}],
+                "resolution": "NONE", "exportTo": ["."], "workloadSelector": {"labels": {"app": "vm"}},
+                "addresses": ["10.0.0.0/24"], "endpoints": [{"address": "api.example.com"}],
+            }),
+        )
+        .unwrap();
+        assert!(!partly.routed());
+        let said = partly.unsupported.join("\n");
+        for words in [
+            "resolution NONE",
+            "exportTo",
+            "workloadSelector",
+            "address range 10.0.0.0/24",
+            "host name",
+        ] {
+            assert!(said.contains(words), "{words}: {said}");
+        }
+        let cases = [
+            (
+                json!({"ports": [{"name": "http", "number": 80}]}),
+                "spec.hosts: at least one host",
+            ),
+            (
+                json!({"hosts": ["a"], "ports": [{"name": "http", "number": 0}]}),
+                "spec.ports[0].number",
+            ),
+            (
+                json!({"hosts": ["a"], "ports": [{"number": 80}]}),
+                "spec.ports[0].name",
+            ),
+            (
+                json!({"hosts": ["a"], "location": "INSIDE"}),
+                "spec.location: \"INSIDE\"",
+            ),
+            (
+                json!({"hosts": ["a"], "resolution": "MAGIC"}),
+                "spec.resolution: \"MAGIC\"",
+            ),
+            (
+                json!({"hosts": ["a"], "addresses": ["two"]}),
+                "spec.addresses[0]: \"two\"",
+            ),
+            (
+                json!({"hosts": ["a"], "endpoints": [{"ports": {"http": 80}}]}),
+                "spec.endpoints[0].address",
+            ),
+            (
+                json!({"hosts": ["a"], "endpoints": [{"address": "10.0.0.1", "ports": {"http": 99999}}]}),
+                "spec.endpoints[0].ports.http",
+            ),
+        ];
+        for (spec, message) in cases {
+            let error = ServiceEntry::from_spec("ns", "bad", &spec)
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("ServiceEntry ns/bad: "), "{error}");
+            assert!(error.contains(message), "{message}: {error}");
+        }
+    }
+}
