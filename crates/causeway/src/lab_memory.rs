@@ -24,7 +24,7 @@ impl Role {
         match self {
             Role::ApiServer => "API servers (with kubelet, kube-proxy, DNS)",
             Role::Discovery => "discovery (istiod)",
-            Role::Gateway => "east-west gateways",
+            Role::Gateway => "gateways (east-west, ingress)",
             Role::Sidecar => "sidecars",
             Role::Operator => "operator",
             Role::App => "apps (helloworld, sleep, httpbin)",

@@ -1,11 +1,11 @@
 //! What the proxies' access logs say about the walkthroughs' requests: which pod answered each
-//! client request and the path it took (direct, or through which cluster's east-west gateway),
+//! client request and the path it took (direct, or through which cluster's gateway),
 //! and whether every log line is what Envoy writes. No I/O: the logs come in as text, so the
 //! decisions are tested as tables.
 //!
 //! A request is followed by its `request_id`: the client's sidecar adds `x-request-id` and logs it,
 //! and the serving sidecar logs the same id on its inbound line. Who connected to the serving
-//! sidecar (`downstream_remote_address`) tells the path: an east-west gateway pod, or the client.
+//! sidecar (`downstream_remote_address`) tells the path: a gateway pod, or the client.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -20,15 +20,18 @@ pub struct ProxyLog {
     pub namespace: String,
     pub pod: String,
     pub labels: BTreeMap<String, String>,
-    /// The pod is an east-west gateway (`istio=eastwestgateway`), not a sidecar.
+    /// The pod is a gateway (it runs the router), not a sidecar.
     pub gateway: bool,
     pub text: String,
 }
 
-/// A cluster's east-west gateway: its pods and the addresses its Service is reached at.
+/// A cluster's gateway (east-west, or Istio 1.6's multicluster ingress gateway): its pods and the
+/// addresses its Service is reached at.
 #[derive(Debug, Clone, Default)]
-pub struct EastWestGateway {
+pub struct Gateway {
     pub cluster: String,
+    /// Its `app` label: `istio-eastwestgateway`.
+    pub name: String,
     pub pod_ips: Vec<IpAddr>,
     pub addresses: Vec<IpAddr>,
 }
@@ -39,6 +42,7 @@ pub enum Path {
     Direct,
     Gateway {
         cluster: String,
+        name: String,
     },
     /// No serving sidecar logged the request: outside the mesh, or the log was lost.
     Unseen,
@@ -48,7 +52,7 @@ impl std::fmt::Display for Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Path::Direct => f.write_str("direct"),
-            Path::Gateway { cluster } => write!(f, "via {cluster}'s east-west gateway"),
+            Path::Gateway { cluster, name } => write!(f, "via {cluster}'s {name}"),
             Path::Unseen => f.write_str("not seen by a serving sidecar"),
         }
     }
@@ -80,8 +84,8 @@ pub struct Traffic {
 pub enum Expect {
     /// A flat network: every request goes straight to the pod that answers it.
     Direct,
-    /// Separate networks: requests answered in another cluster go through that cluster's
-    /// east-west gateway; the others go direct.
+    /// Separate networks: requests answered in another cluster go through a gateway of that
+    /// cluster; the others go direct.
     Gateway,
 }
 
@@ -205,7 +209,7 @@ fn access_lines(log: &ProxyLog, problems: &mut Vec<String>) -> Vec<Map<String, V
 /// the sidecar that answered it.
 pub fn analyse(
     logs: &[ProxyLog],
-    gateways: &[EastWestGateway],
+    gateways: &[Gateway],
     namespace: &str,
     client_app: &str,
 ) -> Traffic {
@@ -214,14 +218,9 @@ pub fn analyse(
         .iter()
         .map(|log| (log, access_lines(log, &mut problems)))
         .collect();
-    let gateway_of_pod: HashMap<IpAddr, &str> = gateways
+    let gateway_of_pod: HashMap<IpAddr, &Gateway> = gateways
         .iter()
-        .flat_map(|gateway| {
-            gateway
-                .pod_ips
-                .iter()
-                .map(|ip| (*ip, gateway.cluster.as_str()))
-        })
+        .flat_map(|gateway| gateway.pod_ips.iter().map(move |ip| (*ip, gateway)))
         .collect();
     let gateway_of_address: HashMap<IpAddr, &str> = gateways
         .iter()
@@ -274,8 +273,9 @@ pub fn analyse(
                 let from = address_ip(&text(inbound, "downstream_remote_address"));
                 let through = from.and_then(|ip| gateway_of_pod.get(&ip).copied());
                 request.path = match through {
-                    Some(cluster) => Path::Gateway {
-                        cluster: cluster.to_owned(),
+                    Some(gateway) => Path::Gateway {
+                        cluster: gateway.cluster.clone(),
+                        name: gateway.name.clone(),
                     },
                     None => Path::Direct,
                 };
@@ -283,7 +283,7 @@ pub fn analyse(
                 request.served_by = Some(server.pod.clone());
                 request.version = server.labels.get("version").cloned();
                 // The client's own line must agree: it sent the request to that gateway.
-                if through != towards_gateway {
+                if through.map(|gateway| gateway.cluster.as_str()) != towards_gateway {
                     problems.push(format!(
                         "request {request_id} from {}/{}: the client's sidecar sent it to {} but {}/{} was reached {}",
                         log.cluster,
@@ -326,13 +326,18 @@ pub fn unexpected(traffic: &Traffic, expect: Expect) -> Vec<String> {
         } else {
             *local += 1;
         }
-        let expected = match expect {
-            Expect::Gateway if crossed => Path::Gateway {
-                cluster: served_in.clone(),
-            },
-            _ => Path::Direct,
+        let expected_gateway = expect == Expect::Gateway && crossed;
+        let as_expected = match &request.path {
+            Path::Gateway { cluster, .. } => expected_gateway && cluster == served_in,
+            Path::Direct => !expected_gateway,
+            Path::Unseen => false,
         };
-        if request.path != expected {
+        if !as_expected {
+            let expected = if expected_gateway {
+                format!("via a gateway of {served_in}")
+            } else {
+                "direct".to_owned()
+            };
             found.push(format!(
                 "a request from {}/{} answered by {served_in}/{} went {}, expected {expected}",
                 request.client_cluster,
@@ -441,15 +446,17 @@ mod tests {
     const OUT: &str = "outbound|5000||helloworld.sample.svc.cluster.local";
     const IN: &str = "inbound|5000||";
 
-    fn gateways() -> Vec<EastWestGateway> {
+    fn gateways() -> Vec<Gateway> {
         vec![
-            EastWestGateway {
+            Gateway {
                 cluster: "cluster01".into(),
+                name: "istio-eastwestgateway".into(),
                 pod_ips: vec!["10.10.0.3".parse().unwrap()],
                 addresses: vec!["172.18.11.0".parse().unwrap()],
             },
-            EastWestGateway {
+            Gateway {
                 cluster: "cluster02".into(),
+                name: "istio-eastwestgateway".into(),
                 pod_ips: vec!["10.20.0.3".parse().unwrap()],
                 addresses: vec!["172.18.12.0".parse().unwrap()],
             },
@@ -506,7 +513,8 @@ mod tests {
                 (
                     Some("v2"),
                     &Path::Gateway {
-                        cluster: "cluster02".into()
+                        cluster: "cluster02".into(),
+                        name: "istio-eastwestgateway".into()
                     }
                 )
             ]
@@ -519,9 +527,9 @@ mod tests {
         assert_eq!(
             table.lines().collect::<Vec<_>>(),
             [
-                "FROM       VERSION  ANSWERED IN  PATH                               REQUESTS",
-                "cluster01  v1       cluster01    direct                             1",
-                "cluster01  v2       cluster02    via cluster02's east-west gateway  1",
+                "FROM       VERSION  ANSWERED IN  PATH                                   REQUESTS",
+                "cluster01  v1       cluster01    direct                                 1",
+                "cluster01  v2       cluster02    via cluster02's istio-eastwestgateway  1",
             ],
             "{table}"
         );
@@ -534,7 +542,7 @@ mod tests {
                 "cross-network request that bypassed the gateway",
                 multi_network("10.10.0.5:9", "10.20.0.4:5000"),
                 Expect::Gateway,
-                "went direct, expected via cluster02's east-west gateway",
+                "went direct, expected via a gateway of cluster02",
             ),
             (
                 "the client and the server disagree on the path",

@@ -16,7 +16,7 @@ use kube::api::{Api, ListParams, LogParams};
 
 use crate::cluster_client::{WhenUnset, client_for};
 pub use analysis::Expect;
-use analysis::{EastWestGateway, ProxyLog};
+use analysis::{Gateway, ProxyLog};
 
 #[derive(Args)]
 pub struct TrafficArgs {
@@ -33,17 +33,16 @@ pub struct TrafficArgs {
 }
 
 const PROXY_CONTAINER: &str = "istio-proxy";
-const GATEWAY_SELECTOR: &str = "istio=eastwestgateway";
 
 fn ip_of(text: Option<&String>) -> Option<IpAddr> {
     text.and_then(|text| text.parse().ok())
 }
 
-/// One cluster's proxy logs and east-west gateway.
+/// One cluster's proxy logs and gateways (the pods running the router).
 async fn collect(
     kubeconfig: &Path,
     cluster: &str,
-) -> anyhow::Result<(Vec<ProxyLog>, EastWestGateway)> {
+) -> anyhow::Result<(Vec<ProxyLog>, Vec<Gateway>)> {
     let context = causeway_lab::kubeconfig::context_name(cluster);
     let client = client_for(Some(kubeconfig), Some(&context), WhenUnset::CurrentContext)
         .await?
@@ -53,19 +52,23 @@ async fn collect(
         .await
         .with_context(|| format!("cannot list the pods of {context}"))?;
     let mut logs = Vec::new();
-    let mut gateway = EastWestGateway {
-        cluster: cluster.to_owned(),
-        ..EastWestGateway::default()
-    };
+    let mut gateways: Vec<Gateway> = Vec::new();
+    let mut gateway_labels: Vec<BTreeMap<String, String>> = Vec::new();
     for pod in pods.items {
-        let has_proxy = pod.spec.as_ref().is_some_and(|spec| {
+        let Some(proxy) = pod.spec.as_ref().and_then(|spec| {
             spec.containers
                 .iter()
-                .any(|container| container.name == PROXY_CONTAINER)
-        });
-        if !has_proxy {
+                .find(|container| container.name == PROXY_CONTAINER)
+        }) else {
             continue;
-        }
+        };
+        // A gateway (east-west or ingress) runs the router; a sidecar runs `proxy sidecar`.
+        let is_gateway = proxy.args.as_deref().is_some_and(|args| {
+            args.iter()
+                .map(String::as_str)
+                .take(2)
+                .eq(["proxy", "router"])
+        });
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
@@ -74,9 +77,18 @@ async fn collect(
                 .as_ref()
                 .and_then(|status| status.pod_ip.as_ref()),
         );
-        let is_gateway = labels.get("istio").map(String::as_str) == Some("eastwestgateway");
         if is_gateway {
-            gateway.pod_ips.extend(ip);
+            let name = labels.get("app").cloned().unwrap_or_else(|| name.clone());
+            match gateways.iter_mut().find(|gateway| gateway.name == name) {
+                Some(gateway) => gateway.pod_ips.extend(ip),
+                None => gateways.push(Gateway {
+                    cluster: cluster.to_owned(),
+                    name,
+                    pod_ips: ip.into_iter().collect(),
+                    addresses: Vec::new(),
+                }),
+            }
+            gateway_labels.push(labels.clone());
         }
         let params = LogParams {
             container: Some(PROXY_CONTAINER.into()),
@@ -102,26 +114,35 @@ async fn collect(
         .await
         .with_context(|| format!("cannot list the services of {context}"))?;
     for service in services.items {
-        let selects_gateway = service
+        let Some(selector) = service
             .spec
             .as_ref()
             .and_then(|spec| spec.selector.as_ref())
-            .is_some_and(|selector| {
-                selector.get("istio").map(String::as_str) == Some("eastwestgateway")
-            });
-        if !selects_gateway {
+            .filter(|selector| !selector.is_empty())
+        else {
             continue;
-        }
+        };
+        // The Service in front of a gateway: its selector picks that gateway's pods.
+        let selected = gateway_labels.iter().find(|labels| {
+            selector
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+        });
+        let Some(app) = selected.and_then(|labels| labels.get("app")).cloned() else {
+            continue;
+        };
         let ingress = service
             .status
             .and_then(|status| status.load_balancer)
             .and_then(|balancer| balancer.ingress)
             .unwrap_or_default();
-        gateway
-            .addresses
-            .extend(ingress.iter().filter_map(|entry| ip_of(entry.ip.as_ref())));
+        if let Some(gateway) = gateways.iter_mut().find(|gateway| gateway.name == app) {
+            gateway
+                .addresses
+                .extend(ingress.iter().filter_map(|entry| ip_of(entry.ip.as_ref())));
+        }
     }
-    Ok((logs, gateway))
+    Ok((logs, gateways))
 }
 
 /// Prints the summary of the lab's `clusters`; with `--expect`, fails on what differs.
@@ -137,15 +158,15 @@ pub fn run(kubeconfig: &Path, clusters: &[String], args: TrafficArgs) -> anyhow:
         let mut logs = Vec::new();
         let mut gateways = Vec::new();
         for cluster in clusters {
-            let (cluster_logs, gateway) = collect(kubeconfig, cluster).await?;
+            let (cluster_logs, cluster_gateways) = collect(kubeconfig, cluster).await?;
             logs.extend(cluster_logs);
-            gateways.push(gateway);
+            gateways.extend(cluster_gateways);
         }
         anyhow::Ok((logs, gateways))
     })?;
     let traffic = analysis::analyse(&logs, &gateways, &args.namespace, &args.client_app);
     println!(
-        "Requests from the {} pods in {}, by who answered and the path taken (from the proxies' access logs; selector {GATEWAY_SELECTOR} marks the gateways):",
+        "Requests from the {} pods in {}, by who answered and the path taken (from the proxies' access logs):",
         args.client_app, args.namespace
     );
     print!("{}", analysis::render(&traffic));
