@@ -88,15 +88,21 @@ fn walk(lab: &TestLab, name: &str) -> String {
         "{name} failed:\n{text}\n--- log tail ---\n{tail}"
     );
     eprintln!("{name}: {:.1} s\n{text}", started.elapsed().as_secs_f64());
+    assert!(text.contains("✔ every request took the"), "{text}");
+    assert!(text.contains("whole lab"), "the memory table: {text}");
+    text
+}
+
+/// Seeds 001 and 003: the ten requests from each cluster, none failed once `kubectl wait`
+/// returned.
+fn walk_helloworld(lab: &TestLab, name: &str) -> String {
+    let text = walk(lab, name);
     for cluster in ["cluster01", "cluster02"] {
-        // The seed's ten requests, none failed once `kubectl wait` returned.
         assert!(
             text.contains(&format!("From {cluster}'s sleep pod (0 of 10 failed):")),
             "{text}"
         );
     }
-    assert!(text.contains("✔ every request took the"), "{text}");
-    assert!(text.contains("whole lab"), "the memory table: {text}");
     text
 }
 
@@ -124,7 +130,7 @@ fn assert_paths(text: &str, cross_network: &str) {
         .collect();
     let crossed = |to: &str| match cross_network {
         "direct" => "direct".to_owned(),
-        _ => format!("via {to}'s east-west gateway"),
+        _ => format!("via {to}'s istio-eastwestgateway"),
     };
     assert_eq!(
         paths,
@@ -176,7 +182,7 @@ fn take_down(lab: &TestLab, before: &str) {
 fn multi_primary_multi_network() {
     let lab = TestLab::new();
     let before = host_state();
-    let text = walk(&lab, "multi-primary-multi-network");
+    let text = walk_helloworld(&lab, "multi-primary-multi-network");
     assert_paths(&text, "gateway");
     assert!(text.contains("✔ No direct path from cluster01's pods to cluster02's pods"));
     // The gateway logs a connection when it ends; the client's sidecar pools them until it
@@ -232,7 +238,7 @@ fn multi_primary_multi_network() {
 fn multi_primary() {
     let lab = TestLab::new();
     let before = host_state();
-    let text = walk(&lab, "multi-primary");
+    let text = walk_helloworld(&lab, "multi-primary");
     assert_paths(&text, "direct");
     uninstall_and_take_down(&lab, &before);
 }
@@ -241,7 +247,7 @@ fn multi_primary() {
 fn primary_remote() {
     let lab = TestLab::new();
     let before = host_state();
-    let text = walk(&lab, "primary-remote");
+    let text = walk_helloworld(&lab, "primary-remote");
     assert_paths(&text, "direct");
     // One control plane serves both clusters: cluster02's proxies are cluster01's.
     let status = lab.causeway(&["proxy-status", "--context", C1]);
@@ -259,7 +265,7 @@ fn primary_remote() {
 fn primary_remote_multi_network() {
     let lab = TestLab::new();
     let before = host_state();
-    let text = walk(&lab, "primary-remote-multi-network");
+    let text = walk_helloworld(&lab, "primary-remote-multi-network");
     assert_paths(&text, "gateway");
     uninstall_and_take_down(&lab, &before);
 }
@@ -268,7 +274,7 @@ fn primary_remote_multi_network() {
 fn sail() {
     let lab = TestLab::new();
     let before = host_state();
-    let text = walk(&lab, "sail");
+    let text = walk_helloworld(&lab, "sail");
     assert_paths(&text, "gateway");
     // The seed's clean-up: delete the Istio resource and the namespaces.
     for context in [C1, C2] {
@@ -292,4 +298,36 @@ fn sail() {
         assert!(!webhooks.contains("istio"), "{context}: {webhooks}");
     }
     take_down(&lab, &before);
+}
+
+#[test]
+fn replicated_control_planes() {
+    let lab = TestLab::new();
+    let before = host_state();
+    let text = walk(&lab, "replicated-control-planes");
+    // The seed's `curl -I httpbin.bar.global:8000/headers`, through cluster02's ingress gateway.
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-envoy-upstream-service-time: "),
+        "{text}"
+    );
+    let rows = summary_rows(&text);
+    assert_eq!(
+        rows,
+        [vec![
+            "cluster01".to_owned(),
+            "v1".to_owned(),
+            "cluster02".to_owned(),
+            "via cluster02's istio-ingressgateway".to_owned(),
+            "1".to_owned()
+        ]],
+        "{text}"
+    );
+    assert!(
+        text.contains("MESH_EXTERNAL httpbin.outside.example:8000 -> "),
+        "{text}"
+    );
+    assert!(text.contains(":80 answered 200"), "{text}");
+    uninstall_and_take_down(&lab, &before);
 }

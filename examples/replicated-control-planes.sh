@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Seed 002 "多集群 Kubernetes 环境下的 Istio 服务网格": two independent control planes sharing only the root CA.
+# Nothing joins the clusters but a ServiceEntry: cluster01's sleep (namespace foo) calls
+# `httpbin.bar.global`, which the entry sends to cluster02's ingress gateway on 15443, and the
+# gateway passes the mTLS connection to httpbin in cluster02's bar. Then a MESH_EXTERNAL entry
+# reaches a pod without a sidecar in plain text.
+# Usage: examples/replicated-control-planes.sh   (WALKTHROUGH_DIR, CAUSEWAY, VERBOSE: see lib.sh)
+source "$(dirname "$0")/lib.sh"
+replicated=$samples/replicated
+CTX_CLUSTER1=kind-cluster01
+CTX_CLUSTER2=kind-cluster02
+
+start_over
+create_cluster cluster01
+create_cluster cluster02
+# 安装 Istio: the shared root's intermediate CAs as cacerts (the seed uses Istio's sample certs)
+make_cacerts cluster01 cluster02
+
+# istioctl manifest apply -f .../values-istio-multicluster-gateways.yaml, in both clusters
+for context in "${CTX_CLUSTER1}" "${CTX_CLUSTER2}"; do
+    step "Control plane and multicluster ingress gateway installed in $context" \
+        "kubectl --context $context -n istio-system get pods"
+    causeway install --context "$context" -y -f "$replicated/values-istio-multicluster-gateways.yaml" \
+        --set values.global.multiCluster.clusterName="${context#kind-}"
+    kubectl --context "$context" apply -f "$replicated/multicluster-gateway.yaml"
+done
+
+# 部署示例微服务: sleep in cluster-1's foo, httpbin in cluster-2's bar
+step "sleep deployed in cluster01's foo" "kubectl --context kind-cluster01 -n foo describe pods"
+kubectl create --context="${CTX_CLUSTER1}" namespace foo
+kubectl label --context="${CTX_CLUSTER1}" namespace foo istio-injection=enabled
+kubectl apply --context="${CTX_CLUSTER1}" -n foo -f "$samples/sleep.yaml"
+step "httpbin deployed in cluster02's bar" "kubectl --context kind-cluster02 -n bar describe pods"
+kubectl create --context="${CTX_CLUSTER2}" namespace bar
+kubectl label --context="${CTX_CLUSTER2}" namespace bar istio-injection=enabled
+kubectl apply --context="${CTX_CLUSTER2}" -n bar -f "$samples/httpbin.yaml"
+step "Pods ready, each with its sidecar"
+kubectl --context="${CTX_CLUSTER1}" -n foo wait --for=condition=Ready pods --all --timeout=120s
+kubectl --context="${CTX_CLUSTER2}" -n bar wait --for=condition=Ready pods --all --timeout=120s
+SLEEP_POD=$(kubectl get --context="${CTX_CLUSTER1}" -n foo pod -l app=sleep -o jsonpath='{.items..metadata.name}')
+
+# 创建服务条目
+step "ServiceEntry httpbin.bar.global created in cluster01" "kubectl --context kind-cluster01 -n foo get serviceentry httpbin-bar -o yaml"
+CLUSTER2_GW_ADDR=$(kubectl get --context="${CTX_CLUSTER2}" svc --selector=app=istio-ingressgateway \
+    -n istio-system -o jsonpath='{.items[0].status.loadBalancer.ingress[0].ip}')
+[ -n "$CLUSTER2_GW_ADDR" ]
+sed "s/\${CLUSTER2_GW_ADDR}/$CLUSTER2_GW_ADDR/" "$replicated/httpbin-bar-serviceentry.yaml" |
+    kubectl apply --context="${CTX_CLUSTER1}" -n foo -f -
+
+# 测试服务: the seed's curl -I, answered 200 with x-envoy-upstream-service-time
+step "httpbin.bar.global answers from cluster01's sleep" "causeway proxy-status --context kind-cluster01"
+headers=""
+for _ in $(seq 50); do
+    headers=$(kubectl exec --context="${CTX_CLUSTER1}" "$SLEEP_POD" -n foo -c sleep -- curl -sI httpbin.bar.global:8000/headers || true)
+    grep -q '^HTTP/1.1 200' <<<"$headers" && break
+    sleep 0.2
+done
+say "" "\$ kubectl exec --context=\$CTX_CLUSTER1 \$SLEEP_POD -n foo -c sleep -- curl -I httpbin.bar.global:8000/headers" "$headers"
+grep -q '^HTTP/1.1 200' <<<"$headers"
+grep -qi '^x-envoy-upstream-service-time: ' <<<"$headers"
+
+step "Every proxy has its latest config" "causeway proxy-status --context kind-cluster01"
+for context in "${CTX_CLUSTER1}" "${CTX_CLUSTER2}"; do
+    status=$(causeway proxy-status --context "$context")
+    echo "$status"
+    [ -z "$(awk 'NR > 1 && ($4 != "SYNCED" || $5 != "SYNCED" || $6 != "SYNCED")' <<<"$status")" ]
+done
+step "Access logs show how the requests crossed" "kubectl --context kind-cluster01 -n foo logs deploy/sleep -c istio-proxy"
+summary=$(causeway lab traffic --namespace foo --expect gateway)
+finish_step
+say "" "$summary"
+
+# Beyond the seed: a MESH_EXTERNAL entry to a pod outside the mesh, reached without mTLS.
+step "MESH_EXTERNAL ServiceEntry reaches a pod without a sidecar, in plain text" \
+    "kubectl --context kind-cluster01 -n foo logs deploy/sleep -c istio-proxy"
+kubectl create --context="${CTX_CLUSTER1}" namespace outside
+kubectl apply --context="${CTX_CLUSTER1}" -n outside -f "$samples/httpbin.yaml"
+kubectl --context="${CTX_CLUSTER1}" -n outside wait --for=condition=Ready pods --all --timeout=60s
+outside_ip=$(kubectl get --context="${CTX_CLUSTER1}" -n outside pod -l app=httpbin -o jsonpath='{.items[0].status.podIP}')
+cat <<YAML | kubectl apply --context="${CTX_CLUSTER1}" -n foo -f -
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-outside
+spec:
+  hosts:
+  - httpbin.outside.example
+  location: MESH_EXTERNAL
+  ports:
+  - name: http
+    number: 8000
+    targetPort: 80
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: $outside_ip
+YAML
+answer=""
+for _ in $(seq 50); do
+    answer=$(kubectl exec --context="${CTX_CLUSTER1}" "$SLEEP_POD" -n foo -c sleep -- curl -s -o /dev/null -w '%{http_code}' httpbin.outside.example:8000/headers || true)
+    [ "$answer" = 200 ] && break
+    sleep 0.2
+done
+[ "$answer" = 200 ]
+# The client's sidecar sent it to the pod itself, without TLS: the pod has no sidecar to end it.
+kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
+    grep '"upstream_cluster":"outbound|8000||httpbin.outside.example"' | grep -q "\"upstream_host\":\"$outside_ip:80\""
+finish_step
+say "" "MESH_EXTERNAL httpbin.outside.example:8000 -> $outside_ip:80 answered $answer"
+done_message
