@@ -23,6 +23,7 @@ pub enum Kind {
 
 const MIXER: &str = "a Mixer-era setting; Istio removed Mixer in 1.8 and Causeway has none";
 const NOT_USED: &str = "not used by Causeway";
+const TRACING: &str = "Causeway's proxies send no trace spans (zipkin) yet";
 
 /// `*` is any key, `[]` any list item.
 const KNOWN: &[(&str, Kind)] = &[
@@ -103,7 +104,8 @@ const KNOWN: &[(&str, Kind)] = &[
     ("values.global.proxy_init.resources", Kind::Free),
     ("values.global.remotePolicyAddress", Kind::Unused(MIXER)),
     ("values.global.remoteTelemetryAddress", Kind::Unused(MIXER)),
-    ("values.global.remoteZipkinAddress", Kind::Unused(NOT_USED)),
+    ("values.global.remoteZipkinAddress", Kind::Unused(TRACING)),
+    ("values.global.tracer", Kind::Unused(TRACING)),
     ("values.global.enableTracing", Kind::Unused(NOT_USED)),
     ("values.global.useMCP", Kind::Unused(MIXER)),
     ("values.global.policyCheckFailOpen", Kind::Unused(MIXER)),

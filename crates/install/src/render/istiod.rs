@@ -60,7 +60,7 @@ pub fn render(settings: &Settings) -> Vec<Rendered> {
             }),
         ),
         mesh_config_map(settings, component),
-        injector_config_map(settings, &labels),
+        injector_config_map(settings, &labels, Component::Pilot),
         deployment(settings, &name, &labels),
         service(settings, &name, &labels),
         webhook(
@@ -146,7 +146,12 @@ pub fn injector_values(settings: &Settings) -> Value {
     values
 }
 
-fn injector_config_map(settings: &Settings, labels: &Map<String, Value>) -> Rendered {
+/// The injector's ConfigMap: what the webhook and `kube-inject --injectConfigMapName` read.
+pub fn injector_config_map(
+    settings: &Settings,
+    labels: &Map<String, Value>,
+    component: Component,
+) -> Rendered {
     let webhook = settings
         .values
         .get("sidecarInjectorWebhook")
@@ -165,7 +170,7 @@ fn injector_config_map(settings: &Settings, labels: &Map<String, Value>) -> Rend
         },
     });
     Rendered::typed::<ConfigMap>(
-        Component::Pilot,
+        component,
         json!({
             "metadata": {"name": revisioned(INJECTOR_CONFIG_MAP, settings), "namespace": settings.namespace, "labels": labels},
             "data": {

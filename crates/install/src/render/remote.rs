@@ -66,5 +66,10 @@ pub fn render(settings: &Settings, remote: &Remote) -> Vec<Rendered> {
         Injection::Url(url) => json!({"url": url}),
     };
     objects.push(webhook(settings, component, client_config));
+    // As istiod-remote's chart does: `kube-inject --injectConfigMapName istio-sidecar-injector`
+    // in the remote cluster reads the remote's own cluster name and network from it.
+    objects.push(super::istiod::injector_config_map(
+        settings, &labels, component,
+    ));
     objects
 }

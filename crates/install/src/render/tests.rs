@@ -226,7 +226,12 @@ fn a_remote_points_its_istiod_service_and_webhook_at_the_primary() {
         &[],
     );
     assert!(rendered.iter().all(|object| object.kind() != "Deployment"));
-    assert!(rendered.iter().all(|object| object.name() != "istio-sidecar-injector" || object.kind() != "ConfigMap"));
+    // The injector's ConfigMap, as istiod-remote's chart renders it, for `kube-inject
+    // --injectConfigMapName` in the remote cluster: the remote's own name and network.
+    let injector = find(&rendered, "ConfigMap", "istio-sidecar-injector");
+    let values: Value = serde_json::from_str(injector["data"]["values"].as_str().unwrap()).unwrap();
+    assert_eq!(values["global"]["multiCluster"]["clusterName"], "cluster02");
+    assert_eq!(values["global"]["network"], "network2");
     let service = find(&rendered, "Service", "istiod");
     assert!(service["spec"].get("selector").is_none());
     let endpoints = find(&rendered, "Endpoints", "istiod");
