@@ -359,6 +359,29 @@ async fn delta_streams_get_changes_removals_and_nacks_do_not_loop() {
     );
 }
 
+/// A router's first listener, once the Gateway object selecting it has reached discovery (a new
+/// stream each try, as a router starting later would open); the stream, for further requests.
+async fn first_router_listener(
+    address: std::net::SocketAddr,
+    router_node: envoy_types::pb::envoy::config::core::v3::Node,
+) -> (SotwClient, Listener) {
+    let mut router = SotwClient::connect(address, router_node).await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            router.request(LISTENER, &[], "", "", None).await;
+            let response = router.recv_type(LISTENER).await;
+            if let Some(resource) = response.resources.first() {
+                let listener = decode::<Listener>(resource);
+                return (router, listener);
+            }
+            router = SotwClient::connect(address, router.node.clone()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the Gateway object reaches the router")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_expose_gateway_hosts_with_their_own_networks_endpoints() {
     let mesh = two_cluster_mesh(true).await;
@@ -396,21 +419,9 @@ async fn routers_expose_gateway_hosts_with_their_own_networks_endpoints() {
         ],
         &[("istio", "eastwestgateway")],
     );
-    let mut router = SotwClient::connect(mesh.discovery.xds_address, router_node).await;
+    let (mut router, listener) =
+        first_router_listener(mesh.discovery.xds_address, router_node).await;
     let sni = "outbound_.5000_._.helloworld.sample.svc.cluster.local";
-    let listener = tokio::time::timeout(WAIT, async {
-        loop {
-            router.request(LISTENER, &[], "", "", None).await;
-            let response = router.recv_type(LISTENER).await;
-            if let Some(resource) = response.resources.first() {
-                return decode::<Listener>(resource);
-            }
-            router = SotwClient::connect(mesh.discovery.xds_address, router.node.clone()).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the Gateway object reaches the router");
     assert_eq!(listener.name, "0.0.0.0_15443");
     let chain = listener
         .filter_chains
@@ -707,20 +718,7 @@ async fn a_global_gateway_takes_the_other_meshs_sni_to_the_local_service() {
         ],
         &[("istio", "ingressgateway")],
     );
-    let mut router = SotwClient::connect(mesh.discovery.xds_address, router_node).await;
-    let listener = tokio::time::timeout(WAIT, async {
-        loop {
-            router.request(LISTENER, &[], "", "", None).await;
-            let response = router.recv_type(LISTENER).await;
-            if let Some(resource) = response.resources.first() {
-                return decode::<Listener>(resource);
-            }
-            router = SotwClient::connect(mesh.discovery.xds_address, router.node.clone()).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the Gateway object reaches the router");
+    let (_router, listener) = first_router_listener(mesh.discovery.xds_address, router_node).await;
     let chains: Vec<(Vec<String>, String)> = listener
         .filter_chains
         .iter()
