@@ -232,11 +232,17 @@ deploy_samples() {
     done
 }
 
-# verify_cross_cluster_traffic MODE: the seeds' check ("验证跨集群流量"): ten requests from each
-# cluster's sleep pod, printed as the seed shows them, then what the access logs say about them
-# (`causeway lab traffic`); MODE is `direct` (flat network) or `gateway` (multi-network).
+# verify_cross_cluster_traffic MODE: the seeds' check ("验证跨集群流量"), then what the access logs
+# say about it; MODE is `direct` (flat network) or `gateway` (multi-network).
 verify_cross_cluster_traffic() {
-    local mode=$1 cluster pod answers failed
+    verify_ten_requests
+    summarise_access_logs "$1"
+}
+
+# verify_ten_requests: ten requests from each cluster's sleep pod, printed as the seed shows them,
+# both versions answering; then every proxy SYNCED.
+verify_ten_requests() {
+    local cluster pod answers failed status
     step "Ten requests from each cluster's sleep pod answered" "causeway proxy-status --context kind-cluster01"
     for cluster in cluster01 cluster02; do
         pod=$(kubectl get pod --context="kind-$cluster" -n sample -l app=sleep -o jsonpath='{.items[0].metadata.name}')
@@ -248,8 +254,8 @@ verify_cross_cluster_traffic() {
         grep -q 'Hello version: v1' <<<"$answers"
         grep -q 'Hello version: v2' <<<"$answers"
     done
+    say ""
     step "Every proxy has its latest config" "causeway proxy-status --context kind-cluster01"
-    local status
     for cluster in $(control_plane_clusters); do
         status=$(causeway proxy-status --context "kind-$cluster")
         echo "$status"
@@ -257,9 +263,13 @@ verify_cross_cluster_traffic() {
         [ "$(awk 'NR > 1' <<<"$status" | wc -l)" -gt 0 ]
         [ -z "$(awk 'NR > 1 && ($4 != "SYNCED" || $5 != "SYNCED" || $6 != "SYNCED")' <<<"$status")" ]
     done
-    step "Access logs show how each request crossed" "kubectl --context kind-cluster01 -n sample logs deploy/sleep -c istio-proxy"
+}
+
+# summarise_access_logs MODE: `causeway lab traffic --expect MODE`, shown.
+summarise_access_logs() {
     local summary
-    summary=$(causeway lab traffic --expect "$mode")
+    step "Access logs show how each request crossed" "kubectl --context kind-cluster01 -n sample logs deploy/sleep -c istio-proxy"
+    summary=$(causeway lab traffic --expect "$1")
     finish_step
     say "" "$summary"
 }

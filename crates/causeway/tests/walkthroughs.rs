@@ -331,3 +331,23 @@ fn replicated_control_planes() {
     assert!(text.contains(":80 answered 200"), "{text}");
     uninstall_and_take_down(&lab, &before);
 }
+
+#[test]
+fn shared_control_plane() {
+    let lab = TestLab::new();
+    let before = host_state();
+    let text = walk_helloworld(&lab, "shared-control-plane");
+    assert_paths(&text, "direct");
+    // Istio issue 4822, as the seed warns: the remote follows a new control-plane address once
+    // its install runs again; the ten requests pass again after it.
+    assert!(
+        text.contains("cluster02's istiod endpoints still say"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✔ Remote install run again with the new address"),
+        "{text}"
+    );
+    assert_eq!(text.matches("(0 of 10 failed)").count(), 4, "{text}");
+    uninstall_and_take_down(&lab, &before);
+}
