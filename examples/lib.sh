@@ -84,6 +84,13 @@ on_failure() {
             "${step_name:-setup}" "$status" "$(basename "$0")" "$line" "$command"
         echo "Last lines of $log:"
         tail -n 15 "$log" | sed 's/^/    /'
+        # What the clusters' pods were doing, for a failure seen only in CI.
+        local context
+        for context in kind-cluster01 kind-cluster02; do
+            echo "Pods of $context:"
+            kubectl --context "$context" get pods -A -o wide 2>&1 | sed 's/^/    /'
+            kubectl --context "$context" get events -A --field-selector type=Warning 2>&1 | tail -n 8 | sed 's/^/    /'
+        done
         [ -n "$step_hint" ] && echo "More: $step_hint"
         echo "Whole log: $log"
         echo "The lab is left as it is; with these exports, kubectl reaches it:"

@@ -176,8 +176,9 @@ deploy_sample() {
     kubectl --context="$context" apply -f "$samples/helloworld.yaml" -l service=helloworld -n sample
     kubectl --context="$context" apply -f "$samples/helloworld.yaml" -l version="$version" -n sample
     kubectl --context="$context" apply -f "$samples/sleep.yaml" -n sample
-    kubectl --context="$context" wait --for condition=available -n sample deployment/helloworld-"$version"
-    kubectl --context="$context" wait --for condition=available -n sample deployment/sleep
+    # The seed's waits, with a longer limit than kubectl's 30 s for a loaded CI machine.
+    kubectl --context="$context" wait --for condition=available -n sample deployment/helloworld-"$version" --timeout=120s
+    kubectl --context="$context" wait --for condition=available -n sample deployment/sleep --timeout=120s
 }
 deploy_sample "${CTX_CLUSTER1}" v1
 deploy_sample "${CTX_CLUSTER2}" v2
