@@ -4,7 +4,6 @@
 //! counts them in every process.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
 use causeway_lab::clusters::{ClusterStatus, Lab};
 
@@ -137,10 +136,10 @@ fn megabytes(kb: u64) -> String {
 
 /// The table: one row per role, then the total.
 pub fn render(usage: &BTreeMap<Role, Usage>) -> String {
-    let mut rows: Vec<[String; 4]> = usage
+    let mut rows: Vec<Vec<String>> = usage
         .iter()
         .map(|(role, usage)| {
-            [
+            vec![
                 role.label().to_owned(),
                 usage.processes.to_string(),
                 megabytes(usage.pss_kb),
@@ -153,34 +152,18 @@ pub fn render(usage: &BTreeMap<Role, Usage>) -> String {
         pss_kb: sum.pss_kb + usage.pss_kb,
         rss_kb: sum.rss_kb + usage.rss_kb,
     });
-    rows.push([
+    rows.push(vec![
         "whole lab".to_owned(),
         total.processes.to_string(),
         megabytes(total.pss_kb),
         megabytes(total.rss_kb),
     ]);
-    let header = ["ROLE", "PROCESSES", "PSS MB", "RSS MB"].map(str::to_owned);
-    let mut widths = header.clone().map(|cell| cell.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (index, (cell, width)) in row.iter().zip(widths).enumerate() {
-            // Numbers right-aligned, as kubectl top prints them.
-            if index == 0 {
-                let _ = write!(line, "{cell:<width$}  ");
-            } else {
-                let _ = write!(line, "{cell:>width$}  ");
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    // Numbers right-aligned, as kubectl top prints them.
+    crate::table::table(
+        &["ROLE", "PROCESSES", "PSS MB", "RSS MB"],
+        &rows,
+        &[1, 2, 3],
+    )
 }
 
 pub fn run(lab: &Lab) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@ mod mesh_status;
 mod operator;
 mod proxy;
 mod remote_secret;
+mod table;
 
 #[derive(Parser)]
 #[command(

@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 use crate::cluster_client::{self, TargetArgs};
+use crate::table::table;
 use k8s_openapi::api::core::v1::Pod;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,28 +119,6 @@ fn fetch(args: &StatusArgs, path: &str) -> anyhow::Result<Value> {
     })
 }
 
-/// Columns padded to their widest cell, two spaces apart, as kubectl and istioctl print.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn text(value: &Value, key: &str) -> String {
     match value.get(key) {
         Some(Value::String(text)) if !text.is_empty() => text.clone(),
@@ -160,7 +139,7 @@ pub fn remote_clusters_table(clusterz: &Value) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "SECRET", "STATUS"], &rows)
+    table(&["NAME", "SECRET", "STATUS"], &rows, &[])
 }
 
 pub fn proxy_status_table(syncz: &Value) -> String {
@@ -192,6 +171,7 @@ pub fn proxy_status_table(syncz: &Value) -> String {
     table(
         &["NAME", "CLUSTER", "TYPE", "CDS", "LDS", "EDS", "RDS"],
         &rows,
+        &[],
     )
 }
 

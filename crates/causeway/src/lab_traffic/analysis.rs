@@ -8,7 +8,6 @@
 //! sidecar (`downstream_remote_address`) tells the path: a gateway pod, or the client.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Map, Value};
@@ -369,11 +368,10 @@ pub fn render(traffic: &Traffic) -> String {
         );
         *counts.entry(key).or_default() += 1;
     }
-    let header = ["FROM", "VERSION", "ANSWERED IN", "PATH", "REQUESTS"];
-    let rows: Vec<[String; 5]> = counts
+    let rows: Vec<Vec<String>> = counts
         .into_iter()
         .map(|((from, version, served_in, path), count)| {
-            [
+            vec![
                 from,
                 version,
                 served_in,
@@ -382,23 +380,11 @@ pub fn render(traffic: &Traffic) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header = header.map(str::to_owned);
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(widths) {
-            let _ = write!(line, "{cell:<width$}  ");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::table(
+        &["FROM", "VERSION", "ANSWERED IN", "PATH", "REQUESTS"],
+        &rows,
+        &[],
+    )
 }
 
 #[cfg(test)]
