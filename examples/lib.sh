@@ -249,7 +249,7 @@ verify_cross_cluster_traffic() {
 # verify_ten_requests: ten requests from each cluster's sleep pod, printed as the seed shows them,
 # both versions answering; then every proxy SYNCED.
 verify_ten_requests() {
-    local cluster pod answers failed status
+    local cluster pod answers failed
     step "Ten requests from each cluster's sleep pod answered" "causeway proxy-status --context kind-cluster01"
     for cluster in cluster01 cluster02; do
         pod=$(kubectl get pod --context="kind-$cluster" -n sample -l app=sleep -o jsonpath='{.items[0].metadata.name}')
@@ -262,21 +262,29 @@ verify_ten_requests() {
         grep -q 'Hello version: v2' <<<"$answers"
     done
     say ""
-    step "Every proxy has its latest config" "causeway proxy-status --context kind-cluster01"
-    for cluster in $(control_plane_clusters); do
+    # shellcheck disable=SC2046 # one cluster name per word
+    expect_proxies_synced $(control_plane_clusters)
+}
+
+# expect_proxies_synced CLUSTER...: `causeway proxy-status` of each cluster's control plane lists
+# proxies, and every one has ACKed its clusters, listeners and endpoints (sidecars use no RDS).
+expect_proxies_synced() {
+    local cluster status
+    step "Every proxy has its latest config" "causeway proxy-status --context kind-$1"
+    for cluster in "$@"; do
         status=$(causeway proxy-status --context "kind-$cluster")
         echo "$status"
-        # Every proxy has ACKed its clusters, listeners and endpoints (sidecars use no RDS).
         [ "$(awk 'NR > 1' <<<"$status" | wc -l)" -gt 0 ]
         [ -z "$(awk 'NR > 1 && ($4 != "SYNCED" || $5 != "SYNCED" || $6 != "SYNCED")' <<<"$status")" ]
     done
 }
 
-# summarise_access_logs MODE: `causeway lab traffic --expect MODE`, shown.
+# summarise_access_logs MODE [NAMESPACE]: `causeway lab traffic --expect MODE` for the sleep pods
+# of NAMESPACE (default sample), shown.
 summarise_access_logs() {
-    local summary
-    step "Access logs show how each request crossed" "kubectl --context kind-cluster01 -n sample logs deploy/sleep -c istio-proxy"
-    summary=$(causeway lab traffic --expect "$1")
+    local summary namespace=${2:-sample}
+    step "Access logs show how each request crossed" "kubectl --context kind-cluster01 -n $namespace logs deploy/sleep -c istio-proxy"
+    summary=$(causeway lab traffic --namespace "$namespace" --expect "$1")
     finish_step
     say "" "$summary"
 }

@@ -59,16 +59,8 @@ say "" "\$ kubectl exec --context=\$CTX_CLUSTER1 \$SLEEP_POD -n foo -c sleep -- 
 grep -q '^HTTP/1.1 200' <<<"$headers"
 grep -qi '^x-envoy-upstream-service-time: ' <<<"$headers"
 
-step "Every proxy has its latest config" "causeway proxy-status --context kind-cluster01"
-for context in "${CTX_CLUSTER1}" "${CTX_CLUSTER2}"; do
-    status=$(causeway proxy-status --context "$context")
-    echo "$status"
-    [ -z "$(awk 'NR > 1 && ($4 != "SYNCED" || $5 != "SYNCED" || $6 != "SYNCED")' <<<"$status")" ]
-done
-step "Access logs show how the requests crossed" "kubectl --context kind-cluster01 -n foo logs deploy/sleep -c istio-proxy"
-summary=$(causeway lab traffic --namespace foo --expect gateway)
-finish_step
-say "" "$summary"
+expect_proxies_synced cluster01 cluster02
+summarise_access_logs gateway foo
 
 # Beyond the seed: a MESH_EXTERNAL entry to a pod outside the mesh, reached without mTLS.
 step "MESH_EXTERNAL ServiceEntry reaches a pod without a sidecar, in plain text" \
