@@ -99,4 +99,39 @@ kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
     grep '"upstream_cluster":"outbound|8000||httpbin.outside.example"' | grep -q "\"upstream_host\":\"$outside_ip:80\""
 finish_step
 say "" "MESH_EXTERNAL httpbin.outside.example:8000 -> $outside_ip:80 answered $answer"
+
+# Beyond the seed: `resolution: DNS` with an endpoint given by name. The sidecar resolves the
+# name itself (a STRICT_DNS cluster) and connects to what it resolves to: here the Service's
+# ClusterIP.
+step "DNS ServiceEntry: the sidecar resolves its endpoint's name" \
+    "kubectl --context kind-cluster01 -n foo logs deploy/sleep -c istio-proxy"
+cat <<YAML | kubectl apply --context="${CTX_CLUSTER1}" -n foo -f -
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-by-name
+spec:
+  hosts:
+  - httpbin-by-name.outside.example
+  location: MESH_EXTERNAL
+  ports:
+  - name: http
+    number: 8000
+    protocol: HTTP
+  resolution: DNS
+  endpoints:
+  - address: httpbin.outside.svc.cluster.local
+YAML
+outside_vip=$(kubectl get --context="${CTX_CLUSTER1}" -n outside service httpbin -o jsonpath='{.spec.clusterIP}')
+answer=""
+for _ in $(seq 50); do
+    answer=$(kubectl exec --context="${CTX_CLUSTER1}" "$SLEEP_POD" -n foo -c sleep -- curl -s -o /dev/null -w '%{http_code}' httpbin-by-name.outside.example:8000/headers || true)
+    [ "$answer" = 200 ] && break
+    sleep 0.2
+done
+[ "$answer" = 200 ]
+kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
+    grep '"upstream_cluster":"outbound|8000||httpbin-by-name.outside.example"' | grep -q "\"upstream_host\":\"$outside_vip:8000\""
+finish_step
+say "" "DNS httpbin-by-name.outside.example:8000 -> httpbin.outside.svc.cluster.local ($outside_vip:8000) answered $answer"
 done_message

@@ -329,6 +329,13 @@ fn replicated_control_planes() {
         "{text}"
     );
     assert!(text.contains(":80 answered 200"), "{text}");
+    // `resolution: DNS`: the sidecar resolved the endpoint's name to the Service's ClusterIP.
+    assert!(
+        text.contains(
+            "DNS httpbin-by-name.outside.example:8000 -> httpbin.outside.svc.cluster.local ("
+        ) && text.contains(":8000) answered 200"),
+        "{text}"
+    );
     uninstall_and_take_down(&lab, &before);
 }
 

@@ -69,6 +69,33 @@ pub struct Endpoint {
     pub tls_mode: TlsMode,
     /// `<namespace>/<pod name>` when the endpoint is a pod.
     pub pod: Option<String>,
+    /// Its share of the service's traffic relative to the others (1 unless a ServiceEntry
+    /// endpoint says otherwise).
+    pub weight: u32,
+}
+
+/// An endpoint the proxy finds by resolving a name (a ServiceEntry with `resolution: DNS`),
+/// Envoy's STRICT_DNS: every address the name resolves to is an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsEndpoint {
+    /// A host name, or an IP address written as text.
+    pub host: String,
+    pub ports: Vec<EndpointPort>,
+    pub weight: u32,
+    pub locality: Locality,
+    pub network: String,
+    pub labels: BTreeMap<String, String>,
+    pub tls_mode: TlsMode,
+}
+
+impl DnsEndpoint {
+    /// The port this endpoint serves the service port named `port_name` on, if it does.
+    pub fn port_for(&self, port_name: &str) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|port| port.name == port_name)
+            .map(|port| port.port)
+    }
 }
 
 /// A pod's workload (its Deployment's name, as Istio's telemetry names it): the pod name without

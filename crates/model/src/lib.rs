@@ -20,9 +20,9 @@ pub mod service_entry;
 pub mod split_horizon;
 pub mod vip;
 
-pub use endpoint::{Endpoint, EndpointPort, Locality, TlsMode, workload_of_pod};
+pub use endpoint::{DnsEndpoint, Endpoint, EndpointPort, Locality, TlsMode, workload_of_pod};
 pub use gateway::{GatewayServer, IstioGateway, NetworkGateway, TlsRoute};
 pub use mesh::{ClusterStatus, MeshSnapshot, Push, ServiceEndpoints, SyncState};
 pub use policy::{MtlsMode, PeerAuthentication, WorkloadMtls, workload_mtls};
 pub use service::{ClusterService, DefinedBy, Protocol, Service, ServicePort};
-pub use service_entry::{Location, ServiceEntry, ServiceEntryError};
+pub use service_entry::{Location, Resolution, ServiceEntry, ServiceEntryError};

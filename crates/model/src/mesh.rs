@@ -169,6 +169,7 @@ mod tests {
             clusters,
             auto_vip: Ipv4Addr::new(240, 240, 1, 1),
             defined_by: crate::service::DefinedBy::Kubernetes,
+            dns_endpoints: Vec::new(),
         };
         MeshSnapshot {
             domain_suffix: "cluster.local".into(),

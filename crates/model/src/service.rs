@@ -115,6 +115,9 @@ pub struct Service {
     /// The address used by proxies in clusters that do not define the service (see [`crate::vip`]).
     pub auto_vip: Ipv4Addr,
     pub defined_by: DefinedBy,
+    /// For a ServiceEntry with `resolution: DNS`, the names the proxies resolve for endpoints
+    /// (the mesh's endpoint list for the service stays empty). Empty otherwise.
+    pub dns_endpoints: Vec<crate::endpoint::DnsEndpoint>,
 }
 
 impl Service {
@@ -225,6 +228,7 @@ mod tests {
             clusters,
             auto_vip: Ipv4Addr::new(240, 240, 0, 7),
             defined_by: DefinedBy::Kubernetes,
+            dns_endpoints: Vec::new(),
         };
         assert_eq!(
             service.vip_for("cluster02"),

@@ -2,18 +2,20 @@
 //! from configuration instead of a cluster's Service objects, such as another mesh's service
 //! behind its gateway (`httpbin.bar.global`) or an API outside the mesh.
 //!
-//! Each exact host becomes a mesh [`Service`] with the entry's ports, and the entry's endpoints
-//! become its [`Endpoint`]s: `MESH_INTERNAL` endpoints are reached with Istio mTLS,
-//! `MESH_EXTERNAL` ones as they are. The address a proxy sends the host's traffic to (and its DNS
-//! proxy answers with) is the entry's first `addresses` entry, else one allocated as for a service
-//! that exists only in another cluster.
+//! Each exact host becomes a mesh [`Service`] with the entry's ports. `MESH_INTERNAL` endpoints
+//! are reached with Istio mTLS, `MESH_EXTERNAL` ones as they are. With `resolution: STATIC` the
+//! entry's IP endpoints become the service's [`Endpoint`]s (with their `weight`, `network` and
+//! `locality`, so ones on another network are reached through its gateway); with `resolution:
+//! DNS` the proxies resolve the endpoints' names (or, without endpoints, the host itself) as
+//! Envoy's STRICT_DNS clusters do ([`DnsEndpoint`]). The address a proxy sends the host's
+//! traffic to (and its DNS proxy answers with) is the entry's first `addresses` entry, else one
+//! allocated as for a service that exists only in another cluster.
 //!
 //! Not followed yet, and said so where they are read: wildcard hosts and `resolution: NONE` (the
 //! traffic passes through to where the application sent it, as to any unknown destination),
-//! hostname endpoints, `workloadSelector`, endpoint `weight` and `exportTo` (every entry is
-//! visible mesh-wide).
+//! `workloadSelector` and `exportTo` (every entry is visible mesh-wide).
 
-use crate::endpoint::{Endpoint, EndpointPort, Locality, TlsMode};
+use crate::endpoint::{DnsEndpoint, Endpoint, EndpointPort, Locality, TlsMode};
 use crate::service::{ClusterService, DefinedBy, Protocol, Service, ServicePort};
 use serde::Serialize;
 use serde_json::Value;
@@ -44,10 +46,19 @@ pub struct EntryPort {
     pub target_port: Option<u16>,
 }
 
+/// Where an endpoint is: an IP address, or (with `resolution: DNS`) a name to resolve.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum EntryAddress {
+    Ip(IpAddr),
+    Name(String),
+}
+
 /// One of `spec.endpoints` (a WorkloadEntry's spec).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EntryEndpoint {
-    pub address: IpAddr,
+    pub address: EntryAddress,
+    /// Relative share of traffic; 1 when the entry leaves it out (or says 0, "unset").
+    pub weight: u32,
     /// Port name to the endpoint's port.
     pub ports: BTreeMap<String, u16>,
     pub labels: BTreeMap<String, String>,
@@ -238,15 +249,31 @@ impl ServiceEntry {
             .enumerate()
         {
             let field = format!("spec.endpoints[{index}]");
-            let address = text(endpoint, "address").unwrap_or_default();
-            let Ok(ip) = address.parse::<IpAddr>() else {
-                if address.is_empty() {
-                    return Err(fail(&format!("{field}.address"), "is required".into()));
-                }
+            let text_address = text(endpoint, "address").unwrap_or_default();
+            let address = if let Ok(ip) = text_address.parse::<IpAddr>() {
+                EntryAddress::Ip(ip)
+            } else if text_address.is_empty() {
+                return Err(fail(&format!("{field}.address"), "is required".into()));
+            } else if text_address.starts_with("unix://") {
                 unsupported.push(format!(
-                    "endpoint {address:?} is a host name; only IP endpoints are used yet"
+                    "endpoint {text_address:?}: Unix domain socket endpoints are not used"
                 ));
                 continue;
+            } else if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+                if !is_host_name(text_address) {
+                    return Err(fail(
+                        &format!("{field}.address"),
+                        format!("{text_address:?} is neither an IP address nor a host name"),
+                    ));
+                }
+                EntryAddress::Name(text_address.to_ascii_lowercase())
+            } else {
+                return Err(fail(
+                    &format!("{field}.address"),
+                    format!(
+                        "{text_address:?} is not an IP address; endpoints given by name need `resolution: DNS`"
+                    ),
+                ));
             };
             let mut endpoint_ports = BTreeMap::new();
             if let Some(map) = endpoint.get("ports").and_then(Value::as_object) {
@@ -260,11 +287,22 @@ impl ServiceEntry {
                     endpoint_ports.insert(port_name.clone(), number);
                 }
             }
-            if endpoint.get("weight").is_some() {
-                unsupported.push(format!("{field}.weight is not followed yet"));
-            }
+            let weight = match endpoint.get("weight") {
+                None | Some(Value::Null) => 1,
+                Some(value) => value
+                    .as_u64()
+                    .and_then(|weight| u32::try_from(weight).ok())
+                    .ok_or_else(|| {
+                        fail(
+                            &format!("{field}.weight"),
+                            format!("{value} is not a weight (0 to 4294967295)"),
+                        )
+                    })?
+                    .max(1),
+            };
             endpoints.push(EntryEndpoint {
-                address: ip,
+                address,
+                weight,
                 ports: endpoint_ports,
                 labels: string_map(endpoint.get("labels")),
                 network: text(endpoint, "network").unwrap_or_default().to_owned(),
@@ -323,43 +361,110 @@ impl ServiceEntry {
             clusters: [(cluster.to_owned(), local)].into(),
             auto_vip,
             defined_by: DefinedBy::ServiceEntry(self.location),
+            dns_endpoints: self.dns_endpoints(host),
         }
     }
 
-    /// The endpoints of every host of the entry, as seen from `cluster` (the config cluster).
-    pub fn endpoints(&self, cluster: &str) -> Vec<Endpoint> {
-        let tls_mode = match self.location {
+    fn tls_mode(&self) -> TlsMode {
+        match self.location {
             Location::MeshInternal => TlsMode::Istio,
             Location::MeshExternal => TlsMode::Disabled,
-        };
-        self.endpoints
+        }
+    }
+
+    /// Each service port's name and the port `endpoint` serves it on: the endpoint's own, else
+    /// `targetPort`, else the service port.
+    fn endpoint_ports(&self, endpoint: Option<&EntryEndpoint>) -> Vec<EndpointPort> {
+        self.ports
             .iter()
-            .map(|endpoint| Endpoint {
-                cluster: cluster.to_owned(),
-                network: endpoint.network.clone(),
-                address: endpoint.address,
-                ports: self
-                    .ports
-                    .iter()
-                    .map(|port| EndpointPort {
-                        name: port.port.name.clone(),
-                        port: endpoint
-                            .ports
-                            .get(&port.port.name)
-                            .copied()
-                            .or(port.target_port)
-                            .unwrap_or(port.port.port),
-                    })
-                    .collect(),
-                locality: endpoint.locality.clone(),
-                identity: None,
-                labels: endpoint.labels.clone(),
-                ready: true,
-                tls_mode,
-                pod: None,
+            .map(|port| EndpointPort {
+                name: port.port.name.clone(),
+                port: endpoint
+                    .and_then(|endpoint| endpoint.ports.get(&port.port.name).copied())
+                    .or(port.target_port)
+                    .unwrap_or(port.port.port),
             })
             .collect()
     }
+
+    /// What proxies resolve for `host` when the entry's resolution is DNS: its endpoints (IP
+    /// ones included, as Envoy's STRICT_DNS takes them), or the host itself without endpoints.
+    fn dns_endpoints(&self, host: &str) -> Vec<DnsEndpoint> {
+        if !matches!(self.resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            return Vec::new();
+        }
+        if self.endpoints.is_empty() {
+            return vec![DnsEndpoint {
+                host: host.to_owned(),
+                ports: self.endpoint_ports(None),
+                weight: 1,
+                locality: Locality::default(),
+                network: String::new(),
+                labels: BTreeMap::new(),
+                tls_mode: self.tls_mode(),
+            }];
+        }
+        self.endpoints
+            .iter()
+            .map(|endpoint| DnsEndpoint {
+                host: match &endpoint.address {
+                    EntryAddress::Ip(ip) => ip.to_string(),
+                    EntryAddress::Name(name) => name.clone(),
+                },
+                ports: self.endpoint_ports(Some(endpoint)),
+                weight: endpoint.weight,
+                locality: endpoint.locality.clone(),
+                network: endpoint.network.clone(),
+                labels: endpoint.labels.clone(),
+                tls_mode: self.tls_mode(),
+            })
+            .collect()
+    }
+
+    /// The IP endpoints of every host of the entry, as seen from `cluster` (the config cluster);
+    /// none when the entry's resolution is DNS (see [`Service::dns_endpoints`]).
+    pub fn endpoints(&self, cluster: &str) -> Vec<Endpoint> {
+        if matches!(self.resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            return Vec::new();
+        }
+        self.endpoints
+            .iter()
+            .filter_map(|endpoint| {
+                let EntryAddress::Ip(address) = endpoint.address else {
+                    return None;
+                };
+                Some(Endpoint {
+                    cluster: cluster.to_owned(),
+                    network: endpoint.network.clone(),
+                    address,
+                    ports: self.endpoint_ports(Some(endpoint)),
+                    locality: endpoint.locality.clone(),
+                    identity: None,
+                    labels: endpoint.labels.clone(),
+                    ready: true,
+                    tls_mode: self.tls_mode(),
+                    pod: None,
+                    weight: endpoint.weight,
+                })
+            })
+            .collect()
+    }
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+fn is_host_name(text: &str) -> bool {
+    let text = text.strip_suffix('.').unwrap_or(text);
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 #[cfg(test)]
@@ -400,12 +505,12 @@ mod tests {
         );
         assert_eq!(service.host_aliases(Some("foo")), ["httpbin.bar.global"]);
         assert_eq!(service.ports[0].protocol, Protocol::Http);
-        let endpoints = entry.endpoints("cluster01");
+        // `resolution: DNS` with an IP endpoint: a STRICT_DNS cluster of that address, as Istio
+        // makes it.
+        assert!(entry.endpoints("cluster01").is_empty());
+        let endpoints = &service.dns_endpoints;
         assert_eq!(endpoints.len(), 1);
-        assert_eq!(
-            endpoints[0].address,
-            "172.18.12.0".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(endpoints[0].host, "172.18.12.0");
         assert_eq!(endpoints[0].port_for("http1"), Some(15443));
         assert_eq!(endpoints[0].tls_mode, TlsMode::Istio);
         assert_eq!(endpoints[0].network, "", "reachable from every network");
@@ -467,7 +572,7 @@ mod tests {
             &json!({
                 "hosts": ["api.example.com"], "ports": [{"name": "https", "number": 443}],
                 "resolution": "NONE", "exportTo": ["."], "workloadSelector": {"labels": {"app": "vm"}},
-                "addresses": ["10.0.0.0/24"], "endpoints": [{"address": "api.example.com"}],
+                "addresses": ["10.0.0.0/24"], "endpoints": [{"address": "unix:///var/run/api.sock"}],
             }),
         )
         .unwrap();
@@ -478,7 +583,7 @@ mod tests {
             "exportTo",
             "workloadSelector",
             "address range 10.0.0.0/24",
-            "host name",
+            "Unix domain socket",
         ] {
             assert!(said.contains(words), "{words}: {said}");
         }
@@ -515,6 +620,18 @@ mod tests {
                 json!({"hosts": ["a"], "endpoints": [{"address": "10.0.0.1", "ports": {"http": 99999}}]}),
                 "spec.endpoints[0].ports.http",
             ),
+            (
+                json!({"hosts": ["a"], "resolution": "STATIC", "endpoints": [{"address": "api.example.com"}]}),
+                "spec.endpoints[0].address: \"api.example.com\" is not an IP address; endpoints given by name need `resolution: DNS`",
+            ),
+            (
+                json!({"hosts": ["a"], "resolution": "DNS", "endpoints": [{"address": "bad name!"}]}),
+                "spec.endpoints[0].address: \"bad name!\" is neither",
+            ),
+            (
+                json!({"hosts": ["a"], "resolution": "STATIC", "endpoints": [{"address": "10.0.0.1", "weight": -2}]}),
+                "spec.endpoints[0].weight: -2 is not a weight",
+            ),
         ];
         for (spec, message) in cases {
             let error = ServiceEntry::from_spec("ns", "bad", &spec)
@@ -523,5 +640,82 @@ mod tests {
             assert!(error.starts_with("ServiceEntry ns/bad: "), "{error}");
             assert!(error.contains(message), "{message}: {error}");
         }
+    }
+
+    #[test]
+    fn dns_entries_leave_resolution_to_the_proxies() {
+        let entry = ServiceEntry::from_spec(
+            "sample",
+            "by-name",
+            &json!({
+                "hosts": ["api.outside.example", "other.outside.example"],
+                "ports": [{"name": "http", "number": 8000, "targetPort": 80}],
+                "resolution": "DNS",
+                "location": "MESH_INTERNAL",
+                "endpoints": [
+                    {"address": "HTTPBIN.outside.svc.cluster.local", "weight": 3, "locality": "r1/z1"},
+                    {"address": "10.10.0.9", "ports": {"http": 8080}},
+                ],
+            }),
+        )
+        .unwrap();
+        assert!(entry.unsupported.is_empty(), "{:?}", entry.unsupported);
+        assert!(
+            entry.endpoints("cluster01").is_empty(),
+            "no IP endpoints of its own"
+        );
+        let service = entry.service(
+            "api.outside.example",
+            "cluster01",
+            Ipv4Addr::new(240, 240, 0, 4),
+        );
+        let found: Vec<(&str, Option<u16>, u32, TlsMode)> = service
+            .dns_endpoints
+            .iter()
+            .map(|e| (e.host.as_str(), e.port_for("http"), e.weight, e.tls_mode))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "httpbin.outside.svc.cluster.local",
+                    Some(80),
+                    3,
+                    TlsMode::Istio
+                ),
+                ("10.10.0.9", Some(8080), 1, TlsMode::Istio),
+            ]
+        );
+        assert_eq!(service.dns_endpoints[0].locality, Locality::parse("r1/z1"));
+
+        // Without endpoints each host resolves itself.
+        let alone = ServiceEntry::from_spec(
+            "sample",
+            "alone",
+            &json!({"hosts": ["a.example", "b.example"], "ports": [{"name": "tls", "number": 443}], "resolution": "DNS"}),
+        )
+        .unwrap();
+        let service = alone.service("b.example", "cluster01", Ipv4Addr::new(240, 240, 0, 5));
+        assert_eq!(service.dns_endpoints.len(), 1);
+        assert_eq!(service.dns_endpoints[0].host, "b.example");
+        assert_eq!(service.dns_endpoints[0].port_for("tls"), Some(443));
+        assert_eq!(service.dns_endpoints[0].tls_mode, TlsMode::Disabled);
+    }
+
+    #[test]
+    fn static_endpoints_keep_their_weight_and_unset_means_one() {
+        let entry = ServiceEntry::from_spec(
+            "sample",
+            "weighted",
+            &json!({
+                "hosts": ["w.example"], "ports": [{"name": "http", "number": 80}], "resolution": "STATIC",
+                "endpoints": [{"address": "10.0.0.1", "weight": 9}, {"address": "10.0.0.2", "weight": 0}, {"address": "10.0.0.3"}],
+            }),
+        )
+        .unwrap();
+        let weights: Vec<u32> = entry.endpoints("c1").iter().map(|e| e.weight).collect();
+        assert_eq!(weights, [9, 1, 1]);
+        let service = entry.service("w.example", "c1", Ipv4Addr::new(240, 240, 0, 6));
+        assert!(service.dns_endpoints.is_empty());
     }
 }

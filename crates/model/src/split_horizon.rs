@@ -1,8 +1,8 @@
 //! Split-horizon EDS: the endpoints of one service port as a proxy on one network sees them.
 //!
 //! Endpoints on the viewer's network are used directly. Endpoints on another network are reached
-//! through that network's east-west gateways: they are replaced by the gateways, weighted by how
-//! many endpoints each stands for, and a network without a gateway contributes nothing. Routers
+//! through that network's east-west gateways: they are replaced by the gateways, weighted by the
+//! endpoints each stands for (their summed weights), and a network without a gateway contributes nothing. Routers
 //! (`ROUTER_MODE=sni-dnat`) see only the endpoints inside their `REQUESTED_NETWORK_VIEW`, as they
 //! are: they are the door into that network, never a hop out of it.
 
@@ -72,7 +72,7 @@ pub fn visible_endpoints<'a>(
             visible.push(VisibleEndpoint {
                 address: endpoint.address,
                 port: target_port,
-                weight: 1,
+                weight: endpoint.weight.max(1),
                 cluster: &endpoint.cluster,
                 network: &endpoint.network,
                 locality: &endpoint.locality,
@@ -84,7 +84,7 @@ pub fn visible_endpoints<'a>(
         } else if matches!(view, View::Network(_)) {
             *behind_gateways
                 .entry((endpoint.network.as_str(), endpoint.cluster.as_str()))
-                .or_default() += 1;
+                .or_default() += endpoint.weight.max(1);
         }
     }
     for ((network, cluster), count) in behind_gateways {
@@ -142,6 +142,7 @@ mod tests {
             ready,
             tls_mode: TlsMode::Istio,
             pod: None,
+            weight: 1,
         }
     }
 
@@ -190,6 +191,24 @@ mod tests {
         assert_eq!(
             (via.cluster, via.network, via.tls_mode),
             ("cluster02", "network2", TlsMode::Istio)
+        );
+    }
+
+    #[test]
+    fn endpoint_weights_carry_over_locally_and_add_up_behind_a_gateway() {
+        let mut endpoints = mesh();
+        endpoints[0].weight = 4;
+        endpoints[2].weight = 10;
+        let gateways = [gateway("network2", "cluster02", "172.18.255.2")];
+        let seen = visible_endpoints(&endpoints, &http(), View::Network("network1"), &gateways);
+        let weights: Vec<(String, u32)> = seen
+            .iter()
+            .map(|e| (e.address.to_string(), e.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [("10.10.0.5".into(), 4), ("172.18.255.2".into(), 12)],
+            "10 + 1 + 1 behind the gateway"
         );
     }
 

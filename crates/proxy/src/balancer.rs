@@ -147,6 +147,7 @@ mod tests {
             service: None,
             protocol: PortProtocol::Unknown,
             endpoints: endpoints.into(),
+            dns: None,
         }
     }
 

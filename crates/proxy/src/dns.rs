@@ -103,7 +103,8 @@ fn failure(request: &Message, code: ResponseCode) -> Option<Vec<u8>> {
     response.to_vec().ok()
 }
 
-async fn forward_udp(query: &[u8], settings: &DnsSettings) -> Option<Vec<u8>> {
+/// Sends `query` to the pod's resolvers in turn; the first answer.
+pub(crate) async fn forward_udp(query: &[u8], settings: &DnsSettings) -> Option<Vec<u8>> {
     for upstream in &settings.upstream {
         let bind: SocketAddr = if upstream.is_ipv4() {
             SocketAddr::from(([0, 0, 0, 0], 0))

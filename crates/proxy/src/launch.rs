@@ -9,6 +9,7 @@ use crate::balancer::Balancer;
 use crate::bootstrap::{Role, Workload};
 use crate::dataplane::DataPlane;
 use crate::dns::{self, DnsSettings};
+use crate::dns_clusters;
 use crate::drain::DrainPolicy;
 use crate::identity::{self, CaSettings};
 use crate::peer_metadata::OwnMetadata;
@@ -195,6 +196,17 @@ pub async fn start(settings: ProxySettings) -> Result<RunningProxy, StartError> 
     let (config, ads_status, ads_task) = ads::start(ads_settings);
     tasks.spawn(async move {
         let _ = ads_task.await;
+    });
+    let (config, dns_clusters_task) = dns_clusters::start(
+        config,
+        DnsSettings {
+            search_domains: Vec::new(),
+            upstream: settings.upstream_dns.clone(),
+            mark: settings.mark,
+        },
+    );
+    tasks.spawn(async move {
+        let _ = dns_clusters_task.await;
     });
     let tls = match &settings.ca {
         Some(ca) => {

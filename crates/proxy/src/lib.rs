@@ -13,6 +13,7 @@ pub mod config;
 mod control_channel;
 pub mod dataplane;
 pub mod dns;
+pub mod dns_clusters;
 pub mod drain;
 pub mod http1;
 pub mod http_proxy;

@@ -573,6 +573,7 @@ impl Aggregator {
             clusters,
             auto_vip,
             defined_by: causeway_model::DefinedBy::Kubernetes,
+            dns_endpoints: Vec::new(),
         })
     }
 

@@ -353,6 +353,7 @@ impl ClusterState {
                         .as_ref()
                         .map(|pod| format!("{}/{pod}", slice.namespace)),
                     labels,
+                    weight: 1,
                 });
             }
         }

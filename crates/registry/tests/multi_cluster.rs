@@ -469,9 +469,12 @@ async fn service_entries_define_services_until_they_are_deleted_or_broken() {
         service.vip_for("cluster01"),
         Some("240.0.0.2".parse().unwrap())
     );
+    // `resolution: DNS`: the proxies resolve the endpoint (an IP address here) themselves.
     let snapshot = registry.snapshot();
-    let endpoints = snapshot.endpoints_of("httpbin.bar.global");
+    assert!(snapshot.endpoints_of("httpbin.bar.global").is_empty());
+    let endpoints = &service.dns_endpoints;
     assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].host, "172.18.12.0");
     assert_eq!(endpoints[0].port_for("http1"), Some(15443));
     assert_eq!(endpoints[0].tls_mode, TlsMode::Istio);
 

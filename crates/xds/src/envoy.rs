@@ -42,9 +42,14 @@ pub fn any<M: Message + Name>(message: &M) -> Any {
 }
 
 pub fn socket_address(ip: IpAddr, port: u16) -> Address {
+    named_socket_address(&ip.to_string(), port)
+}
+
+/// A socket address by host name (a STRICT_DNS endpoint), or by IP address written as text.
+pub fn named_socket_address(host: &str, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.to_string(),
+            address: host.to_owned(),
             port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
             ..SocketAddress::default()
         })),

@@ -64,6 +64,28 @@ pub enum ClusterKind {
     Static,
     /// Connections go where they were going (Passthrough clusters).
     OriginalDestination,
+    /// Endpoints are names the proxy resolves (STRICT_DNS; see [`crate::dns_clusters`]).
+    Dns,
+}
+
+/// A STRICT_DNS endpoint before resolution: every address `host` resolves to becomes an
+/// endpoint like `endpoint`, on `port`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// Everything but the address (which is `0.0.0.0:port` here).
+    pub endpoint: UpstreamEndpoint,
+}
+
+/// How a STRICT_DNS cluster finds its endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsResolution {
+    pub targets: Vec<NamedEndpoint>,
+    /// How often names are resolved again (Envoy's `dns_refresh_rate`).
+    pub refresh: Duration,
+    /// Whether a record's TTL decides instead (`respect_dns_ttl`).
+    pub respect_ttl: bool,
 }
 
 /// Istio mutual TLS towards the endpoints labelled `tlsMode: istio`.
@@ -127,6 +149,8 @@ pub struct UpstreamCluster {
     pub service: Option<String>,
     pub protocol: PortProtocol,
     pub endpoints: Arc<[UpstreamEndpoint]>,
+    /// For [`ClusterKind::Dns`]: what to resolve; `endpoints` holds the last answers.
+    pub dns: Option<Arc<DnsResolution>>,
 }
 
 /// What the inbound listener does with connections to one workload port.

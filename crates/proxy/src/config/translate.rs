@@ -2,8 +2,9 @@
 //! resource is rejected (and named in the NACK) while the others are used.
 
 use super::{
-    ClusterKind, InboundPolicy, InboundPort, LoadBalancing, OutboundService, PortProtocol,
-    ProxyConfig, SniRoutes, UpstreamCluster, UpstreamEndpoint, UpstreamTls,
+    ClusterKind, DnsResolution, InboundPolicy, InboundPort, LoadBalancing, NamedEndpoint,
+    OutboundService, PortProtocol, ProxyConfig, SniRoutes, UpstreamCluster, UpstreamEndpoint,
+    UpstreamTls,
 };
 use causeway_xds::resources::{CLUSTER, ENDPOINT, LISTENER, short_name};
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -15,7 +16,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, lb_endpoint::HostIdentifier,
+    ClusterLoadAssignment, LbEndpoint, lb_endpoint::HostIdentifier,
 };
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
@@ -150,6 +151,7 @@ impl XdsResources {
                         ClusterKind::Eds => "EDS",
                         ClusterKind::Static => "STATIC",
                         ClusterKind::OriginalDestination => "ORIGINAL_DST",
+                        ClusterKind::Dns => "STRICT_DNS",
                     },
                     mtls: cluster.tls.is_some(),
                     cluster,
@@ -619,12 +621,9 @@ fn upstream_cluster(cluster: &Cluster) -> Result<UpstreamCluster, String> {
             Ok(DiscoveryType::Eds) => ClusterKind::Eds,
             Ok(DiscoveryType::Static) => ClusterKind::Static,
             Ok(DiscoveryType::OriginalDst) => ClusterKind::OriginalDestination,
-            Ok(other) => {
-                return Err(format!(
-                    "discovery type {} is not supported (EDS, STATIC and ORIGINAL_DST are)",
-                    other.as_str_name()
-                ));
-            }
+            // A LOGICAL_DNS cluster (one address at a time) is served as STRICT_DNS (every
+            // address): the same hosts, balanced instead of pinned.
+            Ok(DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => ClusterKind::Dns,
             Err(_) => return Err(format!("unknown discovery type {kind}")),
         },
         Some(ClusterDiscoveryType::ClusterType(_)) => {
@@ -671,6 +670,10 @@ fn upstream_cluster(cluster: &Cluster) -> Result<UpstreamCluster, String> {
         (Some(assignment), ClusterKind::Static) => assignment_endpoints(assignment)?,
         _ => Vec::new(),
     };
+    let dns = match kind {
+        ClusterKind::Dns => Some(Arc::new(dns_resolution(cluster)?)),
+        _ => None,
+    };
     let connect_timeout = cluster
         .connect_timeout
         .as_ref()
@@ -697,6 +700,94 @@ fn upstream_cluster(cluster: &Cluster) -> Result<UpstreamCluster, String> {
         service,
         protocol,
         endpoints: endpoints.into(),
+        dns,
+    })
+}
+
+/// Envoy's default `dns_refresh_rate`.
+const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+
+/// A STRICT_DNS cluster's names (its inline assignment) and refresh settings.
+#[allow(deprecated)] // the fields istiod sends; see the discovery side.
+fn dns_resolution(cluster: &Cluster) -> Result<DnsResolution, String> {
+    let assignment = cluster
+        .load_assignment
+        .as_ref()
+        .ok_or("a STRICT_DNS cluster needs a load_assignment naming the hosts to resolve")?;
+    let mut targets = Vec::new();
+    for lb_endpoint in assignment.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+        let Some(HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
+            return Err("an endpoint has no address (named endpoints are not supported)".into());
+        };
+        let Some(address::Address::SocketAddress(socket)) =
+            endpoint.address.as_ref().and_then(|a| a.address.as_ref())
+        else {
+            return Err("an endpoint has no socket address".into());
+        };
+        let host = socket.address.trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() {
+            return Err("an endpoint's socket address has no host name".into());
+        }
+        let port = match socket.port_specifier {
+            Some(PortSpecifier::PortValue(port)) => {
+                u16::try_from(port).map_err(|_| format!("port {port} of {host} is out of range"))?
+            }
+            _ => return Err(format!("endpoint {host} has no port number")),
+        };
+        let endpoint = upstream_endpoint(lb_endpoint, SocketAddr::from(([0, 0, 0, 0], port)))?;
+        targets.push(NamedEndpoint {
+            host,
+            port,
+            endpoint,
+        });
+    }
+    let refresh = cluster
+        .dns_refresh_rate
+        .as_ref()
+        .and_then(|d| u64::try_from(d.seconds).ok())
+        .filter(|seconds| *seconds > 0)
+        .map_or(DEFAULT_DNS_REFRESH, Duration::from_secs);
+    Ok(DnsResolution {
+        targets,
+        refresh,
+        respect_ttl: cluster.respect_dns_ttl,
+    })
+}
+
+/// One endpoint of an assignment at `address`: its weight, and Istio's metadata on it.
+fn upstream_endpoint(
+    lb_endpoint: &LbEndpoint,
+    address: SocketAddr,
+) -> Result<UpstreamEndpoint, String> {
+    let weight = lb_endpoint
+        .load_balancing_weight
+        .as_ref()
+        .map_or(1, |w| w.value);
+    if weight == 0 {
+        return Err(format!(
+            "endpoint {address} has weight 0; weights start at 1"
+        ));
+    }
+    let metadata = lb_endpoint.metadata.as_ref();
+    let text = |key| {
+        text_field(metadata, "istio", key)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let via_gateway = metadata
+        .and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|fields| fields.fields.get("gateway"))
+        .is_some_and(|value| matches!(value.kind, Some(Kind::BoolValue(true))));
+    Ok(UpstreamEndpoint {
+        address,
+        weight,
+        mtls: text_field(metadata, "envoy.transport_socket_match", "tlsMode") == Some("istio"),
+        via_gateway,
+        cluster: text("cluster"),
+        network: text("network"),
+        identity: text_field(metadata, "istio", "identity").map(str::to_owned),
+        workload: text_field(metadata, "istio", "workload")
+            .and_then(super::EndpointWorkload::parse),
     })
 }
 
@@ -720,37 +811,7 @@ fn assignment_endpoints(
                 );
             };
             let address = socket_address(endpoint.address.as_ref())?;
-            let weight = lb_endpoint
-                .load_balancing_weight
-                .as_ref()
-                .map_or(1, |w| w.value);
-            if weight == 0 {
-                return Err(format!(
-                    "endpoint {address} has weight 0; weights start at 1"
-                ));
-            }
-            let metadata = lb_endpoint.metadata.as_ref();
-            let text = |key| {
-                text_field(metadata, "istio", key)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let via_gateway = metadata
-                .and_then(|m| m.filter_metadata.get("istio"))
-                .and_then(|fields| fields.fields.get("gateway"))
-                .is_some_and(|value| matches!(value.kind, Some(Kind::BoolValue(true))));
-            endpoints.push(UpstreamEndpoint {
-                address,
-                weight,
-                mtls: text_field(metadata, "envoy.transport_socket_match", "tlsMode")
-                    == Some("istio"),
-                via_gateway,
-                cluster: text("cluster"),
-                network: text("network"),
-                identity: text_field(metadata, "istio", "identity").map(str::to_owned),
-                workload: text_field(metadata, "istio", "workload")
-                    .and_then(super::EndpointWorkload::parse),
-            });
+            endpoints.push(upstream_endpoint(lb_endpoint, address)?);
         }
     }
     Ok(endpoints)
@@ -784,6 +845,7 @@ mod tests {
             ready: true,
             tls_mode: TlsMode::Istio,
             pod: None,
+            weight: 1,
         }
     }
 
@@ -819,6 +881,7 @@ mod tests {
             clusters,
             auto_vip: "240.240.0.1".parse().unwrap(),
             defined_by: causeway_model::DefinedBy::Kubernetes,
+            dns_endpoints: Vec::new(),
         };
         let endpoints = ServiceEndpoints {
             endpoints: vec![
@@ -892,6 +955,102 @@ mod tests {
         }
         assert!(resources.warm());
         resources
+    }
+
+    #[test]
+    fn a_static_entrys_endpoint_on_another_network_is_reached_through_its_gateway() {
+        let entry = causeway_model::ServiceEntry::from_spec(
+            "sample",
+            "vms",
+            &serde_json::json!({
+                "hosts": ["vm.sample.example"],
+                "location": "MESH_INTERNAL",
+                "ports": [{"name": "http", "number": 8000}],
+                "resolution": "STATIC",
+                "endpoints": [
+                    {"address": "10.10.7.1", "network": "network1", "weight": 2},
+                    {"address": "10.20.7.1", "network": "network2", "weight": 5},
+                ],
+            }),
+        )
+        .unwrap();
+        let host = "vm.sample.example";
+        let mut snapshot = (*snapshot()).clone();
+        snapshot.services.insert(
+            host.into(),
+            Arc::new(entry.service(host, "cluster01", "240.240.0.8".parse().unwrap())),
+        );
+        snapshot.endpoints.insert(
+            host.into(),
+            Arc::new(ServiceEndpoints {
+                endpoints: entry.endpoints("cluster01"),
+            }),
+        );
+        let config = received(&Arc::new(snapshot), &sidecar("10.10.0.9", &[])).build();
+        let cluster = config.cluster("outbound|8000||vm.sample.example").unwrap();
+        let seen: Vec<(String, u32, bool, bool)> = cluster
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.weight, e.mtls, e.via_gateway))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("10.10.7.1:8000".to_owned(), 2, true, false),
+                ("172.18.0.20:15443".to_owned(), 5, true, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dns_service_entry_becomes_a_cluster_of_names_to_resolve() {
+        let entry = causeway_model::ServiceEntry::from_spec(
+            "sample",
+            "outside",
+            &serde_json::json!({
+                "hosts": ["httpbin.outside.example"],
+                "location": "MESH_INTERNAL",
+                "ports": [{"name": "http", "number": 8000, "targetPort": 80}],
+                "resolution": "DNS",
+                "endpoints": [
+                    {"address": "httpbin.outside.svc.cluster.local", "weight": 3},
+                    {"address": "10.30.0.7", "ports": {"http": 8080}},
+                ],
+            }),
+        )
+        .unwrap();
+        let host = "httpbin.outside.example";
+        let mut snapshot = (*snapshot()).clone();
+        snapshot.services.insert(
+            host.into(),
+            Arc::new(entry.service(host, "cluster01", "240.240.0.7".parse().unwrap())),
+        );
+        let config = received(&Arc::new(snapshot), &sidecar("10.10.0.9", &[])).build();
+        let route = config
+            .outbound_route("240.240.0.7:8000".parse().unwrap())
+            .expect("the entry's address is routed");
+        let cluster = config.cluster(&route.cluster).unwrap();
+        assert_eq!(cluster.kind, ClusterKind::Dns);
+        assert!(cluster.endpoints.is_empty(), "nothing resolved yet");
+        let dns = cluster.dns.as_ref().expect("names to resolve");
+        assert!(dns.respect_ttl);
+        assert_eq!(dns.refresh, Duration::from_secs(60));
+        let targets: Vec<(&str, u16, u32, bool)> = dns
+            .targets
+            .iter()
+            .map(|t| (t.host.as_str(), t.port, t.endpoint.weight, t.endpoint.mtls))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("httpbin.outside.svc.cluster.local", 80, 3, true),
+                ("10.30.0.7", 8080, 1, true)
+            ]
+        );
+        assert_eq!(
+            cluster.tls.as_ref().map(|tls| tls.sni.as_str()),
+            Some("outbound_.8000_._.httpbin.outside.example")
+        );
     }
 
     #[test]
@@ -1056,7 +1215,9 @@ mod tests {
             .apply(CLUSTER, "dns", "v2", &any(&dns))
             .unwrap_err();
         assert!(
-            error.reason.contains("STRICT_DNS is not supported"),
+            error
+                .reason
+                .contains("STRICT_DNS cluster needs a load_assignment"),
             "{error}"
         );
 

@@ -1,6 +1,6 @@
 //! EDS: ClusterLoadAssignments through the split-horizon view, cached across streams.
 
-use crate::envoy::{metadata, socket_address, string_value};
+use crate::envoy::{metadata, named_socket_address, socket_address, string_value};
 use crate::resources::{Resource, parse_service_name};
 use causeway_model::split_horizon::{View, VisibleEndpoint, visible_endpoints};
 use causeway_model::{MeshSnapshot, NetworkGateway, Service, ServiceEndpoints};
@@ -92,6 +92,71 @@ fn lb_endpoint(endpoint: &VisibleEndpoint<'_>) -> LbEndpoint {
             ),
             ("istio", istio),
         ])),
+    }
+}
+
+/// The inline assignment of a STRICT_DNS cluster (a ServiceEntry with `resolution: DNS`): one
+/// endpoint per name to resolve, by locality, for the service port `port_number`. The proxy
+/// turns each into as many endpoints as the name has addresses.
+pub fn dns_load_assignment(
+    cluster_name: &str,
+    service: &Service,
+    port_name: &str,
+) -> ClusterLoadAssignment {
+    let mut groups: BTreeMap<&causeway_model::Locality, Vec<LbEndpoint>> = BTreeMap::new();
+    for endpoint in &service.dns_endpoints {
+        let Some(port) = endpoint.port_for(port_name) else {
+            continue;
+        };
+        let mut istio = Vec::new();
+        if !endpoint.network.is_empty() {
+            istio.push(("network", string_value(&endpoint.network)));
+        }
+        groups
+            .entry(&endpoint.locality)
+            .or_default()
+            .push(LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(named_socket_address(&endpoint.host, port)),
+                    hostname: endpoint.host.clone(),
+                    ..Endpoint::default()
+                })),
+                health_status: HealthStatus::Healthy as i32,
+                load_balancing_weight: Some(UInt32Value {
+                    value: endpoint.weight.max(1),
+                }),
+                metadata: Some(metadata([
+                    (
+                        "envoy.transport_socket_match",
+                        vec![("tlsMode", string_value(endpoint.tls_mode.as_str()))],
+                    ),
+                    ("istio", istio),
+                ])),
+            });
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster_name.to_owned(),
+        endpoints: groups
+            .into_iter()
+            .map(|(locality, lb_endpoints)| LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region: locality.region.clone(),
+                    zone: locality.zone.clone(),
+                    sub_zone: locality.subzone.clone(),
+                }),
+                load_balancing_weight: Some(UInt32Value {
+                    value: lb_endpoints
+                        .iter()
+                        .filter_map(|e| e.load_balancing_weight.as_ref())
+                        .map(|w| w.value)
+                        .sum::<u32>()
+                        .max(1),
+                }),
+                lb_endpoints,
+                ..LocalityLbEndpoints::default()
+            })
+            .collect(),
+        ..ClusterLoadAssignment::default()
     }
 }
 

@@ -4,13 +4,16 @@
 
 use super::ServiceResourceCache;
 use super::common::{eds_cluster, tcp_proxy_filter};
+use super::endpoints::dns_load_assignment;
 use crate::envoy::{any, fields, list_value, metadata, seconds, socket_address, string_value};
 use crate::proxy::ProxyInfo;
 use crate::resources::{Resource, inbound_cluster, outbound_cluster, sni_cluster};
 use causeway_model::{MeshSnapshot, MtlsMode, Protocol, Service, ServicePort, WorkloadMtls};
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
-    cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy, TransportSocketMatch},
+    cluster::{
+        ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, LbPolicy, TransportSocketMatch,
+    },
 };
 use envoy_types::pb::envoy::config::core::v3::{
     TrafficDirection, TransportSocket, transport_socket,
@@ -40,6 +43,8 @@ pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
+/// Istio's mesh default `dnsRefreshRate`; records' TTLs shorten it.
+const DNS_REFRESH_SECONDS: i64 = 60;
 /// The SDS names Istio's proxies resolve locally: the workload certificate and the mesh roots.
 const WORKLOAD_CERTIFICATE: &str = "default";
 const ROOT_CERTIFICATES: &str = "ROOTCA";
@@ -106,7 +111,7 @@ fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSn
         ..UpstreamTlsContext::default()
     };
     let tls_mode = |mode: &str| Some(fields([("tlsMode", string_value(mode))]));
-    Cluster {
+    let cluster = Cluster {
         transport_socket_matches: vec![
             TransportSocketMatch {
                 name: "tlsMode-istio".into(),
@@ -132,6 +137,22 @@ fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSn
             ],
         )])),
         ..eds_cluster(&name)
+    };
+    if service.dns_endpoints.is_empty() {
+        return cluster;
+    }
+    // Istio's clusters for `resolution: DNS`: the proxy resolves the names itself, again when
+    // their records expire. These fields are deprecated in favour of the `envoy.clusters.dns`
+    // extension, but they are what istiod sends, so every proxy Istio ships reads them.
+    #[allow(deprecated)]
+    Cluster {
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)),
+        eds_cluster_config: None,
+        load_assignment: Some(dns_load_assignment(&name, service, &port.name)),
+        dns_refresh_rate: Some(seconds(DNS_REFRESH_SECONDS)),
+        respect_dns_ttl: true,
+        dns_lookup_family: DnsLookupFamily::V4Only as i32,
+        ..cluster
     }
 }
 
