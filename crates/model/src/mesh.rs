@@ -170,6 +170,7 @@ mod tests {
             auto_vip: Ipv4Addr::new(240, 240, 1, 1),
             defined_by: crate::service::DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
+            exported_to: None,
         };
         MeshSnapshot {
             domain_suffix: "cluster.local".into(),

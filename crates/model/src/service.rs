@@ -1,7 +1,7 @@
 //! Services, keyed by FQDN and merged across the clusters that define them.
 
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// The application protocol of a service port, by Istio's rules: `appProtocol` first, else the
@@ -118,6 +118,9 @@ pub struct Service {
     /// For a ServiceEntry with `resolution: DNS`, the names the proxies resolve for endpoints
     /// (the mesh's endpoint list for the service stays empty). Empty otherwise.
     pub dns_endpoints: Vec<crate::endpoint::DnsEndpoint>,
+    /// The namespaces whose proxies see the service (a ServiceEntry's `exportTo`); `None`: every
+    /// namespace.
+    pub exported_to: Option<BTreeSet<String>>,
 }
 
 impl Service {
@@ -137,6 +140,14 @@ impl Service {
             Some(local) => local.cluster_ip,
             None if self.clusters.values().all(|c| c.cluster_ip.is_none()) => None,
             None => Some(IpAddr::V4(self.auto_vip)),
+        }
+    }
+
+    /// Whether proxies in `namespace` see this service.
+    pub fn visible_to(&self, namespace: Option<&str>) -> bool {
+        match &self.exported_to {
+            None => true,
+            Some(namespaces) => namespace.is_some_and(|namespace| namespaces.contains(namespace)),
         }
     }
 
@@ -229,6 +240,7 @@ mod tests {
             auto_vip: Ipv4Addr::new(240, 240, 0, 7),
             defined_by: DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
+            exported_to: None,
         };
         assert_eq!(
             service.vip_for("cluster02"),

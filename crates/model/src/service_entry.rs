@@ -11,15 +11,18 @@
 //! traffic to (and its DNS proxy answers with) is the entry's first `addresses` entry, else one
 //! allocated as for a service that exists only in another cluster.
 //!
+//! `exportTo` limits which namespaces' proxies see the entry's hosts (`.` is the entry's own
+//! namespace, `*` every namespace, `~` none).
+//!
 //! Not followed yet, and said so where they are read: wildcard hosts and `resolution: NONE` (the
-//! traffic passes through to where the application sent it, as to any unknown destination),
-//! `workloadSelector` and `exportTo` (every entry is visible mesh-wide).
+//! traffic passes through to where the application sent it, as to any unknown destination) and
+//! `workloadSelector`.
 
 use crate::endpoint::{DnsEndpoint, Endpoint, EndpointPort, Locality, TlsMode};
 use crate::service::{ClusterService, DefinedBy, Protocol, Service, ServicePort};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// `spec.location`.
@@ -77,6 +80,8 @@ pub struct ServiceEntry {
     pub location: Location,
     pub resolution: Resolution,
     pub endpoints: Vec<EntryEndpoint>,
+    /// `exportTo` with `.` resolved; `None`: every namespace.
+    pub exported_to: Option<BTreeSet<String>>,
     /// What the entry asks for that is not followed yet, one sentence each.
     pub unsupported: Vec<String>,
 }
@@ -313,10 +318,32 @@ impl ServiceEntry {
             unsupported
                 .push("workloadSelector is not followed yet: list the endpoints instead".into());
         }
-        if let Some(export_to) = spec.get("exportTo").and_then(Value::as_array)
-            && !export_to.iter().all(|to| to.as_str() == Some("*"))
-        {
-            unsupported.push("exportTo is not followed yet: the entry is visible mesh-wide".into());
+        let mut exported_to = Some(BTreeSet::new());
+        let listed = spec.get("exportTo").and_then(Value::as_array);
+        for (index, to) in listed.into_iter().flatten().enumerate() {
+            match to.as_str().unwrap_or_default() {
+                "*" => exported_to = None,
+                "~" => {}
+                "." => {
+                    if let Some(namespaces) = &mut exported_to {
+                        namespaces.insert(namespace.to_owned());
+                    }
+                }
+                other if is_host_name(other) && !other.contains('.') => {
+                    if let Some(namespaces) = &mut exported_to {
+                        namespaces.insert(other.to_ascii_lowercase());
+                    }
+                }
+                other => {
+                    return Err(fail(
+                        &format!("spec.exportTo[{index}]"),
+                        format!("{other:?} is none of `*`, `.`, `~` or a namespace name"),
+                    ));
+                }
+            }
+        }
+        if listed.is_none_or(|listed| listed.is_empty()) {
+            exported_to = None;
         }
         Ok(ServiceEntry {
             namespace: namespace.to_owned(),
@@ -327,6 +354,7 @@ impl ServiceEntry {
             location,
             resolution,
             endpoints,
+            exported_to,
             unsupported,
         })
     }
@@ -362,6 +390,7 @@ impl ServiceEntry {
             auto_vip,
             defined_by: DefinedBy::ServiceEntry(self.location),
             dns_endpoints: self.dns_endpoints(host),
+            exported_to: self.exported_to.clone(),
         }
     }
 
@@ -580,7 +609,6 @@ mod tests {
         let said = partly.unsupported.join("\n");
         for words in [
             "resolution NONE",
-            "exportTo",
             "workloadSelector",
             "address range 10.0.0.0/24",
             "Unix domain socket",
@@ -627,6 +655,10 @@ mod tests {
             (
                 json!({"hosts": ["a"], "resolution": "DNS", "endpoints": [{"address": "bad name!"}]}),
                 "spec.endpoints[0].address: \"bad name!\" is neither",
+            ),
+            (
+                json!({"hosts": ["a"], "exportTo": ["team a"]}),
+                "spec.exportTo[0]: \"team a\" is none of",
             ),
             (
                 json!({"hosts": ["a"], "resolution": "STATIC", "endpoints": [{"address": "10.0.0.1", "weight": -2}]}),
@@ -717,5 +749,45 @@ mod tests {
         assert_eq!(weights, [9, 1, 1]);
         let service = entry.service("w.example", "c1", Ipv4Addr::new(240, 240, 0, 6));
         assert!(service.dns_endpoints.is_empty());
+    }
+
+    #[test]
+    fn export_to_names_the_namespaces_whose_proxies_see_the_entry() {
+        let table: [(Value, &[(Option<&str>, bool)]); 5] = [
+            (
+                json!(null),
+                &[(Some("foo"), true), (Some("bar"), true), (None, true)],
+            ),
+            (json!(["*"]), &[(Some("bar"), true)]),
+            (
+                json!(["."]),
+                &[(Some("foo"), true), (Some("bar"), false), (None, false)],
+            ),
+            (
+                json!([".", "bar"]),
+                &[
+                    (Some("foo"), true),
+                    (Some("bar"), true),
+                    (Some("baz"), false),
+                ],
+            ),
+            (json!(["~"]), &[(Some("foo"), false), (Some("bar"), false)]),
+        ];
+        for (export_to, expected) in table {
+            let mut spec = json!({"hosts": ["e.example"], "ports": [{"name": "http", "number": 80}], "resolution": "STATIC"});
+            if !export_to.is_null() {
+                spec["exportTo"] = export_to.clone();
+            }
+            let entry = ServiceEntry::from_spec("foo", "e", &spec).unwrap();
+            assert!(entry.unsupported.is_empty(), "{:?}", entry.unsupported);
+            let service = entry.service("e.example", "c1", Ipv4Addr::new(240, 240, 0, 1));
+            for (namespace, visible) in expected {
+                assert_eq!(
+                    service.visible_to(*namespace),
+                    *visible,
+                    "{export_to} to {namespace:?}"
+                );
+            }
+        }
     }
 }

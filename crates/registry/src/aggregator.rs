@@ -574,6 +574,7 @@ impl Aggregator {
             auto_vip,
             defined_by: causeway_model::DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
+            exported_to: None,
         })
     }
 

@@ -882,6 +882,7 @@ mod tests {
             auto_vip: "240.240.0.1".parse().unwrap(),
             defined_by: causeway_model::DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
+            exported_to: None,
         };
         let endpoints = ServiceEndpoints {
             endpoints: vec![
@@ -999,6 +1000,49 @@ mod tests {
                 ("10.10.7.1:8000".to_owned(), 2, true, false),
                 ("172.18.0.20:15443".to_owned(), 5, true, true)
             ]
+        );
+    }
+
+    #[test]
+    fn an_entry_exported_to_its_namespace_only_does_not_exist_elsewhere() {
+        let entry = causeway_model::ServiceEntry::from_spec(
+            "sample",
+            "private",
+            &serde_json::json!({
+                "hosts": ["private.example"],
+                "ports": [{"name": "http", "number": 8000}],
+                "resolution": "STATIC",
+                "exportTo": ["."],
+                "endpoints": [{"address": "10.10.7.2"}],
+            }),
+        )
+        .unwrap();
+        let host = "private.example";
+        let mut snapshot = (*snapshot()).clone();
+        snapshot.services.insert(
+            host.into(),
+            Arc::new(entry.service(host, "cluster01", "240.240.0.9".parse().unwrap())),
+        );
+        let snapshot = Arc::new(snapshot);
+        let vip: SocketAddr = "240.240.0.9:8000".parse().unwrap();
+        let inside = received(&snapshot, &sidecar("10.10.0.9", &[])).build();
+        assert!(inside.outbound_route(vip).is_some());
+        assert!(inside.cluster("outbound|8000||private.example").is_some());
+        assert!(inside.names.contains_key(host));
+        let mut elsewhere = sidecar("10.10.0.10", &[]);
+        elsewhere.namespace = Some("other".into());
+        let outside = received(&snapshot, &elsewhere).build();
+        assert!(outside.outbound_route(vip).is_none());
+        assert!(outside.cluster("outbound|8000||private.example").is_none());
+        assert!(
+            !outside.names.contains_key(host),
+            "its DNS proxy does not know the name"
+        );
+        assert!(
+            outside
+                .cluster("outbound|5000||helloworld.sample.svc.cluster.local")
+                .is_some(),
+            "other services are still there"
         );
     }
 

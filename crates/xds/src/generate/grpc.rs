@@ -85,7 +85,10 @@ fn resolve_all<'a>(
         .into_iter()
         .filter_map(|name| {
             let (service, port) = resolve(snapshot, proxy, &name)?;
-            Some((name, service, port))
+            // A host not exported to the client's namespace does not exist for it.
+            service
+                .visible_to(proxy.namespace.as_deref())
+                .then_some((name, service, port))
         })
         .collect()
 }

@@ -151,7 +151,16 @@ impl Generator {
                     sidecar::shared_clusters(snapshot, &self.per_service)
                 });
                 let mut resources = Vec::with_capacity(shared.len() + 4);
-                resources.extend(shared.iter().cloned());
+                if snapshot.services.values().any(|s| s.exported_to.is_some()) {
+                    resources.extend(
+                        shared
+                            .iter()
+                            .filter(|r| !sidecar::hidden_from(snapshot, proxy, r))
+                            .cloned(),
+                    );
+                } else {
+                    resources.extend(shared.iter().cloned());
+                }
                 resources.extend(sidecar::workload_clusters(snapshot, proxy));
                 wanted.keep(resources)
             }

@@ -7,7 +7,9 @@ use super::common::{eds_cluster, tcp_proxy_filter};
 use super::endpoints::dns_load_assignment;
 use crate::envoy::{any, fields, list_value, metadata, seconds, socket_address, string_value};
 use crate::proxy::ProxyInfo;
-use crate::resources::{Resource, inbound_cluster, outbound_cluster, sni_cluster};
+use crate::resources::{
+    Resource, inbound_cluster, outbound_cluster, parse_service_name, sni_cluster,
+};
 use causeway_model::{MeshSnapshot, MtlsMode, Protocol, Service, ServicePort, WorkloadMtls};
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
@@ -224,8 +226,16 @@ fn original_destination_cluster(name: &str) -> Cluster {
     }
 }
 
+/// Whether the shared cluster `resource` is for a service `proxy` must not see (`exportTo`).
+pub fn hidden_from(snapshot: &MeshSnapshot, proxy: &ProxyInfo, resource: &Resource) -> bool {
+    parse_service_name(&resource.name)
+        .and_then(|(_, fqdn)| snapshot.services.get(fqdn))
+        .is_some_and(|service| !service.visible_to(proxy.namespace.as_deref()))
+}
+
 /// The clusters every sidecar gets: one per service port, plus the passthrough and blackhole
-/// clusters. The same for all sidecars of a snapshot (the generator shares one list).
+/// clusters. The same for all sidecars of a snapshot (the generator shares one list; services
+/// exported to some namespaces only are left out per proxy with [`hidden_from`]).
 pub fn shared_clusters(
     snapshot: &MeshSnapshot,
     cache: &ServiceResourceCache,
@@ -442,6 +452,9 @@ pub fn listeners(
         let Some(vip) = service.vip_for(&proxy.cluster) else {
             continue;
         };
+        if !service.visible_to(proxy.namespace.as_deref()) {
+            continue;
+        }
         for port in routable_ports(service) {
             let name = format!("{vip}_{}", port.port);
             // The address depends on the proxy's cluster, the aliases on its namespace.

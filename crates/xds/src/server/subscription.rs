@@ -255,6 +255,7 @@ mod tests {
             auto_vip: std::net::Ipv4Addr::UNSPECIFIED,
             defined_by: causeway_model::DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
+            exported_to: None,
         };
         let mut snapshot = MeshSnapshot::default();
         snapshot.services.insert(fqdn.into(), Arc::new(service));
