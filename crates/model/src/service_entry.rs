@@ -753,7 +753,9 @@ mod tests {
 
     #[test]
     fn export_to_names_the_namespaces_whose_proxies_see_the_entry() {
-        let table: [(Value, &[(Option<&str>, bool)]); 5] = [
+        /// Which client namespaces (`None`: a proxy without one) see the entry.
+        type Seen<'a> = &'a [(Option<&'a str>, bool)];
+        let table: [(Value, Seen); 5] = [
             (
                 json!(null),
                 &[(Some("foo"), true), (Some("bar"), true), (None, true)],
