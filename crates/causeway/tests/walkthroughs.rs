@@ -240,6 +240,15 @@ fn multi_primary() {
     let before = host_state();
     let text = walk_helloworld(&lab, "multi-primary");
     assert_paths(&text, "direct");
+    // The ServiceEntry's workloadSelector picked the helloworld pods of both clusters.
+    let selected = text
+        .split("helloworld.selected.example (workloadSelector app=helloworld) answered")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no workloadSelector step: {text}"));
+    assert!(
+        selected.contains("Hello version: v1") && selected.contains("Hello version: v2"),
+        "{text}"
+    );
     uninstall_and_take_down(&lab, &before);
 }
 

@@ -14,9 +14,11 @@
 //! `exportTo` limits which namespaces' proxies see the entry's hosts (`.` is the entry's own
 //! namespace, `*` every namespace, `~` none).
 //!
+//! `workloadSelector` makes the WorkloadEntries and pods of the entry's namespace with those
+//! labels its endpoints (pods of every cluster).
+//!
 //! Not followed yet, and said so where they are read: wildcard hosts and `resolution: NONE` (the
-//! traffic passes through to where the application sent it, as to any unknown destination) and
-//! `workloadSelector`.
+//! traffic passes through to where the application sent it, as to any unknown destination).
 
 use crate::endpoint::{DnsEndpoint, Endpoint, EndpointPort, Locality, TlsMode};
 use crate::service::{ClusterService, DefinedBy, Protocol, Service, ServicePort};
@@ -67,6 +69,8 @@ pub struct EntryEndpoint {
     pub labels: BTreeMap<String, String>,
     pub network: String,
     pub locality: Locality,
+    /// `serviceAccount`: the workload's identity is `spiffe://<trust domain>/ns/<ns>/sa/<it>`.
+    pub service_account: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -80,6 +84,9 @@ pub struct ServiceEntry {
     pub location: Location,
     pub resolution: Resolution,
     pub endpoints: Vec<EntryEndpoint>,
+    /// `workloadSelector.labels`: the entry's endpoints are the WorkloadEntries and pods of its
+    /// namespace with these labels.
+    pub workload_selector: Option<BTreeMap<String, String>>,
     /// `exportTo` with `.` resolved; `None`: every namespace.
     pub exported_to: Option<BTreeSet<String>>,
     /// What the entry asks for that is not followed yet, one sentence each.
@@ -253,71 +260,26 @@ impl ServiceEntry {
             .flatten()
             .enumerate()
         {
-            let field = format!("spec.endpoints[{index}]");
-            let text_address = text(endpoint, "address").unwrap_or_default();
-            let address = if let Ok(ip) = text_address.parse::<IpAddr>() {
-                EntryAddress::Ip(ip)
-            } else if text_address.is_empty() {
-                return Err(fail(&format!("{field}.address"), "is required".into()));
-            } else if text_address.starts_with("unix://") {
-                unsupported.push(format!(
-                    "endpoint {text_address:?}: Unix domain socket endpoints are not used"
-                ));
-                continue;
-            } else if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
-                if !is_host_name(text_address) {
+            let names_allowed = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+            match parse_workload(endpoint, &format!("spec.endpoints[{index}]"), names_allowed) {
+                Ok(Workload::Usable(endpoint)) => endpoints.push(endpoint),
+                Ok(Workload::Unsupported(sentence)) => unsupported.push(sentence),
+                Err(FieldProblem { field, problem }) => return Err(fail(&field, problem)),
+            }
+        }
+        let workload_selector = match spec.get("workloadSelector") {
+            None | Some(Value::Null) => None,
+            Some(selector) => {
+                let labels = string_map(selector.get("labels"));
+                if !endpoints.is_empty() {
                     return Err(fail(
-                        &format!("{field}.address"),
-                        format!("{text_address:?} is neither an IP address nor a host name"),
+                        "spec.workloadSelector",
+                        "an entry lists endpoints or selects workloads, not both".into(),
                     ));
                 }
-                EntryAddress::Name(text_address.to_ascii_lowercase())
-            } else {
-                return Err(fail(
-                    &format!("{field}.address"),
-                    format!(
-                        "{text_address:?} is not an IP address; endpoints given by name need `resolution: DNS`"
-                    ),
-                ));
-            };
-            let mut endpoint_ports = BTreeMap::new();
-            if let Some(map) = endpoint.get("ports").and_then(Value::as_object) {
-                for (port_name, number) in map {
-                    let number = port_number(number).ok_or_else(|| {
-                        fail(
-                            &format!("{field}.ports.{port_name}"),
-                            "must be a port (1-65535)".into(),
-                        )
-                    })?;
-                    endpoint_ports.insert(port_name.clone(), number);
-                }
+                Some(labels)
             }
-            let weight = match endpoint.get("weight") {
-                None | Some(Value::Null) => 1,
-                Some(value) => value
-                    .as_u64()
-                    .and_then(|weight| u32::try_from(weight).ok())
-                    .ok_or_else(|| {
-                        fail(
-                            &format!("{field}.weight"),
-                            format!("{value} is not a weight (0 to 4294967295)"),
-                        )
-                    })?
-                    .max(1),
-            };
-            endpoints.push(EntryEndpoint {
-                address,
-                weight,
-                ports: endpoint_ports,
-                labels: string_map(endpoint.get("labels")),
-                network: text(endpoint, "network").unwrap_or_default().to_owned(),
-                locality: Locality::parse(text(endpoint, "locality").unwrap_or_default()),
-            });
-        }
-        if spec.get("workloadSelector").is_some() {
-            unsupported
-                .push("workloadSelector is not followed yet: list the endpoints instead".into());
-        }
+        };
         let mut exported_to = Some(BTreeSet::new());
         let listed = spec.get("exportTo").and_then(Value::as_array);
         for (index, to) in listed.into_iter().flatten().enumerate() {
@@ -354,6 +316,7 @@ impl ServiceEntry {
             location,
             resolution,
             endpoints,
+            workload_selector,
             exported_to,
             unsupported,
         })
@@ -394,16 +357,17 @@ impl ServiceEntry {
         }
     }
 
-    fn tls_mode(&self) -> TlsMode {
+    /// How its endpoints are reached unless they say: mTLS inside the mesh, plain outside.
+    pub fn tls_mode(&self) -> TlsMode {
         match self.location {
             Location::MeshInternal => TlsMode::Istio,
             Location::MeshExternal => TlsMode::Disabled,
         }
     }
 
-    /// Each service port's name and the port `endpoint` serves it on: the endpoint's own, else
+    /// Each service port's name and the port `endpoint` (`None`: a selected pod) serves it on: the endpoint's own, else
     /// `targetPort`, else the service port.
-    fn endpoint_ports(&self, endpoint: Option<&EntryEndpoint>) -> Vec<EndpointPort> {
+    pub fn ports_for(&self, endpoint: Option<&EntryEndpoint>) -> Vec<EndpointPort> {
         self.ports
             .iter()
             .map(|port| EndpointPort {
@@ -425,7 +389,7 @@ impl ServiceEntry {
         if self.endpoints.is_empty() {
             return vec![DnsEndpoint {
                 host: host.to_owned(),
-                ports: self.endpoint_ports(None),
+                ports: self.ports_for(None),
                 weight: 1,
                 locality: Locality::default(),
                 network: String::new(),
@@ -440,7 +404,7 @@ impl ServiceEntry {
                     EntryAddress::Ip(ip) => ip.to_string(),
                     EntryAddress::Name(name) => name.clone(),
                 },
-                ports: self.endpoint_ports(Some(endpoint)),
+                ports: self.ports_for(Some(endpoint)),
                 weight: endpoint.weight,
                 locality: endpoint.locality.clone(),
                 network: endpoint.network.clone(),
@@ -450,34 +414,151 @@ impl ServiceEntry {
             .collect()
     }
 
-    /// The IP endpoints of every host of the entry, as seen from `cluster` (the config cluster);
-    /// none when the entry's resolution is DNS (see [`Service::dns_endpoints`]).
-    pub fn endpoints(&self, cluster: &str) -> Vec<Endpoint> {
+    /// The IP endpoints it lists, for every host of the entry, as seen from `cluster` (the
+    /// config cluster); none when the entry's resolution is DNS (see
+    /// [`Service::dns_endpoints`]). Selected workloads come from [`ServiceEntry::selects`].
+    pub fn endpoints(&self, cluster: &str, trust_domain: &str) -> Vec<Endpoint> {
         if matches!(self.resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
             return Vec::new();
         }
         self.endpoints
             .iter()
-            .filter_map(|endpoint| {
-                let EntryAddress::Ip(address) = endpoint.address else {
-                    return None;
-                };
-                Some(Endpoint {
-                    cluster: cluster.to_owned(),
-                    network: endpoint.network.clone(),
-                    address,
-                    ports: self.endpoint_ports(Some(endpoint)),
-                    locality: endpoint.locality.clone(),
-                    identity: None,
-                    labels: endpoint.labels.clone(),
-                    ready: true,
-                    tls_mode: self.tls_mode(),
-                    pod: None,
-                    weight: endpoint.weight,
-                })
-            })
+            .filter_map(|endpoint| self.workload_endpoint(endpoint, cluster, trust_domain))
             .collect()
     }
+
+    /// Whether a workload of `namespace` with `labels` is one of the entry's endpoints by its
+    /// `workloadSelector` (which picks from the entry's own namespace only).
+    pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.workload_selector.as_ref().is_some_and(|selector| {
+            namespace == self.namespace
+                && selector
+                    .iter()
+                    .all(|(key, value)| labels.get(key) == Some(value))
+        })
+    }
+
+    /// `workload` (a listed endpoint or a selected WorkloadEntry, of the entry's namespace) as
+    /// an endpoint of the entry; `None` for a name, which only DNS resolution uses. A
+    /// `security.istio.io/tlsMode` label overrides what the entry's location implies.
+    pub fn workload_endpoint(
+        &self,
+        workload: &EntryEndpoint,
+        cluster: &str,
+        trust_domain: &str,
+    ) -> Option<Endpoint> {
+        let EntryAddress::Ip(address) = workload.address else {
+            return None;
+        };
+        let tls_mode = match workload.labels.get(TLS_MODE_LABEL) {
+            Some(mode) => TlsMode::from_label(Some(mode)),
+            None => self.tls_mode(),
+        };
+        Some(Endpoint {
+            cluster: cluster.to_owned(),
+            network: workload.network.clone(),
+            address,
+            ports: self.ports_for(Some(workload)),
+            locality: workload.locality.clone(),
+            identity: workload.service_account.as_ref().map(|account| {
+                format!("spiffe://{trust_domain}/ns/{}/sa/{account}", self.namespace)
+            }),
+            labels: workload.labels.clone(),
+            ready: true,
+            tls_mode,
+            pod: None,
+            weight: workload.weight,
+        })
+    }
+}
+
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+/// A workload's address, ports, labels, network, locality, weight and service account: a
+/// ServiceEntry endpoint or a WorkloadEntry's spec (the same message in Istio's API).
+pub(crate) enum Workload {
+    Usable(EntryEndpoint),
+    /// Valid, but not something the mesh can use; the sentence says why.
+    Unsupported(String),
+}
+
+/// What is wrong, and in which field.
+pub(crate) struct FieldProblem {
+    pub field: String,
+    pub problem: String,
+}
+
+/// Reads one workload at `field`; `names_allowed`: its address may be a host name (DNS).
+pub(crate) fn parse_workload(
+    value: &Value,
+    field: &str,
+    names_allowed: bool,
+) -> Result<Workload, FieldProblem> {
+    let fail = |suffix: &str, problem: String| FieldProblem {
+        field: format!("{field}.{suffix}"),
+        problem,
+    };
+    let text_address = text(value, "address").unwrap_or_default();
+    let address = if let Ok(ip) = text_address.parse::<IpAddr>() {
+        EntryAddress::Ip(ip)
+    } else if text_address.is_empty() {
+        return Err(fail("address", "is required".into()));
+    } else if text_address.starts_with("unix://") {
+        return Ok(Workload::Unsupported(format!(
+            "endpoint {text_address:?}: Unix domain socket endpoints are not used"
+        )));
+    } else if names_allowed {
+        if !is_host_name(text_address) {
+            return Err(fail(
+                "address",
+                format!("{text_address:?} is neither an IP address nor a host name"),
+            ));
+        }
+        EntryAddress::Name(text_address.to_ascii_lowercase())
+    } else {
+        return Err(fail(
+            "address",
+            format!(
+                "{text_address:?} is not an IP address; endpoints given by name need `resolution: DNS`"
+            ),
+        ));
+    };
+    let mut ports = BTreeMap::new();
+    if let Some(map) = value.get("ports").and_then(Value::as_object) {
+        for (port_name, number) in map {
+            let number = port_number(number).ok_or_else(|| {
+                fail(
+                    &format!("ports.{port_name}"),
+                    "must be a port (1-65535)".into(),
+                )
+            })?;
+            ports.insert(port_name.clone(), number);
+        }
+    }
+    let weight = match value.get("weight") {
+        None | Some(Value::Null) => 1,
+        Some(weight) => weight
+            .as_u64()
+            .and_then(|weight| u32::try_from(weight).ok())
+            .ok_or_else(|| {
+                fail(
+                    "weight",
+                    format!("{weight} is not a weight (0 to 4294967295)"),
+                )
+            })?
+            .max(1),
+    };
+    Ok(Workload::Usable(EntryEndpoint {
+        address,
+        weight,
+        ports,
+        labels: string_map(value.get("labels")),
+        network: text(value, "network").unwrap_or_default().to_owned(),
+        locality: Locality::parse(text(value, "locality").unwrap_or_default()),
+        service_account: text(value, "serviceAccount")
+            .filter(|account| !account.is_empty())
+            .map(str::to_owned),
+    }))
 }
 
 /// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
@@ -536,7 +617,7 @@ mod tests {
         assert_eq!(service.ports[0].protocol, Protocol::Http);
         // `resolution: DNS` with an IP endpoint: a STRICT_DNS cluster of that address, as Istio
         // makes it.
-        assert!(entry.endpoints("cluster01").is_empty());
+        assert!(entry.endpoints("cluster01", "cluster.local").is_empty());
         let endpoints = &service.dns_endpoints;
         assert_eq!(endpoints.len(), 1);
         assert_eq!(endpoints[0].host, "172.18.12.0");
@@ -576,7 +657,7 @@ mod tests {
             DefinedBy::ServiceEntry(Location::MeshExternal)
         );
         let ports: Vec<Option<u16>> = entry
-            .endpoints("cluster01")
+            .endpoints("cluster01", "cluster.local")
             .iter()
             .map(|endpoint| endpoint.port_for("http"))
             .collect();
@@ -587,7 +668,7 @@ mod tests {
         );
         assert!(
             entry
-                .endpoints("cluster01")
+                .endpoints("cluster01", "cluster.local")
                 .iter()
                 .all(|e| e.tls_mode == TlsMode::Disabled)
         );
@@ -600,7 +681,7 @@ mod tests {
             "partly",
             &json!({
                 "hosts": ["api.example.com"], "ports": [{"name": "https", "number": 443}],
-                "resolution": "NONE", "exportTo": ["."], "workloadSelector": {"labels": {"app": "vm"}},
+                "resolution": "NONE", "exportTo": ["."],
                 "addresses": ["10.0.0.0/24"], "endpoints": [{"address": "unix:///var/run/api.sock"}],
             }),
         )
@@ -609,7 +690,6 @@ mod tests {
         let said = partly.unsupported.join("\n");
         for words in [
             "resolution NONE",
-            "workloadSelector",
             "address range 10.0.0.0/24",
             "Unix domain socket",
         ] {
@@ -693,7 +773,7 @@ mod tests {
         .unwrap();
         assert!(entry.unsupported.is_empty(), "{:?}", entry.unsupported);
         assert!(
-            entry.endpoints("cluster01").is_empty(),
+            entry.endpoints("cluster01", "cluster.local").is_empty(),
             "no IP endpoints of its own"
         );
         let service = entry.service(
@@ -745,7 +825,11 @@ mod tests {
             }),
         )
         .unwrap();
-        let weights: Vec<u32> = entry.endpoints("c1").iter().map(|e| e.weight).collect();
+        let weights: Vec<u32> = entry
+            .endpoints("c1", "cluster.local")
+            .iter()
+            .map(|e| e.weight)
+            .collect();
         assert_eq!(weights, [9, 1, 1]);
         let service = entry.service("w.example", "c1", Ipv4Addr::new(240, 240, 0, 6));
         assert!(service.dns_endpoints.is_empty());

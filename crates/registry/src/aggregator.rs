@@ -363,7 +363,11 @@ impl Aggregator {
             .map(|entry| &mut entry.state)
     }
 
-    fn note(&mut self, dirty: Dirty) {
+    fn note(&mut self, mut dirty: Dirty) {
+        // Pods change all the time; that matters to ServiceEntries only when one selects.
+        if dirty.workloads && !self.entries_select_workloads() {
+            dirty.workloads = false;
+        }
         if dirty.is_empty() {
             return;
         }
@@ -431,7 +435,8 @@ impl Aggregator {
                 changed_endpoints.insert(fqdn);
             }
         }
-        if dirty.service_entries || dirty.all_endpoints {
+        let selections_changed = dirty.workloads && self.entries_select_workloads();
+        if dirty.service_entries || dirty.all_endpoints || selections_changed {
             self.apply_service_entries(
                 &mut next,
                 dirty.service_entries,
@@ -515,7 +520,7 @@ impl Aggregator {
                     host.clone(),
                     (
                         entry.service(host, &cluster, auto_vip),
-                        entry.endpoints(&cluster),
+                        self.entry_endpoints(entry),
                     ),
                 );
             }
@@ -548,6 +553,50 @@ impl Aggregator {
                 next.endpoints.insert(host, Arc::new(fresh));
             }
         }
+    }
+
+    fn entry_endpoints(&self, entry: &ServiceEntry) -> Vec<Endpoint> {
+        let cluster = &self.config.cluster_id;
+        let trust_domain = &self.config.trust_domain;
+        let mut endpoints = entry.endpoints(cluster, trust_domain);
+        if entry.workload_selector.is_none() {
+            return endpoints;
+        }
+        if let Some(config) = self.clusters.get(cluster) {
+            endpoints.extend(
+                config
+                    .state
+                    .workload_entries
+                    .values()
+                    .filter(|workload| {
+                        entry.selects(&workload.namespace, &workload.workload.labels)
+                    })
+                    .filter_map(|workload| {
+                        entry.workload_endpoint(&workload.workload, cluster, trust_domain)
+                    }),
+            );
+        }
+        // Pods of every cluster, as Istio's ServiceEntry controller takes them from each
+        // cluster's pod informer.
+        for member in self.clusters.values() {
+            endpoints.extend(member.state.pods_selected_by(entry));
+        }
+        endpoints.sort_by(|a, b| (&a.cluster, a.address).cmp(&(&b.cluster, b.address)));
+        endpoints
+    }
+
+    /// Whether any ServiceEntry picks its endpoints by `workloadSelector` (then pod and
+    /// WorkloadEntry changes matter to it).
+    fn entries_select_workloads(&self) -> bool {
+        self.clusters
+            .get(&self.config.cluster_id)
+            .is_some_and(|config| {
+                config
+                    .state
+                    .service_entries
+                    .values()
+                    .any(|entry| entry.workload_selector.is_some())
+            })
     }
 
     fn build_service(&mut self, key: &ObjectKey, fqdn: &str) -> Option<Service> {

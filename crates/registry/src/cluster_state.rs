@@ -7,6 +7,7 @@ use crate::records::{
 };
 use causeway_model::{
     Endpoint, IstioGateway, Locality, PeerAuthentication, ServiceEntry, TlsMode, TlsRoute,
+    WorkloadEntry,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -23,6 +24,8 @@ pub struct Dirty {
     pub gateways: bool,
     /// A ServiceEntry changed: its services and endpoints are rebuilt, and a full push.
     pub service_entries: bool,
+    /// A WorkloadEntry or pod changed: entries that select workloads get their endpoints again.
+    pub workloads: bool,
 }
 
 impl Dirty {
@@ -32,6 +35,7 @@ impl Dirty {
             && !self.all_endpoints
             && !self.gateways
             && !self.service_entries
+            && !self.workloads
     }
 
     pub fn merge(&mut self, other: Dirty) {
@@ -40,6 +44,7 @@ impl Dirty {
         self.all_endpoints |= other.all_endpoints;
         self.gateways |= other.gateways;
         self.service_entries |= other.service_entries;
+        self.workloads |= other.workloads;
     }
 }
 
@@ -62,6 +67,7 @@ pub struct ClusterState {
     pub tls_routes: BTreeMap<ObjectKey, Vec<TlsRoute>>,
     pub peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
     pub service_entries: BTreeMap<ObjectKey, ServiceEntry>,
+    pub workload_entries: BTreeMap<ObjectKey, WorkloadEntry>,
 }
 
 impl ClusterState {
@@ -119,6 +125,7 @@ impl ClusterState {
             Record::Pod(pod) => {
                 let key = (pod.namespace.clone(), pod.name.clone());
                 if self.pods.get(&key) != Some(&pod) {
+                    dirty.workloads = true;
                     dirty.endpoints.extend(
                         self.services_of_pod
                             .get(&key)
@@ -148,7 +155,14 @@ impl ClusterState {
                 let key = (entry.namespace.clone(), entry.name.clone());
                 if self.service_entries.get(&key) != Some(&entry) {
                     dirty.service_entries = true;
-                    self.service_entries.insert(key, entry);
+                    self.service_entries.insert(key, *entry);
+                }
+            }
+            Record::WorkloadEntry(entry) => {
+                let key = (entry.namespace.clone(), entry.name.clone());
+                if self.workload_entries.get(&key) != Some(&entry) {
+                    dirty.workloads = true;
+                    self.workload_entries.insert(key, *entry);
                 }
             }
             Record::VirtualService(service) => {
@@ -177,6 +191,7 @@ impl ClusterState {
             }
             Kind::Pod => {
                 if self.pods.remove(key).is_some() {
+                    dirty.workloads = true;
                     dirty
                         .endpoints
                         .extend(self.services_of_pod.get(key).into_iter().flatten().cloned());
@@ -195,6 +210,9 @@ impl ClusterState {
             Kind::ServiceEntry => {
                 dirty.service_entries |= self.service_entries.remove(key).is_some();
             }
+            Kind::WorkloadEntry => {
+                dirty.workloads |= self.workload_entries.remove(key).is_some();
+            }
         }
         dirty
     }
@@ -211,6 +229,7 @@ impl ClusterState {
             Kind::VirtualService => self.tls_routes.keys().cloned().collect(),
             Kind::PeerAuthentication => self.peer_authentications.keys().cloned().collect(),
             Kind::ServiceEntry => self.service_entries.keys().cloned().collect(),
+            Kind::WorkloadEntry => self.workload_entries.keys().cloned().collect(),
         };
         let mut dirty = Dirty::default();
         for key in stale.iter().filter(|key| !listed.contains(*key)) {
@@ -235,6 +254,7 @@ impl ClusterState {
                 || !self.tls_routes.is_empty()
                 || !self.peer_authentications.is_empty(),
             service_entries: !self.service_entries.is_empty(),
+            workloads: !self.workload_entries.is_empty() || !self.pods.is_empty(),
         };
         dirty.endpoints.extend(dirty.definitions.iter().cloned());
         *self = ClusterState::new(
@@ -304,6 +324,45 @@ impl ClusterState {
             }
         }
         dirty.endpoints.insert(service);
+    }
+
+    /// The ready-or-not pods of this cluster that `entry`'s `workloadSelector` picks, as its
+    /// endpoints (pods without an address yet are left out).
+    pub fn pods_selected_by(&self, entry: &ServiceEntry) -> Vec<Endpoint> {
+        let network = self.network();
+        self.pods
+            .values()
+            .filter(|pod| entry.selects(&pod.namespace, &pod.labels))
+            .filter_map(|pod| {
+                Some(Endpoint {
+                    cluster: self.id.clone(),
+                    network: pod
+                        .labels
+                        .get(NETWORK_LABEL)
+                        .cloned()
+                        .unwrap_or_else(|| network.to_owned()),
+                    address: pod.ip?,
+                    ports: entry.ports_for(None),
+                    locality: Locality::parse(
+                        pod.labels
+                            .get(LOCALITY_LABEL)
+                            .map(String::as_str)
+                            .unwrap_or_default(),
+                    ),
+                    identity: Some(format!(
+                        "spiffe://{}/ns/{}/sa/{}",
+                        self.trust_domain, pod.namespace, pod.service_account
+                    )),
+                    labels: pod.labels.clone(),
+                    ready: pod.ready,
+                    tls_mode: TlsMode::from_label(
+                        pod.labels.get(TLS_MODE_LABEL).map(String::as_str),
+                    ),
+                    pod: Some(format!("{}/{}", pod.namespace, pod.name)),
+                    weight: 1,
+                })
+            })
+            .collect()
     }
 
     /// This cluster's endpoints of service `key`, in address order.
@@ -398,6 +457,8 @@ mod tests {
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
             service_account: "helloworld".into(),
+            ip: None,
+            ready: true,
         })
     }
 
@@ -470,10 +531,12 @@ mod tests {
         let dirty = state.delete(Kind::EndpointSlice, &key("a-1"));
         assert_eq!(dirty.endpoints, [key("a")].into());
         assert!(state.endpoints_of(&key("a")).is_empty());
+        let dirty = state.apply(pod("p1", &[]));
         assert!(
-            state.apply(pod("p1", &[])).is_empty(),
+            dirty.endpoints.is_empty() && dirty.definitions.is_empty(),
             "no slice names p1 any more"
         );
+        assert!(dirty.workloads, "only entries that select pods may care");
     }
 
     #[test]
@@ -491,5 +554,84 @@ mod tests {
         let cleared = state.clear();
         assert_eq!(cleared.endpoints, [key("b")].into());
         assert!(state.endpoints_of(&key("b")).is_empty());
+    }
+
+    #[test]
+    fn a_service_entrys_selector_picks_pods_of_its_namespace_with_addresses() {
+        let mut state = ClusterState::new("cluster02", "network2", "istio-system", "cluster.local");
+        let placed = |name: &str, namespace: &str, app: &str, ip: Option<&str>, ready: bool| {
+            Record::Pod(PodRecord {
+                namespace: namespace.into(),
+                name: name.into(),
+                labels: [
+                    ("app".to_owned(), app.to_owned()),
+                    (TLS_MODE_LABEL.to_owned(), "istio".to_owned()),
+                ]
+                .into(),
+                service_account: "vm-like".into(),
+                ip: ip.map(|ip| ip.parse().unwrap()),
+                ready,
+            })
+        };
+        for record in [
+            placed("a", "sample", "db", Some("10.20.0.4"), true),
+            placed("b", "sample", "db", Some("10.20.0.5"), false),
+            placed("c", "sample", "db", None, false),
+            placed("d", "sample", "web", Some("10.20.0.6"), true),
+            placed("e", "other", "db", Some("10.20.0.7"), true),
+        ] {
+            assert!(
+                state.apply(record).workloads,
+                "pod changes concern selecting entries"
+            );
+        }
+        let entry = ServiceEntry::from_spec(
+            "sample",
+            "db",
+            &serde_json::json!({
+                "hosts": ["db.sample.example"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                "ports": [{"name": "tcp", "number": 5432, "targetPort": 15432}],
+                "workloadSelector": {"labels": {"app": "db"}},
+            }),
+        )
+        .unwrap();
+        let mut selected = state.pods_selected_by(&entry);
+        selected.sort_by_key(|e| e.address);
+        let seen: Vec<(String, bool, Option<u16>, &str, TlsMode)> = selected
+            .iter()
+            .map(|e| {
+                (
+                    e.address.to_string(),
+                    e.ready,
+                    e.port_for("tcp"),
+                    e.network.as_str(),
+                    e.tls_mode,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "10.20.0.4".into(),
+                    true,
+                    Some(15432),
+                    "network2",
+                    TlsMode::Istio
+                ),
+                (
+                    "10.20.0.5".into(),
+                    false,
+                    Some(15432),
+                    "network2",
+                    TlsMode::Istio
+                ),
+            ]
+        );
+        assert_eq!(
+            selected[0].identity.as_deref(),
+            Some("spiffe://cluster.local/ns/sample/sa/vm-like")
+        );
+        assert_eq!(selected[0].pod.as_deref(), Some("sample/a"));
     }
 }

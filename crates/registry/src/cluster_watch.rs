@@ -115,7 +115,24 @@ impl ClusterWatch {
                 Api::<DynamicObject>::all_with(client.clone(), &service_entry),
                 watcher::Config::default(),
                 Kind::ServiceEntry,
-                |e| records::service_entry_record(e).map(Record::ServiceEntry),
+                |e| {
+                    records::service_entry_record(e)
+                        .map(|entry| Record::ServiceEntry(Box::new(entry)))
+                },
+            ));
+            let workload_entry = ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "networking.istio.io",
+                "v1beta1",
+                "WorkloadEntry",
+            ));
+            streams.push(kind_stream(
+                Api::<DynamicObject>::all_with(client.clone(), &workload_entry),
+                watcher::Config::default(),
+                Kind::WorkloadEntry,
+                |e| {
+                    records::workload_entry_record(e)
+                        .map(|entry| Record::WorkloadEntry(Box::new(entry)))
+                },
             ));
         }
         streams
@@ -162,7 +179,7 @@ impl ClusterWatch {
                             }),
                         }
                     }
-                    Some((kind, Err(error))) if matches!(kind, Kind::Gateway | Kind::VirtualService | Kind::PeerAuthentication | Kind::ServiceEntry) && is_not_found(&error) => {
+                    Some((kind, Err(error))) if matches!(kind, Kind::Gateway | Kind::VirtualService | Kind::PeerAuthentication | Kind::ServiceEntry | Kind::WorkloadEntry) && is_not_found(&error) => {
                         // Istio's CRDs are not installed in this cluster: no Gateways, not a failure.
                         if listed.insert(kind) {
                             Some(Message::Reset { cluster: self.cluster.clone(), generation: self.generation, kind, records: Vec::new() })

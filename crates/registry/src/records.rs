@@ -3,7 +3,7 @@
 
 use causeway_model::{
     ClusterService, EndpointPort, GatewayServer, IstioGateway, MtlsMode, PeerAuthentication,
-    Protocol, ServiceEntry, ServicePort, TlsRoute,
+    Protocol, ServiceEntry, ServicePort, TlsRoute, WorkloadEntry,
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -33,6 +33,7 @@ pub enum Kind {
     VirtualService,
     PeerAuthentication,
     ServiceEntry,
+    WorkloadEntry,
 }
 
 impl Kind {
@@ -46,6 +47,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
         }
     }
 }
@@ -59,7 +61,9 @@ pub enum Record {
     Gateway(IstioGateway),
     VirtualService(VirtualServiceRecord),
     PeerAuthentication(PeerAuthentication),
-    ServiceEntry(ServiceEntry),
+    // Boxed: these are the largest records by far, and the rarest.
+    ServiceEntry(Box<ServiceEntry>),
+    WorkloadEntry(Box<WorkloadEntry>),
 }
 
 impl Record {
@@ -73,6 +77,7 @@ impl Record {
             Record::PeerAuthentication(p) => (p.namespace.clone(), p.name.clone()),
             Record::VirtualService(v) => (v.namespace.clone(), v.name.clone()),
             Record::ServiceEntry(e) => (e.namespace.clone(), e.name.clone()),
+            Record::WorkloadEntry(e) => (e.namespace.clone(), e.name.clone()),
         }
     }
 }
@@ -111,6 +116,10 @@ pub struct PodRecord {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
+    /// `status.podIP`, once it has one (ServiceEntries that select the pod use it).
+    pub ip: Option<IpAddr>,
+    /// The pod's Ready condition.
+    pub ready: bool,
 }
 
 /// The parts of a VirtualService the mesh uses today: its `tls` routes.
@@ -252,6 +261,7 @@ pub fn slice_record(object: &EndpointSlice) -> Option<SliceRecord> {
 
 pub fn pod_record(object: &Pod) -> PodRecord {
     let (namespace, name) = name_of(&object.metadata);
+    let status = object.status.as_ref();
     PodRecord {
         namespace,
         name,
@@ -261,6 +271,14 @@ pub fn pod_record(object: &Pod) -> PodRecord {
             .as_ref()
             .and_then(|spec| spec.service_account_name.clone())
             .unwrap_or_else(|| "default".into()),
+        ip: status
+            .and_then(|status| status.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+        ready: status
+            .and_then(|status| status.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|condition| condition.type_ == "Ready" && condition.status == "True"),
     }
 }
 
@@ -319,6 +337,17 @@ pub fn service_entry_record(object: &DynamicObject) -> Option<ServiceEntry> {
             None
         }
     }
+}
+
+/// A WorkloadEntry, or `None` (with a warning naming the bad field) for one that cannot be used.
+pub fn workload_entry_record(object: &DynamicObject) -> Option<WorkloadEntry> {
+    let (namespace, name) = name_of(&object.metadata);
+    let spec = object.data.get("spec").cloned().unwrap_or_default();
+    WorkloadEntry::from_spec(&namespace, &name, &spec)
+        .inspect_err(|error| {
+            tracing::warn!(%error, "WorkloadEntry ignored; fix it and apply it again");
+        })
+        .ok()
 }
 
 /// A PeerAuthentication. An unknown mode is taken as UNSET (inherit) with a warning, as

@@ -412,17 +412,27 @@ async fn unusable_remote_secrets_are_reported_not_fatal() {
 }
 
 async fn put_service_entry(client: &kube::Client, name: &str, spec: serde_json::Value) {
+    put_networking_object(client, "ServiceEntry", name, spec).await;
+}
+
+/// Creates or changes the `networking.istio.io` object `kind` `sample/name`.
+async fn put_networking_object(
+    client: &kube::Client,
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) {
     use kube::api::{DynamicObject, Patch, PatchParams};
     use kube::core::{ApiResource, GroupVersionKind};
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
         "networking.istio.io",
         "v1beta1",
-        "ServiceEntry",
+        kind,
     ));
     let entries: Api<DynamicObject> = Api::namespaced_with(client.clone(), "sample", &resource);
     let object = json!({
         "apiVersion": "networking.istio.io/v1beta1",
-        "kind": "ServiceEntry",
+        "kind": kind,
         "metadata": {"name": name, "namespace": "sample"},
         "spec": spec,
     });
@@ -535,4 +545,62 @@ async fn service_entries_define_services_until_they_are_deleted_or_broken() {
             .services
             .contains_key("api.outside.example")
     );
+
+    // A selector makes the namespace's WorkloadEntries with those labels the endpoints, and
+    // follows them as they come and go.
+    put_service_entry(
+        &client01,
+        "vm-db",
+        json!({"hosts": ["db.vms.example"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+               "ports": [{"name": "tcp", "number": 5432}],
+               "workloadSelector": {"labels": {"app": "vm-db"}}}),
+    )
+    .await;
+    put_networking_object(
+        &client01,
+        "WorkloadEntry",
+        "vm-db-1",
+        json!({"address": "10.30.0.4", "labels": {"app": "vm-db"}, "serviceAccount": "db",
+               "network": "vm-network", "weight": 3}),
+    )
+    .await;
+    put_networking_object(
+        &client01,
+        "WorkloadEntry",
+        "vm-web-1",
+        json!({"address": "10.30.0.5", "labels": {"app": "vm-web"}}),
+    )
+    .await;
+    let selected = wait_for(&registry, "the selected WorkloadEntry", |s| {
+        let endpoints = s.endpoints_of("db.vms.example");
+        (!endpoints.is_empty()).then(|| endpoints.to_vec())
+    })
+    .await;
+    assert_eq!(selected.len(), 1, "{selected:?}");
+    assert_eq!(selected[0].address.to_string(), "10.30.0.4");
+    assert_eq!(
+        (
+            selected[0].network.as_str(),
+            selected[0].weight,
+            selected[0].tls_mode
+        ),
+        ("vm-network", 3, TlsMode::Istio)
+    );
+    assert_eq!(
+        selected[0].identity.as_deref(),
+        Some("spiffe://cluster.local/ns/sample/sa/db")
+    );
+    put_networking_object(
+        &client01,
+        "WorkloadEntry",
+        "vm-web-1",
+        json!({"address": "10.30.0.5", "labels": {"app": "vm-db"}}),
+    )
+    .await;
+    wait_for(
+        &registry,
+        "the relabelled WorkloadEntry selected too",
+        |s| (s.endpoints_of("db.vms.example").len() == 2).then_some(()),
+    )
+    .await;
 }

@@ -984,7 +984,7 @@ mod tests {
         snapshot.endpoints.insert(
             host.into(),
             Arc::new(ServiceEndpoints {
-                endpoints: entry.endpoints("cluster01"),
+                endpoints: entry.endpoints("cluster01", "cluster.local"),
             }),
         );
         let config = received(&Arc::new(snapshot), &sidecar("10.10.0.9", &[])).build();
