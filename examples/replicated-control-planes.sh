@@ -134,4 +134,38 @@ kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
     grep '"upstream_cluster":"outbound|8000||httpbin-by-name.outside.example"' | grep -q "\"upstream_host\":\"$outside_vip:8000\""
 finish_step
 say "" "DNS httpbin-by-name.outside.example:8000 -> httpbin.outside.svc.cluster.local ($outside_vip:8000) answered $answer"
+
+# Beyond the seed: `resolution: NONE` with an address. Connections to the address keep their
+# destination; the sidecar's DNS proxy answers the host with it, and the access log names the
+# entry.
+step "NONE ServiceEntry: traffic to its address keeps its destination, named for the entry" \
+    "kubectl --context kind-cluster01 -n foo logs deploy/sleep -c istio-proxy"
+cat <<YAML | kubectl apply --context="${CTX_CLUSTER1}" -n foo -f -
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-as-sent
+spec:
+  hosts:
+  - httpbin-as-sent.outside.example
+  addresses:
+  - $outside_ip
+  location: MESH_EXTERNAL
+  ports:
+  - name: tcp
+    number: 80
+    protocol: TCP
+  resolution: NONE
+YAML
+answer=""
+for _ in $(seq 50); do
+    answer=$(kubectl exec --context="${CTX_CLUSTER1}" "$SLEEP_POD" -n foo -c sleep -- curl -s -o /dev/null -w '%{http_code}' httpbin-as-sent.outside.example/headers || true)
+    [ "$answer" = 200 ] && break
+    sleep 0.2
+done
+[ "$answer" = 200 ]
+kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
+    grep '"upstream_cluster":"outbound|80||httpbin-as-sent.outside.example"' | grep -q "\"upstream_host\":\"$outside_ip:80\""
+finish_step
+say "" "NONE httpbin-as-sent.outside.example:80 -> $outside_ip:80 as sent answered $answer"
 done_message

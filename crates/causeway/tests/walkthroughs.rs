@@ -345,6 +345,12 @@ fn replicated_control_planes() {
         ) && text.contains(":8000) answered 200"),
         "{text}"
     );
+    // `resolution: NONE`: the connection kept its destination, and the log names the entry.
+    assert!(
+        text.contains("NONE httpbin-as-sent.outside.example:80 -> ")
+            && text.contains(":80 as sent answered 200"),
+        "{text}"
+    );
     uninstall_and_take_down(&lab, &before);
 }
 

@@ -171,6 +171,7 @@ mod tests {
             defined_by: crate::service::DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
             exported_to: None,
+            passthrough: false,
         };
         MeshSnapshot {
             domain_suffix: "cluster.local".into(),

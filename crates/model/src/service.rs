@@ -121,6 +121,9 @@ pub struct Service {
     /// The namespaces whose proxies see the service (a ServiceEntry's `exportTo`); `None`: every
     /// namespace.
     pub exported_to: Option<BTreeSet<String>>,
+    /// A ServiceEntry with `resolution: NONE`: connections to its address keep the destination
+    /// the application chose (Envoy's ORIGINAL_DST); the entry names them for telemetry.
+    pub passthrough: bool,
 }
 
 impl Service {
@@ -241,6 +244,7 @@ mod tests {
             defined_by: DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
             exported_to: None,
+            passthrough: false,
         };
         assert_eq!(
             service.vip_for("cluster02"),

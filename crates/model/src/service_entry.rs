@@ -17,8 +17,12 @@
 //! `workloadSelector` makes the WorkloadEntries and pods of the entry's namespace with those
 //! labels its endpoints (pods of every cluster).
 //!
-//! Not followed yet, and said so where they are read: wildcard hosts and `resolution: NONE` (the
-//! traffic passes through to where the application sent it, as to any unknown destination).
+//! `resolution: NONE` with `addresses`: connections to the address keep their destination, named
+//! after the entry in telemetry and access logs.
+//!
+//! Not followed yet, and said so where they are read: wildcard hosts, address ranges, and
+//! `resolution: NONE` without addresses (such traffic passes through to where the application
+//! sent it, as to any unknown destination).
 
 use crate::endpoint::{DnsEndpoint, Endpoint, EndpointPort, Locality, TlsMode};
 use crate::service::{ClusterService, DefinedBy, Protocol, Service, ServicePort};
@@ -247,10 +251,16 @@ impl ServiceEntry {
                 ));
             }
         };
-        if resolution == Resolution::None {
-            unsupported.push(
-                "resolution NONE: traffic passes through to where the application sent it".into(),
-            );
+        if resolution == Resolution::None
+            && spec
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .is_some_and(|listed| !listed.is_empty())
+        {
+            return Err(fail(
+                "spec.endpoints",
+                "an entry with resolution NONE has no endpoints: connections go where they were sent".into(),
+            ));
         }
         let mut endpoints = Vec::new();
         for (index, endpoint) in spec
@@ -307,6 +317,11 @@ impl ServiceEntry {
         if listed.is_none_or(|listed| listed.is_empty()) {
             exported_to = None;
         }
+        if resolution == Resolution::None && addresses.is_empty() {
+            unsupported.push(
+                "resolution NONE without addresses: its traffic passes through as any unknown destination's, without the entry's name".into(),
+            );
+        }
         Ok(ServiceEntry {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -322,9 +337,12 @@ impl ServiceEntry {
         })
     }
 
-    /// Whether the entry defines mesh services (it does unless its traffic passes through).
+    /// Whether the entry defines mesh services: it does unless it has `resolution: NONE` and no
+    /// address to recognise its traffic by (then the traffic passes through like any other).
     pub fn routed(&self) -> bool {
-        self.resolution != Resolution::None && !self.hosts.is_empty() && !self.ports.is_empty()
+        !self.hosts.is_empty()
+            && !self.ports.is_empty()
+            && (self.resolution != Resolution::None || !self.addresses.is_empty())
     }
 
     /// The mesh service of `host`, defined in `cluster` (the config cluster), with `auto_vip`
@@ -354,6 +372,7 @@ impl ServiceEntry {
             defined_by: DefinedBy::ServiceEntry(self.location),
             dns_endpoints: self.dns_endpoints(host),
             exported_to: self.exported_to.clone(),
+            passthrough: self.resolution == Resolution::None,
         }
     }
 
@@ -680,17 +699,26 @@ mod tests {
             "sample",
             "partly",
             &json!({
-                "hosts": ["api.example.com"], "ports": [{"name": "https", "number": 443}],
-                "resolution": "NONE", "exportTo": ["."],
-                "addresses": ["10.0.0.0/24"], "endpoints": [{"address": "unix:///var/run/api.sock"}],
+                "hosts": ["api.example.com", "*.example.com"], "ports": [{"name": "https", "number": 443}],
+                "resolution": "NONE", "exportTo": ["."], "addresses": ["10.0.0.0/24"],
             }),
         )
         .unwrap();
         assert!(!partly.routed());
-        let said = partly.unsupported.join("\n");
+        let socket = ServiceEntry::from_spec(
+            "sample",
+            "socket",
+            &json!({
+                "hosts": ["api.example.com"], "ports": [{"name": "https", "number": 443}],
+                "resolution": "STATIC", "endpoints": [{"address": "unix:///var/run/api.sock"}],
+            }),
+        )
+        .unwrap();
+        let said = [partly.unsupported, socket.unsupported].concat().join("\n");
         for words in [
-            "resolution NONE",
+            "resolution NONE without addresses",
             "address range 10.0.0.0/24",
+            "wildcard host \"*.example.com\"",
             "Unix domain socket",
         ] {
             assert!(said.contains(words), "{words}: {said}");
@@ -721,11 +749,11 @@ mod tests {
                 "spec.addresses[0]: \"two\"",
             ),
             (
-                json!({"hosts": ["a"], "endpoints": [{"ports": {"http": 80}}]}),
+                json!({"hosts": ["a"], "resolution": "STATIC", "endpoints": [{"ports": {"http": 80}}]}),
                 "spec.endpoints[0].address",
             ),
             (
-                json!({"hosts": ["a"], "endpoints": [{"address": "10.0.0.1", "ports": {"http": 99999}}]}),
+                json!({"hosts": ["a"], "resolution": "STATIC", "endpoints": [{"address": "10.0.0.1", "ports": {"http": 99999}}]}),
                 "spec.endpoints[0].ports.http",
             ),
             (
@@ -735,6 +763,10 @@ mod tests {
             (
                 json!({"hosts": ["a"], "resolution": "DNS", "endpoints": [{"address": "bad name!"}]}),
                 "spec.endpoints[0].address: \"bad name!\" is neither",
+            ),
+            (
+                json!({"hosts": ["a"], "resolution": "NONE", "endpoints": [{"address": "10.0.0.1"}]}),
+                "spec.endpoints: an entry with resolution NONE has no endpoints",
             ),
             (
                 json!({"hosts": ["a"], "exportTo": ["team a"]}),
@@ -875,5 +907,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn resolution_none_with_an_address_names_traffic_that_keeps_its_destination() {
+        let entry = ServiceEntry::from_spec(
+            "sample",
+            "db",
+            &json!({"hosts": ["db.example"], "addresses": ["10.40.0.9/32"], "resolution": "NONE",
+                    "ports": [{"name": "tcp", "number": 5432, "protocol": "TCP"}]}),
+        )
+        .unwrap();
+        assert!(entry.routed());
+        assert!(entry.unsupported.is_empty(), "{:?}", entry.unsupported);
+        let service = entry.service("db.example", "c1", Ipv4Addr::new(240, 240, 0, 2));
+        assert!(service.passthrough);
+        assert_eq!(service.vip_for("c1"), Some("10.40.0.9".parse().unwrap()));
+        assert!(entry.endpoints("c1", "cluster.local").is_empty());
+        assert!(service.dns_endpoints.is_empty());
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::access_log::Entry;
 use crate::balancer::Pick;
-use crate::config::{PortProtocol, UpstreamCluster, UpstreamEndpoint};
+use crate::config::{ClusterKind, PortProtocol, UpstreamCluster, UpstreamEndpoint};
 use crate::dataplane::{DataPlane, HANDSHAKE_TIMEOUT, OnDrain, accept_each, peer_of};
 use crate::http_proxy::{self, Exchange, Routed, StreamRoutes};
 use crate::http1::{self, NoUpstream, Upstreams};
@@ -51,6 +51,30 @@ struct Outcome {
     logged_per_request: bool,
 }
 
+/// Relays the connection to its original destination, as bytes.
+async fn pass_through(
+    downstream: TcpStream,
+    destination: SocketAddr,
+    dataplane: &DataPlane,
+    outcome: &mut Outcome,
+) {
+    outcome.upstream_host = Some(destination);
+    match connect_marked(destination, dataplane.mark).await {
+        Ok(upstream) => {
+            let _ = upstream.set_nodelay(true);
+            outcome.upstream_local = upstream.local_addr().ok();
+            match relay_tcp(downstream, upstream, &dataplane.telemetry, &outcome.labels).await {
+                Ok(bytes) => outcome.bytes = bytes,
+                Err(error) => tracing::debug!(%destination, %error, "passthrough ended"),
+            }
+        }
+        Err(error) => {
+            outcome.response_flags = "UF";
+            outcome.failure = Some(error.to_string());
+        }
+    }
+}
+
 async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
     let started = Instant::now();
     let start_time = SystemTime::now();
@@ -73,23 +97,17 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
         None => {
             outcome.labels.destination_service = destination.ip().to_string();
             outcome.upstream_cluster = config.outbound_fallback.as_deref().map(str::to_owned);
-            outcome.upstream_host = Some(destination);
-            match connect_marked(destination, dataplane.mark).await {
-                Ok(upstream) => {
-                    let _ = upstream.set_nodelay(true);
-                    outcome.upstream_local = upstream.local_addr().ok();
-                    match relay_tcp(downstream, upstream, &dataplane.telemetry, &outcome.labels)
-                        .await
-                    {
-                        Ok(bytes) => outcome.bytes = bytes,
-                        Err(error) => tracing::debug!(%destination, %error, "passthrough ended"),
-                    }
-                }
-                Err(error) => {
-                    outcome.response_flags = "UF";
-                    outcome.failure = Some(error.to_string());
-                }
-            }
+            pass_through(downstream, destination, &dataplane, &mut outcome).await;
+        }
+        // A ServiceEntry with `resolution: NONE`: named by the entry, sent where it was going.
+        Some(route)
+            if config
+                .cluster(&route.cluster)
+                .is_some_and(|cluster| cluster.kind == ClusterKind::OriginalDestination) =>
+        {
+            outcome.labels.set_destination_service(&route.hostname);
+            outcome.upstream_cluster = Some(route.cluster.to_string());
+            pass_through(downstream, destination, &dataplane, &mut outcome).await;
         }
         Some(route) => {
             outcome.labels.set_destination_service(&route.hostname);

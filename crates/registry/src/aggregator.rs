@@ -624,6 +624,7 @@ impl Aggregator {
             defined_by: causeway_model::DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
             exported_to: None,
+            passthrough: false,
         })
     }
 

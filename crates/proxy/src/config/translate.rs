@@ -883,6 +883,7 @@ mod tests {
             defined_by: causeway_model::DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
             exported_to: None,
+            passthrough: false,
         };
         let endpoints = ServiceEndpoints {
             endpoints: vec![
@@ -1043,6 +1044,41 @@ mod tests {
                 .cluster("outbound|5000||helloworld.sample.svc.cluster.local")
                 .is_some(),
             "other services are still there"
+        );
+    }
+
+    #[test]
+    fn a_resolution_none_entry_routes_its_address_to_the_original_destination() {
+        let entry = causeway_model::ServiceEntry::from_spec(
+            "sample",
+            "db",
+            &serde_json::json!({
+                "hosts": ["db.example"],
+                "addresses": ["10.40.0.9"],
+                "ports": [{"name": "tcp", "number": 5432, "protocol": "TCP"}],
+                "resolution": "NONE",
+            }),
+        )
+        .unwrap();
+        let host = "db.example";
+        let mut snapshot = (*snapshot()).clone();
+        snapshot.services.insert(
+            host.into(),
+            Arc::new(entry.service(host, "cluster01", "240.240.0.7".parse().unwrap())),
+        );
+        let config = received(&Arc::new(snapshot), &sidecar("10.10.0.9", &[])).build();
+        let route = config
+            .outbound_route("10.40.0.9:5432".parse().unwrap())
+            .expect("the entry's address is routed");
+        assert_eq!(route.hostname, "db.example");
+        assert_eq!(route.protocol, PortProtocol::Opaque);
+        let cluster = config.cluster(&route.cluster).unwrap();
+        assert_eq!(&*cluster.name, "outbound|5432||db.example");
+        assert_eq!(cluster.kind, ClusterKind::OriginalDestination);
+        assert!(cluster.tls.is_none());
+        assert_eq!(
+            config.names.get(host),
+            Some(&vec!["10.40.0.9".parse().unwrap()])
         );
     }
 

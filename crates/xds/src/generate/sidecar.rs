@@ -140,6 +140,13 @@ fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSn
         )])),
         ..eds_cluster(&name)
     };
+    if service.passthrough {
+        // `resolution: NONE`: Istio's ORIGINAL_DST cluster for the entry's port, named for it.
+        return Cluster {
+            metadata: cluster.metadata,
+            ..original_destination_cluster(&name)
+        };
+    }
     if service.dns_endpoints.is_empty() {
         return cluster;
     }

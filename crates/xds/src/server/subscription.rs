@@ -256,6 +256,7 @@ mod tests {
             defined_by: causeway_model::DefinedBy::Kubernetes,
             dns_endpoints: Vec::new(),
             exported_to: None,
+            passthrough: false,
         };
         let mut snapshot = MeshSnapshot::default();
         snapshot.services.insert(fqdn.into(), Arc::new(service));
