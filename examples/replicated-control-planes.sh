@@ -62,6 +62,20 @@ grep -qi '^x-envoy-upstream-service-time: ' <<<"$headers"
 expect_proxies_synced cluster01 cluster02
 summarise_access_logs gateway foo
 
+# expect_entry_reached URL CLUSTER UPSTREAM: cluster01's sleep gets 200 from URL (retried while
+# the new entry reaches its sidecar), and the sidecar logged it through CLUSTER to UPSTREAM.
+expect_entry_reached() {
+    answer=""
+    for _ in $(seq 50); do
+        answer=$(kubectl exec --context="${CTX_CLUSTER1}" "$SLEEP_POD" -n foo -c sleep -- curl -s -o /dev/null -w '%{http_code}' "$1" || true)
+        [ "$answer" = 200 ] && break
+        sleep 0.2
+    done
+    [ "$answer" = 200 ]
+    kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
+        grep -F "\"upstream_cluster\":\"$2\"" | grep -qF "\"upstream_host\":\"$3\""
+}
+
 # Beyond the seed: a MESH_EXTERNAL entry to a pod outside the mesh, reached without mTLS.
 step "MESH_EXTERNAL ServiceEntry reaches a pod without a sidecar, in plain text" \
     "kubectl --context kind-cluster01 -n foo logs deploy/sleep -c istio-proxy"
@@ -87,16 +101,8 @@ spec:
   endpoints:
   - address: $outside_ip
 YAML
-answer=""
-for _ in $(seq 50); do
-    answer=$(kubectl exec --context="${CTX_CLUSTER1}" "$SLEEP_POD" -n foo -c sleep -- curl -s -o /dev/null -w '%{http_code}' httpbin.outside.example:8000/headers || true)
-    [ "$answer" = 200 ] && break
-    sleep 0.2
-done
-[ "$answer" = 200 ]
 # The client's sidecar sent it to the pod itself, without TLS: the pod has no sidecar to end it.
-kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
-    grep '"upstream_cluster":"outbound|8000||httpbin.outside.example"' | grep -q "\"upstream_host\":\"$outside_ip:80\""
+expect_entry_reached httpbin.outside.example:8000/headers "outbound|8000||httpbin.outside.example" "$outside_ip:80"
 finish_step
 say "" "MESH_EXTERNAL httpbin.outside.example:8000 -> $outside_ip:80 answered $answer"
 
@@ -123,22 +129,14 @@ spec:
   - address: httpbin.outside.svc.cluster.local
 YAML
 outside_vip=$(kubectl get --context="${CTX_CLUSTER1}" -n outside service httpbin -o jsonpath='{.spec.clusterIP}')
-answer=""
-for _ in $(seq 50); do
-    answer=$(kubectl exec --context="${CTX_CLUSTER1}" "$SLEEP_POD" -n foo -c sleep -- curl -s -o /dev/null -w '%{http_code}' httpbin-by-name.outside.example:8000/headers || true)
-    [ "$answer" = 200 ] && break
-    sleep 0.2
-done
-[ "$answer" = 200 ]
-kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
-    grep '"upstream_cluster":"outbound|8000||httpbin-by-name.outside.example"' | grep -q "\"upstream_host\":\"$outside_vip:8000\""
+expect_entry_reached httpbin-by-name.outside.example:8000/headers "outbound|8000||httpbin-by-name.outside.example" "$outside_vip:8000"
 finish_step
 say "" "DNS httpbin-by-name.outside.example:8000 -> httpbin.outside.svc.cluster.local ($outside_vip:8000) answered $answer"
 
-# Beyond the seed: `resolution: NONE` with an address. Connections to the address keep their
-# destination; the sidecar's DNS proxy answers the host with it, and the access log names the
-# entry.
-step "NONE ServiceEntry: traffic to its address keeps its destination, named for the entry" \
+# Beyond the seed: `resolution: NONE` with an address, for a wildcard host. Connections to the
+# address keep their destination; the sidecar's DNS proxy answers every name under the wildcard
+# with the address, and the access log names the entry.
+step "NONE ServiceEntry for a wildcard: traffic to its address keeps its destination, named for the entry" \
     "kubectl --context kind-cluster01 -n foo logs deploy/sleep -c istio-proxy"
 cat <<YAML | kubectl apply --context="${CTX_CLUSTER1}" -n foo -f -
 apiVersion: networking.istio.io/v1
@@ -147,7 +145,7 @@ metadata:
   name: httpbin-as-sent
 spec:
   hosts:
-  - httpbin-as-sent.outside.example
+  - "*.as-sent.outside.example"
   addresses:
   - $outside_ip
   location: MESH_EXTERNAL
@@ -157,15 +155,7 @@ spec:
     protocol: TCP
   resolution: NONE
 YAML
-answer=""
-for _ in $(seq 50); do
-    answer=$(kubectl exec --context="${CTX_CLUSTER1}" "$SLEEP_POD" -n foo -c sleep -- curl -s -o /dev/null -w '%{http_code}' httpbin-as-sent.outside.example/headers || true)
-    [ "$answer" = 200 ] && break
-    sleep 0.2
-done
-[ "$answer" = 200 ]
-kubectl logs --context="${CTX_CLUSTER1}" -n foo "$SLEEP_POD" -c istio-proxy |
-    grep '"upstream_cluster":"outbound|80||httpbin-as-sent.outside.example"' | grep -q "\"upstream_host\":\"$outside_ip:80\""
+expect_entry_reached httpbin.as-sent.outside.example/headers "outbound|80||*.as-sent.outside.example" "$outside_ip:80"
 finish_step
-say "" "NONE httpbin-as-sent.outside.example:80 -> $outside_ip:80 as sent answered $answer"
+say "" "NONE httpbin.as-sent.outside.example:80 (*.as-sent.outside.example) -> $outside_ip:80 as sent answered $answer"
 done_message

@@ -20,7 +20,11 @@
 //! `resolution: NONE` with `addresses`: connections to the address keep their destination, named
 //! after the entry in telemetry and access logs.
 //!
-//! Not followed yet, and said so where they are read: wildcard hosts, address ranges, and
+//! A wildcard host (`*.example.com`) with an address is a service like an exact one: the DNS
+//! proxy answers every name under it with the address.
+//!
+//! Not followed yet, and said so where they are read: wildcard hosts without an address, address
+//! ranges, and
 //! `resolution: NONE` without addresses (such traffic passes through to where the application
 //! sent it, as to any unknown destination).
 
@@ -81,7 +85,7 @@ pub struct EntryEndpoint {
 pub struct ServiceEntry {
     pub namespace: String,
     pub name: String,
-    /// The exact hosts; wildcard hosts are in [`ServiceEntry::unsupported`].
+    /// Exact hosts and wildcards (`*.example.com`); see [`ServiceEntry::routed_hosts`].
     pub hosts: Vec<String>,
     pub addresses: Vec<IpAddr>,
     pub ports: Vec<EntryPort>,
@@ -152,11 +156,14 @@ impl ServiceEntry {
                     "must be a host name".into(),
                 ));
             };
-            if host.contains('*') {
-                unsupported.push(format!("wildcard host {host:?} is not routed yet"));
-            } else {
-                hosts.push(host.to_ascii_lowercase());
+            let exact = host.strip_prefix("*.").unwrap_or(host);
+            if host != "*" && (exact.contains('*') || !is_host_name(exact)) {
+                return Err(fail(
+                    &format!("spec.hosts[{index}]"),
+                    format!("{host:?} is neither a host name nor a wildcard such as *.example.com"),
+                ));
             }
+            hosts.push(host.to_ascii_lowercase());
         }
         if listed.is_none_or(|hosts| hosts.is_empty()) {
             return Err(fail("spec.hosts", "at least one host is required".into()));
@@ -317,6 +324,24 @@ impl ServiceEntry {
         if listed.is_none_or(|listed| listed.is_empty()) {
             exported_to = None;
         }
+        let wildcards = hosts.iter().filter(|host| host.starts_with('*'));
+        for wildcard in wildcards {
+            if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+                && endpoints.is_empty()
+            {
+                return Err(fail(
+                    "spec.hosts",
+                    format!(
+                        "wildcard host {wildcard:?} cannot be resolved: with resolution DNS it needs endpoints"
+                    ),
+                ));
+            }
+            if addresses.is_empty() {
+                unsupported.push(format!(
+                    "wildcard host {wildcard:?} without an address: its traffic passes through as any unknown destination's"
+                ));
+            }
+        }
         if resolution == Resolution::None && addresses.is_empty() {
             unsupported.push(
                 "resolution NONE without addresses: its traffic passes through as any unknown destination's, without the entry's name".into(),
@@ -343,6 +368,16 @@ impl ServiceEntry {
         !self.hosts.is_empty()
             && !self.ports.is_empty()
             && (self.resolution != Resolution::None || !self.addresses.is_empty())
+    }
+
+    /// The hosts that become mesh services: every exact one, and wildcards when the entry has an
+    /// address to recognise their traffic by (proxies then answer DNS for any name under the
+    /// wildcard with it). No host when the entry is not [`ServiceEntry::routed`].
+    pub fn routed_hosts(&self) -> impl Iterator<Item = &String> {
+        let routed = self.routed();
+        self.hosts
+            .iter()
+            .filter(move |host| routed && (!host.starts_with('*') || !self.addresses.is_empty()))
     }
 
     /// The mesh service of `host`, defined in `cluster` (the config cluster), with `auto_vip`
@@ -659,9 +694,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(entry.location, Location::MeshExternal);
-        assert_eq!(entry.hosts, ["httpbin.external.example"]);
+        assert_eq!(entry.hosts, ["httpbin.external.example", "*.example"]);
+        let routed: Vec<&String> = entry.routed_hosts().collect();
+        assert_eq!(
+            routed,
+            ["httpbin.external.example"],
+            "no address for the wildcard"
+        );
         assert_eq!(entry.unsupported.len(), 1, "{:?}", entry.unsupported);
-        assert!(entry.unsupported[0].contains("wildcard host \"*.example\""));
+        assert!(entry.unsupported[0].contains("wildcard host \"*.example\" without an address"));
         let service = entry.service(
             "httpbin.external.example",
             "cluster01",
@@ -718,7 +759,7 @@ mod tests {
         for words in [
             "resolution NONE without addresses",
             "address range 10.0.0.0/24",
-            "wildcard host \"*.example.com\"",
+            "wildcard host \"*.example.com\" without an address",
             "Unix domain socket",
         ] {
             assert!(said.contains(words), "{words}: {said}");
@@ -767,6 +808,14 @@ mod tests {
             (
                 json!({"hosts": ["a"], "resolution": "NONE", "endpoints": [{"address": "10.0.0.1"}]}),
                 "spec.endpoints: an entry with resolution NONE has no endpoints",
+            ),
+            (
+                json!({"hosts": ["a.*.example"]}),
+                "spec.hosts[0]: \"a.*.example\" is neither a host name nor a wildcard",
+            ),
+            (
+                json!({"hosts": ["*.example"], "resolution": "DNS"}),
+                "wildcard host \"*.example\" cannot be resolved",
             ),
             (
                 json!({"hosts": ["a"], "exportTo": ["team a"]}),
@@ -925,5 +974,22 @@ mod tests {
         assert_eq!(service.vip_for("c1"), Some("10.40.0.9".parse().unwrap()));
         assert!(entry.endpoints("c1", "cluster.local").is_empty());
         assert!(service.dns_endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_wildcard_with_an_address_is_routed_like_an_exact_host() {
+        let entry = ServiceEntry::from_spec(
+            "sample",
+            "apis",
+            &json!({"hosts": ["*.apis.example"], "addresses": ["240.0.0.20"], "resolution": "NONE",
+                    "ports": [{"name": "https", "number": 443, "protocol": "TLS"}]}),
+        )
+        .unwrap();
+        assert!(entry.unsupported.is_empty(), "{:?}", entry.unsupported);
+        let routed: Vec<&String> = entry.routed_hosts().collect();
+        assert_eq!(routed, ["*.apis.example"]);
+        let service = entry.service("*.apis.example", "c1", Ipv4Addr::new(240, 240, 0, 2));
+        assert_eq!(service.vip_for("c1"), Some("240.0.0.20".parse().unwrap()));
+        assert_eq!(service.host_aliases(Some("sample")), ["*.apis.example"]);
     }
 }

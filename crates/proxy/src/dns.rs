@@ -43,6 +43,15 @@ pub fn lookup<'a>(config: &'a ProxyConfig, search_domains: &[String], name: &str
     if let Some(addresses) = config.names.get(&name) {
         return Lookup::Mesh(addresses);
     }
+    // A ServiceEntry wildcard (`*.example.com`) answers for every name under it, the most
+    // specific wildcard first.
+    let mut suffix = name.as_str();
+    while let Some((_, parent)) = suffix.split_once('.') {
+        if let Some(addresses) = config.names.get(&format!("*.{parent}")) {
+            return Lookup::Mesh(addresses);
+        }
+        suffix = parent;
+    }
     for domain in search_domains {
         if let Some(prefix) = name.strip_suffix(domain.as_str())
             && let Some(prefix) = prefix.strip_suffix('.')
@@ -317,6 +326,36 @@ mod tests {
         .unwrap();
         assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
         assert!(aaaa.answers.is_empty());
+    }
+
+    #[test]
+    fn a_wildcard_entry_answers_for_every_name_under_it_the_closest_first() {
+        let mut config = config();
+        let broad: IpAddr = "240.0.0.20".parse().unwrap();
+        let narrow: IpAddr = "240.0.0.21".parse().unwrap();
+        config.names.insert("*.apis.example".into(), vec![broad]);
+        config
+            .names
+            .insert("*.eu.apis.example".into(), vec![narrow]);
+        let table = [
+            (
+                "pay.apis.example",
+                Lookup::Mesh(std::slice::from_ref(&broad)),
+            ),
+            (
+                "a.b.apis.example",
+                Lookup::Mesh(std::slice::from_ref(&broad)),
+            ),
+            (
+                "pay.eu.apis.example",
+                Lookup::Mesh(std::slice::from_ref(&narrow)),
+            ),
+            ("apis.example", Lookup::Elsewhere),
+            ("apis.example.org", Lookup::Elsewhere),
+        ];
+        for (name, expected) in table {
+            assert_eq!(lookup(&config, &search(), name), expected, "{name}");
+        }
     }
 
     #[test]

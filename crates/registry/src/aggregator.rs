@@ -498,8 +498,8 @@ impl Aggregator {
             .map(|entry| entry.state.service_entries.values().cloned().collect())
             .unwrap_or_default();
         let mut defined: BTreeMap<String, (Service, Vec<Endpoint>)> = BTreeMap::new();
-        for entry in entries.iter().filter(|entry| entry.routed()) {
-            for host in &entry.hosts {
+        for entry in &entries {
+            for host in entry.routed_hosts() {
                 let kubernetes = next
                     .services
                     .get(host)

@@ -906,6 +906,23 @@ mod tests {
         })
     }
 
+    /// The mesh of [`snapshot`] plus the ServiceEntry `spec` (of namespace `sample`), its first
+    /// host at `auto_vip` unless it has an address.
+    fn with_entry(spec: serde_json::Value, auto_vip: &str) -> Arc<MeshSnapshot> {
+        let entry = causeway_model::ServiceEntry::from_spec("sample", "entry", &spec).unwrap();
+        let host = entry.hosts[0].clone();
+        let mut snapshot = (*snapshot()).clone();
+        let service = entry.service(&host, "cluster01", auto_vip.parse().unwrap());
+        snapshot.services.insert(host.clone(), Arc::new(service));
+        let endpoints = entry.endpoints("cluster01", "cluster.local");
+        if !endpoints.is_empty() {
+            snapshot
+                .endpoints
+                .insert(host, Arc::new(ServiceEndpoints { endpoints }));
+        }
+        Arc::new(snapshot)
+    }
+
     fn sidecar(ip: &str, labels: &[(&str, &str)]) -> ProxyInfo {
         ProxyInfo {
             id: format!("sidecar~{ip}~pod.sample~sample.svc.cluster.local"),
@@ -961,10 +978,8 @@ mod tests {
 
     #[test]
     fn a_static_entrys_endpoint_on_another_network_is_reached_through_its_gateway() {
-        let entry = causeway_model::ServiceEntry::from_spec(
-            "sample",
-            "vms",
-            &serde_json::json!({
+        let snapshot = with_entry(
+            serde_json::json!({
                 "hosts": ["vm.sample.example"],
                 "location": "MESH_INTERNAL",
                 "ports": [{"name": "http", "number": 8000}],
@@ -974,21 +989,9 @@ mod tests {
                     {"address": "10.20.7.1", "network": "network2", "weight": 5},
                 ],
             }),
-        )
-        .unwrap();
-        let host = "vm.sample.example";
-        let mut snapshot = (*snapshot()).clone();
-        snapshot.services.insert(
-            host.into(),
-            Arc::new(entry.service(host, "cluster01", "240.240.0.8".parse().unwrap())),
+            "240.240.0.8",
         );
-        snapshot.endpoints.insert(
-            host.into(),
-            Arc::new(ServiceEndpoints {
-                endpoints: entry.endpoints("cluster01", "cluster.local"),
-            }),
-        );
-        let config = received(&Arc::new(snapshot), &sidecar("10.10.0.9", &[])).build();
+        let config = received(&snapshot, &sidecar("10.10.0.9", &[])).build();
         let cluster = config.cluster("outbound|8000||vm.sample.example").unwrap();
         let seen: Vec<(String, u32, bool, bool)> = cluster
             .endpoints
@@ -1006,25 +1009,17 @@ mod tests {
 
     #[test]
     fn an_entry_exported_to_its_namespace_only_does_not_exist_elsewhere() {
-        let entry = causeway_model::ServiceEntry::from_spec(
-            "sample",
-            "private",
-            &serde_json::json!({
+        let host = "private.example";
+        let snapshot = with_entry(
+            serde_json::json!({
                 "hosts": ["private.example"],
                 "ports": [{"name": "http", "number": 8000}],
                 "resolution": "STATIC",
                 "exportTo": ["."],
                 "endpoints": [{"address": "10.10.7.2"}],
             }),
-        )
-        .unwrap();
-        let host = "private.example";
-        let mut snapshot = (*snapshot()).clone();
-        snapshot.services.insert(
-            host.into(),
-            Arc::new(entry.service(host, "cluster01", "240.240.0.9".parse().unwrap())),
+            "240.240.0.9",
         );
-        let snapshot = Arc::new(snapshot);
         let vip: SocketAddr = "240.240.0.9:8000".parse().unwrap();
         let inside = received(&snapshot, &sidecar("10.10.0.9", &[])).build();
         assert!(inside.outbound_route(vip).is_some());
@@ -1049,24 +1044,17 @@ mod tests {
 
     #[test]
     fn a_resolution_none_entry_routes_its_address_to_the_original_destination() {
-        let entry = causeway_model::ServiceEntry::from_spec(
-            "sample",
-            "db",
-            &serde_json::json!({
+        let host = "db.example";
+        let snapshot = with_entry(
+            serde_json::json!({
                 "hosts": ["db.example"],
                 "addresses": ["10.40.0.9"],
                 "ports": [{"name": "tcp", "number": 5432, "protocol": "TCP"}],
                 "resolution": "NONE",
             }),
-        )
-        .unwrap();
-        let host = "db.example";
-        let mut snapshot = (*snapshot()).clone();
-        snapshot.services.insert(
-            host.into(),
-            Arc::new(entry.service(host, "cluster01", "240.240.0.7".parse().unwrap())),
+            "240.240.0.7",
         );
-        let config = received(&Arc::new(snapshot), &sidecar("10.10.0.9", &[])).build();
+        let config = received(&snapshot, &sidecar("10.10.0.9", &[])).build();
         let route = config
             .outbound_route("10.40.0.9:5432".parse().unwrap())
             .expect("the entry's address is routed");
@@ -1084,10 +1072,8 @@ mod tests {
 
     #[test]
     fn a_dns_service_entry_becomes_a_cluster_of_names_to_resolve() {
-        let entry = causeway_model::ServiceEntry::from_spec(
-            "sample",
-            "outside",
-            &serde_json::json!({
+        let snapshot = with_entry(
+            serde_json::json!({
                 "hosts": ["httpbin.outside.example"],
                 "location": "MESH_INTERNAL",
                 "ports": [{"name": "http", "number": 8000, "targetPort": 80}],
@@ -1097,15 +1083,9 @@ mod tests {
                     {"address": "10.30.0.7", "ports": {"http": 8080}},
                 ],
             }),
-        )
-        .unwrap();
-        let host = "httpbin.outside.example";
-        let mut snapshot = (*snapshot()).clone();
-        snapshot.services.insert(
-            host.into(),
-            Arc::new(entry.service(host, "cluster01", "240.240.0.7".parse().unwrap())),
+            "240.240.0.7",
         );
-        let config = received(&Arc::new(snapshot), &sidecar("10.10.0.9", &[])).build();
+        let config = received(&snapshot, &sidecar("10.10.0.9", &[])).build();
         let route = config
             .outbound_route("240.240.0.7:8000".parse().unwrap())
             .expect("the entry's address is routed");
