@@ -61,7 +61,7 @@ fn eds_cluster(name: &str) -> Cluster {
     }
 }
 
-/// Three clusters: one good, one of a type the proxy does not run, one that does not decode.
+/// Three clusters: one good, one STRICT_DNS without the hosts to resolve, one that does not decode.
 fn clusters() -> Vec<(String, Any)> {
     let dns = Cluster {
         name: "bad-dns".into(),
@@ -288,8 +288,9 @@ async fn rejections_come_in_one_nack_and_the_good_resources_are_used(protocol: P
         Protocol::StateOfTheWorld => "CDS `resource 3 of the response`: cannot be decoded",
     };
     assert!(
-        message.contains("CDS `bad-dns`: discovery type STRICT_DNS is not supported")
-            && message.contains(undecodable),
+        message.contains(
+            "CDS `bad-dns`: a STRICT_DNS cluster needs a load_assignment naming the hosts"
+        ) && message.contains(undecodable),
         "{message}"
     );
     assert!(!message.contains(GOOD), "{message}");
