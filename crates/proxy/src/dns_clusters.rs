@@ -89,7 +89,7 @@ async fn resolve(
     let name = Name::from_ascii(format!("{host}."))
         .map_err(|error| format!("{host:?} is not a DNS name: {error}"))?;
     // Istio's clusters ask for IPv4 only (`dns_lookup_family: V4_ONLY`), and so does the lab.
-    let mut query = Message::new(rand_id(host), MessageType::Query, OpCode::Query);
+    let mut query = Message::new(query_id(host), MessageType::Query, OpCode::Query);
     query.metadata.recursion_desired = true;
     query.add_query(Query::query(name, RecordType::A));
     let bytes = query
@@ -118,7 +118,7 @@ async fn resolve(
 }
 
 /// A query ID that differs between names and over time; the answer is matched by socket anyway.
-fn rand_id(host: &str) -> u16 {
+fn query_id(host: &str) -> u16 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
