@@ -99,16 +99,6 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
             outcome.upstream_cluster = config.outbound_fallback.as_deref().map(str::to_owned);
             pass_through(downstream, destination, &dataplane, &mut outcome).await;
         }
-        // A ServiceEntry with `resolution: NONE`: named by the entry, sent where it was going.
-        Some(route)
-            if config
-                .cluster(&route.cluster)
-                .is_some_and(|cluster| cluster.kind == ClusterKind::OriginalDestination) =>
-        {
-            outcome.labels.set_destination_service(&route.hostname);
-            outcome.upstream_cluster = Some(route.cluster.to_string());
-            pass_through(downstream, destination, &dataplane, &mut outcome).await;
-        }
         Some(route) => {
             outcome.labels.set_destination_service(&route.hostname);
             outcome.upstream_cluster = Some(route.cluster.to_string());
@@ -116,6 +106,11 @@ async fn handle(downstream: TcpStream, dataplane: Arc<DataPlane>) {
                 None => {
                     outcome.response_flags = "NC";
                     tracing::warn!(cluster = %route.cluster, %destination, "the route names a cluster discovery has not sent");
+                }
+                // A ServiceEntry with `resolution: NONE`: named by the entry, sent where it was
+                // going.
+                Some(cluster) if cluster.kind == ClusterKind::OriginalDestination => {
+                    pass_through(downstream, destination, &dataplane, &mut outcome).await;
                 }
                 Some(cluster) => {
                     let wait = if route.protocol == PortProtocol::Unknown {
