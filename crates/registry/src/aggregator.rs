@@ -435,8 +435,8 @@ impl Aggregator {
                 changed_endpoints.insert(fqdn);
             }
         }
-        let selections_changed = dirty.workloads && self.entries_select_workloads();
-        if dirty.service_entries || dirty.all_endpoints || selections_changed {
+        // `note` keeps `workloads` only while some entry selects workloads.
+        if dirty.service_entries || dirty.all_endpoints || dirty.workloads {
             self.apply_service_entries(
                 &mut next,
                 dirty.service_entries,

@@ -329,38 +329,18 @@ impl ClusterState {
     /// The ready-or-not pods of this cluster that `entry`'s `workloadSelector` picks, as its
     /// endpoints (pods without an address yet are left out).
     pub fn pods_selected_by(&self, entry: &ServiceEntry) -> Vec<Endpoint> {
-        let network = self.network();
         self.pods
             .values()
             .filter(|pod| entry.selects(&pod.namespace, &pod.labels))
             .filter_map(|pod| {
-                Some(Endpoint {
-                    cluster: self.id.clone(),
-                    network: pod
-                        .labels
-                        .get(NETWORK_LABEL)
-                        .cloned()
-                        .unwrap_or_else(|| network.to_owned()),
+                let endpoint = PodEndpoint {
                     address: pod.ip?,
                     ports: entry.ports_for(None),
-                    locality: Locality::parse(
-                        pod.labels
-                            .get(LOCALITY_LABEL)
-                            .map(String::as_str)
-                            .unwrap_or_default(),
-                    ),
-                    identity: Some(format!(
-                        "spiffe://{}/ns/{}/sa/{}",
-                        self.trust_domain, pod.namespace, pod.service_account
-                    )),
-                    labels: pod.labels.clone(),
+                    zone: None,
                     ready: pod.ready,
-                    tls_mode: TlsMode::from_label(
-                        pod.labels.get(TLS_MODE_LABEL).map(String::as_str),
-                    ),
                     pod: Some(format!("{}/{}", pod.namespace, pod.name)),
-                    weight: 1,
-                })
+                };
+                Some(self.endpoint(Some(pod), endpoint))
             })
             .collect()
     }
@@ -370,7 +350,6 @@ impl ClusterState {
         let Some(names) = self.slices_of_service.get(key) else {
             return Vec::new();
         };
-        let network = self.network();
         let mut endpoints = Vec::new();
         for slice in names
             .iter()
@@ -381,44 +360,68 @@ impl ClusterState {
                     .pod
                     .as_ref()
                     .and_then(|pod| self.pods.get(&(slice.namespace.clone(), pod.clone())));
-                let labels = pod.map(|p| p.labels.clone()).unwrap_or_default();
-                let locality = match labels.get(LOCALITY_LABEL) {
-                    Some(value) => Locality::parse(value),
-                    None => Locality {
-                        region: labels.get(REGION_LABEL).cloned().unwrap_or_default(),
-                        zone: slice_endpoint.zone.clone().unwrap_or_default(),
-                        subzone: String::new(),
-                    },
-                };
-                endpoints.push(Endpoint {
-                    cluster: self.id.clone(),
-                    network: labels
-                        .get(NETWORK_LABEL)
-                        .cloned()
-                        .unwrap_or_else(|| network.to_owned()),
+                let endpoint = PodEndpoint {
                     address: slice_endpoint.address,
                     ports: slice.ports.clone(),
-                    locality,
-                    identity: pod.map(|p| {
-                        format!(
-                            "spiffe://{}/ns/{}/sa/{}",
-                            self.trust_domain, p.namespace, p.service_account
-                        )
-                    }),
-                    tls_mode: TlsMode::from_label(labels.get(TLS_MODE_LABEL).map(String::as_str)),
+                    zone: slice_endpoint.zone.as_deref(),
                     ready: slice_endpoint.ready,
                     pod: slice_endpoint
                         .pod
                         .as_ref()
                         .map(|pod| format!("{}/{pod}", slice.namespace)),
-                    labels,
-                    weight: 1,
-                });
+                };
+                endpoints.push(self.endpoint(pod, endpoint));
             }
         }
         endpoints.sort_by_key(|e| e.address);
         endpoints
     }
+
+    /// The mesh endpoint at `at`, with what `pod`'s labels and service account say of it: its
+    /// network (the label, else the cluster's), locality (`istio-locality`, else the region
+    /// label and the zone), identity and TLS mode.
+    fn endpoint(&self, pod: Option<&PodRecord>, at: PodEndpoint<'_>) -> Endpoint {
+        let labels = pod.map(|p| p.labels.clone()).unwrap_or_default();
+        let locality = match labels.get(LOCALITY_LABEL) {
+            Some(value) => Locality::parse(value),
+            None => Locality {
+                region: labels.get(REGION_LABEL).cloned().unwrap_or_default(),
+                zone: at.zone.unwrap_or_default().to_owned(),
+                subzone: String::new(),
+            },
+        };
+        Endpoint {
+            cluster: self.id.clone(),
+            network: labels
+                .get(NETWORK_LABEL)
+                .cloned()
+                .unwrap_or_else(|| self.network().to_owned()),
+            address: at.address,
+            ports: at.ports,
+            locality,
+            identity: pod.map(|p| {
+                format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    self.trust_domain, p.namespace, p.service_account
+                )
+            }),
+            tls_mode: TlsMode::from_label(labels.get(TLS_MODE_LABEL).map(String::as_str)),
+            ready: at.ready,
+            pod: at.pod,
+            labels,
+            weight: 1,
+        }
+    }
+}
+
+/// Where an endpoint is, as its EndpointSlice (or, for a selected pod, the pod) says.
+struct PodEndpoint<'a> {
+    address: std::net::IpAddr,
+    ports: Vec<causeway_model::EndpointPort>,
+    zone: Option<&'a str>,
+    ready: bool,
+    /// `<namespace>/<pod name>`.
+    pod: Option<String>,
 }
 
 #[cfg(test)]
