@@ -339,21 +339,27 @@ fn struct_text<'a>(fields: &'a Struct, key: &str) -> Option<&'a str> {
 }
 
 fn socket_address(address: Option<&Address>) -> Result<SocketAddr, String> {
+    let (host, port) = host_and_port(address)?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| format!("`{host}` is not an IP address"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A socket address's host (an IP address, or a name for DNS clusters) and port.
+fn host_and_port(address: Option<&Address>) -> Result<(&str, u16), String> {
     let Some(address::Address::SocketAddress(socket)) = address.and_then(|a| a.address.as_ref())
     else {
         return Err("has no socket address".into());
     };
-    let ip: IpAddr = socket
-        .address
-        .parse()
-        .map_err(|_| format!("`{}` is not an IP address", socket.address))?;
+    let host = socket.address.as_str();
     let port = match socket.port_specifier {
         Some(PortSpecifier::PortValue(port)) => {
-            u16::try_from(port).map_err(|_| format!("port {port} of {ip} is out of range"))?
+            u16::try_from(port).map_err(|_| format!("port {port} of {host} is out of range"))?
         }
-        _ => return Err(format!("address {ip} has no port number")),
+        _ => return Err(format!("address {host} has no port number")),
     };
-    Ok(SocketAddr::new(ip, port))
+    Ok((host, port))
 }
 
 /// The cluster a filter chain's TCP proxy sends to. Only the TCP proxy is understood.
@@ -719,21 +725,12 @@ fn dns_resolution(cluster: &Cluster) -> Result<DnsResolution, String> {
         let Some(HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
             return Err("an endpoint has no address (named endpoints are not supported)".into());
         };
-        let Some(address::Address::SocketAddress(socket)) =
-            endpoint.address.as_ref().and_then(|a| a.address.as_ref())
-        else {
-            return Err("an endpoint has no socket address".into());
-        };
-        let host = socket.address.trim_end_matches('.').to_ascii_lowercase();
+        let (host, port) = host_and_port(endpoint.address.as_ref())
+            .map_err(|problem| format!("endpoint {problem}"))?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         if host.is_empty() {
             return Err("an endpoint's socket address has no host name".into());
         }
-        let port = match socket.port_specifier {
-            Some(PortSpecifier::PortValue(port)) => {
-                u16::try_from(port).map_err(|_| format!("port {port} of {host} is out of range"))?
-            }
-            _ => return Err(format!("endpoint {host} has no port number")),
-        };
         let endpoint = upstream_endpoint(lb_endpoint, SocketAddr::from(([0, 0, 0, 0], port)))?;
         targets.push(NamedEndpoint {
             host,
