@@ -33,20 +33,22 @@ pub fn load_assignment(
     };
     Some(ClusterLoadAssignment {
         cluster_name: cluster_name.to_owned(),
-        endpoints: by_locality(&visible),
+        endpoints: by_locality(visible.iter().map(|e| (e.locality, lb_endpoint(e)))),
         ..ClusterLoadAssignment::default()
     })
 }
 
-fn by_locality(visible: &[VisibleEndpoint<'_>]) -> Vec<LocalityLbEndpoints> {
-    let mut groups: BTreeMap<&causeway_model::Locality, Vec<&VisibleEndpoint<'_>>> =
-        BTreeMap::new();
-    for endpoint in visible {
-        groups.entry(endpoint.locality).or_default().push(endpoint);
+/// Endpoints grouped by locality, each group weighted by the sum of its endpoints' weights.
+fn by_locality<'l>(
+    endpoints: impl IntoIterator<Item = (&'l causeway_model::Locality, LbEndpoint)>,
+) -> Vec<LocalityLbEndpoints> {
+    let mut groups: BTreeMap<&causeway_model::Locality, Vec<LbEndpoint>> = BTreeMap::new();
+    for (locality, endpoint) in endpoints {
+        groups.entry(locality).or_default().push(endpoint);
     }
     groups
         .into_iter()
-        .map(|(locality, endpoints)| LocalityLbEndpoints {
+        .map(|(locality, lb_endpoints)| LocalityLbEndpoints {
             locality: Some(Locality {
                 region: locality.region.clone(),
                 zone: locality.zone.clone(),
@@ -54,9 +56,14 @@ fn by_locality(visible: &[VisibleEndpoint<'_>]) -> Vec<LocalityLbEndpoints> {
             }),
             // gRPC ignores localities without a weight.
             load_balancing_weight: Some(UInt32Value {
-                value: endpoints.iter().map(|e| e.weight).sum::<u32>().max(1),
+                value: lb_endpoints
+                    .iter()
+                    .filter_map(|e| e.load_balancing_weight.as_ref())
+                    .map(|w| w.value)
+                    .sum::<u32>()
+                    .max(1),
             }),
-            lb_endpoints: endpoints.into_iter().map(lb_endpoint).collect(),
+            lb_endpoints,
             ..LocalityLbEndpoints::default()
         })
         .collect()
@@ -103,59 +110,35 @@ pub fn dns_load_assignment(
     service: &Service,
     port_name: &str,
 ) -> ClusterLoadAssignment {
-    let mut groups: BTreeMap<&causeway_model::Locality, Vec<LbEndpoint>> = BTreeMap::new();
-    for endpoint in &service.dns_endpoints {
-        let Some(port) = endpoint.port_for(port_name) else {
-            continue;
-        };
+    let endpoints = service.dns_endpoints.iter().filter_map(|endpoint| {
+        let port = endpoint.port_for(port_name)?;
         let mut istio = Vec::new();
         if !endpoint.network.is_empty() {
             istio.push(("network", string_value(&endpoint.network)));
         }
-        groups
-            .entry(&endpoint.locality)
-            .or_default()
-            .push(LbEndpoint {
-                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                    address: Some(named_socket_address(&endpoint.host, port)),
-                    hostname: endpoint.host.clone(),
-                    ..Endpoint::default()
-                })),
-                health_status: HealthStatus::Healthy as i32,
-                load_balancing_weight: Some(UInt32Value {
-                    value: endpoint.weight.max(1),
-                }),
-                metadata: Some(metadata([
-                    (
-                        "envoy.transport_socket_match",
-                        vec![("tlsMode", string_value(endpoint.tls_mode.as_str()))],
-                    ),
-                    ("istio", istio),
-                ])),
-            });
-    }
+        let lb_endpoint = LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(named_socket_address(&endpoint.host, port)),
+                hostname: endpoint.host.clone(),
+                ..Endpoint::default()
+            })),
+            health_status: HealthStatus::Healthy as i32,
+            load_balancing_weight: Some(UInt32Value {
+                value: endpoint.weight.max(1),
+            }),
+            metadata: Some(metadata([
+                (
+                    "envoy.transport_socket_match",
+                    vec![("tlsMode", string_value(endpoint.tls_mode.as_str()))],
+                ),
+                ("istio", istio),
+            ])),
+        };
+        Some((&endpoint.locality, lb_endpoint))
+    });
     ClusterLoadAssignment {
         cluster_name: cluster_name.to_owned(),
-        endpoints: groups
-            .into_iter()
-            .map(|(locality, lb_endpoints)| LocalityLbEndpoints {
-                locality: Some(Locality {
-                    region: locality.region.clone(),
-                    zone: locality.zone.clone(),
-                    sub_zone: locality.subzone.clone(),
-                }),
-                load_balancing_weight: Some(UInt32Value {
-                    value: lb_endpoints
-                        .iter()
-                        .filter_map(|e| e.load_balancing_weight.as_ref())
-                        .map(|w| w.value)
-                        .sum::<u32>()
-                        .max(1),
-                }),
-                lb_endpoints,
-                ..LocalityLbEndpoints::default()
-            })
-            .collect(),
+        endpoints: by_locality(endpoints),
         ..ClusterLoadAssignment::default()
     }
 }

@@ -101,6 +101,23 @@ fn transport_socket<M: prost::Message + prost::Name>(name: &str, config: &M) -> 
 
 fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSnapshot) -> Cluster {
     let name = outbound_cluster(port.port, &service.fqdn);
+    let service_metadata = metadata([(
+        "istio",
+        vec![
+            ("hostname", string_value(&service.fqdn)),
+            ("name", string_value(&service.name)),
+            ("namespace", string_value(&service.namespace)),
+            ("protocol", string_value(port.protocol.as_str())),
+        ],
+    )]);
+    if service.passthrough {
+        // `resolution: NONE`: Istio's ORIGINAL_DST cluster for the entry's port, named for it,
+        // with no TLS to choose: connections go on as they were sent.
+        return Cluster {
+            metadata: Some(service_metadata),
+            ..original_destination_cluster(&name)
+        };
+    }
     let identities: BTreeSet<&str> = snapshot
         .endpoints_of(&service.fqdn)
         .iter()
@@ -129,24 +146,9 @@ fn outbound_cluster_for(service: &Service, port: &ServicePort, snapshot: &MeshSn
                 )),
             },
         ],
-        metadata: Some(metadata([(
-            "istio",
-            vec![
-                ("hostname", string_value(&service.fqdn)),
-                ("name", string_value(&service.name)),
-                ("namespace", string_value(&service.namespace)),
-                ("protocol", string_value(port.protocol.as_str())),
-            ],
-        )])),
+        metadata: Some(service_metadata),
         ..eds_cluster(&name)
     };
-    if service.passthrough {
-        // `resolution: NONE`: Istio's ORIGINAL_DST cluster for the entry's port, named for it.
-        return Cluster {
-            metadata: cluster.metadata,
-            ..original_destination_cluster(&name)
-        };
-    }
     if service.dns_endpoints.is_empty() {
         return cluster;
     }
