@@ -50,10 +50,13 @@ fn wanted_names(config: &ProxyConfig) -> BTreeMap<String, Refresh> {
     names
 }
 
-/// `config` with every DNS cluster's endpoints made from `answers`: one endpoint per address
-/// of each name, in the order the names and addresses came. Names without an answer yet give
-/// no endpoint.
-pub fn with_resolved(config: &ProxyConfig, answers: &HashMap<String, Vec<IpAddr>>) -> ProxyConfig {
+/// `config` with every DNS cluster's endpoints made from `addresses_of` each name: one
+/// endpoint per address of each name, in the order the names and addresses came. Names without
+/// an answer yet give no endpoint.
+pub fn with_resolved<'a>(
+    config: &ProxyConfig,
+    addresses_of: impl Fn(&str) -> Option<&'a [IpAddr]>,
+) -> ProxyConfig {
     let mut resolved = config.clone();
     for cluster in resolved.clusters.values_mut() {
         let (ClusterKind::Dns, Some(dns)) = (cluster.kind, &cluster.dns) else {
@@ -63,8 +66,7 @@ pub fn with_resolved(config: &ProxyConfig, answers: &HashMap<String, Vec<IpAddr>
             .targets
             .iter()
             .flat_map(|target| {
-                answers
-                    .get(&target.host)
+                addresses_of(&target.host)
                     .into_iter()
                     .flatten()
                     .map(|ip| UpstreamEndpoint {
@@ -190,28 +192,20 @@ pub fn start(
                     }
                     Err(error) => {
                         tracing::warn!(%error, retry_in = ?RETRY_AFTER_FAILURE, "cannot resolve a DNS cluster's endpoint; keeping its last addresses");
-                        let addresses = answers
-                            .remove(&name)
-                            .map(|answer| answer.addresses)
-                            .unwrap_or_default();
-                        answers.insert(
-                            name,
-                            Answer {
-                                addresses,
-                                refresh_at: Some(now + RETRY_AFTER_FAILURE.min(refresh.every)),
-                            },
-                        );
+                        let answer = answers.entry(name).or_insert(Answer {
+                            addresses: Vec::new(),
+                            refresh_at: None,
+                        });
+                        answer.refresh_at = Some(now + RETRY_AFTER_FAILURE.min(refresh.every));
                     }
                 }
             }
             let resolved = if wanted.is_empty() {
                 current
             } else {
-                let addresses = answers
-                    .iter()
-                    .map(|(name, answer)| (name.clone(), answer.addresses.clone()))
-                    .collect();
-                Arc::new(with_resolved(&current, &addresses))
+                Arc::new(with_resolved(&current, |name| {
+                    answers.get(name).map(|answer| answer.addresses.as_slice())
+                }))
             };
             publish.send_if_modified(|published| {
                 let changed = **published != *resolved;
@@ -313,7 +307,7 @@ mod tests {
             ("10.0.0.9".to_owned(), vec!["10.0.0.9".parse().unwrap()]),
         ]
         .into();
-        let resolved = with_resolved(&config, &answers);
+        let resolved = with_resolved(&config, |name| answers.get(name).map(Vec::as_slice));
         assert_eq!(
             endpoints(&resolved),
             [
