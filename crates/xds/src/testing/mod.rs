@@ -1,6 +1,8 @@
 //! Test and benchmark helpers: ADS clients of both variants that speak to a server the way Envoy
 //! and gRPC do, and decoders for what they receive.
 
+pub mod fleet;
+
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
