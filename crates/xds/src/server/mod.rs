@@ -1,5 +1,6 @@
 //! The ADS server: one task per stream, fed by the stream's requests and by the registry's pushes.
 
+mod gated_io;
 pub mod metrics;
 mod read_gate;
 mod request;
@@ -10,8 +11,8 @@ mod wire;
 use crate::generate::Generator;
 use crate::proxy::ProxyInfo;
 use causeway_model::{MeshSnapshot, Push};
+pub use gated_io::GatedIo;
 pub use metrics::XdsMetrics;
-pub use read_gate::GatedIo;
 use read_gate::ReadGate;
 use serde::Serialize;
 use std::collections::BTreeMap;
