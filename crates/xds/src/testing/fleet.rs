@@ -17,6 +17,7 @@ mod scan;
 pub use scan::{ScanError, ScannedResponse};
 
 use crate::resources::{CLUSTER, ENDPOINT};
+use crate::server::GRPC_PREFIX_BYTES;
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -200,8 +201,8 @@ struct Shared {
 
 impl Fleet {
     /// Starts every client (on the current runtime). A connection that cannot be made yet is
-    /// retried like a broken one.
-    pub fn start(config: FleetConfig) -> Result<Fleet, tonic::transport::Error> {
+    /// retried like a broken one; only an address that makes no URI is refused.
+    pub fn start(config: FleetConfig) -> Result<Fleet, http::uri::InvalidUri> {
         let sotw_names = DiscoveryRequest {
             resource_names: config.watched.to_vec(),
             ..Default::default()
@@ -220,8 +221,7 @@ impl Fleet {
             .enumerate()
             .map(|(index, name)| (name.as_bytes().to_vec(), index as u32))
             .collect();
-        let endpoint = Channel::from_shared(format!("http://{}", config.address))
-            .expect("a host:port makes a URI");
+        let endpoint = Channel::from_shared(format!("http://{}", config.address))?;
         let per_connection = config.clients_per_connection.max(1);
         let clients = config.clients;
         let shared = Arc::new(Shared {
@@ -275,12 +275,46 @@ async fn run_client(
 /// contiguous buffer, as Envoy's codec writes it, so that it arrives in one DATA frame.
 fn framed(head: &impl Message, tail: &[u8]) -> Bytes {
     let length = head.encoded_len() + tail.len();
-    let mut framed = Vec::with_capacity(5 + length);
+    let mut framed = Vec::with_capacity(GRPC_PREFIX_BYTES + length);
     framed.push(0);
     framed.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
     head.encode_raw(&mut framed);
     framed.extend_from_slice(tail);
     framed.into()
+}
+
+/// A request of either variant, framed; `names` are pre-encoded name fields of that variant.
+/// Delta requests have no `version_info`: `version` is then unused.
+fn discovery_request(
+    delta: bool,
+    node: Option<Node>,
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    names: &[u8],
+) -> Bytes {
+    if delta {
+        framed(
+            &DeltaDiscoveryRequest {
+                node,
+                type_url: type_url.to_owned(),
+                response_nonce: nonce.to_owned(),
+                ..Default::default()
+            },
+            names,
+        )
+    } else {
+        framed(
+            &DiscoveryRequest {
+                node,
+                type_url: type_url.to_owned(),
+                version_info: version.to_owned(),
+                response_nonce: nonce.to_owned(),
+                ..Default::default()
+            },
+            names,
+        )
+    }
 }
 
 /// One stream, from opening it to its end; `Err` says why it ended.
@@ -318,45 +352,26 @@ async fn session(
     {
         return Err(format!("the server refused the stream: {status}"));
     }
-    let node = Some((shared.config.node)(client));
     let send = |message: Bytes| {
         requests
             .send(message)
             .map_err(|_| "the request body was dropped".to_owned())
     };
-    if delta {
-        send(framed(
-            &DeltaDiscoveryRequest {
-                node,
-                type_url: CLUSTER.into(),
-                ..Default::default()
-            },
-            &[],
-        ))?;
-        send(framed(
-            &DeltaDiscoveryRequest {
-                type_url: ENDPOINT.into(),
-                ..Default::default()
-            },
-            &shared.delta_names,
-        ))?;
+    let node = Some((shared.config.node)(client));
+    let endpoint_names: &[u8] = if delta {
+        &shared.delta_names
     } else {
-        send(framed(
-            &DiscoveryRequest {
-                node,
-                type_url: CLUSTER.into(),
-                ..Default::default()
-            },
-            &[],
-        ))?;
-        send(framed(
-            &DiscoveryRequest {
-                type_url: ENDPOINT.into(),
-                ..Default::default()
-            },
-            &shared.sotw_names,
-        ))?;
-    }
+        &shared.sotw_names
+    };
+    send(discovery_request(delta, node, CLUSTER, "", "", &[]))?;
+    send(discovery_request(
+        delta,
+        None,
+        ENDPOINT,
+        "",
+        "",
+        endpoint_names,
+    ))?;
     let mut body = response.into_body();
     let mut scanner = ResponseScanner::new(delta, &shared.watched_index);
     let mut scanned = Vec::new();
@@ -368,31 +383,20 @@ async fn session(
                     .feed(&data, &mut scanned)
                     .map_err(|e| format!("a response could not be read: {e}"))?;
                 for response in scanned.drain(..) {
-                    let ack = if delta {
-                        framed(
-                            &DeltaDiscoveryRequest {
-                                type_url: response.type_url.clone(),
-                                response_nonce: response.nonce.clone(),
-                                ..Default::default()
-                            },
-                            &[],
-                        )
+                    // Like Envoy, a SotW ACK of EDS repeats every name it watches.
+                    let names: &[u8] = if !delta && response.type_url == ENDPOINT {
+                        &shared.sotw_names
                     } else {
-                        let names: &[u8] = if response.type_url == ENDPOINT {
-                            &shared.sotw_names
-                        } else {
-                            &[]
-                        };
-                        framed(
-                            &DiscoveryRequest {
-                                type_url: response.type_url.clone(),
-                                version_info: response.version.clone(),
-                                response_nonce: response.nonce.clone(),
-                                ..Default::default()
-                            },
-                            names,
-                        )
+                        &[]
                     };
+                    let ack = discovery_request(
+                        delta,
+                        None,
+                        &response.type_url,
+                        &response.version,
+                        &response.nonce,
+                        names,
+                    );
                     let received = Received {
                         client,
                         at: Instant::now(),

@@ -5,6 +5,7 @@
 //! whole response, and reads fields where they lie in the received chunk unless one straddles
 //! two chunks.
 
+use crate::server::GRPC_PREFIX_BYTES;
 use bytes::{Buf, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use std::collections::HashMap;
@@ -49,7 +50,6 @@ const RESOURCE_NAME_IN_MESSAGE: u32 = 1;
 /// In a delta entry (`Resource`): its name.
 const DELTA_RESOURCE_NAME: u32 = 3;
 
-const GRPC_PREFIX: usize = 5;
 /// Bytes copied at least when a field header straddles chunks (a key and a length fit).
 const HEADER_TOP_UP: usize = 16;
 
@@ -125,8 +125,8 @@ impl<'a> ResponseScanner<'a> {
 
     fn step(&mut self, input: &[u8], out: &mut Vec<ScannedResponse>) -> Result<Step, ScanError> {
         let Some(left) = self.message_left else {
-            if input.len() < GRPC_PREFIX {
-                return Ok(Step::Need(GRPC_PREFIX));
+            if input.len() < GRPC_PREFIX_BYTES {
+                return Ok(Step::Need(GRPC_PREFIX_BYTES));
             }
             if input[0] != 0 {
                 return Err(ScanError::Compressed);
@@ -136,7 +136,7 @@ impl<'a> ResponseScanner<'a> {
             if length == 0 {
                 self.finish(out);
             }
-            return Ok(Step::Consumed(GRPC_PREFIX));
+            return Ok(Step::Consumed(GRPC_PREFIX_BYTES));
         };
         let incomplete = Step::Need(input.len() + 1);
         let Some((key, key_length)) = varint(input) else {
