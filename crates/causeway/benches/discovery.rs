@@ -31,6 +31,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::io::BufRead;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,7 +131,10 @@ impl DiscoveryProcess {
         words.push(binary.to_owned());
         let mut command = Command::new(&words[0]);
         command.args(&words[1..]);
+        // A group of its own, so that dropping it ends discovery under a wrapper too (killing
+        // the wrapper alone left discovery running).
         let mut child = command
+            .process_group(0)
             .args(["discovery", "--context", &context_name("cluster01")])
             .args(["--cluster-id", "cluster01", "--debounce", debounce])
             .args([
@@ -219,6 +223,9 @@ impl DiscoveryProcess {
 
 impl Drop for DiscoveryProcess {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -267,12 +274,20 @@ async fn next_response(
                 panic!("{waiting_for} in time: no stream received anything for {timeout:?}")
             })
             .expect("the fleet runs");
-        match event {
-            FleetEvent::Response(received) => return received,
-            FleetEvent::StreamEnded { client, reason } => {
-                *reconnects += 1;
-                eprintln!("stream {client} ended ({reason}); it reconnects");
-            }
+        if let Some(received) = response_or_count(event, reconnects) {
+            return received;
+        }
+    }
+}
+
+/// A response, or `None` after counting (and telling) a stream that ended.
+fn response_or_count(event: FleetEvent, reconnects: &mut usize) -> Option<Received> {
+    match event {
+        FleetEvent::Response(received) => Some(received),
+        FleetEvent::StreamEnded { client, reason } => {
+            *reconnects += 1;
+            eprintln!("stream {client} ended ({reason}); it reconnects");
+            None
         }
     }
 }
@@ -280,10 +295,7 @@ async fn next_response(
 /// Drops what the streams reported so far, counting the ones that ended.
 fn drain(fleet: &mut Fleet, reconnects: &mut usize) {
     while let Ok(event) = fleet.events.try_recv() {
-        if let FleetEvent::StreamEnded { client, reason } = event {
-            *reconnects += 1;
-            eprintln!("stream {client} ended ({reason}); it reconnects");
-        }
+        response_or_count(event, reconnects);
     }
 }
 
@@ -334,11 +346,11 @@ async fn measure(
     let idle_rss_mb = discovery.rss_mb("VmRSS:");
     // ACKs of a timed change are held until every stream has it (see `AckRelease`), unless
     // BENCH_ACKS_AT_ONCE says to send them as responses arrive (the driver then sets the pace).
-    let (acks, ack_control) = if std::env::var_os("BENCH_ACKS_AT_ONCE").is_some() {
-        let (_, control) = AckRelease::held();
-        (AckRelease::at_once(), control)
+    let (held, ack_control) = AckRelease::held();
+    let acks = if std::env::var_os("BENCH_ACKS_AT_ONCE").is_some() {
+        AckRelease::at_once()
     } else {
-        AckRelease::held()
+        held
     };
     let connect_started = Instant::now();
     let mut fleet = Fleet::start(FleetConfig {
@@ -350,12 +362,7 @@ async fn measure(
         node: Box::new(|stream| {
             causeway_xds::testing::node(
                 "sidecar",
-                &format!(
-                    "10.{}.{}.{}",
-                    200 + stream / 62500,
-                    stream / 250 % 250,
-                    stream % 250 + 1
-                ),
+                &format!("10.200.{}.{}", stream / 250, stream % 250 + 1),
                 &format!("client-{stream}"),
                 NAMESPACE,
                 &[("CLUSTER_ID", "cluster01")],
@@ -393,11 +400,11 @@ async fn measure(
     // late responses) settles before the first change is timed.
     let quiet = Instant::now();
     while quiet.elapsed() < Duration::from_secs(60) {
-        if tokio::time::timeout(Duration::from_secs(1), fleet.events.recv())
-            .await
-            .is_err()
-        {
-            break;
+        match tokio::time::timeout(Duration::from_secs(1), fleet.events.recv()).await {
+            Ok(Some(event)) => {
+                response_or_count(event, &mut reconnects);
+            }
+            _ => break,
         }
     }
     drain(&mut fleet, &mut reconnects);
