@@ -70,6 +70,13 @@ pub struct DiscoveryArgs {
         value_delimiter = ','
     )]
     token_audiences: Vec<String>,
+    /// This replica's name in the leader Lease that picks the one replica writing cluster state
+    /// (default: the host's name and the process ID)
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    leader_identity: Option<String>,
+    /// How long the leader Lease holds without renewal; another replica takes over after it
+    #[arg(long, default_value = "30s", value_parser = parse_lease_duration)]
+    leader_lease_duration: Duration,
 }
 
 /// Durations as Istio writes them: `100ms`, `1s`, `2m`, `0`.
@@ -94,6 +101,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("`{unit}` is not a unit; use ms, s, m or h")),
     };
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A Lease counts whole seconds, and a leader renews it four times per lease.
+fn parse_lease_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!(
+            "`{text}` is shorter than a Lease can hold (whole seconds); use 1s or more (istiod: 30s)"
+        ));
+    }
+    Ok(duration)
 }
 
 async fn cluster_client(args: &DiscoveryArgs) -> anyhow::Result<kube::Client> {
@@ -130,7 +148,15 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             extra_dns_names: args.dns_names,
             cacerts_dir: args.cacerts_dir,
             token_audiences: args.token_audiences,
+            leader_lease_duration: args.leader_lease_duration,
             ..DiscoveryConfig::new(&args.cluster_id)
+        };
+        let config = match args.leader_identity {
+            Some(identity) if !identity.is_empty() => DiscoveryConfig {
+                leader_identity: identity,
+                ..config
+            },
+            _ => config,
         };
         let discovery = Discovery::start(config, client).await?;
         // One line on stdout, for scripts: where everything listens.
@@ -174,5 +200,21 @@ mod tests {
         assert!(parse_duration("100").unwrap_err().contains("no unit"));
         assert!(parse_duration("5d").unwrap_err().contains("not a unit"));
         assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn a_leader_lease_holds_whole_seconds() {
+        assert_eq!(parse_lease_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_lease_duration("1s"), Ok(Duration::from_secs(1)));
+        assert!(
+            parse_lease_duration("500ms")
+                .unwrap_err()
+                .contains("1s or more")
+        );
+        assert!(
+            parse_lease_duration("0")
+                .unwrap_err()
+                .contains("1s or more")
+        );
     }
 }

@@ -1,9 +1,8 @@
 //! The sidecar injection webhook on 15017 (`/inject`, and `/inject/cluster/<c>/net/<n>` for
 //! remote clusters): AdmissionReview in, a JSON patch out, from the injector ConfigMaps install
 //! wrote, read again whenever they change (watched). The webhook configurations' `caBundle` is kept by
-//! [`crate::webhook_ca_bundles`].
+//! [`crate::webhook_ca_bundles`], on the leader only.
 
-use crate::webhook_ca_bundles;
 use base64::Engine;
 use bytes::Bytes;
 use causeway_install::inject::{InjectionConfig, Outcome, Target, inject, patch};
@@ -14,7 +13,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -40,7 +38,6 @@ type Loaded = Arc<RwLock<Result<Arc<InjectionConfig>, String>>>;
 pub struct WebhookSettings {
     pub namespace: String,
     pub revision: String,
-    pub roots_pem: String,
 }
 
 fn revisioned(name: &str, revision: &str) -> String {
@@ -66,21 +63,15 @@ async fn load(
 }
 
 /// A signal for every change of the ConfigMaps in `namespace` (the injector's and the mesh
-/// config) and of the injection webhooks (`app=sidecar-injector`), whose `caBundle` is kept.
+/// config).
 fn watch_inputs(client: &kube::Client, namespace: &str) -> BoxStream<'static, ()> {
-    let config_maps = watcher(
+    watcher(
         Api::<ConfigMap>::namespaced(client.clone(), namespace),
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|_| ());
-    let webhooks = watcher(
-        Api::<MutatingWebhookConfiguration>::all(client.clone()),
-        watcher::Config::default().labels("app=sidecar-injector"),
-    )
-    .default_backoff()
-    .map(|_| ());
-    futures::stream::select(config_maps, webhooks).boxed()
+    .map(|_| ())
+    .boxed()
 }
 
 /// Waits for a change, then for the ones that come with it. A stream that ended (it never does
@@ -121,16 +112,6 @@ async fn refresh(
         *loaded
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = result;
-        if let Err(error) = webhook_ca_bundles::keep(
-            &client,
-            &settings.namespace,
-            &settings.revision,
-            &settings.roots_pem,
-        )
-        .await
-        {
-            tracing::warn!(%error, "cannot update the injection webhook's caBundle");
-        }
         tokio::select! {
             () = changed(&mut changes) => {}
             () = tokio::time::sleep(RESYNC) => {}

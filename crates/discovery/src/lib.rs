@@ -5,6 +5,7 @@ pub mod ca_service;
 pub mod ca_source;
 pub mod debug;
 pub mod injection_webhook;
+pub mod leader_election;
 pub mod root_cert_configmaps;
 mod serve;
 #[cfg(feature = "testing")]
@@ -47,6 +48,10 @@ pub struct DiscoveryConfig {
     pub cacerts_dir: Option<PathBuf>,
     pub token_audiences: Vec<String>,
     pub signing: SigningPolicy,
+    /// This replica's name in the leader Lease (the pod's name in a cluster).
+    pub leader_identity: String,
+    /// How long the leader Lease holds without renewal (istiod: 30 s).
+    pub leader_lease_duration: Duration,
 }
 
 impl DiscoveryConfig {
@@ -71,8 +76,24 @@ impl DiscoveryConfig {
             cacerts_dir: None,
             token_audiences: vec!["istio-ca".into()],
             signing: SigningPolicy::default(),
+            leader_identity: default_leader_identity(),
+            leader_lease_duration: Duration::from_secs(30),
         }
     }
+}
+
+/// Outside a pod (no `--leader-identity`/`POD_NAME`): the host's name and the process ID, which
+/// tell two replicas on one host apart.
+fn default_leader_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "unknown".into()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
 }
 
 /// Parses a listen address as Istio writes it: `:15010` means every interface.
@@ -100,13 +121,75 @@ pub struct Discovery {
     pub ca_origin: ca_source::CaOrigin,
     pub registry: Registry,
     pub xds: XdsServer,
+    /// Whether this replica holds the leader Lease and runs the writers.
+    pub leading: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
+}
+
+/// The leader election, and the writers that run on the leader only: every replica would
+/// write the same objects, and replicas of different versions would fight over them.
+fn start_writers(
+    tasks: &mut tokio::task::JoinSet<()>,
+    config: &DiscoveryConfig,
+    authority: &CertificateAuthority,
+    registry: &Registry,
+    client: kube::Client,
+    stopped: &watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let (leads, leading) = watch::channel(false);
+    let election = leader_election::Election {
+        namespace: config.namespace.clone(),
+        lease_name: leader_election::lease_name(&config.revision),
+        identity: config.leader_identity.clone(),
+        lease_duration: config.leader_lease_duration,
+    };
+    tasks.spawn(election.run(client.clone(), leads, stopped.clone()));
+
+    let publisher = root_cert_configmaps::RootCertPublisher {
+        local_cluster: config.cluster_id.clone(),
+        system_namespace: config.namespace.clone(),
+        roots_pem: authority.roots_pem().into(),
+    };
+    let clients = registry.clients.clone();
+    tasks.spawn(leader_election::while_leading(
+        leading.clone(),
+        stopped.clone(),
+        move |term| publisher.clone().run(clients.clone(), term),
+    ));
+    let local_bundle = webhook_ca_bundles::LocalCaBundle {
+        namespace: config.namespace.clone(),
+        revision: config.revision.clone(),
+        roots_pem: authority.roots_pem(),
+    };
+    tasks.spawn(leader_election::while_leading(
+        leading.clone(),
+        stopped.clone(),
+        move |term| local_bundle.clone().run(client.clone(), term),
+    ));
+    let remote_bundles = webhook_ca_bundles::RemoteCaBundles {
+        local_cluster: config.cluster_id.clone(),
+        namespace: config.namespace.clone(),
+        revision: config.revision.clone(),
+        roots_pem: authority.roots_pem(),
+    };
+    let clients = registry.clients.clone();
+    tasks.spawn(leader_election::while_leading(
+        leading.clone(),
+        stopped.clone(),
+        move |term| remote_bundles.clone().run(clients.clone(), term),
+    ));
+    leading
 }
 
 impl Discovery {
     /// Starts serving with `client` as the control plane's own cluster.
     pub async fn start(config: DiscoveryConfig, client: kube::Client) -> anyhow::Result<Discovery> {
+        anyhow::ensure!(
+            config.leader_lease_duration >= Duration::from_secs(1),
+            "the leader lease duration {:?} is shorter than a Lease can hold (whole seconds); use 1 s or more",
+            config.leader_lease_duration
+        );
         let (authority, ca_origin) = ca_source::load(
             &client,
             &config.namespace,
@@ -124,6 +207,7 @@ impl Discovery {
             .context("cannot make the 15012 serving certificate")?;
 
         let webhook_client = client.clone();
+        let election_client = client.clone();
         let registry = Registry::start(
             RegistryConfig {
                 cluster_id: config.cluster_id.clone(),
@@ -177,7 +261,6 @@ impl Discovery {
             injection_webhook::WebhookSettings {
                 namespace: config.namespace.clone(),
                 revision: config.revision.clone(),
-                roots_pem: authority.roots_pem(),
             },
             stopped.clone(),
         )
@@ -198,19 +281,14 @@ impl Discovery {
             stopped.clone(),
         )
         .await?;
-        let publisher = root_cert_configmaps::RootCertPublisher {
-            local_cluster: config.cluster_id.clone(),
-            system_namespace: config.namespace.clone(),
-            roots_pem: authority.roots_pem().into(),
-        };
-        tasks.spawn(publisher.run(registry.clients.clone(), stopped.clone()));
-        let remote_bundles = webhook_ca_bundles::RemoteCaBundles {
-            local_cluster: config.cluster_id.clone(),
-            namespace: config.namespace.clone(),
-            revision: config.revision.clone(),
-            roots_pem: authority.roots_pem(),
-        };
-        tasks.spawn(remote_bundles.run(registry.clients.clone(), stopped));
+        let leading = start_writers(
+            &mut tasks,
+            &config,
+            &authority,
+            &registry,
+            election_client,
+            &stopped,
+        );
         tracing::info!(%xds_address, %secure_xds_address, %monitoring_address, %webhook_address, cluster = %config.cluster_id, "discovery serving");
         Ok(Discovery {
             xds_address,
@@ -221,6 +299,7 @@ impl Discovery {
             ca_origin,
             registry,
             xds,
+            leading,
             stop,
             tasks,
         })

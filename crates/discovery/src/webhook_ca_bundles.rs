@@ -1,6 +1,6 @@
 //! The `caBundle` of the injection webhooks, kept equal to the roots that signed discovery's
 //! serving certificate, as istiod keeps it, so that the API server trusts 15017: in this
-//! discovery's own cluster (by the webhook's refresh), and, as istiod with `EXTERNAL_ISTIOD`
+//! discovery's own cluster ([`LocalCaBundle`]), and ([`RemoteCaBundles`]), as istiod with `EXTERNAL_ISTIOD`
 //! does, in every remote cluster whose system namespace names this cluster in
 //! `topology.istio.io/controlPlaneClusters` (the consent the seeds' primary-remote step gives;
 //! the same rule as for the root-certificate ConfigMaps). A remote cluster's webhook calls its
@@ -9,11 +9,13 @@
 
 use crate::root_cert_configmaps::{CONTROL_PLANE_CLUSTERS, names_control_plane};
 use causeway_registry::ClusterClients;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -21,6 +23,50 @@ use tokio::sync::watch;
 const REMOTE_REFRESH: Duration = Duration::from_secs(2);
 /// One slow cluster does not hold up the others for longer than this.
 const PER_CLUSTER: Duration = Duration::from_secs(5);
+
+/// The injection webhooks are watched; this is how often they are looked at anyway.
+const LOCAL_RESYNC: Duration = Duration::from_secs(60);
+
+/// Keeps the `caBundle` of `revision`'s injection webhooks in discovery's own cluster: at
+/// start, whenever an injection webhook changes (install rewrites it without one), and every
+/// minute.
+#[derive(Clone, Debug)]
+pub struct LocalCaBundle {
+    pub namespace: String,
+    pub revision: String,
+    pub roots_pem: String,
+}
+
+impl LocalCaBundle {
+    pub async fn run(self, client: kube::Client, mut stopped: watch::Receiver<bool>) {
+        let mut changes = watcher(
+            Api::<MutatingWebhookConfiguration>::all(client.clone()),
+            watcher::Config::default().labels("app=sidecar-injector"),
+        )
+        .default_backoff()
+        .boxed();
+        let mut last_error = String::new();
+        loop {
+            match keep(&client, &self.namespace, &self.revision, &self.roots_pem).await {
+                Ok(()) => last_error.clear(),
+                Err(error) => {
+                    let error = error.to_string();
+                    if error != last_error {
+                        tracing::warn!(%error, "cannot update the injection webhook's caBundle; retrying");
+                        last_error = error;
+                    }
+                }
+            }
+            tokio::select! {
+                next = changes.next() => if next.is_none() { return },
+                () = tokio::time::sleep(LOCAL_RESYNC) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            // A relist sends every webhook at once: one look covers them all.
+            while let Some(Some(_)) = changes.next().now_or_never() {}
+        }
+    }
+}
 
 /// Keeps the injection webhooks' `caBundle` of remote clusters that name `local_cluster`.
 #[derive(Clone, Debug)]

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::{broadcast, watch};
 pub use wire::AdsService;
+#[cfg(feature = "testing")]
 pub(crate) use wire::GRPC_PREFIX_BYTES;
 
 /// Responses a stream may have queued before its task waits for the client to read. Small, so
