@@ -144,16 +144,18 @@ pub async fn load(
         data: Some(data),
         ..Default::default()
     };
-    let created = match secrets.create(&PostParams::default(), &secret).await {
-        Ok(created) => created,
-        // Another control plane made one first: use theirs, so that the mesh has one root.
+    let (kept, created) = match secrets.create(&PostParams::default(), &secret).await {
+        Ok(kept) => (kept, true),
+        // Another control plane (or replica) made one first: use theirs, so that the mesh has
+        // one root.
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            read(SELF_SIGNED_SECRET).await?.ok_or_else(|| {
+            let theirs = read(SELF_SIGNED_SECRET).await?.ok_or_else(|| {
                 invalid(
                     SELF_SIGNED_SECRET.into(),
                     "it was created and then deleted during start-up".into(),
                 )
-            })?
+            })?;
+            (theirs, false)
         }
         Err(source) => {
             return Err(CaSourceError::Create {
@@ -162,8 +164,8 @@ pub async fn load(
             });
         }
     };
-    let authority = from_secret(namespace, SELF_SIGNED_SECRET, &created, policy)?;
-    Ok((authority, CaOrigin::SelfSigned { created: true }))
+    let authority = from_secret(namespace, SELF_SIGNED_SECRET, &kept, policy)?;
+    Ok((authority, CaOrigin::SelfSigned { created }))
 }
 
 fn from_secret(

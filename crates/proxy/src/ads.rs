@@ -110,8 +110,9 @@ async fn run(
         };
         let outcome = match connect(&settings).await {
             Ok(channel) => {
-                status.connects.fetch_add(1, Ordering::Relaxed);
+                let connects = status.connects.fetch_add(1, Ordering::Relaxed) + 1;
                 status.connected.store(true, Ordering::Relaxed);
+                tracing::info!(address = %settings.address, connects, "stream to discovery open");
                 match settings.protocol {
                     Protocol::Delta => session.delta(channel, &settings.node).await,
                     Protocol::StateOfTheWorld => session.sotw(channel, &settings.node).await,
