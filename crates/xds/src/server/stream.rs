@@ -226,7 +226,11 @@ impl Stream {
         let touched = if push.all_endpoints {
             subscription.names.clone()
         } else {
-            subscription.names_of_services(&push.changed_endpoints, &before, &self.snapshot)
+            Arc::new(subscription.names_of_services(
+                &push.changed_endpoints,
+                &before,
+                &self.snapshot,
+            ))
         };
         if touched.is_empty() {
             return Ok(());
@@ -463,15 +467,19 @@ fn apply_names(
             subscription.wildcard =
                 (names.count == 0 && wildcard_by_default(type_url)) || names.has_wildcard;
             let listed = names.read()?;
-            let old = std::mem::take(&mut subscription.names);
+            let old = &subscription.names;
+            let mut new = BTreeSet::new();
             for name in listed.into_iter().filter(|n| *n != "*") {
-                let name = intern(&old, name);
+                let name = intern(old, name);
                 if !old.contains(&name) {
                     added.insert(name.clone());
                 }
-                subscription.names.insert(name);
+                new.insert(name);
             }
-            names_changed = subscription.names != old;
+            names_changed = new != **old;
+            if names_changed {
+                subscription.names = interner.share(new);
+            }
             if !subscription.wildcard {
                 let kept = &subscription.names;
                 subscription.sent.retain(|name| kept.contains(name));
@@ -485,24 +493,31 @@ fn apply_names(
             if !subscription.answered && subscribe.is_empty() && wildcard_by_default(type_url) {
                 subscription.wildcard = true;
             }
-            for name in subscribe {
-                if name == "*" {
-                    subscription.wildcard = true;
-                } else {
-                    let name = intern(&subscription.names, &name);
-                    if subscription.names.insert(name.clone()) {
-                        names_changed = true;
-                        added.insert(name);
+            // An ACK names nothing: the shared set is only copied when the list changes.
+            if !subscribe.is_empty() || !unsubscribe.is_empty() {
+                let mut names = (*subscription.names).clone();
+                for name in subscribe {
+                    if name == "*" {
+                        subscription.wildcard = true;
+                    } else {
+                        let name = intern(&names, &name);
+                        if names.insert(name.clone()) {
+                            names_changed = true;
+                            added.insert(name);
+                        }
                     }
                 }
-            }
-            for name in unsubscribe {
-                if name == "*" {
-                    subscription.wildcard = false;
-                } else {
-                    names_changed |= subscription.names.remove(name.as_str());
-                    subscription.sent.remove(&name);
-                    added.remove(name.as_str());
+                for name in unsubscribe {
+                    if name == "*" {
+                        subscription.wildcard = false;
+                    } else {
+                        names_changed |= names.remove(name.as_str());
+                        subscription.sent.remove(&name);
+                        added.remove(name.as_str());
+                    }
+                }
+                if names_changed {
+                    subscription.names = interner.share(names);
                 }
             }
             // What a reconnecting client already holds need not be sent again.
