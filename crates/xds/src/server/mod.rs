@@ -1,9 +1,11 @@
 //! The ADS server: one task per stream, fed by the stream's requests and by the registry's pushes.
 
 mod gated_io;
+mod interner;
 pub mod metrics;
 mod read_gate;
 mod request;
+mod sent_versions;
 mod stream;
 mod subscription;
 mod wire;
@@ -90,7 +92,7 @@ pub(crate) struct Shared {
     /// proxy is configured from a half-listed mesh (and then churned as the rest arrives).
     ready: watch::Receiver<bool>,
     serving: AtomicBool,
-    interner: subscription::Interner,
+    interner: interner::Interner,
     /// Holds back reading from connections while a push is fanned out (see `read_gate`).
     read_gate: Arc<ReadGate>,
 }
@@ -123,7 +125,7 @@ impl XdsServer {
             closing: watch::Sender::new(false),
             ready,
             serving: AtomicBool::new(false),
-            interner: subscription::Interner::default(),
+            interner: interner::Interner::default(),
             read_gate: ReadGate::start(overrides),
         });
         // Cached endpoint assignments of deleted services are dropped as snapshots go by.

@@ -8,9 +8,10 @@
 //!   only resources that changed or were newly asked for (as the protocol allows).
 //! - Delta: only changed resources, and the names of removed ones.
 
+use super::interner::{Interner, Name};
 pub(crate) use super::request::Requests;
 use super::request::{Incoming, NameChange};
-use super::subscription::{Interner, Name, Subscription};
+use super::subscription::Subscription;
 use super::wire::{EncodedResponse, Outgoing};
 use super::{ConnectionStatus, Shared};
 use crate::generate::Wanted;
