@@ -93,6 +93,7 @@ pub(crate) struct Shared {
     ready: watch::Receiver<bool>,
     serving: AtomicBool,
     interner: interner::Interner,
+    sent_tables: sent_versions::SharedTables,
     /// Holds back reading from connections while a push is fanned out (see `read_gate`).
     read_gate: Arc<ReadGate>,
 }
@@ -126,6 +127,7 @@ impl XdsServer {
             ready,
             serving: AtomicBool::new(false),
             interner: interner::Interner::default(),
+            sent_tables: sent_versions::SharedTables::default(),
             read_gate: ReadGate::start(overrides),
         });
         // Cached endpoint assignments of deleted services are dropped as snapshots go by.

@@ -11,6 +11,7 @@
 use super::interner::{Interner, Name};
 pub(crate) use super::request::Requests;
 use super::request::{Incoming, NameChange};
+use super::sent_versions::SharedTables;
 use super::subscription::Subscription;
 use super::wire::{EncodedResponse, Outgoing};
 use super::{ConnectionStatus, Shared};
@@ -195,6 +196,7 @@ impl Stream {
         let added = match apply_names(
             subscription,
             &self.shared.interner,
+            &self.shared.sent_tables,
             &type_url,
             request.names,
         ) {
@@ -386,6 +388,7 @@ impl Stream {
             to_send
                 .iter()
                 .map(|resource| (resource.name.clone(), resource.version)),
+            &self.shared.sent_tables,
         );
         for name in &removed {
             subscription.sent.remove(name);
@@ -448,6 +451,7 @@ async fn until_closing(mut closing: tokio::sync::watch::Receiver<bool>) {
 fn apply_names(
     subscription: &mut Subscription,
     interner: &Interner,
+    sent_tables: &SharedTables,
     type_url: &str,
     change: NameChange,
 ) -> Result<BTreeSet<Name>, Status> {
@@ -522,12 +526,13 @@ fn apply_names(
                 }
             }
             // What a reconnecting client already holds need not be sent again.
-            subscription
-                .sent
-                .insert_all(initial_versions.into_iter().filter_map(|(name, version)| {
+            subscription.sent.insert_all(
+                initial_versions.into_iter().filter_map(|(name, version)| {
                     let version = u64::from_str_radix(&version, 16).ok()?;
                     Some((intern(&subscription.names, &name), version))
-                }));
+                }),
+                sent_tables,
+            );
         }
     }
     if names_changed {
