@@ -357,7 +357,7 @@ async fn measure(
         address: discovery.xds.clone(),
         clients: size.streams,
         clients_per_connection: size.streams_per_connection,
-        variant: Variant::Alternate,
+        variant: variant_from_env(),
         watched: names.clone(),
         node: Box::new(|stream| {
             causeway_xds::testing::node(
@@ -571,6 +571,18 @@ async fn measure(
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// BENCH_VARIANT: `sotw`, `delta`, or `alternate` (the default: every other stream delta), to
+/// tell the protocols' costs apart (a SotW ACK repeats every watched name; a delta ACK names
+/// none).
+fn variant_from_env() -> Variant {
+    match std::env::var("BENCH_VARIANT").as_deref() {
+        Ok("sotw") => Variant::Sotw,
+        Ok("delta") => Variant::Delta,
+        Ok("alternate") | Err(_) => Variant::Alternate,
+        Ok(other) => panic!("BENCH_VARIANT={other}: use sotw, delta or alternate"),
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let size = if full {
@@ -591,7 +603,7 @@ fn main() {
         }
     };
     // BENCH_STREAMS (up to 10,000), BENCH_STREAMS_PER_CONNECTION, BENCH_SERVICES and
-    // BENCH_SAMPLES override the size.
+    // BENCH_SAMPLES override the size; BENCH_VARIANT the protocol.
     let from_env = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
@@ -636,10 +648,15 @@ fn main() {
 
         println!();
         println!(
-            "discovery: 2 clusters x {} services x {} endpoints, {} ADS streams (half SotW, half delta; {} per connection){}",
+            "discovery: 2 clusters x {} services x {} endpoints, {} ADS streams ({}; {} per connection){}",
             size.services,
             size.endpoints,
             size.streams,
+            match variant_from_env() {
+                Variant::Sotw => "all SotW",
+                Variant::Delta => "all delta",
+                Variant::Alternate => "half SotW, half delta",
+            },
             size.streams_per_connection,
             if full { "" } else { " [smoke size; pass --bench for the full run]" }
         );
@@ -670,6 +687,7 @@ fn main() {
                 "endpoints_per_cluster": size.endpoints,
                 "streams": size.streams,
                 "streams_per_connection": size.streams_per_connection,
+                "variant": format!("{:?}", variant_from_env()).to_lowercase(),
                 "samples": size.samples,
                 "eds_p50_ms_debounce_0": round1(at_zero.p50_ms),
                 "eds_p99_ms_debounce_0": round1(at_zero.p99_ms),

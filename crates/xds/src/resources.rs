@@ -150,6 +150,24 @@ impl Resource {
     pub fn delta_entry(&self) -> Bytes {
         self.delta_entry.clone()
     }
+
+    /// The delta entry when `delta`, else the state-of-the-world one.
+    pub fn entry(&self, delta: bool) -> Bytes {
+        if delta {
+            self.delta_entry()
+        } else {
+            self.sotw_entry()
+        }
+    }
+
+    /// The length of [`Resource::entry`], without making it.
+    pub fn entry_len(&self, delta: bool) -> usize {
+        if delta {
+            self.delta_entry.len()
+        } else {
+            self.delta_entry.len() - self.sotw_start
+        }
+    }
 }
 
 /// `outbound|<port>||<fqdn>`: a sidecar's or proxyless client's cluster for a service port.

@@ -285,7 +285,11 @@ mod tests {
         let mut follower = SentVersions::default();
         alone.remove("b");
         follower.insert_all([(b.clone(), 7)], &tables);
-        assert_eq!(follower.get("b"), Some(7), "the transition still leads to b=7");
+        assert_eq!(
+            follower.get("b"),
+            Some(7),
+            "the transition still leads to b=7"
+        );
 
         // Removing copies on write: the others keep their entry.
         let mut removing = streams[0].clone();
