@@ -9,22 +9,10 @@ mod fixtures;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fixtures::lab::{TestLab, eventually, printed, samples};
+use fixtures::lab::{TestLab, eventually, printed, sample, samples, topology};
 
 const C1: &str = "kind-cluster01";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn sample(name: &str) -> String {
-    std::fs::read_to_string(samples().join(name)).unwrap()
-}
-
-fn topology(path: &str) -> String {
-    samples()
-        .join("topologies")
-        .join(path)
-        .display()
-        .to_string()
-}
 
 /// Every object of the kinds install makes, as `kind/name` lines with their namespace.
 fn objects(lab: &TestLab) -> BTreeSet<String> {

@@ -10,15 +10,11 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fixtures::lab::{TestLab, eventually, printed, samples};
+use fixtures::lab::{TestLab, eventually, printed, sample};
 
 const WAIT: Duration = Duration::from_secs(30);
 const C1: &str = "kind-cluster01";
 const C2: &str = "kind-cluster02";
-
-fn sample(name: &str) -> String {
-    std::fs::read_to_string(samples().join(name)).unwrap()
-}
 
 fn lab_data(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,24 +9,12 @@ mod fixtures;
 
 use std::time::{Duration, Instant};
 
-use fixtures::lab::{TestLab, eventually, printed, samples};
+use fixtures::lab::{TestLab, eventually, printed, sample, topology};
 
 const C1: &str = "kind-cluster01";
 const WAIT: Duration = Duration::from_secs(60);
 /// Requests of the steady load, one every 20 ms or so: about ten seconds of traffic.
 const REQUESTS: usize = 400;
-
-fn topology(path: &str) -> String {
-    samples()
-        .join("topologies")
-        .join(path)
-        .display()
-        .to_string()
-}
-
-fn sample(name: &str) -> String {
-    std::fs::read_to_string(samples().join(name)).unwrap()
-}
 
 fn istiod_pods(lab: &TestLab) -> Vec<String> {
     lab.ok(
