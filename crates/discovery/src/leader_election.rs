@@ -244,23 +244,19 @@ impl Election {
             let now = Instant::now();
             let within_deadline =
                 last_renewal.is_some_and(|renewed| now - renewed < self.renew_deadline());
+            if round.is_ok() {
+                last_error.clear();
+            }
             let holds = match round {
                 Ok(Round::Holds) => {
-                    last_error.clear();
                     last_renewal = Some(now);
                     true
                 }
-                Ok(Round::Follows) => {
-                    last_error.clear();
-                    false
-                }
+                Ok(Round::Follows) => false,
                 // A leader whose write lost a race, or that cannot reach the API server, keeps
                 // leading until its renew deadline, as client-go's does: a blip does not stop
                 // the writers, and nobody else may take over before the lease expires.
-                Ok(Round::Contended) => {
-                    last_error.clear();
-                    *leading.borrow() && within_deadline
-                }
+                Ok(Round::Contended) => *leading.borrow() && within_deadline,
                 Err(error) => {
                     let error = error.to_string();
                     if error != last_error {
