@@ -19,6 +19,8 @@ fn examples() -> std::path::PathBuf {
 }
 
 /// What the lab must not leave behind on the host: namespaces, links, firewall rules, processes.
+/// Other tests' temporary namespaces (`cw-<pid>-…`) come and go while a walkthrough runs, and
+/// the lab never makes one, so they are not counted.
 fn host_state() -> String {
     let run = |program: &str, args: &[&str]| {
         let output = Command::new(program).args(args).output().unwrap();
@@ -34,9 +36,14 @@ fn host_state() -> String {
         .filter(|line| !line.starts_with('#') && !line.starts_with(':'))
         .map(str::to_owned)
         .collect();
+    let namespaces: Vec<String> = run("ip", &["netns", "list"])
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| causeway_lab::netns::owner_pid(name).is_none())
+        .map(str::to_owned)
+        .collect();
     format!(
-        "netns:\n{}\nlinks: {links:?}\nrules:\n{}",
-        run("ip", &["netns", "list"]),
+        "netns: {namespaces:?}\nlinks: {links:?}\nrules:\n{}",
         rules.join("\n")
     )
 }

@@ -368,8 +368,10 @@ pub fn sweep_stale() -> Result<Vec<String>, NetnsError> {
     Ok(swept)
 }
 
-/// The pid in a name made by [`Namespace::create`].
-fn owner_pid(name: &str) -> Option<u32> {
+/// The pid in a name made by [`Namespace::create`]: `None` for every other namespace (a lab
+/// cluster's nodes and pods), so a check of what the lab left behind can tell a test's temporary
+/// namespaces, which come and go with tests running alongside, from the lab's own.
+pub fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
 }
 
