@@ -61,7 +61,7 @@ pub async fn grpc_plaintext(
     let incoming = TcpListenerStream::new(listener).map(move |accepted| {
         accepted.map(|stream: TcpStream| {
             let _ = stream.set_nodelay(true);
-            gate.gate_reads(stream)
+            gate.wrap_connection(stream)
         })
     });
     tasks.spawn(async move {
@@ -112,7 +112,7 @@ pub async fn grpc_tls(
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let _ = handshaken
-                            .send(Ok::<_, std::io::Error>(gate.gate_reads(tls)))
+                            .send(Ok::<_, std::io::Error>(gate.wrap_connection(tls)))
                             .await;
                     }
                     Ok(Err(error)) => {

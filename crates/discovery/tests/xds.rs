@@ -5,7 +5,7 @@ mod common;
 
 use causeway_lab::testing::fixtures;
 use causeway_xds::resources::{CLUSTER, ENDPOINT, LISTENER};
-use causeway_xds::testing::{DeltaClient, SotwClient, decode, node};
+use causeway_xds::testing::{DeltaClient, SotwClient, connection, decode, node};
 use common::{HELLOWORLD, Mesh, WAIT, get, two_cluster_mesh};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
@@ -356,6 +356,65 @@ async fn delta_streams_get_changes_removals_and_nacks_do_not_loop() {
     assert_eq!(
         removed.removed_resources,
         ["outbound|9000||extra.sample.svc.cluster.local"]
+    );
+}
+
+/// `causeway_xds_socket_writes_total`, once it has stopped moving (the writes of ACKs and
+/// window updates still under way have gone out).
+async fn settled_socket_writes(monitoring: std::net::SocketAddr) -> u64 {
+    let read = || async {
+        let (_, metrics) = get(monitoring, "/metrics").await;
+        let text = metrics["text"].as_str().unwrap().to_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix("causeway_xds_socket_writes_total "))
+            .map(|count| count.parse::<u64>().unwrap())
+            .unwrap_or_else(|| panic!("no socket write counter in {text}"))
+    };
+    let mut last = read().await;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = read().await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the xDS server kept writing for 5 s with nothing to send");
+}
+
+/// h2 flushes after every DATA frame it hands over, so without batching a push to ten streams
+/// that share a connection is ten socket writes; with it, one per connection. On one thread, so
+/// that the count does not depend on how two threads happen to split the fan-out.
+#[tokio::test]
+async fn a_push_to_ten_streams_on_one_connection_goes_out_in_one_write() {
+    let mesh = two_cluster_mesh(true).await;
+    let shared = connection(mesh.discovery.xds_address).await;
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let mut stream = DeltaClient::on(shared.clone(), sidecar_node("network1")).await;
+        stream.request(ENDPOINT, &[OUTBOUND], &[], "", None).await;
+        let first = stream.recv_type(ENDPOINT).await;
+        stream.ack(&first).await;
+        streams.push(stream);
+    }
+    let before = settled_socket_writes(mesh.discovery.monitoring_address).await;
+
+    fixtures::set_pod(&mesh.client01, "sample", "helloworld-v1", None, false).await;
+    for stream in &mut streams {
+        let pushed = stream.recv_type(ENDPOINT).await;
+        let assignment: ClusterLoadAssignment =
+            decode(pushed.resources[0].resource.as_ref().expect("a resource"));
+        assert!(
+            endpoints(&assignment).iter().all(|e| e.0 != "10.10.0.5"),
+            "the unready pod is gone"
+        );
+    }
+    // Read before the ACKs, whose window updates are writes of their own.
+    let after = settled_socket_writes(mesh.discovery.monitoring_address).await;
+    let writes = after - before;
+    assert!(
+        (1..=2).contains(&writes),
+        "a push to ten streams on one connection took {writes} socket writes"
     );
 }
 

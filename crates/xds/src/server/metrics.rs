@@ -37,6 +37,9 @@ pub struct XdsMetrics {
     /// every stream had the push: a large push (a full push to many streams), or a stream stuck
     /// behind a proxy that does not read.
     pub read_gate_overrides: Counter,
+    /// Writes to xDS connections' sockets: about one per connection per push (see
+    /// `batched_writes`), however many streams the connection carries.
+    pub socket_writes: Counter,
     /// The series of the types pushed to every stream, looked up once: a push to a thousand
     /// streams would otherwise build and hash a thousand labels per series.
     known_types: std::sync::Arc<[KnownType]>,
@@ -73,6 +76,7 @@ impl Default for XdsMetrics {
             convergence: Histogram::new(latency_buckets()),
             push_time,
             read_gate_overrides: Counter::default(),
+            socket_writes: Counter::default(),
             known_types,
         }
     }
@@ -136,6 +140,12 @@ impl XdsMetrics {
              which reading resumed before every stream had the push (a large push, or a stream \
              stuck behind a proxy that does not read)",
             self.read_gate_overrides.clone(),
+        );
+        registry.register(
+            "causeway_xds_socket_writes",
+            "Writes to xDS connections' sockets: a push goes out to all of a connection's \
+             streams in one write, unless it is larger than 64 KiB",
+            self.socket_writes.clone(),
         );
     }
 }

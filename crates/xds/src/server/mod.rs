@@ -1,5 +1,6 @@
 //! The ADS server: one task per stream, fed by the stream's requests and by the registry's pushes.
 
+mod batched_writes;
 mod gated_io;
 mod interner;
 pub mod metrics;
@@ -12,6 +13,7 @@ mod wire;
 
 use crate::generate::Generator;
 use crate::proxy::ProxyInfo;
+pub use batched_writes::BatchedWrites;
 use causeway_model::{MeshSnapshot, Push};
 pub use gated_io::GatedIo;
 pub use metrics::XdsMetrics;
@@ -152,10 +154,14 @@ impl XdsServer {
         }
     }
 
-    /// Wraps an accepted connection so that its reads wait while a push is being fanned out:
-    /// proxies get their config first, and their ACKs are read after.
-    pub fn gate_reads<T>(&self, connection: T) -> GatedIo<T> {
-        GatedIo::new(connection, self.shared.read_gate.clone())
+    /// Wraps an accepted connection so that its reads wait while a push is being fanned out
+    /// (proxies get their config first, and their ACKs are read after), and so that a push goes
+    /// out to all of the connection's streams in one write.
+    pub fn wrap_connection<T>(&self, connection: T) -> BatchedWrites<GatedIo<T>> {
+        BatchedWrites::new(
+            GatedIo::new(connection, self.shared.read_gate.clone()),
+            self.shared.metrics.socket_writes.clone(),
+        )
     }
 
     /// Ends every stream (and refuses none: new ones end at once too), so that a graceful

@@ -58,13 +58,25 @@ pub fn decode<M: prost::Message + Default>(any: &Any) -> M {
     M::decode(any.value.as_slice()).expect("the server sends well-formed resources")
 }
 
+/// One HTTP/2 connection to the xDS server, for streams to share (as gRPC clients do).
+pub async fn connection(address: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("an xDS address makes a URI")
+        .connect()
+        .await
+        .expect("the xDS server accepts connections")
+}
+
 async fn channel(
     address: SocketAddr,
 ) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-    AggregatedDiscoveryServiceClient::connect(format!("http://{address}"))
-        .await
-        .expect("the xDS server accepts connections")
-        .max_decoding_message_size(usize::MAX)
+    ads_client(connection(address).await)
+}
+
+fn ads_client(
+    connection: tonic::transport::Channel,
+) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+    AggregatedDiscoveryServiceClient::new(connection).max_decoding_message_size(usize::MAX)
 }
 
 /// The stream's next message, `None` after `timeout`; a closed or failed stream fails the test.
@@ -171,9 +183,13 @@ pub struct DeltaClient {
 
 impl DeltaClient {
     pub async fn connect(address: SocketAddr, node: Node) -> DeltaClient {
+        DeltaClient::on(connection(address).await, node).await
+    }
+
+    /// A stream on `connection`, which other streams may share.
+    pub async fn on(connection: tonic::transport::Channel, node: Node) -> DeltaClient {
         let (requests, outgoing) = mpsc::channel(64);
-        let responses = channel(address)
-            .await
+        let responses = ads_client(connection)
             .delta_aggregated_resources(ReceiverStream::new(outgoing))
             .await
             .expect("the stream opens")
