@@ -19,6 +19,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Longest a graceful stop waits for the lease's release: well within discovery's shutdown grace,
+/// which would otherwise abort it with the other tasks (and the lease would then have to expire).
+pub(crate) const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Istio's election for its namespace controller, the writer of `istio-ca-root-cert`. One lease
 /// per revision, as each revision keeps its own webhooks.
 const ELECTION_NAME: &str = "istio-namespace-controller-election";
@@ -285,7 +289,9 @@ impl Election {
         }
         if *leading.borrow() {
             leading.send_replace(false);
-            let released = tokio::time::timeout(self.retry_period(), self.release(&api)).await;
+            let released =
+                tokio::time::timeout(self.retry_period().min(RELEASE_TIMEOUT), self.release(&api))
+                    .await;
             if !matches!(released, Ok(Ok(()))) {
                 tracing::warn!(lease = %self.lease_name, "could not release the leader lease; another replica takes over when it expires");
             }

@@ -110,6 +110,10 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
 }
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const _: () = assert!(
+    leader_election::RELEASE_TIMEOUT.as_millis() < SHUTDOWN_GRACE.as_millis(),
+    "a graceful stop must leave time to release the leader lease"
+);
 
 /// A running control plane. Dropping it stops everything.
 pub struct Discovery {
