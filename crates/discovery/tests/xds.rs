@@ -359,17 +359,21 @@ async fn delta_streams_get_changes_removals_and_nacks_do_not_loop() {
     );
 }
 
+/// The value of the counter `name` (its `_total` series) in discovery's `/metrics`.
+async fn counter(monitoring: std::net::SocketAddr, name: &str) -> u64 {
+    let (_, metrics) = get(monitoring, "/metrics").await;
+    let text = metrics["text"].as_str().unwrap().to_owned();
+    let prefix = format!("{name}_total ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map(|count| count.parse::<u64>().unwrap())
+        .unwrap_or_else(|| panic!("no counter {name} in {text}"))
+}
+
 /// `causeway_xds_socket_writes_total`, once it has stopped moving (the writes of ACKs and
 /// window updates still under way have gone out).
 async fn settled_socket_writes(monitoring: std::net::SocketAddr) -> u64 {
-    let read = || async {
-        let (_, metrics) = get(monitoring, "/metrics").await;
-        let text = metrics["text"].as_str().unwrap().to_owned();
-        text.lines()
-            .find_map(|line| line.strip_prefix("causeway_xds_socket_writes_total "))
-            .map(|count| count.parse::<u64>().unwrap())
-            .unwrap_or_else(|| panic!("no socket write counter in {text}"))
-    };
+    let read = || counter(monitoring, "causeway_xds_socket_writes");
     let mut last = read().await;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -692,13 +696,11 @@ async fn a_proxy_that_stops_reading_does_not_hold_back_other_proxies_requests() 
     let clusters = healthy.recv_type(CLUSTER).await;
     healthy.ack(&clusters, &[]).await;
 
-    let overrides = || async {
-        let (_, metrics) = get(mesh.discovery.monitoring_address, "/metrics").await;
-        let text = metrics["text"].as_str().unwrap().to_owned();
-        text.lines()
-            .find_map(|line| line.strip_prefix("causeway_xds_read_gate_overrides_total "))
-            .map(|count| count.parse::<u64>().unwrap())
-            .unwrap_or_else(|| panic!("no read gate counter in {text}"))
+    let overrides = || {
+        counter(
+            mesh.discovery.monitoring_address,
+            "causeway_xds_read_gate_overrides",
+        )
     };
     assert_eq!(overrides().await, 0);
     // Each new Service pushes every cluster to both proxies, until the stuck one stops taking

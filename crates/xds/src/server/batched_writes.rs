@@ -35,7 +35,7 @@ pub(crate) const DIRECT_AT: usize = 8 * 1024;
 /// polled without reading, which h2 does not do: a bound, not a tuning knob.
 const MAX_PUT_OFFS: u32 = 1024;
 /// The buffer's first allocation: room for a push's responses to a few streams, so that it is
-/// not grown (and copied) frame by frame.
+/// not grown (and copied) frame by frame. Any write it holds is smaller (`DIRECT_AT`).
 const FIRST_ALLOCATION: usize = 8 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +146,7 @@ impl<T: AsyncWrite + Unpin> BatchedWrites<T> {
             return Poll::Ready(Ok(taken));
         }
         if self.buffer.capacity() == 0 {
-            self.buffer.reserve(length.max(FIRST_ALLOCATION));
+            self.buffer.reserve(FIRST_ALLOCATION);
         }
         copy(&mut self.buffer);
         Poll::Ready(Ok(length))

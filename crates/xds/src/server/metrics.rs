@@ -144,7 +144,8 @@ impl XdsMetrics {
         registry.register(
             "causeway_xds_socket_writes",
             "Writes to xDS connections' sockets: a push goes out to all of a connection's \
-             streams in one write, unless it is larger than 64 KiB",
+             streams in one write, unless it is 64 KiB or more; a frame of 8 KiB or more (a \
+             full-state response's) goes out on its own",
             self.socket_writes.clone(),
         );
     }
